@@ -1,0 +1,232 @@
+// datadiet::ce_scores on CPU: rows in parallel (OpenMP), each row in blocks of
+// kBlock logits. A block's max is found first (SIMD), then one SIMD sweep
+// accumulates its off-label exp sums relative to that max, and the block state is
+// merged into the row state with the shared merge() — online softmax at block
+// granularity, so every logit is read from memory once and exp'ed once. The block
+// sits in L1 between the two sweeps. The < kVec ragged tail of a block goes
+// through the shared scalar push().
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
+
+#include "ops/ce_scores/ce_scores.h"
+#include "ops/ce_scores/ce_scores_math.h"
+
+namespace datadiet {
+namespace {
+
+using ce::RowState;
+constexpr int kBlock = 512;  // logits per block: 2 KiB of fp32, stays in L1
+constexpr int kVec = 16;     // SIMD sweeps run over multiples of this
+
+inline float bits_to_float(int32_t i) {
+  float f;
+  std::memcpy(&f, &i, sizeof f);
+  return f;
+}
+
+// exp(x) for x <= 0 (x is always z - max here), written so the compiler can
+// vectorise it: Cephes' expf range reduction and degree-6 polynomial, ~1 ulp.
+// Inputs below -87.3 (where expf underflows to subnormals) return 0, as does -inf.
+inline float exp_nonpositive(float x) {
+  const float xc = x < -87.3f ? -87.3f : x;
+  const float k = (xc * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round(x / ln 2)
+  float r = xc - k * 0.693359375f;
+  r = r - k * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  const float scale = bits_to_float((static_cast<int32_t>(k) + 127) << 23);
+  return x < -87.3f ? 0.f : p * scale;
+}
+
+// Merge the logits z[0..n) (n a multiple of kVec, columns col0..) into st.
+void fold_block(RowState& st, const float* z, int n, int64_t col0, int64_t y_excl, float pivot) {
+  float bm = -ce::kInf;
+#pragma omp simd reduction(max : bm)
+  for (int j = 0; j < n; ++j) bm = z[j] > bm ? z[j] : bm;
+  if (!(bm > -ce::kInf)) {  // only -inf / NaN here: no exp sums to make
+    for (int j = 0; j < n; ++j) ce::push(st, z[j], col0 + j, y_excl, pivot);
+    return;
+  }
+  RowState b = ce::empty_state();
+  b.m = bm;
+  int first = 0;
+  while (!(z[first] == bm)) ++first;
+  b.argmax = col0 + first;
+  if (bm > st.m) {  // this block's runner-up matters only if the block holds the row max
+    float sec = -ce::kInf;
+#pragma omp simd reduction(max : sec)
+    for (int j = 0; j < n; ++j) sec = (j != first && z[j] > sec) ? z[j] : sec;
+    b.second = sec;
+  }
+  const int y_in_block = (y_excl >= col0 && y_excl < col0 + n) ? static_cast<int>(y_excl - col0) : -1;
+  float s1 = 0.f, s2 = 0.f, t = 0.f, sz = 0.f;
+#pragma omp simd reduction(+ : s1, s2, t, sz)
+  for (int j = 0; j < n; ++j) {
+    const float zj = z[j];
+    sz += zj - pivot;
+    const float d = zj - bm;
+    const float e = j == y_in_block ? 0.f : exp_nonpositive(d);
+    s1 += e;
+    s2 += e * e;
+    t += e > 0.f ? e * d : 0.f;
+  }
+  b.s1 = s1;
+  b.s2 = s2;
+  b.t = t;
+  b.sum_z = sz;
+  st = ce::merge(st, b);
+}
+
+struct Outputs {
+  float *loss, *el2n, *grad_norm, *confidence, *margin, *entropy;
+  bool* correct;
+};
+
+template <typename T, typename E>
+void ce_scores_rows(const T* logits, int64_t rs, int64_t cs, const int64_t* targets, int64_t ts,
+                    const float* hsq, int64_t hs, int64_t N, int64_t C, int64_t ignore_index, float eps,
+                    Outputs out, E* emb, int64_t& bad_row) {
+  const bool direct = std::is_same_v<T, float> && cs == 1;  // read blocks in place
+  const int64_t grain_rows = std::max<int64_t>(1, 16384 / C);
+#pragma omp parallel if (N > grain_rows)
+  {
+    std::vector<float> buf(direct ? 0 : kBlock);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < N; ++r) {
+      const T* row = logits + r * rs;
+      const int64_t y = targets[r * ts];
+      const bool in_range = y >= 0 && y < C;
+      if (y != ignore_index && !in_range) {
+#pragma omp critical(datadiet_ce_bad_row)
+        bad_row = std::min(bad_row, r);
+        continue;
+      }
+      const bool labelled = y != ignore_index;
+      const int64_t y_excl = labelled ? y : -1;
+      const float pivot = ce::pivot_of(static_cast<float>(row[0]));
+      RowState st = ce::empty_state();
+      for (int64_t b0 = 0; b0 < C; b0 += kBlock) {
+        const int n = static_cast<int>(std::min<int64_t>(kBlock, C - b0));
+        const float* z = nullptr;
+        if constexpr (std::is_same_v<T, float>) {
+          if (direct) z = row + b0;
+        }
+        if (!direct) {
+          for (int j = 0; j < n; ++j) buf[j] = static_cast<float>(row[(b0 + j) * cs]);
+          z = buf.data();
+        }
+        const int nv = n - n % kVec;
+        if (nv > 0) fold_block(st, z, nv, b0, y_excl, pivot);
+        for (int j = nv; j < n; ++j) ce::push(st, z[j], b0 + j, y_excl, pivot);
+      }
+      ce::RowInfo info;
+      info.labelled = labelled;
+      info.z_y = labelled ? static_cast<float>(row[y * cs]) : 0.f;
+      info.feature_sqnorm = hsq ? hsq[r * hs] : -1.f;
+      info.pivot = pivot;
+      const ce::Finished f = ce::finalize(st, info, C, eps, y);
+      out.loss[r] = f.scores.loss;
+      out.el2n[r] = f.scores.el2n;
+      out.grad_norm[r] = f.scores.grad_norm;
+      out.confidence[r] = f.scores.confidence;
+      out.margin[r] = f.scores.margin;
+      out.entropy[r] = f.scores.entropy;
+      out.correct[r] = f.scores.correct;
+      if (emb) {
+        E* e = emb + r * C;
+        if (!labelled || f.bad) {
+          const E fill = static_cast<E>(ce::embedding_value(f, 0.f, -1, y, labelled, eps, C));
+          std::fill(e, e + C, fill);
+          continue;
+        }
+        const float m = f.m, inv_s = f.inv_s, a = f.a;
+#pragma omp simd
+        for (int64_t j = 0; j < C; ++j)
+          e[j] = static_cast<E>(exp_nonpositive(static_cast<float>(row[j * cs]) - m) * inv_s - a);
+        e[y] = static_cast<E>(ce::embedding_value(f, info.z_y, y, y, true, eps, C));
+      }
+    }
+  }
+}
+
+template <typename T>
+void dispatch_embedding(const StableTensor& logits, const int64_t* tg, int64_t ts, const float* hsq,
+                        int64_t hs, int64_t ignore_index, float eps, Outputs out, StableTensor* emb,
+                        int64_t& bad_row) {
+  const T* z = logits.const_data_ptr<T>();
+  const int64_t N = logits.size(0), C = logits.size(1), rs = logits.stride(0), cs = logits.stride(1);
+  if (!emb) {
+    ce_scores_rows<T, float>(z, rs, cs, tg, ts, hsq, hs, N, C, ignore_index, eps, out, nullptr, bad_row);
+    return;
+  }
+  switch (emb->scalar_type()) {
+    case ScalarType::Float:
+      ce_scores_rows(z, rs, cs, tg, ts, hsq, hs, N, C, ignore_index, eps, out,
+                     emb->mutable_data_ptr<float>(), bad_row);
+      break;
+    case ScalarType::Half:
+      ce_scores_rows(z, rs, cs, tg, ts, hsq, hs, N, C, ignore_index, eps, out,
+                     emb->mutable_data_ptr<c10::Half>(), bad_row);
+      break;
+    default:
+      ce_scores_rows(z, rs, cs, tg, ts, hsq, hs, N, C, ignore_index, eps, out,
+                     emb->mutable_data_ptr<c10::BFloat16>(), bad_row);
+  }
+}
+
+}  // namespace
+
+CeScoresOutput ce_scores_cpu(const StableTensor& logits, const StableTensor& targets,
+                             const std::optional<StableTensor>& feature_sqnorm, int64_t ignore_index,
+                             double label_smoothing, std::optional<ScalarType> embedding_dtype) {
+  check_ce_scores_args(logits, targets, feature_sqnorm, label_smoothing, embedding_dtype);
+  DD_CHECK(logits.is_cpu(), "ce_scores", "the CPU kernel got logits on another device");
+  const int64_t N = logits.size(0), C = logits.size(1);
+  auto scores = [&](ScalarType t) { return torch::stable::new_empty(logits, {N}, t); };
+  StableTensor loss = scores(ScalarType::Float), el2n = scores(ScalarType::Float),
+               grad_norm = scores(ScalarType::Float), confidence = scores(ScalarType::Float),
+               margin = scores(ScalarType::Float), entropy = scores(ScalarType::Float),
+               correct = scores(ScalarType::Bool);
+  StableTensor embedding = embedding_dtype ? torch::stable::new_empty(logits, {N, C}, *embedding_dtype)
+                                           : torch::stable::new_empty(logits, {0}, ScalarType::Float);
+  Outputs out{loss.mutable_data_ptr<float>(),       el2n.mutable_data_ptr<float>(),
+              grad_norm.mutable_data_ptr<float>(),  confidence.mutable_data_ptr<float>(),
+              margin.mutable_data_ptr<float>(),     entropy.mutable_data_ptr<float>(),
+              correct.mutable_data_ptr<bool>()};
+  const int64_t* tg = targets.const_data_ptr<int64_t>();
+  const float* hsq = feature_sqnorm ? feature_sqnorm->const_data_ptr<float>() : nullptr;
+  const int64_t hs = feature_sqnorm ? feature_sqnorm->stride(0) : 0;
+  StableTensor* emb = embedding_dtype ? &embedding : nullptr;
+  const float eps = static_cast<float>(label_smoothing);
+  int64_t bad_row = N;
+  switch (logits.scalar_type()) {
+    case ScalarType::Float:
+      dispatch_embedding<float>(logits, tg, targets.stride(0), hsq, hs, ignore_index, eps, out, emb, bad_row);
+      break;
+    case ScalarType::Half:
+      dispatch_embedding<c10::Half>(logits, tg, targets.stride(0), hsq, hs, ignore_index, eps, out, emb,
+                                    bad_row);
+      break;
+    default:
+      dispatch_embedding<c10::BFloat16>(logits, tg, targets.stride(0), hsq, hs, ignore_index, eps, out, emb,
+                                        bad_row);
+  }
+  DD_CHECK(bad_row == N, "ce_scores", "targets[", bad_row, "] = ", tg[bad_row * targets.stride(0)],
+           " is not a class index in [0, ", C, ") nor ignore_index = ", ignore_index);
+  return {loss, el2n, grad_norm, confidence, margin, entropy, correct, embedding};
+}
+
+}  // namespace datadiet

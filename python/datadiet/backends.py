@@ -1,0 +1,47 @@
+"""Backend choice shared by every op: ``"auto" | "cpu" | "cuda" | "triton" | "torch"``.
+
+- ``cpu`` / ``cuda``: the compiled kernels (``torch.ops.datadiet.*``), on tensors of that device.
+- ``triton``: the Triton kernel in ``datadiet.kernels``, on CUDA tensors, or on CPU tensors
+  when ``TRITON_INTERPRET=1`` was set before the kernels were first imported.
+- ``torch``: the plain-PyTorch reference (any device, slow, the tests' oracle).
+- ``auto``: the compiled kernel of the tensor's device, else Triton on CUDA, else ``torch``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from datadiet import _extension as ext
+
+BACKENDS = ("auto", "cpu", "cuda", "triton", "torch")
+
+
+def available(device: torch.device) -> list[str]:
+    """Backends that can run an op on tensors of ``device``, fastest first."""
+    out = []
+    if device.type == "cpu" and ext.compiled_cpu():
+        out.append("cpu")
+    if device.type == "cuda" and ext.compiled_cuda():
+        out.append("cuda")
+    if ext.TRITON_AVAILABLE and (device.type == "cuda" or (device.type == "cpu" and ext.triton_interpret())):
+        out.append("triton")
+    out.append("torch")
+    return out
+
+
+def resolve(backend: str, device: torch.device, op: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"datadiet.{op}: backend must be one of {BACKENDS}, got {backend!r}")
+    choices = available(device)
+    if backend == "auto":
+        # On CPU tensors the interpreter is never the fast choice.
+        return next(b for b in choices if not (b == "triton" and device.type == "cpu"))
+    if backend not in choices:
+        why = {
+            "cpu": ext.CPU_ERROR or f"tensors are on {device}",
+            "cuda": ext.CUDA_ERROR or f"tensors are on {device}",
+            "triton": "triton is not installed" if not ext.TRITON_AVAILABLE
+            else f"tensors are on {device} (set TRITON_INTERPRET=1 to run Triton on CPU)",
+        }[backend]
+        raise ValueError(f"datadiet.{op}: backend={backend!r} is unavailable: {why}; available: {choices}")
+    return backend

@@ -1,0 +1,20 @@
+"""Test setup. Without a GPU, Triton kernels run through the interpreter on CPU tensors:
+TRITON_INTERPRET must be set before any kernel module is imported, so it is set here.
+With a GPU the same tests run the compiled Triton kernels on CUDA tensors instead."""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import datadiet  # noqa: E402
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+requires_cuda_kernels = pytest.mark.skipif(
+    not (torch.cuda.is_available() and datadiet._extension.compiled_cuda()),
+    reason="needs a CUDA device and datadiet's CUDA kernels",
+)
