@@ -3,8 +3,8 @@
 // accumulates its off-label exp sums relative to that max, and the block state is
 // merged into the row state with the shared merge() — online softmax at block
 // granularity, so every logit is read from memory once and exp'ed once. The block
-// sits in L1 between the two sweeps. The < kVec ragged tail of a block goes
-// through the shared scalar push().
+// sits in L1 between the two sweeps. Blocks holding no finite logit go through the
+// shared scalar push().
 #include <omp.h>
 
 #include <algorithm>
@@ -24,34 +24,57 @@ namespace {
 
 using ce::RowState;
 constexpr int kBlock = 512;  // logits per block: 2 KiB of fp32, stays in L1
-constexpr int kVec = 16;     // SIMD sweeps run over multiples of this
 
-inline float bits_to_float(int32_t i) {
-  float f;
-  std::memcpy(&f, &i, sizeof f);
-  return f;
+// 16 floats: one AVX-512 register, two AVX2 ones. GCC/Clang vector extensions keep
+// the four running sums in registers (`omp simd reduction` spills them to memory).
+typedef float vf16 __attribute__((vector_size(64)));
+typedef int32_t vi16 __attribute__((vector_size(64)));
+constexpr int kLanes = 16;
+
+inline vf16 splat(float x) { return vf16{} + x; }
+
+inline vf16 load16(const float* p) {
+  vf16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
 }
 
-// exp(x) for x <= 0 (x is always z - max here), written so the compiler can
-// vectorise it: Cephes' expf range reduction and degree-6 polynomial, ~1 ulp.
-// Inputs below -87.3 (where expf underflows to subnormals) return 0, as does -inf.
-inline float exp_nonpositive(float x) {
-  const float xc = x < -87.3f ? -87.3f : x;
-  const float k = (xc * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round(x / ln 2)
-  float r = xc - k * 0.693359375f;
+inline float hsum(vf16 v) {
+  float s = 0.f;
+  for (int i = 0; i < kLanes; ++i) s += v[i];
+  return s;
+}
+
+// exp(x) for x <= 0 (x is always z - max here): Cephes' expf range reduction and
+// degree-6 polynomial, ~1 ulp, branch-free. Below -87.3 (where expf leaves the normal
+// range) and at -inf it returns 0. Templated so the scalar tail computes bit-identical
+// values to the vector body.
+template <typename F, typename I>
+inline F exp_nonpositive(F x) {
+  const F xc = x < -87.3f ? F{} + -87.3f : x;
+  const F k = (xc * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round(x / ln 2)
+  F r = xc - k * 0.693359375f;
   r = r - k * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
+  F p = r * 1.9875691500e-4f + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.f;
-  const float scale = bits_to_float((static_cast<int32_t>(k) + 127) << 23);
-  return x < -87.3f ? 0.f : p * scale;
+  I bits;
+  if constexpr (std::is_same_v<F, float>) {
+    bits = (static_cast<I>(k) + 127) << 23;
+  } else {
+    bits = (__builtin_convertvector(k, I) + 127) << 23;
+  }
+  F scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return x < -87.3f ? F{} : p * scale;
 }
 
-// Merge the logits z[0..n) (n a multiple of kVec, columns col0..) into st.
+inline float exp_nonpositive(float x) { return exp_nonpositive<float, int32_t>(x); }
+
+// Merge the logits z[0..n) (columns col0..col0+n) into st.
 void fold_block(RowState& st, const float* z, int n, int64_t col0, int64_t y_excl, float pivot) {
   float bm = -ce::kInf;
 #pragma omp simd reduction(max : bm)
@@ -62,31 +85,54 @@ void fold_block(RowState& st, const float* z, int n, int64_t col0, int64_t y_exc
   }
   RowState b = ce::empty_state();
   b.m = bm;
-  int first = 0;
-  while (!(z[first] == bm)) ++first;
-  b.argmax = col0 + first;
-  if (bm > st.m) {  // this block's runner-up matters only if the block holds the row max
+  if (bm > st.m) {  // the block's argmax and runner-up matter only if it holds the row max
+    int first = n;
+#pragma omp simd reduction(min : first)
+    for (int j = 0; j < n; ++j) first = (z[j] == bm && j < first) ? j : first;
     float sec = -ce::kInf;
 #pragma omp simd reduction(max : sec)
     for (int j = 0; j < n; ++j) sec = (j != first && z[j] > sec) ? z[j] : sec;
+    b.argmax = col0 + first;
     b.second = sec;
   }
+  // Off-label sums relative to the block max. Only the vector holding the target
+  // pays for masking it out. t uses the clamped exponent (e = 0 there), so a -inf
+  // logit adds 0 * -87.3, not 0 * -inf.
   const int y_in_block = (y_excl >= col0 && y_excl < col0 + n) ? static_cast<int>(y_excl - col0) : -1;
-  float s1 = 0.f, s2 = 0.f, t = 0.f, sz = 0.f;
-#pragma omp simd reduction(+ : s1, s2, t, sz)
-  for (int j = 0; j < n; ++j) {
-    const float zj = z[j];
-    sz += zj - pivot;
-    const float d = zj - bm;
-    const float e = j == y_in_block ? 0.f : exp_nonpositive(d);
+  const vf16 vm = splat(bm), vpivot = splat(pivot), zero = splat(0.f), lo = splat(-87.3f);
+  vf16 s1 = zero, s2 = zero, t = zero, sz = zero;
+  auto accumulate = [&](int j, bool has_target) {
+    const vf16 zj = load16(z + j);
+    sz += zj - vpivot;
+    const vf16 d = zj - vm;
+    vf16 e = exp_nonpositive<vf16, vi16>(d);
+    if (has_target) {
+      vi16 lane;
+      for (int i = 0; i < kLanes; ++i) lane[i] = j + i;
+      e = lane == y_in_block ? zero : e;
+    }
     s1 += e;
     s2 += e * e;
-    t += e > 0.f ? e * d : 0.f;
+    t += e * (d < lo ? lo : d);
+  };
+  const int nv = n - n % kLanes;
+  const int y_vec = y_in_block >= 0 && y_in_block < nv ? y_in_block - y_in_block % kLanes : nv;
+  for (int j = 0; j < y_vec; j += kLanes) accumulate(j, false);
+  if (y_vec < nv) accumulate(y_vec, true);
+  for (int j = y_vec + kLanes; j < nv; j += kLanes) accumulate(j, false);
+  float s1t = hsum(s1), s2t = hsum(s2), tt = hsum(t), szt = hsum(sz);
+  for (int j = nv; j < n; ++j) {
+    szt += z[j] - pivot;
+    const float d = z[j] - bm;
+    const float e = j == y_in_block ? 0.f : exp_nonpositive(d);
+    s1t += e;
+    s2t += e * e;
+    tt += e * (d < -87.3f ? -87.3f : d);
   }
-  b.s1 = s1;
-  b.s2 = s2;
-  b.t = t;
-  b.sum_z = sz;
+  b.s1 = s1t;
+  b.s2 = s2t;
+  b.t = tt;
+  b.sum_z = szt;
   st = ce::merge(st, b);
 }
 
@@ -128,9 +174,7 @@ void ce_scores_rows(const T* logits, int64_t rs, int64_t cs, const int64_t* targ
           for (int j = 0; j < n; ++j) buf[j] = static_cast<float>(row[(b0 + j) * cs]);
           z = buf.data();
         }
-        const int nv = n - n % kVec;
-        if (nv > 0) fold_block(st, z, nv, b0, y_excl, pivot);
-        for (int j = nv; j < n; ++j) ce::push(st, z[j], b0 + j, y_excl, pivot);
+        fold_block(st, z, n, b0, y_excl, pivot);
       }
       ce::RowInfo info;
       info.labelled = labelled;
