@@ -74,11 +74,63 @@ inline F exp_nonpositive(F x) {
 
 inline float exp_nonpositive(float x) { return exp_nonpositive<float, int32_t>(x); }
 
+inline float hmax(vf16 v) {
+  float m = v[0];
+  for (int i = 1; i < kLanes; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
+
+// The block's max (NaN lanes never win a > comparison).
+inline float block_max(const float* z, int n) {
+  const int nv = n - n % kLanes;
+  vf16 mv = splat(-ce::kInf);
+  for (int j = 0; j < nv; j += kLanes) {
+    const vf16 zj = load16(z + j);
+    mv = zj > mv ? zj : mv;
+  }
+  float m = hmax(mv);
+  for (int j = nv; j < n; ++j) m = z[j] > m ? z[j] : m;
+  return m;
+}
+
+// First index of the block max bm, and the runner-up (bm itself if bm occurs twice),
+// in one sweep: count of bm, min index of bm, max of the values below bm.
+inline void block_top2(const float* z, int n, float bm, int& first, float& second) {
+  const int nv = n - n % kLanes;
+  const vf16 vbm = splat(bm);
+  vi16 lane, first_v, count_v = vi16{};
+  for (int i = 0; i < kLanes; ++i) lane[i] = i;
+  first_v = vi16{} + n;
+  vf16 below = splat(-ce::kInf);
+  for (int j = 0; j < nv; j += kLanes) {
+    const vf16 zj = load16(z + j);
+    const vi16 is_max = zj == vbm;  // -1 where equal
+    const vi16 idx = lane + j;
+    first_v = (is_max != 0 && idx < first_v) ? idx : first_v;
+    count_v -= is_max;
+    below = (zj < vbm && zj > below) ? zj : below;
+  }
+  first = n;
+  int count = 0;
+  float sec = hmax(below);
+  for (int i = 0; i < kLanes; ++i) {
+    first = first_v[i] < first ? first_v[i] : first;
+    count += count_v[i];
+  }
+  for (int j = nv; j < n; ++j) {
+    if (z[j] == bm) {
+      first = j < first ? j : first;
+      ++count;
+    } else if (z[j] > sec) {
+      sec = z[j];
+    }
+  }
+  second = count >= 2 ? bm : sec;
+}
+
 // Merge the logits z[0..n) (columns col0..col0+n) into st.
 void fold_block(RowState& st, const float* z, int n, int64_t col0, int64_t y_excl, float pivot) {
-  float bm = -ce::kInf;
-#pragma omp simd reduction(max : bm)
-  for (int j = 0; j < n; ++j) bm = z[j] > bm ? z[j] : bm;
+  const float bm = block_max(z, n);
   if (!(bm > -ce::kInf)) {  // only -inf / NaN here: no exp sums to make
     for (int j = 0; j < n; ++j) ce::push(st, z[j], col0 + j, y_excl, pivot);
     return;
@@ -86,14 +138,9 @@ void fold_block(RowState& st, const float* z, int n, int64_t col0, int64_t y_exc
   RowState b = ce::empty_state();
   b.m = bm;
   if (bm > st.m) {  // the block's argmax and runner-up matter only if it holds the row max
-    int first = n;
-#pragma omp simd reduction(min : first)
-    for (int j = 0; j < n; ++j) first = (z[j] == bm && j < first) ? j : first;
-    float sec = -ce::kInf;
-#pragma omp simd reduction(max : sec)
-    for (int j = 0; j < n; ++j) sec = (j != first && z[j] > sec) ? z[j] : sec;
+    int first;
+    block_top2(z, n, bm, first, b.second);
     b.argmax = col0 + first;
-    b.second = sec;
   }
   // Off-label sums relative to the block max. Only the vector holding the target
   // pays for masking it out. t uses the clamped exponent (e = 0 there), so a -inf

@@ -1,0 +1,1 @@
+"""datadiet benchmarks: ``python -m bench <op> [options]`` (``python -m bench --list``)."""
