@@ -1,0 +1,5 @@
+import sys
+
+from datadiet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,35 @@
+"""``datadiet`` / ``python -m datadiet``: the demo (default) and build information."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="datadiet", description="datadiet command line")
+    sub = parser.add_subparsers(dest="command")
+    demo = sub.add_parser("demo", help="train on scikit-learn digits and score every sample (default)")
+    demo.add_argument("--epochs", type=int, default=15)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--label-noise", type=float, default=0.05, help="fraction of training labels to flip")
+    demo.add_argument("--top", type=int, default=10, help="how many hardest samples to list")
+    demo.add_argument("--out", default="demo_out", help="folder for the plot and the JSON summary")
+    sub.add_parser("info", help="print datadiet.build_info() as JSON")
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        import datadiet
+
+        print(json.dumps(datadiet.build_info(), indent=1))
+        return 0
+    from datadiet import demo as demo_module
+
+    if args.command is None:
+        args = demo.parse_args([])
+    demo_module.main(args.epochs, args.seed, args.label_noise, args.top, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
