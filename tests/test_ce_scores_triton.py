@@ -7,6 +7,8 @@ from helpers import assert_scores_match, random_case, reference
 
 import datadiet
 
+pytest.importorskip("triton", reason="triton is not installed (CPU-only torch)")
+
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
