@@ -153,13 +153,10 @@ def ce_scores(
     ``block_c`` overrides the column block (a power of two); tests use small ones to
     exercise the cross-block rescaling on tiny rows under the interpreter.
     """
+    from datadiet.ops.ce_scores import empty_outputs
+
     n, c = logits.shape
-    scores = [torch.empty(n, dtype=torch.float32, device=logits.device) for _ in range(6)]
-    correct = torch.empty(n, dtype=torch.bool, device=logits.device)
-    if embedding_dtype is None:
-        embedding = torch.empty(0, dtype=torch.float32, device=logits.device)
-    else:
-        embedding = torch.empty((n, c), dtype=embedding_dtype, device=logits.device)
+    *scores, correct, embedding = empty_outputs(logits, embedding_dtype)
     if n > 0:
         block = block_c or min(triton.next_power_of_2(c), _MAX_BLOCK_C)
         hsq = feature_sqnorm if feature_sqnorm is not None else scores[0]

@@ -5,6 +5,7 @@
 #include <optional>
 #include <tuple>
 
+#include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/core/ScalarType.h>
 
@@ -23,6 +24,30 @@ CeScoresOutput ce_scores_cpu(const StableTensor& logits, const StableTensor& tar
 CeScoresOutput ce_scores_cuda(const StableTensor& logits, const StableTensor& targets,
                               const std::optional<StableTensor>& feature_sqnorm, int64_t ignore_index,
                               double label_smoothing, std::optional<ScalarType> embedding_dtype);
+
+// Kernel-facing view of the [N] score outputs.
+struct CeScoresPointers {
+  float *loss, *el2n, *grad_norm, *confidence, *margin, *entropy;
+  bool* correct;
+};
+
+// The op's outputs on logits' device: six float32 [N] scores, bool [N] correct, and the
+// [N, C] embedding in embedding_dtype (an empty [0] float32 tensor when not asked for).
+inline CeScoresOutput allocate_ce_scores(const StableTensor& logits, std::optional<ScalarType> embedding_dtype) {
+  const int64_t N = logits.size(0), C = logits.size(1);
+  auto score = [&](ScalarType t) { return torch::stable::new_empty(logits, {N}, t); };
+  StableTensor embedding = embedding_dtype ? torch::stable::new_empty(logits, {N, C}, *embedding_dtype)
+                                           : torch::stable::new_empty(logits, {0}, ScalarType::Float);
+  return {score(ScalarType::Float), score(ScalarType::Float), score(ScalarType::Float), score(ScalarType::Float),
+          score(ScalarType::Float), score(ScalarType::Float), score(ScalarType::Bool),  embedding};
+}
+
+inline CeScoresPointers score_pointers(const CeScoresOutput& out) {
+  return {std::get<0>(out).mutable_data_ptr<float>(), std::get<1>(out).mutable_data_ptr<float>(),
+          std::get<2>(out).mutable_data_ptr<float>(), std::get<3>(out).mutable_data_ptr<float>(),
+          std::get<4>(out).mutable_data_ptr<float>(), std::get<5>(out).mutable_data_ptr<float>(),
+          std::get<6>(out).mutable_data_ptr<bool>()};
+}
 
 inline bool is_float_type(ScalarType t) {
   return t == ScalarType::Float || t == ScalarType::Half || t == ScalarType::BFloat16;

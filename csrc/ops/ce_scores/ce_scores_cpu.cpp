@@ -183,15 +183,10 @@ void fold_block(RowState& st, const float* z, int n, int64_t col0, int64_t y_exc
   st = ce::merge(st, b);
 }
 
-struct Outputs {
-  float *loss, *el2n, *grad_norm, *confidence, *margin, *entropy;
-  bool* correct;
-};
-
 template <typename T, typename E>
 void ce_scores_rows(const T* logits, int64_t rs, int64_t cs, const int64_t* targets, int64_t ts,
                     const float* hsq, int64_t hs, int64_t N, int64_t C, int64_t ignore_index, float eps,
-                    Outputs out, E* emb, int64_t& bad_row) {
+                    CeScoresPointers out, E* emb, int64_t& bad_row) {
   const bool direct = std::is_same_v<T, float> && cs == 1;  // read blocks in place
   const int64_t grain_rows = std::max<int64_t>(1, 16384 / C);
 #pragma omp parallel if (N > grain_rows)
@@ -255,7 +250,7 @@ void ce_scores_rows(const T* logits, int64_t rs, int64_t cs, const int64_t* targ
 
 template <typename T>
 void dispatch_embedding(const StableTensor& logits, const int64_t* tg, int64_t ts, const float* hsq,
-                        int64_t hs, int64_t ignore_index, float eps, Outputs out, StableTensor* emb,
+                        int64_t hs, int64_t ignore_index, float eps, CeScoresPointers out, StableTensor* emb,
                         int64_t& bad_row) {
   const T* z = logits.const_data_ptr<T>();
   const int64_t N = logits.size(0), C = logits.size(1), rs = logits.stride(0), cs = logits.stride(1);
@@ -286,21 +281,12 @@ CeScoresOutput ce_scores_cpu(const StableTensor& logits, const StableTensor& tar
   check_ce_scores_args(logits, targets, feature_sqnorm, label_smoothing, embedding_dtype);
   DD_CHECK(logits.is_cpu(), "ce_scores", "the CPU kernel got logits on another device");
   const int64_t N = logits.size(0), C = logits.size(1);
-  auto scores = [&](ScalarType t) { return torch::stable::new_empty(logits, {N}, t); };
-  StableTensor loss = scores(ScalarType::Float), el2n = scores(ScalarType::Float),
-               grad_norm = scores(ScalarType::Float), confidence = scores(ScalarType::Float),
-               margin = scores(ScalarType::Float), entropy = scores(ScalarType::Float),
-               correct = scores(ScalarType::Bool);
-  StableTensor embedding = embedding_dtype ? torch::stable::new_empty(logits, {N, C}, *embedding_dtype)
-                                           : torch::stable::new_empty(logits, {0}, ScalarType::Float);
-  Outputs out{loss.mutable_data_ptr<float>(),       el2n.mutable_data_ptr<float>(),
-              grad_norm.mutable_data_ptr<float>(),  confidence.mutable_data_ptr<float>(),
-              margin.mutable_data_ptr<float>(),     entropy.mutable_data_ptr<float>(),
-              correct.mutable_data_ptr<bool>()};
+  CeScoresOutput result = allocate_ce_scores(logits, embedding_dtype);
+  const CeScoresPointers out = score_pointers(result);
   const int64_t* tg = targets.const_data_ptr<int64_t>();
   const float* hsq = feature_sqnorm ? feature_sqnorm->const_data_ptr<float>() : nullptr;
   const int64_t hs = feature_sqnorm ? feature_sqnorm->stride(0) : 0;
-  StableTensor* emb = embedding_dtype ? &embedding : nullptr;
+  StableTensor* emb = embedding_dtype ? &std::get<7>(result) : nullptr;
   const float eps = static_cast<float>(label_smoothing);
   int64_t bad_row = N;
   switch (logits.scalar_type()) {
@@ -317,7 +303,7 @@ CeScoresOutput ce_scores_cpu(const StableTensor& logits, const StableTensor& tar
   }
   DD_CHECK(bad_row == N, "ce_scores", "targets[", bad_row, "] = ", tg[bad_row * targets.stride(0)],
            " is not a class index in [0, ", C, ") nor ignore_index = ", ignore_index);
-  return {loss, el2n, grad_norm, confidence, margin, entropy, correct, embedding};
+  return result;
 }
 
 }  // namespace datadiet

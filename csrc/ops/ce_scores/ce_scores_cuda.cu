@@ -24,11 +24,6 @@ namespace {
 
 constexpr int kWarpsPerBlock = 8;
 
-struct Outputs {
-  float *loss, *el2n, *grad_norm, *confidence, *margin, *entropy;
-  bool* correct;
-};
-
 __device__ __forceinline__ ce::RowState shfl_xor_state(const ce::RowState& s, int lane_mask) {
   ce::RowState o;
   o.m = __shfl_xor_sync(0xffffffffu, s.m, lane_mask);
@@ -45,7 +40,7 @@ template <typename T, typename E>
 __global__ void ce_scores_kernel(const T* __restrict__ logits, int64_t rs, int64_t cs,
                                  const int64_t* __restrict__ targets, int64_t ts,
                                  const float* __restrict__ hsq, int64_t hs, int64_t N, int64_t C,
-                                 int64_t ignore_index, float eps, Outputs out, E* __restrict__ emb) {
+                                 int64_t ignore_index, float eps, CeScoresPointers out, E* __restrict__ emb) {
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (r >= N) return;  // whole warps exit together
@@ -94,7 +89,7 @@ __global__ void ce_scores_kernel(const T* __restrict__ logits, int64_t rs, int64
 
 template <typename T, typename E>
 void launch(const StableTensor& logits, const StableTensor& targets, const float* hsq, int64_t hs,
-            int64_t ignore_index, float eps, Outputs out, E* emb, cudaStream_t stream) {
+            int64_t ignore_index, float eps, CeScoresPointers out, E* emb, cudaStream_t stream) {
   const int64_t N = logits.size(0);
   const int64_t blocks = (N + kWarpsPerBlock - 1) / kWarpsPerBlock;
   ce_scores_kernel<T, E><<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, 0, stream>>>(
@@ -106,7 +101,7 @@ void launch(const StableTensor& logits, const StableTensor& targets, const float
 
 template <typename T>
 void dispatch_embedding(const StableTensor& logits, const StableTensor& targets, const float* hsq, int64_t hs,
-                        int64_t ignore_index, float eps, Outputs out, StableTensor* emb, cudaStream_t stream) {
+                        int64_t ignore_index, float eps, CeScoresPointers out, StableTensor* emb, cudaStream_t stream) {
   if (!emb) return launch<T, float>(logits, targets, hsq, hs, ignore_index, eps, out, nullptr, stream);
   switch (emb->scalar_type()) {
     case ScalarType::Float:
@@ -127,7 +122,7 @@ CeScoresOutput ce_scores_cuda(const StableTensor& logits, const StableTensor& ta
                               double label_smoothing, std::optional<ScalarType> embedding_dtype) {
   check_ce_scores_args(logits, targets, feature_sqnorm, label_smoothing, embedding_dtype);
   DD_CHECK(logits.is_cuda(), "ce_scores", "the CUDA kernel got logits on another device");
-  const int64_t N = logits.size(0), C = logits.size(1);
+  const int64_t N = logits.size(0);
   DD_CHECK((N + kWarpsPerBlock - 1) / kWarpsPerBlock <= 0x7fffffff, "ce_scores", "too many rows: ", N);
   const auto device_index = logits.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(device_index);
@@ -135,21 +130,12 @@ CeScoresOutput ce_scores_cuda(const StableTensor& logits, const StableTensor& ta
   STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_current_cuda_stream(device_index, &stream_ptr));
   auto stream = static_cast<cudaStream_t>(stream_ptr);
 
-  auto scores = [&](ScalarType t) { return torch::stable::new_empty(logits, {N}, t); };
-  StableTensor loss = scores(ScalarType::Float), el2n = scores(ScalarType::Float),
-               grad_norm = scores(ScalarType::Float), confidence = scores(ScalarType::Float),
-               margin = scores(ScalarType::Float), entropy = scores(ScalarType::Float),
-               correct = scores(ScalarType::Bool);
-  StableTensor embedding = embedding_dtype ? torch::stable::new_empty(logits, {N, C}, *embedding_dtype)
-                                           : torch::stable::new_empty(logits, {0}, ScalarType::Float);
-  if (N == 0) return {loss, el2n, grad_norm, confidence, margin, entropy, correct, embedding};
-  Outputs out{loss.mutable_data_ptr<float>(),       el2n.mutable_data_ptr<float>(),
-              grad_norm.mutable_data_ptr<float>(),  confidence.mutable_data_ptr<float>(),
-              margin.mutable_data_ptr<float>(),     entropy.mutable_data_ptr<float>(),
-              correct.mutable_data_ptr<bool>()};
+  CeScoresOutput result = allocate_ce_scores(logits, embedding_dtype);
+  if (N == 0) return result;
+  const CeScoresPointers out = score_pointers(result);
   const float* hsq = feature_sqnorm ? feature_sqnorm->const_data_ptr<float>() : nullptr;
   const int64_t hs = feature_sqnorm ? feature_sqnorm->stride(0) : 0;
-  StableTensor* emb = embedding_dtype ? &embedding : nullptr;
+  StableTensor* emb = embedding_dtype ? &std::get<7>(result) : nullptr;
   const float eps = static_cast<float>(label_smoothing);
   switch (logits.scalar_type()) {
     case ScalarType::Float:
@@ -161,7 +147,7 @@ CeScoresOutput ce_scores_cuda(const StableTensor& logits, const StableTensor& ta
     default:
       dispatch_embedding<c10::BFloat16>(logits, targets, hsq, hs, ignore_index, eps, out, emb, stream);
   }
-  return {loss, el2n, grad_norm, confidence, margin, entropy, correct, embedding};
+  return result;
 }
 
 }  // namespace datadiet

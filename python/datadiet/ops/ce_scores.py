@@ -150,7 +150,9 @@ def _check_target_range(targets: torch.Tensor, num_classes: int, ignore_index: i
         )
 
 
-def _fake_outputs(logits, targets, feature_sqnorm, ignore_index, label_smoothing, embedding_dtype):
+def empty_outputs(logits: torch.Tensor, embedding_dtype: Optional[torch.dtype]) -> tuple[torch.Tensor, ...]:
+    """The op's outputs on logits' device: six float32 [N] scores, bool [N] correct and the
+    [N, C] embedding (an empty [0] float32 tensor when not asked for)."""
     n, c = logits.shape
     scores = [logits.new_empty((n,), dtype=torch.float32) for _ in range(6)]
     correct = logits.new_empty((n,), dtype=torch.bool)
@@ -159,6 +161,10 @@ def _fake_outputs(logits, targets, feature_sqnorm, ignore_index, label_smoothing
     else:
         embedding = logits.new_empty((n, c), dtype=embedding_dtype)
     return (*scores, correct, embedding)
+
+
+def _fake_outputs(logits, targets, feature_sqnorm, ignore_index, label_smoothing, embedding_dtype):
+    return empty_outputs(logits, embedding_dtype)
 
 
 @torch.library.custom_op("datadiet::ce_scores_triton", mutates_args=())
