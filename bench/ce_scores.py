@@ -73,10 +73,10 @@ def run(args) -> list[dict]:
                 baselines.append("torch.compile composite")
         for b in backends:
             add(f"datadiet {b}", lambda b=b: datadiet.ce_scores(
-                logits, targets, feature_sqnorm=hsq, check_targets=False, backend=b), baselines, read)
+                logits, targets, feature_sqnorm=hsq, check_values=False, backend=b), baselines, read)
             if args.embedding:
                 add(f"datadiet {b} + embedding", lambda b=b: datadiet.ce_scores(
-                    logits, targets, feature_sqnorm=hsq, return_embedding=True, check_targets=False, backend=b),
+                    logits, targets, feature_sqnorm=hsq, return_embedding=True, check_values=False, backend=b),
                     (), read)
         del logits
     return rows

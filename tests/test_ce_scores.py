@@ -166,6 +166,17 @@ def test_feature_sqnorm_equals_features():
     torch.testing.assert_close(a.grad_norm, b.grad_norm)
 
 
+def test_kernel_applies_sqrt_of_feature_sqnorm_plus_one_to_any_value():
+    # The raw op does not validate values: whatever ‖h‖² it is given (zero, negative, NaN),
+    # grad_norm = el2n * sqrt(‖h‖² + 1), as in the reference and the Triton kernel, and
+    # never falls back to the bias-only norm.
+    logits, targets, _ = random_case(4, 7, torch.float32, seed=10)
+    hsq = torch.tensor([0.0, -0.5, -2.0, float("nan")])
+    out = torch.ops.datadiet.ce_scores(logits, targets, hsq, -100, 0.0, None)
+    torch.testing.assert_close(out[2], out[1] * torch.sqrt(hsq + 1), equal_nan=True)
+    assert torch.isnan(out[2][2:]).all()
+
+
 def test_backends_agree_and_are_deterministic():
     logits, targets, features = random_case(500, 100, torch.float32, seed=7)
     runs = [datadiet.ce_scores(logits, targets, features, return_embedding=True, backend=b)

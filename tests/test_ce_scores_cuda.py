@@ -51,7 +51,7 @@ def test_cuda_equals_cpu_kernel():
 def test_cuda_unchecked_out_of_range_target_gives_nan_row():
     logits, targets, _ = random_case(3, 5, torch.float32, seed=4, device="cuda")
     targets[1] = 7
-    out = datadiet.ce_scores(logits, targets, check_targets=False, backend="cuda")
+    out = datadiet.ce_scores(logits, targets, check_values=False, backend="cuda")
     assert torch.isnan(out.loss[1]) and not out.correct[1] and torch.isfinite(out.loss[[0, 2]]).all()
     with pytest.raises(ValueError, match=r"targets\[1\] = 7"):
         datadiet.ce_scores(logits, targets, backend="cuda")

@@ -40,6 +40,8 @@ def test_bad_logits_and_targets(mutate, exc, pattern, backend):
         ({"features": torch.randn(4)}, ValueError, r"features must have shape \[4, D\]"),
         ({"features": torch.ones(4, 3, dtype=torch.int64)}, TypeError, r"features must be floating point"),
         ({"feature_sqnorm": torch.ones(3)}, ValueError, r"feature_sqnorm must have shape \[4\], got \(3,\)"),
+        ({"feature_sqnorm": torch.tensor([1.0, 2.0, -0.25, 0.0])}, ValueError,
+         r"feature_sqnorm\[2\] = -0.25 is negative"),
         ({"features": torch.randn(4, 3), "feature_sqnorm": torch.ones(4)}, ValueError, "not both"),
         ({"label_smoothing": 1.5}, ValueError, r"label_smoothing must be in \[0, 1\], got 1.5"),
         ({"label_smoothing": -0.1}, ValueError, r"got -0.1"),

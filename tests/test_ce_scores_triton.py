@@ -72,7 +72,7 @@ def test_triton_strided_inputs():
 def test_triton_unchecked_out_of_range_target_gives_nan_row():
     logits, targets, _ = random_case(3, 5, torch.float32, seed=13, device=DEVICE)
     targets[1] = 7
-    out = datadiet.ce_scores(logits, targets, check_targets=False, return_embedding=True, backend="triton")
+    out = datadiet.ce_scores(logits, targets, check_values=False, return_embedding=True, backend="triton")
     assert torch.isnan(out.loss[1]) and torch.isnan(out.embedding[1]).all() and not out.correct[1]
     assert torch.isfinite(out.loss[[0, 2]]).all()
 

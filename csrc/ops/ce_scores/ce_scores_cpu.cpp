@@ -196,13 +196,12 @@ void ce_scores_rows(const T* logits, int64_t rs, int64_t cs, const int64_t* targ
     for (int64_t r = 0; r < N; ++r) {
       const T* row = logits + r * rs;
       const int64_t y = targets[r * ts];
-      const bool in_range = y >= 0 && y < C;
-      if (y != ignore_index && !in_range) {
+      const bool labelled = y != ignore_index;
+      if (labelled && !(y >= 0 && y < C)) {
 #pragma omp critical(datadiet_ce_bad_row)
         bad_row = std::min(bad_row, r);
         continue;
       }
-      const bool labelled = y != ignore_index;
       const int64_t y_excl = labelled ? y : -1;
       const float pivot = ce::pivot_of(static_cast<float>(row[0]));
       RowState st = ce::empty_state();
@@ -221,7 +220,8 @@ void ce_scores_rows(const T* logits, int64_t rs, int64_t cs, const int64_t* targ
       ce::RowInfo info;
       info.labelled = labelled;
       info.z_y = labelled ? static_cast<float>(row[y * cs]) : 0.f;
-      info.feature_sqnorm = hsq ? hsq[r * hs] : -1.f;
+      info.has_features = hsq != nullptr;
+      info.feature_sqnorm = hsq ? hsq[r * hs] : 0.f;
       info.pivot = pivot;
       const ce::Finished f = ce::finalize(st, info, C, eps, y);
       out.loss[r] = f.scores.loss;

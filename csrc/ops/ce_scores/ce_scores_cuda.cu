@@ -59,7 +59,8 @@ __global__ void ce_scores_kernel(const T* __restrict__ logits, int64_t rs, int64
   ce::RowInfo info;
   info.labelled = labelled && !invalid;
   info.z_y = info.labelled ? static_cast<float>(row[y * cs]) : 0.f;
-  info.feature_sqnorm = hsq ? hsq[r * hs] : -1.f;
+  info.has_features = hsq != nullptr;
+  info.feature_sqnorm = hsq ? hsq[r * hs] : 0.f;
   info.pivot = pivot;
   ce::Finished f = ce::finalize(st, info, C, eps, y);
   if (invalid) {

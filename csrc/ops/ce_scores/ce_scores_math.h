@@ -118,7 +118,8 @@ DD_HD RowState merge(const RowState& a, const RowState& b) {
 struct RowInfo {
   float z_y;           // the target's logit (unused when !labelled)
   bool labelled;       // target is a class index (not ignore_index, in range)
-  float feature_sqnorm;  // ‖h‖² of the penultimate features, or < 0 for bias-only
+  bool has_features;     // false: bias-only gradient norm
+  float feature_sqnorm;  // ‖h‖² of the penultimate features (when has_features)
   float pivot;
 };
 
@@ -163,8 +164,7 @@ DD_HD Finished finalize(const RowState& s, const RowInfo& row, int64_t C, float 
     float sq = q2 - 2.f * a * off + static_cast<float>(C - 1) * a * a + ey_err * ey_err;
     sq = sq > 0.f ? sq : 0.f;
     o.el2n = sqrtf(sq);
-    o.grad_norm = row.feature_sqnorm >= 0.f ? o.el2n * sqrtf(row.feature_sqnorm + 1.f) : o.el2n;
-    if (row.feature_sqnorm != row.feature_sqnorm) o.grad_norm = nan;
+    o.grad_norm = row.has_features ? o.el2n * sqrtf(row.feature_sqnorm + 1.f) : o.el2n;
     o.correct = s.argmax == y;
   } else {
     o.loss = o.el2n = o.grad_norm = 0.f;

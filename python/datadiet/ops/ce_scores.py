@@ -44,7 +44,7 @@ def ce_scores(
     label_smoothing: float = 0.0,
     return_embedding: bool = False,
     embedding_dtype: torch.dtype = torch.float32,
-    check_targets: bool = True,
+    check_values: bool = True,
     backend: str = "auto",
 ) -> CEScores:
     """Cross-entropy difficulty scores of every sample from one pass over the logits.
@@ -68,9 +68,10 @@ def ce_scores(
         ignore_index: rows with this target get ``loss = el2n = grad_norm = 0``,
             ``correct = False`` and a zero embedding row; their label-free scores are kept.
         label_smoothing: ε in [0, 1]; the target becomes ``(1-ε)·onehot + ε/C``.
-        check_targets: verify targets are in range before launching (on CUDA this costs one
-            host sync; the CPU kernel always checks). Unchecked out-of-range targets give
-            NaN rows on CUDA and Triton, never an out-of-bounds read.
+        check_values: verify the data-dependent inputs before launching: targets in range and
+            a given ``feature_sqnorm`` non-negative (on CUDA this costs one host sync; the CPU
+            kernel always checks targets). Unchecked out-of-range targets give NaN rows on
+            CUDA and Triton, never an out-of-bounds read.
         backend: ``"auto" | "cpu" | "cuda" | "triton" | "torch"`` (see ``datadiet.backends``).
 
     Non-finite logits: ``-inf`` masks a class (probability 0). A row holding NaN or ``+inf``,
@@ -79,11 +80,14 @@ def ce_scores(
     """
     _check_args(logits, targets, features, feature_sqnorm, label_smoothing, embedding_dtype)
     chosen = resolve(backend, logits.device, "ce_scores")
+    checking = check_values and not torch.compiler.is_compiling()
     if features is not None:
         feature_sqnorm = torch.linalg.vector_norm(features, dim=1, dtype=torch.float32).square()
     elif feature_sqnorm is not None:
+        if checking:
+            _check_non_negative(feature_sqnorm)
         feature_sqnorm = feature_sqnorm.float()
-    if check_targets and chosen != "cpu" and not torch.compiler.is_compiling():
+    if checking and chosen != "cpu":
         _check_target_range(targets, logits.shape[1], ignore_index)
     emb_dtype = embedding_dtype if return_embedding else None
     args = (logits, targets, feature_sqnorm, int(ignore_index), float(label_smoothing), emb_dtype)
@@ -148,6 +152,14 @@ def _check_target_range(targets: torch.Tensor, num_classes: int, ignore_index: i
             f"datadiet.ce_scores: targets[{i}] = {int(targets[i])} is not a class index in "
             f"[0, {num_classes}) nor ignore_index = {ignore_index}"
         )
+
+
+def _check_non_negative(feature_sqnorm: torch.Tensor) -> None:
+    negative = feature_sqnorm < 0
+    if bool(negative.any()):
+        i = int(negative.nonzero()[0, 0])
+        raise ValueError(f"datadiet.ce_scores: feature_sqnorm[{i}] = {float(feature_sqnorm[i])} is negative; "
+                         "it must hold squared norms ‖h‖² >= 0")
 
 
 def empty_outputs(logits: torch.Tensor, embedding_dtype: Optional[torch.dtype]) -> tuple[torch.Tensor, ...]:
