@@ -102,13 +102,17 @@ inline void block_top2(const float* z, int n, float bm, int& first, float& secon
   for (int i = 0; i < kLanes; ++i) lane[i] = i;
   first_v = vi16{} + n;
   vf16 below = splat(-ce::kInf);
+  const vi16 none = vi16{} + n;
+  const vf16 neg_inf = splat(-ce::kInf);
   for (int j = 0; j < nv; j += kLanes) {
+    // Selects feed plain min/max so each accumulator's dependency chain is one op long.
     const vf16 zj = load16(z + j);
     const vi16 is_max = zj == vbm;  // -1 where equal
-    const vi16 idx = lane + j;
-    first_v = (is_max != 0 && idx < first_v) ? idx : first_v;
+    const vi16 idx = is_max != 0 ? lane + j : none;
+    first_v = idx < first_v ? idx : first_v;
     count_v -= is_max;
-    below = (zj < vbm && zj > below) ? zj : below;
+    const vf16 cand = zj < vbm ? zj : neg_inf;
+    below = cand > below ? cand : below;
   }
   first = n;
   int count = 0;
@@ -149,6 +153,9 @@ void fold_block(RowState& st, const float* z, int n, int64_t col0, int64_t y_exc
   const vf16 vm = splat(bm), vpivot = splat(pivot), zero = splat(0.f), lo = splat(-87.3f);
   vf16 s1 = zero, s2 = zero, t = zero, sz = zero;
   auto accumulate = [&](int j, bool has_target) {
+    // Overlap the next block's DRAM reads (next in the row, or the next row's start)
+    // with this block's exp work; prefetches never fault.
+    __builtin_prefetch(z + j + kBlock);
     const vf16 zj = load16(z + j);
     sz += zj - vpivot;
     const vf16 d = zj - vm;
