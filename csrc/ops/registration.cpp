@@ -3,6 +3,7 @@
 #include <torch/csrc/stable/library.h>
 
 #include "ops/ce_scores/ce_scores.h"
+#include "ops/select/select.h"
 
 STABLE_TORCH_LIBRARY(datadiet, m) {
   m.def(
@@ -10,6 +11,16 @@ STABLE_TORCH_LIBRARY(datadiet, m) {
       "float label_smoothing, ScalarType? embedding_dtype) -> (Tensor loss, Tensor el2n, "
       "Tensor grad_norm, Tensor confidence, Tensor margin, Tensor entropy, Tensor correct, "
       "Tensor embedding)");
+  m.def("topk_select(Tensor scores, int[] offsets, int[] ks, bool largest) -> Tensor");
+  m.def("weighted_sample(Tensor weights, int[] offsets, int[] ks, int seed) -> Tensor");
+  m.def(
+      "selective_backprop_keep_(Tensor losses, Tensor(a!) history, Tensor(b!) state, float beta, int seed, "
+      "int step) -> (Tensor keep, Tensor percentile)");
 }
 
-STABLE_TORCH_LIBRARY_IMPL(datadiet, CPU, m) { m.impl("ce_scores", TORCH_BOX(&datadiet::ce_scores_cpu)); }
+STABLE_TORCH_LIBRARY_IMPL(datadiet, CPU, m) {
+  m.impl("ce_scores", TORCH_BOX(&datadiet::ce_scores_cpu));
+  m.impl("topk_select", TORCH_BOX(&datadiet::topk_select_cpu));
+  m.impl("weighted_sample", TORCH_BOX(&datadiet::weighted_sample_cpu));
+  m.impl("selective_backprop_keep_", TORCH_BOX(&datadiet::selective_backprop_keep_cpu));
+}
