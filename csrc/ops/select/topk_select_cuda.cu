@@ -1,0 +1,59 @@
+// datadiet::topk_select on CUDA: one elementwise pass writes the ordered keys
+// (select_math.h), the radix engine (radix_select_cuda.cuh) selects and orders.
+#include <torch/csrc/stable/accelerator.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
+
+#include "ops/select/radix_select_cuda.h"
+#include "ops/select/select_math.h"
+
+namespace datadiet {
+namespace {
+
+template <typename T>
+__global__ void ordered_keys_kernel(const T* values, uint32_t* keys, int64_t n, bool largest) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    keys[i] = sel::ordered_key(static_cast<float>(values[i]), largest);
+}
+
+template <typename T>
+void launch_keys(const StableTensor& values, uint32_t* keys, bool largest, cudaStream_t stream) {
+  const int64_t n = values.numel();
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65536));
+  ordered_keys_kernel<T><<<blocks, 256, 0, stream>>>(values.const_data_ptr<T>(), keys, n, largest);
+}
+
+}  // namespace
+
+StableTensor topk_select_cuda(const StableTensor& values, std::vector<int64_t> offsets, std::vector<int64_t> ks,
+                              bool largest) {
+  const char* op = "topk_select";
+  const int64_t total = check_segments(op, "scores", values, offsets, ks);
+  DD_CHECK(values.is_cuda(), op, "the CUDA kernel got scores on another device");
+  const auto device_index = values.get_device_index();
+  torch::stable::accelerator::DeviceGuard guard(device_index);
+  const cudaStream_t stream = current_stream(device_index);
+  StableTensor out = torch::stable::new_empty(values, {total}, ScalarType::Long);
+  if (total == 0) return out;
+  StableTensor keys = torch::stable::new_empty(values, {values.numel()}, ScalarType::Int);
+  auto* k = reinterpret_cast<uint32_t*>(keys.mutable_data_ptr<int32_t>());
+  switch (values.scalar_type()) {
+    case ScalarType::Float:
+      launch_keys<float>(values, k, largest, stream);
+      break;
+    case ScalarType::Half:
+      launch_keys<c10::Half>(values, k, largest, stream);
+      break;
+    default:
+      launch_keys<c10::BFloat16>(values, k, largest, stream);
+  }
+  check_launch(op);
+  sel::select_smallest_cuda(op, k, offsets, ks, out, stream);
+  return out;
+}
+
+}  // namespace datadiet
+
+STABLE_TORCH_LIBRARY_IMPL(datadiet, CUDA, m) { m.impl("topk_select", TORCH_BOX(&datadiet::topk_select_cuda)); }

@@ -1,0 +1,72 @@
+// datadiet::weighted_sample on CUDA: each thread writes the exponential keys of four
+// consecutive elements from one Philox call (select_math.h), the radix engine
+// (radix_select_cuda.cuh) takes the k smallest per segment in draw order. Compiled
+// with --fmad=false (CMakeLists.txt) so the keys equal CPU, Triton and the reference.
+// Weight values are checked by the Python wrapper (check_values), not here.
+#include <torch/csrc/stable/accelerator.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
+
+#include "ops/select/radix_select_cuda.h"
+#include "ops/select/select_math.h"
+
+namespace datadiet {
+namespace {
+
+template <typename T>
+__global__ void exponential_keys_kernel(const T* weights, uint32_t* keys, int64_t n, uint64_t seed) {
+  const int64_t quads = (n + 3) / 4;
+  for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < quads;
+       j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const sel::Words4 r = sel::philox4(static_cast<uint64_t>(j), 0, seed);
+#pragma unroll
+    for (int l = 0; l < 4; ++l) {
+      const int64_t i = 4 * j + l;
+      if (i < n) keys[i] = sel::exponential_key(static_cast<float>(weights[i]), r.w[l]);
+    }
+  }
+}
+
+template <typename T>
+void launch_keys(const StableTensor& weights, uint32_t* keys, uint64_t seed, cudaStream_t stream) {
+  const int64_t quads = (weights.numel() + 3) / 4;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((quads + 255) / 256, 65536));
+  exponential_keys_kernel<T><<<blocks, 256, 0, stream>>>(weights.const_data_ptr<T>(), keys, weights.numel(), seed);
+}
+
+}  // namespace
+
+StableTensor weighted_sample_cuda(const StableTensor& weights, std::vector<int64_t> offsets,
+                                  std::vector<int64_t> ks, int64_t seed) {
+  const char* op = "weighted_sample";
+  const int64_t total = check_segments(op, "weights", weights, offsets, ks);
+  DD_CHECK(weights.is_cuda(), op, "the CUDA kernel got weights on another device");
+  const auto device_index = weights.get_device_index();
+  torch::stable::accelerator::DeviceGuard guard(device_index);
+  const cudaStream_t stream = current_stream(device_index);
+  StableTensor out = torch::stable::new_empty(weights, {total}, ScalarType::Long);
+  if (total == 0) return out;
+  StableTensor keys = torch::stable::new_empty(weights, {weights.numel()}, ScalarType::Int);
+  auto* k = reinterpret_cast<uint32_t*>(keys.mutable_data_ptr<int32_t>());
+  const uint64_t s = static_cast<uint64_t>(seed);
+  switch (weights.scalar_type()) {
+    case ScalarType::Float:
+      launch_keys<float>(weights, k, s, stream);
+      break;
+    case ScalarType::Half:
+      launch_keys<c10::Half>(weights, k, s, stream);
+      break;
+    default:
+      launch_keys<c10::BFloat16>(weights, k, s, stream);
+  }
+  check_launch(op);
+  sel::select_smallest_cuda(op, k, offsets, ks, out, stream);
+  return out;
+}
+
+}  // namespace datadiet
+
+STABLE_TORCH_LIBRARY_IMPL(datadiet, CUDA, m) {
+  m.impl("weighted_sample", TORCH_BOX(&datadiet::weighted_sample_cuda));
+}
