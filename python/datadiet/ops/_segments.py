@@ -43,7 +43,7 @@ def _ints(x, name: str, op: str) -> list[int]:
 
 
 def _per_segment_k(k: IntsLike, sizes: list[int], op: str) -> list[int]:
-    if isinstance(k, bool) or k is None:
+    if isinstance(k, bool) or not isinstance(k, (int, Sequence, torch.Tensor)):
         raise TypeError(f"datadiet.{op}: k must be an int or one int per segment, got {k!r}")
     ks = [int(k)] * len(sizes) if isinstance(k, int) else _ints(k, "k", op)
     if len(ks) != len(sizes):
