@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from datadiet import _extension as ext
@@ -18,6 +20,13 @@ BACKENDS = ("auto", "cpu", "cuda", "triton", "torch")
 
 def available(device: torch.device) -> list[str]:
     """Backends that can run an op on tensors of ``device``, fastest first."""
+    return list(_available(device.type))
+
+
+@functools.lru_cache(maxsize=None)
+def _available(device_type: str) -> tuple[str, ...]:
+    # Fixed for the process: the compiled modules, triton and TRITON_INTERPRET are read at import.
+    device = torch.device(device_type)
     out = []
     if device.type == "cpu" and ext.compiled_cpu():
         out.append("cpu")
@@ -26,13 +35,13 @@ def available(device: torch.device) -> list[str]:
     if ext.TRITON_AVAILABLE and (device.type == "cuda" or (device.type == "cpu" and ext.triton_interpret())):
         out.append("triton")
     out.append("torch")
-    return out
+    return tuple(out)
 
 
 def resolve(backend: str, device: torch.device, op: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"datadiet.{op}: backend must be one of {BACKENDS}, got {backend!r}")
-    choices = available(device)
+    choices = _available(device.type)
     if backend == "auto":
         # On CPU tensors the interpreter is never the fast choice.
         return next(b for b in choices if not (b == "triton" and device.type == "cpu"))
@@ -43,5 +52,5 @@ def resolve(backend: str, device: torch.device, op: str) -> str:
             "triton": "triton is not installed" if not ext.TRITON_AVAILABLE
             else f"tensors are on {device} (set TRITON_INTERPRET=1 to run Triton on CPU)",
         }[backend]
-        raise ValueError(f"datadiet.{op}: backend={backend!r} is unavailable: {why}; available: {choices}")
+        raise ValueError(f"datadiet.{op}: backend={backend!r} is unavailable: {why}; available: {list(choices)}")
     return backend

@@ -13,8 +13,9 @@
 //   4. a stable LSD radix sort on the key half (3 passes of 11 bits, passes whose digit
 //      is constant skipped) orders the k picks; it keeps index order within equal keys
 //      because both parts enter it in index order.
-// Extra memory: 16 bytes per selected element plus 8 per candidate. Segments of at
-// most 4096 elements skip the histogram: pack all, nth_element, sort the k.
+// Extra memory: 16 bytes per selected element plus 8 per candidate. Short segments run
+// single-threaded on reused per-thread buffers (select_serial), ordering the picks by
+// a counting sort on the histogram instead of the LSD passes.
 // Long segments use every OpenMP thread inside the passes; short ones are spread over
 // the threads one segment each.
 #pragma once
@@ -32,7 +33,6 @@ constexpr int kDigitBits = 11;
 constexpr int64_t kBins = int64_t{1} << kDigitBits;
 constexpr int kTopShift = 32 - kDigitBits;
 constexpr int64_t kParallelSegment = int64_t{1} << 16;
-constexpr int64_t kDirectSegment = 4096;
 
 inline uint64_t pack(uint32_t key, int64_t local) { return (uint64_t{key} << 32) | static_cast<uint32_t>(local); }
 
@@ -75,19 +75,66 @@ inline uint64_t* sort_by_key(uint64_t* a, uint64_t* tmp, int64_t m, int threads)
   return a;
 }
 
-// key_at(i) -> uint32 key of global element i. Writes k global indices to out.
+// Reused per-thread buffers of the single-threaded path.
+struct Scratch {
+  std::vector<uint32_t> hist = std::vector<uint32_t>(kBins);
+  std::vector<uint32_t> keys;
+  std::vector<uint64_t> picked, cand;
+};
+
+inline Scratch& thread_scratch() {
+  static thread_local Scratch s;
+  return s;
+}
+
+// Single-threaded select of one segment on reused buffers. The histogram doubles as a
+// counting sort: the picks are written straight into per-digit buckets (index order
+// within each), so ordering them only sorts each small bucket.
+template <typename KeyAt>
+void select_serial(const KeyAt& key_at, int64_t begin, int64_t n, int64_t k, int64_t* out) {
+  Scratch& s = thread_scratch();
+  s.keys.resize(n);
+  uint32_t* keys = s.keys.data();
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) keys[i] = key_at(begin + i);
+  uint32_t* h = s.hist.data();
+  std::fill(h, h + kBins, 0u);
+  for (int64_t i = 0; i < n; ++i) ++h[keys[i] >> kTopShift];
+  int64_t below = 0;
+  uint32_t bin = 0;
+  for (; below + h[bin] < k; ++bin) {
+    const uint32_t count = h[bin];
+    h[bin] = static_cast<uint32_t>(below);  // bucket start
+    below += count;
+  }
+  s.picked.resize(k);
+  s.cand.resize(h[bin]);
+  uint64_t* picked = s.picked.data();
+  int64_t c = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t key = keys[i], d = key >> kTopShift;
+    if (d < bin) picked[h[d]++] = pack(key, i);
+    else if (d == bin) s.cand[c++] = pack(key, i);
+  }
+  const int64_t need = k - below;
+  if (need < c) std::nth_element(s.cand.begin(), s.cand.begin() + need, s.cand.end());
+  std::sort(s.cand.begin(), s.cand.begin() + need);
+  std::copy(s.cand.begin(), s.cand.begin() + need, picked + below);
+  uint32_t start = 0;  // h[d] is now the end of bucket d; packed words are unique
+  for (uint32_t d = 0; d < bin; ++d) {
+    if (h[d] - start > 1) std::sort(picked + start, picked + h[d]);
+    start = std::max(start, h[d]);
+  }
+  for (int64_t j = 0; j < k; ++j) out[j] = begin + static_cast<int64_t>(picked[j] & 0xffffffffu);
+}
+
+// key_at(i) -> uint32 key of global element i. Writes k global indices to out, using
+// `threads` OpenMP threads inside the passes.
 template <typename KeyAt>
 void select_segment(const KeyAt& key_at, int64_t begin, int64_t n, int64_t k, int64_t* out, int threads) {
   if (k == 0) return;
-  if (n <= kDirectSegment) {  // short: pack everything, partial sort
-    std::vector<uint64_t> all(n);
-    for (int64_t i = 0; i < n; ++i) all[i] = pack(key_at(begin + i), i);
-    if (k < n) std::nth_element(all.begin(), all.begin() + k, all.end());
-    std::sort(all.begin(), all.begin() + k);
-    for (int64_t j = 0; j < k; ++j) out[j] = begin + static_cast<int64_t>(all[j] & 0xffffffffu);
-    return;
-  }
   threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, n / 4096)));
+  if (threads == 1) return select_serial(key_at, begin, n, k, out);
   std::vector<int64_t> hist(static_cast<size_t>(threads) * kBins, 0);
 #pragma omp parallel num_threads(threads)
   {
@@ -148,7 +195,9 @@ void select_segments(const KeyAt& key_at, const std::vector<int64_t>& offsets, c
     if (n >= kParallelSegment) select_segment(key_at, offsets[g], n, ks[g], out + out_at[g], threads);
     else if (ks[g] > 0) small.push_back(g);
   }
-#pragma omp parallel for schedule(dynamic, 1)
+  int64_t small_work = 0;
+  for (const int64_t g : small) small_work += offsets[g + 1] - offsets[g];
+#pragma omp parallel for schedule(dynamic, 1) if (small_work >= kParallelSegment)
   for (size_t j = 0; j < small.size(); ++j) {
     const int64_t g = small[j];
     select_segment(key_at, offsets[g], offsets[g + 1] - offsets[g], ks[g], out + out_at[g], 1);

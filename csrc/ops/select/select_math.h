@@ -62,12 +62,14 @@ DD_HD float bits_float(uint32_t b) {
 }
 
 // Key whose unsigned order is ascending x (descending when largest), NaN last.
+// Branch-free so CPU loops vectorise: negatives flip every bit, non-negatives set the
+// sign bit; +inf -> 0xff800000, so only NaN gets 0xffffffff.
 DD_HD uint32_t ordered_key(float x, bool largest) {
   uint32_t b = float_bits(x);
-  if ((b & 0x7fffffffu) > 0x7f800000u) return kNanKey;
-  if (b == 0x80000000u) b = 0u;
-  const uint32_t up = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-  return largest ? ~up : up;  // never 0xffffffff for a number: +inf -> 0xff800000
+  b = b == 0x80000000u ? 0u : b;
+  const uint32_t up = b ^ (static_cast<uint32_t>(static_cast<int32_t>(b) >> 31) | 0x80000000u);
+  const uint32_t key = largest ? ~up : up;
+  return (b & 0x7fffffffu) > 0x7f800000u ? kNanKey : key;
 }
 
 DD_HD uint32_t mulhi(uint32_t a, uint32_t b) {
