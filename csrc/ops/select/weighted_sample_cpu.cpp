@@ -29,28 +29,57 @@ void check_weights(const T* w, int64_t n) {
            first_bad, "] = ", static_cast<float>(w[first_bad]));
 }
 
-// Four elements per Philox call (select_math.h: random_word).
+// Four elements per Philox call (select_math.h: random_word). Blocks of 16 calls so
+// both loops vectorise: Philox lanes side by side, then the 64 keys.
+constexpr int kCalls = 16;
+
 template <typename T>
 void fill_keys(const T* w, int64_t n, uint64_t seed, uint32_t* keys) {
-  const int64_t quads = n / 4;
-#pragma omp parallel for simd schedule(static)
-  for (int64_t j = 0; j < quads; ++j) {
-    const sel::Words4 r = sel::philox4(static_cast<uint64_t>(j), 0, seed);
-    for (int l = 0; l < 4; ++l) keys[4 * j + l] = sel::exponential_key(static_cast<float>(w[4 * j + l]), r.w[l]);
+  const int64_t blocks = n / (4 * kCalls);
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    uint32_t words[4 * kCalls];
+#pragma omp simd
+    for (int q = 0; q < kCalls; ++q) {
+      const sel::Words4 r = sel::philox4(static_cast<uint64_t>(b * kCalls + q), 0, seed);
+      words[4 * q] = r.w[0];
+      words[4 * q + 1] = r.w[1];
+      words[4 * q + 2] = r.w[2];
+      words[4 * q + 3] = r.w[3];
+    }
+    const int64_t base = b * 4 * kCalls;
+#pragma omp simd
+    for (int e = 0; e < 4 * kCalls; ++e) keys[base + e] = sel::exponential_key(static_cast<float>(w[base + e]), words[e]);
   }
-  for (int64_t i = 4 * quads; i < n; ++i)
+  for (int64_t i = blocks * 4 * kCalls; i < n; ++i)
     keys[i] = sel::exponential_key(static_cast<float>(w[i]), sel::random_word(i, 0, seed));
 }
 
+int64_t count_positive(const uint32_t* keys, int64_t lo, int64_t hi) {
+  int64_t positive = 0;
+#pragma omp simd reduction(+ : positive)
+  for (int64_t i = lo; i < hi; ++i) positive += keys[i] != sel::kInfKey;
+  return positive;
+}
+
+// One segment: split its range over the threads; many: one segment per thread.
 void check_positive_counts(const uint32_t* keys, const std::vector<int64_t>& offsets,
                            const std::vector<int64_t>& ks) {
-  for (size_t g = 0; g < ks.size(); ++g) {
-    int64_t positive = 0;
-#pragma omp parallel for simd reduction(+ : positive)
-    for (int64_t i = offsets[g]; i < offsets[g + 1]; ++i) positive += keys[i] != sel::kInfKey;
-    DD_CHECK(ks[g] <= positive, kOp, "k = ", ks[g], " for segment ", g, " but only ", positive,
-             " of its weights are positive; zero weights are never drawn");
+  const int64_t groups = static_cast<int64_t>(ks.size());
+  std::vector<int64_t> positive(groups, 0);
+  if (groups == 1) {
+    int64_t total = 0;
+#pragma omp parallel for reduction(+ : total)
+    for (int64_t c = offsets[0]; c < offsets[1]; c += 65536)
+      total += count_positive(keys, c, std::min(c + 65536, offsets[1]));
+    positive[0] = total;
+  } else {
+#pragma omp parallel for schedule(dynamic, 16)
+    for (int64_t g = 0; g < groups; ++g) positive[g] = count_positive(keys, offsets[g], offsets[g + 1]);
   }
+  for (int64_t g = 0; g < groups; ++g)
+    DD_CHECK(ks[g] <= positive[g], kOp, "k = ", ks[g], " for segment ", g, " but only ", positive[g],
+             " of its weights are positive; zero weights are never drawn");
 }
 
 template <typename T>
