@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import datadiet
-from bench.harness import timeit
+from bench.harness import Rows
 
 DEFAULT_SIZES = ["256x1000", "4096x1000", "65536x1000"]
 IMAGENET = "1281167x1000"
@@ -47,7 +47,7 @@ def run(args) -> list[dict]:
     sizes = [s for s in args.sizes.split(",") if s] + ([IMAGENET] if args.imagenet else [])
     compiled = None if args.no_compile else torch.compile(composite, dynamic=False)
     backends = ["cuda", "triton"] if device.type == "cuda" else ["cpu"]
-    rows: list[dict] = []
+    rows = Rows(device)
     for size in sizes:
         n, c = (int(v) for v in size.split("x"))
         case = f"{n}x{c} {args.dtype}"
@@ -59,8 +59,7 @@ def run(args) -> list[dict]:
         small = n * c <= 65536 * 1000
 
         def add(method, fn, baselines=(), floor=None):
-            rows.append({"case": case, "method": method, "seconds": timeit(fn, device), "bytes": nbytes,
-                         "baselines": list(baselines), "floor": floor})
+            rows.add(case, method, fn, nbytes, baselines, floor)
 
         read = "read pass (logits.sum)"
         add(read, lambda: logits.sum())

@@ -51,6 +51,22 @@ def timeit(fn: Callable[[], object], device: torch.device, *, warmup: int = 2, r
     return statistics.median(times)
 
 
+class Rows(list):
+    """Rows of one benchmark run: ``rows.add(case, method, fn, ...)`` times ``fn`` and appends.
+    ``heavy`` cases (seconds per call) run once to warm up and three times timed."""
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__()
+        self.device = device
+
+    def add(self, case: str, method: str, fn: Callable[[], object], nbytes: Optional[int] = None,
+            baselines=(), floor: Optional[str] = None, heavy: bool = False) -> None:
+        seconds = (timeit(fn, self.device, warmup=1, repeat=3, min_seconds=0) if heavy
+                   else timeit(fn, self.device))
+        self.append({"case": case, "method": method, "seconds": seconds, "bytes": nbytes,
+                     "baselines": list(baselines), "floor": floor})
+
+
 def environment(device: torch.device) -> dict:
     import datadiet
 

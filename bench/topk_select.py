@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 import datadiet
-from bench.harness import timeit
+from bench.harness import Rows
 
 
 def add_arguments(p) -> None:
@@ -27,12 +27,9 @@ def run(args) -> list[dict]:
     device = args.device
     backends = ["cuda", "triton"] if device.type == "cuda" else ["cpu"]
     g = torch.Generator().manual_seed(0)
-    rows: list[dict] = []
+    rows = Rows(device)
+    add = rows.add
     large = device.type == "cuda" or not args.no_large
-
-    def add(case, method, fn, nbytes, baselines=(), heavy=False):
-        t = timeit(fn, device, warmup=1, repeat=3, min_seconds=0) if heavy else timeit(fn, device)
-        rows.append({"case": case, "method": method, "seconds": t, "bytes": nbytes, "baselines": list(baselines)})
 
     for n, frac, label in [(1_281_167, 0.1, "1.28M, k=10%"), (256, 0.5, "batch 256, keep 50%")] + (
             [(50_000_000, 0.1, "5e7, k=10%")] if large else []):

@@ -16,6 +16,7 @@
 #include <torch/headeronly/util/BFloat16.h>
 #include <torch/headeronly/util/Half.h>
 
+#include "common/dispatch.h"
 #include "ops/ce_scores/ce_scores.h"
 #include "ops/ce_scores/ce_scores_math.h"
 
@@ -265,19 +266,10 @@ void dispatch_embedding(const StableTensor& logits, const int64_t* tg, int64_t t
     ce_scores_rows<T, float>(z, rs, cs, tg, ts, hsq, hs, N, C, ignore_index, eps, out, nullptr, bad_row);
     return;
   }
-  switch (emb->scalar_type()) {
-    case ScalarType::Float:
-      ce_scores_rows(z, rs, cs, tg, ts, hsq, hs, N, C, ignore_index, eps, out,
-                     emb->mutable_data_ptr<float>(), bad_row);
-      break;
-    case ScalarType::Half:
-      ce_scores_rows(z, rs, cs, tg, ts, hsq, hs, N, C, ignore_index, eps, out,
-                     emb->mutable_data_ptr<c10::Half>(), bad_row);
-      break;
-    default:
-      ce_scores_rows(z, rs, cs, tg, ts, hsq, hs, N, C, ignore_index, eps, out,
-                     emb->mutable_data_ptr<c10::BFloat16>(), bad_row);
-  }
+  dispatch_float(emb->scalar_type(), [&](auto tag) {
+    ce_scores_rows(z, rs, cs, tg, ts, hsq, hs, N, C, ignore_index, eps, out,
+                   emb->mutable_data_ptr<decltype(tag)>(), bad_row);
+  });
 }
 
 }  // namespace
@@ -296,18 +288,9 @@ CeScoresOutput ce_scores_cpu(const StableTensor& logits, const StableTensor& tar
   StableTensor* emb = embedding_dtype ? &std::get<7>(result) : nullptr;
   const float eps = static_cast<float>(label_smoothing);
   int64_t bad_row = N;
-  switch (logits.scalar_type()) {
-    case ScalarType::Float:
-      dispatch_embedding<float>(logits, tg, targets.stride(0), hsq, hs, ignore_index, eps, out, emb, bad_row);
-      break;
-    case ScalarType::Half:
-      dispatch_embedding<c10::Half>(logits, tg, targets.stride(0), hsq, hs, ignore_index, eps, out, emb,
-                                    bad_row);
-      break;
-    default:
-      dispatch_embedding<c10::BFloat16>(logits, tg, targets.stride(0), hsq, hs, ignore_index, eps, out, emb,
-                                        bad_row);
-  }
+  dispatch_float(logits.scalar_type(), [&](auto tag) {
+    dispatch_embedding<decltype(tag)>(logits, tg, targets.stride(0), hsq, hs, ignore_index, eps, out, emb, bad_row);
+  });
   DD_CHECK(bad_row == N, "ce_scores", "targets[", bad_row, "] = ", tg[bad_row * targets.stride(0)],
            " is not a class index in [0, ", C, ") nor ignore_index = ", ignore_index);
   return result;

@@ -16,6 +16,8 @@
 #include <torch/headeronly/util/BFloat16.h>
 #include <torch/headeronly/util/Half.h>
 
+#include "common/cuda_stream.h"
+#include "common/dispatch.h"
 #include "ops/ce_scores/ce_scores.h"
 #include "ops/ce_scores/ce_scores_math.h"
 
@@ -96,24 +98,16 @@ void launch(const StableTensor& logits, const StableTensor& targets, const float
   ce_scores_kernel<T, E><<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, 0, stream>>>(
       logits.const_data_ptr<T>(), logits.stride(0), logits.stride(1), targets.const_data_ptr<int64_t>(),
       targets.stride(0), hsq, hs, N, logits.size(1), ignore_index, eps, out, emb);
-  const cudaError_t err = cudaGetLastError();
-  DD_CHECK(err == cudaSuccess, "ce_scores", "CUDA kernel launch failed: ", cudaGetErrorString(err));
+  check_launch("ce_scores");
 }
 
 template <typename T>
 void dispatch_embedding(const StableTensor& logits, const StableTensor& targets, const float* hsq, int64_t hs,
                         int64_t ignore_index, float eps, CeScoresPointers out, StableTensor* emb, cudaStream_t stream) {
   if (!emb) return launch<T, float>(logits, targets, hsq, hs, ignore_index, eps, out, nullptr, stream);
-  switch (emb->scalar_type()) {
-    case ScalarType::Float:
-      return launch<T>(logits, targets, hsq, hs, ignore_index, eps, out, emb->mutable_data_ptr<float>(), stream);
-    case ScalarType::Half:
-      return launch<T>(logits, targets, hsq, hs, ignore_index, eps, out, emb->mutable_data_ptr<c10::Half>(),
-                       stream);
-    default:
-      return launch<T>(logits, targets, hsq, hs, ignore_index, eps, out,
-                       emb->mutable_data_ptr<c10::BFloat16>(), stream);
-  }
+  dispatch_float(emb->scalar_type(), [&](auto tag) {
+    launch<T>(logits, targets, hsq, hs, ignore_index, eps, out, emb->mutable_data_ptr<decltype(tag)>(), stream);
+  });
 }
 
 }  // namespace
@@ -127,9 +121,7 @@ CeScoresOutput ce_scores_cuda(const StableTensor& logits, const StableTensor& ta
   DD_CHECK((N + kWarpsPerBlock - 1) / kWarpsPerBlock <= 0x7fffffff, "ce_scores", "too many rows: ", N);
   const auto device_index = logits.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(device_index);
-  void* stream_ptr = nullptr;
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_current_cuda_stream(device_index, &stream_ptr));
-  auto stream = static_cast<cudaStream_t>(stream_ptr);
+  const cudaStream_t stream = current_stream(device_index);
 
   CeScoresOutput result = allocate_ce_scores(logits, embedding_dtype);
   if (N == 0) return result;
@@ -138,16 +130,9 @@ CeScoresOutput ce_scores_cuda(const StableTensor& logits, const StableTensor& ta
   const int64_t hs = feature_sqnorm ? feature_sqnorm->stride(0) : 0;
   StableTensor* emb = embedding_dtype ? &std::get<7>(result) : nullptr;
   const float eps = static_cast<float>(label_smoothing);
-  switch (logits.scalar_type()) {
-    case ScalarType::Float:
-      dispatch_embedding<float>(logits, targets, hsq, hs, ignore_index, eps, out, emb, stream);
-      break;
-    case ScalarType::Half:
-      dispatch_embedding<c10::Half>(logits, targets, hsq, hs, ignore_index, eps, out, emb, stream);
-      break;
-    default:
-      dispatch_embedding<c10::BFloat16>(logits, targets, hsq, hs, ignore_index, eps, out, emb, stream);
-  }
+  dispatch_float(logits.scalar_type(), [&](auto tag) {
+    dispatch_embedding<decltype(tag)>(logits, targets, hsq, hs, ignore_index, eps, out, emb, stream);
+  });
   return result;
 }
 

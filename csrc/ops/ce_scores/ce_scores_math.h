@@ -30,11 +30,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define DD_HD __host__ __device__ __forceinline__
-#else
-#define DD_HD inline
-#endif
+#include "common/hd.h"
 
 namespace datadiet {
 namespace ce {

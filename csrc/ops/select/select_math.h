@@ -29,11 +29,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__CUDACC__)
-#define DD_HD __host__ __device__ __forceinline__
-#else
-#define DD_HD inline
-#endif
+#include "common/hd.h"
 
 namespace datadiet {
 namespace sel {

@@ -1,8 +1,6 @@
 // datadiet::topk_select on CPU: ordered keys of the scores straight from memory
 // (fp16/bf16 widened to float), selected by the shared radix engine.
-#include <torch/headeronly/util/BFloat16.h>
-#include <torch/headeronly/util/Half.h>
-
+#include "common/dispatch.h"
 #include "ops/select/radix_select_cpu.h"
 #include "ops/select/select.h"
 #include "ops/select/select_math.h"
@@ -25,16 +23,8 @@ StableTensor topk_select_cpu(const StableTensor& values, std::vector<int64_t> of
   const int64_t total = check_segments("topk_select", "scores", values, offsets, ks);
   StableTensor out = torch::stable::new_empty(values, {total}, ScalarType::Long);
   int64_t* o = out.mutable_data_ptr<int64_t>();
-  switch (values.scalar_type()) {
-    case ScalarType::Float:
-      select_typed<float>(values, offsets, ks, largest, o);
-      break;
-    case ScalarType::Half:
-      select_typed<c10::Half>(values, offsets, ks, largest, o);
-      break;
-    default:
-      select_typed<c10::BFloat16>(values, offsets, ks, largest, o);
-  }
+  dispatch_float(values.scalar_type(),
+                 [&](auto tag) { select_typed<decltype(tag)>(values, offsets, ks, largest, o); });
   return out;
 }
 

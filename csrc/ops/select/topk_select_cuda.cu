@@ -2,9 +2,7 @@
 // (select_math.h), the radix engine (radix_select_cuda.cuh) selects and orders.
 #include <torch/csrc/stable/accelerator.h>
 #include <torch/csrc/stable/library.h>
-#include <torch/headeronly/util/BFloat16.h>
-#include <torch/headeronly/util/Half.h>
-
+#include "common/dispatch.h"
 #include "ops/select/radix_select_cuda.h"
 #include "ops/select/select_math.h"
 
@@ -39,16 +37,7 @@ StableTensor topk_select_cuda(const StableTensor& values, std::vector<int64_t> o
   if (total == 0) return out;
   StableTensor keys = torch::stable::new_empty(values, {values.numel()}, ScalarType::Int);
   auto* k = reinterpret_cast<uint32_t*>(keys.mutable_data_ptr<int32_t>());
-  switch (values.scalar_type()) {
-    case ScalarType::Float:
-      launch_keys<float>(values, k, largest, stream);
-      break;
-    case ScalarType::Half:
-      launch_keys<c10::Half>(values, k, largest, stream);
-      break;
-    default:
-      launch_keys<c10::BFloat16>(values, k, largest, stream);
-  }
+  dispatch_float(values.scalar_type(), [&](auto tag) { launch_keys<decltype(tag)>(values, k, largest, stream); });
   check_launch(op);
   sel::select_smallest_cuda(op, k, offsets, ks, out, stream);
   return out;

@@ -5,9 +5,7 @@
 // reference bit for bit.
 #include <limits>
 
-#include <torch/headeronly/util/BFloat16.h>
-#include <torch/headeronly/util/Half.h>
-
+#include "common/dispatch.h"
 #include "ops/select/radix_select_cpu.h"
 #include "ops/select/select.h"
 #include "ops/select/select_math.h"
@@ -103,16 +101,7 @@ StableTensor weighted_sample_cpu(const StableTensor& weights, std::vector<int64_
   StableTensor out = torch::stable::new_empty(weights, {total}, ScalarType::Long);
   int64_t* o = out.mutable_data_ptr<int64_t>();
   const uint64_t s = static_cast<uint64_t>(seed);
-  switch (weights.scalar_type()) {
-    case ScalarType::Float:
-      sample_typed<float>(weights, offsets, ks, s, o);
-      break;
-    case ScalarType::Half:
-      sample_typed<c10::Half>(weights, offsets, ks, s, o);
-      break;
-    default:
-      sample_typed<c10::BFloat16>(weights, offsets, ks, s, o);
-  }
+  dispatch_float(weights.scalar_type(), [&](auto tag) { sample_typed<decltype(tag)>(weights, offsets, ks, s, o); });
   return out;
 }
 

@@ -5,9 +5,7 @@
 // Weight values are checked by the Python wrapper (check_values), not here.
 #include <torch/csrc/stable/accelerator.h>
 #include <torch/csrc/stable/library.h>
-#include <torch/headeronly/util/BFloat16.h>
-#include <torch/headeronly/util/Half.h>
-
+#include "common/dispatch.h"
 #include "ops/select/radix_select_cuda.h"
 #include "ops/select/select_math.h"
 
@@ -50,16 +48,7 @@ StableTensor weighted_sample_cuda(const StableTensor& weights, std::vector<int64
   StableTensor keys = torch::stable::new_empty(weights, {weights.numel()}, ScalarType::Int);
   auto* k = reinterpret_cast<uint32_t*>(keys.mutable_data_ptr<int32_t>());
   const uint64_t s = static_cast<uint64_t>(seed);
-  switch (weights.scalar_type()) {
-    case ScalarType::Float:
-      launch_keys<float>(weights, k, s, stream);
-      break;
-    case ScalarType::Half:
-      launch_keys<c10::Half>(weights, k, s, stream);
-      break;
-    default:
-      launch_keys<c10::BFloat16>(weights, k, s, stream);
-  }
+  dispatch_float(weights.scalar_type(), [&](auto tag) { launch_keys<decltype(tag)>(weights, k, s, stream); });
   check_launch(op);
   sel::select_smallest_cuda(op, k, offsets, ks, out, stream);
   return out;
