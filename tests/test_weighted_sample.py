@@ -5,6 +5,8 @@ import itertools
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from datadiet.ops import weighted_sample
 from datadiet.reference import weighted_sample_reference
@@ -133,3 +135,21 @@ def test_opcheck_and_compile():
     torch.library.opcheck(torch.ops.datadiet.weighted_sample.default, (w, [0, 100, 300], [5, 20], 7))
     fn = torch.compile(lambda x: weighted_sample(x, 25, seed=7, backend="cpu"), fullgraph=True)
     assert torch.equal(fn(w), weighted_sample(w, 25, seed=7))
+
+
+def test_non_contiguous_weights():
+    base = weights(60 * 40, seed=9).view(60, 40)
+    strided = base.t()[3]  # stride 40
+    assert torch.equal(weighted_sample(strided, 12, seed=2), weighted_sample(strided.contiguous(), 12, seed=2))
+    assert torch.equal(weighted_sample(base.t(), 5, seed=2), weighted_sample(base.t().contiguous(), 5, seed=2))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from([0.0, 1e-30, 0.5, 1.0, 3.0, 1e30]), min_size=1, max_size=50),
+       st.integers(0, 2**64 - 1), st.data())
+def test_property_matches_reference(values, seed, data):
+    w = torch.tensor(values, dtype=torch.float32)
+    k = data.draw(st.integers(0, int((w > 0).sum())))
+    got = weighted_sample(w, k, seed=seed)
+    assert torch.equal(got, weighted_sample_reference(w, [0, len(values)], [k], seed))
+    assert bool((w[got] > 0).all())

@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from datadiet import _extension as ext
@@ -23,10 +21,18 @@ def available(device: torch.device) -> list[str]:
     return list(_available(device.type))
 
 
-@functools.lru_cache(maxsize=None)
+_AVAILABLE: dict[str, tuple[str, ...]] = {}
+
+
 def _available(device_type: str) -> tuple[str, ...]:
-    # Fixed for the process: the compiled modules, triton and TRITON_INTERPRET are read at import.
-    device = torch.device(device_type)
+    # Fixed for the process (the compiled modules, triton and TRITON_INTERPRET are read at
+    # import), so computed once per device type.
+    if device_type not in _AVAILABLE:
+        _AVAILABLE[device_type] = _compute_available(torch.device(device_type))
+    return _AVAILABLE[device_type]
+
+
+def _compute_available(device: torch.device) -> tuple[str, ...]:
     out = []
     if device.type == "cpu" and ext.compiled_cpu():
         out.append("cpu")

@@ -136,8 +136,8 @@ def selective_backprop_keep_reference(losses: torch.Tensor, history: torch.Tenso
     """Mutates ``history`` and ``state`` like the kernels; returns (keep, percentile)."""
     n, r = losses.numel(), history.numel()
     pos, filled = (int(v) for v in state.tolist())
-    for i in range(max(0, n - r), n):
-        history[(pos + i) % r] = losses[i]
+    first = max(0, n - r)  # only the last r losses survive; their slots are distinct
+    history[(pos + torch.arange(first, n, device=history.device)) % r] = losses[first:]
     state[0] = (pos + n) % r
     state[1] = filled = min(filled + n, r)
     below = (history[:filled].unsqueeze(0) < losses.unsqueeze(1)).sum(1)
