@@ -126,6 +126,7 @@ void select_serial(const KeyAt& key_at, int64_t begin, int64_t n, int64_t k, int
     start = std::max(start, h[d]);
   }
   for (int64_t j = 0; j < k; ++j) out[j] = begin + static_cast<int64_t>(picked[j] & 0xffffffffu);
+  if (n > kParallelSegment) s = Scratch{};  // a long segment on one thread: do not keep its buffers
 }
 
 // key_at(i) -> uint32 key of global element i. Writes k global indices to out, using
