@@ -14,3 +14,8 @@ def test_demo_scores_find_flipped_labels(tmp_path, capsys):
     # Random ranking finds ~5% flipped labels in the top-k; difficulty scores must do far better.
     assert min(summary["flipped_found_in_top_k"].values()) > 0.5, summary
     assert "cpu" in summary["timings_s"] and "torch" in summary["timings_s"]
+    subsets = summary["subsets"]
+    easy, rand = subsets["easiest per class by GraNd"], subsets["random, same size"]
+    assert easy["size"] == rand["size"] < subsets["all training data"]["size"]
+    # Dropping the hardest 10% per class removes most flipped labels; a random 90% keeps ~5%.
+    assert easy["flipped_rate"] < 0.5 * rand["flipped_rate"], subsets

@@ -1,9 +1,12 @@
 """The main job at this stage: train a small classifier on a real dataset shipped inside a
 package (scikit-learn's handwritten digits), score every training sample with
-``datadiet.ce_scores`` and report what the scores say.
+``datadiet.ce_scores``, report what the scores say, then select subsets with the selection
+ops and retrain on them.
 
 Some training labels are flipped on purpose (``--label-noise``); difficulty scores should
-rank those samples first, which is what data pruning and noisy-label filtering rely on.
+rank those samples first, which is what data pruning and noisy-label filtering rely on:
+keeping the easiest ``--keep`` of each class (``topk_select`` per class) should hold fewer
+flipped labels than a random subset of the same size (``weighted_sample``).
 """
 
 from __future__ import annotations
@@ -97,7 +100,32 @@ def plot(scores, flipped, path: str) -> None:
     plt.close(fig)
 
 
-def main(epochs: int = 15, seed: int = 0, label_noise: float = 0.05, top: int = 10, out_dir: str = "demo_out") -> dict:
+def accuracy(model, x, y) -> float:
+    with torch.no_grad():
+        return (model(x)[0].argmax(1) == y).float().mean().item()
+
+
+def select_and_retrain(x, y, flipped, x_val, y_val, scores, keep: float, epochs: int, seed: int) -> dict:
+    """Retrain on the easiest `keep` of each class by GraNd, on a random subset of the same
+    size, and on everything; report subset size, flipped-label rate and validation accuracy."""
+    budgets = [round(keep * c) for c in torch.bincount(y, minlength=10).tolist()]
+    subsets = {
+        "easiest per class by GraNd": datadiet.topk_select(scores.grad_norm, budgets, largest=False, groups=y),
+        "random, same size": datadiet.weighted_sample(torch.ones(len(y)), sum(budgets), seed=seed),
+        "all training data": torch.arange(len(y)),
+    }
+    results = {}
+    for name, idx in subsets.items():
+        model = MLP(x.shape[1], 10)
+        train(model, x[idx], y[idx], epochs, seed)
+        model.eval()
+        results[name] = {"size": idx.numel(), "flipped_rate": flipped[idx].float().mean().item(),
+                         "val_accuracy": accuracy(model, x_val, y_val)}
+    return results
+
+
+def main(epochs: int = 15, seed: int = 0, label_noise: float = 0.05, top: int = 10, out_dir: str = "demo_out",
+         keep: float = 0.9) -> dict:
     x, y, flipped, x_val, y_val = load_digits(seed, label_noise)
     print(f"digits: {len(y)} train / {len(y_val)} val samples, 10 classes, "
           f"{int(flipped.sum())} training labels flipped ({label_noise:.0%})")
@@ -118,7 +146,7 @@ def main(epochs: int = 15, seed: int = 0, label_noise: float = 0.05, top: int = 
         v = torch.quantile(getattr(scores, name), qs)
         print(f"{name:<11}" + "".join(f"{x:>10.4f}" for x in v.tolist()))
 
-    order = scores.grad_norm.argsort(descending=True)
+    order = datadiet.topk_select(scores.grad_norm, len(y))
     print(f"\nhardest {top} training samples by last-layer gradient norm (GraNd)")
     print(f"{'index':>6} {'label':>6} {'pred':>5} {'flipped':>8} {'loss':>8} {'el2n':>7} {'grad_norm':>10}")
     pred = logits.argmax(1)
@@ -126,10 +154,20 @@ def main(epochs: int = 15, seed: int = 0, label_noise: float = 0.05, top: int = 
         print(f"{i:>6} {y[i].item():>6} {pred[i].item():>5} {str(bool(flipped[i])):>8} "
               f"{scores.loss[i]:>8.3f} {scores.el2n[i]:>7.3f} {scores.grad_norm[i]:>10.3f}")
     k = int(flipped.sum())
-    found = {name: flipped[getattr(scores, name).argsort(descending=True)[:k]].float().mean().item()
+    found = {name: flipped[datadiet.topk_select(getattr(scores, name), k)].float().mean().item()
              for name in ("loss", "el2n", "grad_norm")}
     print(f"\nflipped labels among the top-{k} by score (random would find {label_noise:.0%}): "
           + ", ".join(f"{n} {v:.0%}" for n, v in found.items()))
+
+    strata = datadiet.stratified_select(scores.grad_norm, 4, 0.25, seed=seed)
+    print("flipped labels per GraNd difficulty stratum (easiest first, a random quarter of each): "
+          + ", ".join(f"{flipped[p].float().mean():.0%}" for p in strata))
+
+    print(f"\nretraining on subsets that keep {keep:.0%} of the training data")
+    subsets = select_and_retrain(x, y, flipped, x_val, y_val, scores, keep, epochs, seed)
+    for name, r in subsets.items():
+        print(f"  {name:<28} {r['size']:>5} samples, {r['flipped_rate']:>5.1%} flipped, "
+              f"validation accuracy {r['val_accuracy']:.3f}")
 
     timings = time_backends(logits, y, features)
     print("\nce_scores time on these logits per backend: "
@@ -138,7 +176,7 @@ def main(epochs: int = 15, seed: int = 0, label_noise: float = 0.05, top: int = 
     os.makedirs(out_dir, exist_ok=True)
     plot_path = os.path.join(out_dir, "scores.png")
     plot(scores, flipped, plot_path)
-    summary = {"val_accuracy": val_acc, "flipped": k, "flipped_found_in_top_k": found,
+    summary = {"val_accuracy": val_acc, "flipped": k, "flipped_found_in_top_k": found, "subsets": subsets,
                "timings_s": timings, "build": datadiet.build_info()}
     tmp = os.path.join(out_dir, "summary.json.tmp")
     with open(tmp, "w") as f:
