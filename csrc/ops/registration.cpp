@@ -3,6 +3,7 @@
 #include <torch/csrc/stable/library.h>
 
 #include "ops/ce_scores/ce_scores.h"
+#include "ops/omp/omp.h"
 #include "ops/select/select.h"
 
 STABLE_TORCH_LIBRARY(datadiet, m) {
@@ -16,6 +17,9 @@ STABLE_TORCH_LIBRARY(datadiet, m) {
   m.def(
       "selective_backprop_keep_(Tensor losses, Tensor(a!) history, Tensor(b!) state, float beta, int seed, "
       "int step) -> (Tensor keep, Tensor percentile)");
+  m.def(
+      "omp(Tensor atoms, Tensor targets, int[] offsets, int[] budgets, float lam, bool positive, float tol) -> "
+      "(Tensor indices, Tensor weights, Tensor residual, Tensor iterations)");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(datadiet, CPU, m) {
@@ -23,4 +27,5 @@ STABLE_TORCH_LIBRARY_IMPL(datadiet, CPU, m) {
   m.impl("topk_select", TORCH_BOX(&datadiet::topk_select_cpu));
   m.impl("weighted_sample", TORCH_BOX(&datadiet::weighted_sample_cpu));
   m.impl("selective_backprop_keep_", TORCH_BOX(&datadiet::selective_backprop_keep_cpu));
+  m.impl("omp", TORCH_BOX(&datadiet::omp_cpu));
 }

@@ -17,6 +17,7 @@
 #include <torch/headeronly/util/Half.h>
 
 #include "common/dispatch.h"
+#include "common/simd_cpu.h"
 #include "ops/ce_scores/ce_scores.h"
 #include "ops/ce_scores/ce_scores_math.h"
 
@@ -26,25 +27,12 @@ namespace {
 using ce::RowState;
 constexpr int kBlock = 512;  // logits per block: 2 KiB of fp32, stays in L1
 
-// 16 floats: one AVX-512 register, two AVX2 ones. GCC/Clang vector extensions keep
-// the four running sums in registers (`omp simd reduction` spills them to memory).
-typedef float vf16 __attribute__((vector_size(64)));
-typedef int32_t vi16 __attribute__((vector_size(64)));
-constexpr int kLanes = 16;
-
-inline vf16 splat(float x) { return vf16{} + x; }
-
-inline vf16 load16(const float* p) {
-  vf16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-inline float hsum(vf16 v) {
-  float s = 0.f;
-  for (int i = 0; i < kLanes; ++i) s += v[i];
-  return s;
-}
+using simd::hsum;
+using simd::kLanes;
+using simd::load16;
+using simd::splat;
+using simd::vf16;
+using simd::vi16;
 
 // exp(x) for x <= 0 (x is always z - max here): Cephes' expf range reduction and
 // degree-6 polynomial, ~1 ulp, branch-free. Below -87.3 (where expf leaves the normal

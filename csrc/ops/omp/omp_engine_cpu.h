@@ -1,0 +1,218 @@
+// Orthogonal matching pursuit for one problem with a growing Cholesky factor (the CPU
+// engine behind datadiet::omp):
+//
+//   min_w ‖Σ_{s∈S} w_s a_s − b‖² + λ‖w‖²,  |S| ≤ k,  optionally w ≥ 0.
+//
+// One iteration: pick j = argmax c_j (w ≥ 0) or argmax |c_j| among atoms never picked,
+// c the correlations of the atoms with the current residual; append j's row to the
+// Cholesky factor of Q = G_SS + λI from the inner products ⟨a_s, a_j⟩, s ∈ S (an atom
+// numerically dependent on S is skipped for good); solve Q w = p, p_s = ⟨a_s, b⟩; with
+// w ≥ 0 asked and a negative coefficient, run Lawson–Hanson's active-set NNLS on the
+// support (warm-started at the previous weights, the factor downdated and updated as
+// atoms leave and re-enter the passive set) and drop the atoms it leaves at zero (they
+// are never picked again); recompute the correlations. No A_S A_Sᵀ + λI is rebuilt and
+// no least-squares problem re-solved: an iteration is O(|S|·d + |S|²) plus the source's
+// correlation pass.
+//
+// The atom source (Source) supplies the data-dependent pieces:
+//   int64_t size()                                 atoms in the problem
+//   void target(float* c0, double* b2)             c0 = ⟨a_i, b⟩ for all i, b2 = ‖b‖²
+//   double inner(int64_t i, int64_t j)             ⟨a_i, a_j⟩
+//   void column(int64_t j, const int64_t* S, int64_t m, double* q)   q_s = ⟨a_{S_s}, a_j⟩
+//   double correlations(const int64_t* S, const double* w, int64_t m, float* c)
+//       c = A (b − Σ w_s a_s); returns ‖b − Σ w_s a_s‖² if it has it, else NaN
+//       (the engine then uses ‖r‖² = ‖b‖² − wᵀp − λ‖w‖², exact for the solved w).
+// `parallel` lets the source spread its loops over the OpenMP team.
+//
+// Stops at k atoms, at ‖r‖ ≤ tol·‖b‖, when no atom has a positive (|c| > 0)
+// correlation above 1e-6 of the largest initial one, or when every atom was tried.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "ops/omp/cholesky.h"
+
+namespace datadiet {
+namespace omp {
+
+struct Solution {
+  std::vector<int64_t> support;  // local atom indices, in support order
+  std::vector<double> weights;
+  double residual = 0.0;  // ‖b − Σ w_s a_s‖
+  int64_t iterations = 0;
+};
+
+struct Options {
+  int64_t budget;
+  double lam;
+  bool positive;
+  double tol;
+};
+
+constexpr double kDependentEps = 1e-9;    // Schur complement below this fraction of Q_jj: dependent
+constexpr double kMinCorrelation = 1e-6;  // relative to the largest initial correlation
+
+template <typename Source>
+class Solver {
+ public:
+  Solver(Source& src, const Options& opt)
+      : src_(src), n_(src.size()), opt_(opt), chol_(opt.budget), c0_(n_), c_(n_), picked_(n_, 0) {}
+
+  Solution run() {
+    Solution out;
+    src_.target(c0_.data(), &b2_);
+    out.residual = std::sqrt(b2_);
+    if (opt_.budget == 0 || n_ == 0 || !(b2_ > 0.0)) return out;
+    c_ = c0_;
+    double best0 = 0.0;
+    for (int64_t i = 0; i < n_; ++i) best0 = std::max(best0, score(c0_[i]));
+    const double floor = kMinCorrelation * best0, stop2 = opt_.tol * opt_.tol * b2_;
+    double r2 = b2_;
+    while (static_cast<int64_t>(support_.size()) < opt_.budget && r2 > stop2) {
+      const int64_t j = pick(floor);
+      if (j < 0) break;
+      ++out.iterations;
+      picked_[j] = 1;
+      if (!admit(j)) continue;
+      w_.push_back(0.0);  // the NNLS warm start: previous weights, the new atom at 0
+      solve_weights();
+      const double exact = src_.correlations(support_.data(), w_.data(), size(), c_.data());
+      r2 = std::isnan(exact) ? formula_residual2() : exact;
+    }
+    out.residual = std::sqrt(std::max(r2, 0.0));
+    out.support = support_;
+    out.weights = w_;
+    return out;
+  }
+
+ private:
+  int64_t size() const { return static_cast<int64_t>(support_.size()); }
+  double score(float c) const { return opt_.positive ? c : std::fabs(c); }
+
+  int64_t pick(double floor) const {
+    int64_t j = -1;
+    double best = floor;
+    for (int64_t i = 0; i < n_; ++i)
+      if (!picked_[i] && score(c_[i]) > best) best = score(c_[i]), j = i;
+    return j;
+  }
+
+  // Appends atom j to the support and the factor; false if it is dependent.
+  bool admit(int64_t j) {
+    std::vector<double> q(support_.size());
+    src_.column(j, support_.data(), size(), q.data());
+    if (!chol_.append(q.data(), src_.inner(j, j) + opt_.lam, kDependentEps)) return false;
+    support_.push_back(j);
+    return true;
+  }
+
+  std::vector<double> rhs() const {
+    std::vector<double> p(support_.size());
+    for (size_t s = 0; s < support_.size(); ++s) p[s] = c0_[support_[s]];
+    return p;
+  }
+
+  std::vector<double> unconstrained() const {
+    std::vector<double> z(support_.size());
+    chol_.solve(rhs().data(), z.data());
+    return z;
+  }
+
+  static bool all_positive(const std::vector<double>& z) {
+    return std::all_of(z.begin(), z.end(), [](double v) { return v > 0.0; });
+  }
+
+  void solve_weights() {
+    std::vector<double> z = unconstrained();
+    if (!opt_.positive || all_positive(z)) {
+      w_ = z;
+      return;
+    }
+    nnls(z);
+  }
+
+  // Lawson–Hanson on the support: passive set = support_ (factor in that order), zero
+  // set `zero`; x starts at the previous weights, the newest atom at 0 (feasible).
+  void nnls(std::vector<double> z) {
+    std::vector<double> x = w_;
+    std::vector<int64_t> zero;
+    for (int64_t guard = 0; guard < 6 * opt_.budget + 10; ++guard) {
+      if (all_positive(z)) {
+        x = z;
+        if (!readmit(x, zero)) break;  // no zero-set atom has a positive gradient: optimal
+        z = unconstrained();
+        continue;
+      }
+      // Step from x towards z until the first coordinate reaches zero; move it (and any
+      // other at zero) to the zero set.
+      double alpha = 1.0;
+      size_t first = 0;
+      for (size_t s = 0; s < z.size(); ++s) {
+        if (z[s] > 0.0) continue;
+        const double a = x[s] - z[s] > 0.0 ? x[s] / (x[s] - z[s]) : 0.0;
+        if (a <= alpha) alpha = a, first = s;
+      }
+      for (size_t s = 0; s < z.size(); ++s) x[s] += alpha * (z[s] - x[s]);
+      x[first] = 0.0;
+      for (int64_t s = size() - 1; s >= 0; --s) {
+        if (x[s] > 0.0) continue;
+        zero.push_back(support_[s]);
+        chol_.remove(s);
+        support_.erase(support_.begin() + s);
+        x.erase(x.begin() + s);
+      }
+      z = unconstrained();
+    }
+    w_ = x;  // atoms left in the zero set are dropped (and stay picked)
+  }
+
+  // Moves the zero-set atom with the largest positive gradient ⟨a_i, b⟩ − (Q x)_i back
+  // into the passive set; false when there is none.
+  bool readmit(std::vector<double>& x, std::vector<int64_t>& zero) {
+    while (!zero.empty()) {
+      int64_t best = -1;
+      double best_grad = 1e-12 * std::sqrt(b2_);
+      for (size_t t = 0; t < zero.size(); ++t) {
+        double grad = c0_[zero[t]];
+        for (size_t s = 0; s < support_.size(); ++s) grad -= src_.inner(zero[t], support_[s]) * x[s];
+        if (grad > best_grad) best_grad = grad, best = static_cast<int64_t>(t);
+      }
+      if (best < 0) return false;
+      const int64_t atom = zero[best];
+      zero.erase(zero.begin() + best);
+      if (admit(atom)) {
+        x.push_back(0.0);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  double formula_residual2() const {
+    const std::vector<double> p = rhs();
+    double r2 = b2_;
+    for (size_t s = 0; s < w_.size(); ++s) r2 -= w_[s] * p[s] + opt_.lam * w_[s] * w_[s];
+    return r2;
+  }
+
+  Source& src_;
+  const int64_t n_;
+  const Options opt_;
+  Cholesky chol_;
+  double b2_ = 0.0;
+  std::vector<float> c0_, c_;    // correlations with the target / the residual
+  std::vector<uint8_t> picked_;  // never pick twice
+  std::vector<int64_t> support_;
+  std::vector<double> w_;
+};
+
+template <typename Source>
+Solution solve(Source& src, const Options& opt) {
+  return Solver<Source>(src, opt).run();
+}
+
+}  // namespace omp
+}  // namespace datadiet
