@@ -44,10 +44,14 @@ def _compute_available(device: torch.device) -> tuple[str, ...]:
     return tuple(out)
 
 
-def resolve(backend: str, device: torch.device, op: str) -> str:
+def resolve(backend: str, device: torch.device, op: str, implemented: tuple[str, ...] = BACKENDS) -> str:
+    """The backend to run ``op`` with; ``implemented`` narrows it for ops that lack some backends."""
     if backend not in BACKENDS:
         raise ValueError(f"datadiet.{op}: backend must be one of {BACKENDS}, got {backend!r}")
-    choices = _available(device.type)
+    if backend not in implemented and backend != "auto":
+        raise ValueError(f"datadiet.{op}: backend={backend!r} is not implemented for this op yet; it has "
+                         f"{[b for b in implemented if b != 'auto']}")
+    choices = tuple(b for b in _available(device.type) if b in implemented)
     if backend == "auto":
         # On CPU tensors the interpreter is never the fast choice.
         return next(b for b in choices if not (b == "triton" and device.type == "cpu"))

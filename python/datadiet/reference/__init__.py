@@ -1,11 +1,12 @@
 """Plain-PyTorch references of every datadiet op: the ``backend="torch"`` path and the oracle of the tests."""
 
 from datadiet.reference.ce_scores import ce_scores_reference
+from datadiet.reference.omp import omp_reference
 from datadiet.reference.select import (
     selective_backprop_keep_reference,
     topk_select_reference,
     weighted_sample_reference,
 )
 
-__all__ = ["ce_scores_reference", "selective_backprop_keep_reference", "topk_select_reference",
+__all__ = ["ce_scores_reference", "omp_reference", "selective_backprop_keep_reference", "topk_select_reference",
            "weighted_sample_reference"]

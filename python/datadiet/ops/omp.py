@@ -1,0 +1,148 @@
+"""``omp``: orthogonal matching pursuit — the GradMatch solver — over one or many problems.
+
+Wrapper, argument checks and fake registration for ``torch.ops.datadiet.omp``. The algorithm
+(growing Cholesky factor, active-set NNLS, residual-based correlations) is described in
+``csrc/ops/omp/omp_engine_cpu.h``; ``datadiet.reference.omp`` is the float64 rebuild-and-solve
+reference with the same rules.
+
+Backends so far: ``cpu`` and ``torch``. CUDA tensors are solved by the CPU kernel (copied
+there and back) until the CUDA kernel exists.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence, Union
+
+import torch
+
+from datadiet import _extension
+from datadiet.backends import resolve
+from datadiet.ops._segments import _ints
+from datadiet.reference.omp import omp_reference
+
+IMPLEMENTED = ("auto", "cpu", "torch")
+
+
+class OMPResult(NamedTuple):
+    """``indices`` int64 and ``weights`` float32 of the selected atoms in the order they entered
+    the final support, padded with -1 / 0 up to the budget (fewer atoms are found when the
+    residual tolerance is met, no atom correlates positively any more, or atoms are dependent
+    or dropped by the non-negativity solve). ``residual``: ``‖target − Σ w_s a_s‖``;
+    ``iterations``: OMP steps run. Batched calls concatenate problems (``[Σ budgets]``) and give
+    ``[P]`` residuals and iterations; single calls give ``[k]`` and scalars."""
+
+    indices: torch.Tensor
+    weights: torch.Tensor
+    residual: torch.Tensor
+    iterations: torch.Tensor
+
+
+def omp(
+    atoms: torch.Tensor,
+    target: torch.Tensor,
+    k: Optional[int] = None,
+    *,
+    lam: float = 0.0,
+    positive: bool = True,
+    tol: float = 0.0,
+    offsets: Optional[Union[Sequence[int], torch.Tensor]] = None,
+    budgets: Optional[Union[Sequence[int], torch.Tensor]] = None,
+    check_values: bool = True,
+    backend: str = "auto",
+) -> OMPResult:
+    """Greedy sparse approximation ``min ‖Σ_{s∈S} w_s a_s − b‖² + lam·‖w‖²`` with ``|S| ≤ k``.
+
+    Args:
+        atoms: ``[N, d]`` rows are the atoms (e.g. per-sample gradients); computed in float32.
+        target: ``[d]`` the vector to match (GradMatch: the sum of the training — or validation —
+            gradients), or ``[P, d]`` one per problem with ``offsets``.
+        k: the budget (single problem), or one budget for every problem.
+        offsets: ``P + 1`` row offsets: problem g owns atoms ``offsets[g]:offsets[g+1]`` (e.g. one
+            class each); its indices are returned as rows of ``atoms``.
+        budgets: one budget per problem (instead of ``k``).
+        lam: ridge λ >= 0. positive: weights >= 0 (exact active-set NNLS on the support).
+        tol: stop once ``‖residual‖ <= tol·‖target‖``.
+        check_values: reject non-finite atoms / targets (the CPU kernel always does).
+    """
+    atoms_, targets, offs, ks = _check(atoms, target, k, offsets, budgets, lam, tol)
+    single = offsets is None
+    chosen = resolve(backend, atoms.device, "omp", IMPLEMENTED)
+    if chosen == "torch" and check_values and not torch.compiler.is_compiling():
+        for name, t in (("atoms", atoms_), ("target", targets)):
+            bad = ~torch.isfinite(t)
+            if bool(bad.any()):
+                r, c = (int(v) for v in bad.nonzero()[0])
+                raise ValueError(f"datadiet.omp: {name} must be finite, got {float(t[r, c])} at row {r}, column {c}")
+    args = (offs, ks, float(lam), bool(positive), float(tol))
+    if chosen == "torch":
+        out = omp_reference(atoms_, targets, *args)
+    elif atoms.device.type == "cpu":
+        out = torch.ops.datadiet.omp(atoms_, targets, *args)
+    else:  # no CUDA kernel yet: solve on the CPU, hand results back on the atoms' device
+        out = tuple(t.to(atoms.device) for t in torch.ops.datadiet.omp(atoms_.cpu(), targets.cpu(), *args))
+    indices, weights, residual, iterations = out
+    if single:
+        return OMPResult(indices, weights, residual[0], iterations[0])
+    return OMPResult(indices, weights, residual, iterations)
+
+
+def _check(atoms, target, k, offsets, budgets, lam, tol):
+    def fail(msg, exc=ValueError):
+        raise exc(f"datadiet.omp: {msg}")
+
+    if not isinstance(atoms, torch.Tensor) or not isinstance(target, torch.Tensor):
+        fail(f"atoms and target must be tensors, got {type(atoms).__name__} and {type(target).__name__}", TypeError)
+    if atoms.dim() != 2:
+        fail(f"atoms must be 2-D [N, d], got shape {tuple(atoms.shape)}")
+    if not atoms.is_floating_point() or not target.is_floating_point():
+        fail(f"atoms and target must be floating point, got {atoms.dtype} and {target.dtype}", TypeError)
+    if target.device != atoms.device:
+        fail(f"target is on {target.device} but atoms are on {atoms.device}")
+    n, d = atoms.shape
+    if offsets is None:
+        if target.shape != (d,):
+            fail(f"target must have shape [{d}] to match atoms {tuple(atoms.shape)}, got {tuple(target.shape)}")
+        if budgets is not None:
+            fail("budgets needs offsets (one budget per problem); pass k for a single problem")
+        offs, targets = [0, n], target.reshape(1, d)
+    else:
+        offs = _ints(offsets, "offsets", "omp")
+        problems = len(offs) - 1
+        if problems < 0 or offs[0] != 0 or offs[-1] != n:
+            fail(f"offsets must start at 0 and end at N = {n}, got {offs[:4]}{'...' if len(offs) > 4 else ''}")
+        if target.shape != (problems, d):
+            fail(f"target must have shape [{problems}, {d}] (one row per problem), got {tuple(target.shape)}")
+        targets = target
+    sizes = [b - a for a, b in zip(offs[:-1], offs[1:])]
+    for g, size in enumerate(sizes):
+        if size < 0:
+            fail(f"offsets must be non-decreasing, got offsets[{g}] = {offs[g]} > offsets[{g + 1}] = {offs[g + 1]}")
+    if (k is None) == (budgets is None):
+        fail("pass exactly one of k and budgets")
+    if budgets is not None:
+        ks = _ints(budgets, "budgets", "omp")
+        if len(ks) != len(sizes):
+            fail(f"got {len(ks)} budgets for {len(sizes)} problems")
+    else:
+        if isinstance(k, bool) or not isinstance(k, int):
+            fail(f"k must be an int, got {k!r}", TypeError)
+        ks = [k] * len(sizes)
+    for g, (kg, size) in enumerate(zip(ks, sizes)):
+        if not 0 <= kg <= size:
+            where = "" if len(sizes) == 1 else f" for problem {g}"
+            fail(f"k = {kg}{where} but there are {size} atoms; need 0 <= k <= {size}")
+    if not float(lam) >= 0.0:
+        fail(f"lam must be >= 0, got {lam}")
+    if not 0.0 <= float(tol) < 1.0:
+        fail(f"tol must be in [0, 1), got {tol}")
+    return (atoms.to(torch.float32).contiguous(), targets.to(torch.float32).contiguous(), offs, ks)
+
+
+def _fake(atoms, targets, offsets, budgets, lam, positive, tol):
+    total, problems = sum(budgets), len(budgets)
+    return (atoms.new_empty((total,), dtype=torch.int64), atoms.new_empty((total,), dtype=torch.float32),
+            atoms.new_empty((problems,), dtype=torch.float32), atoms.new_empty((problems,), dtype=torch.int64))
+
+
+if _extension.compiled_cpu():
+    torch.library.register_fake("datadiet::omp")(_fake)
