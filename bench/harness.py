@@ -60,11 +60,13 @@ class Rows(list):
         self.device = device
 
     def add(self, case: str, method: str, fn: Callable[[], object], nbytes: Optional[int] = None,
-            baselines=(), floor: Optional[str] = None, heavy: bool = False) -> None:
+            baselines=(), floor: Optional[str] = None, heavy: bool = False, note: str = "") -> dict:
         seconds = (timeit(fn, self.device, warmup=1, repeat=3, min_seconds=0) if heavy
                    else timeit(fn, self.device))
-        self.append({"case": case, "method": method, "seconds": seconds, "bytes": nbytes,
-                     "baselines": list(baselines), "floor": floor})
+        row = {"case": case, "method": method, "seconds": seconds, "bytes": nbytes,
+               "baselines": list(baselines), "floor": floor, "note": note}
+        self.append(row)
+        return row
 
 
 def environment(device: torch.device) -> dict:
@@ -102,7 +104,7 @@ def finish_rows(rows: list[dict], device: torch.device) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    header = ["case", "method", "ms", "GB/s", "% peak", "speed-up", "time / floor"]
+    header = ["case", "method", "ms", "GB/s", "% peak", "speed-up", "time / floor", "note"]
     table = []
     for r in rows:
         table.append([
@@ -113,6 +115,7 @@ def print_table(rows: list[dict]) -> None:
             f"{r['pct_of_peak']:.0f}%" if "pct_of_peak" in r else "",
             ", ".join(f"{v:.1f}x vs {k}" for k, v in r["speedups"].items()),
             f"{r['x_floor']:.2f}x {r['floor']}" if "x_floor" in r else "",
+            r.get("note", ""),
         ])
     widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(header)]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))

@@ -1,0 +1,108 @@
+"""omp (the GradMatch solver) vs the algorithm CORDS runs: every iteration rebuild
+``A_Sᵀ A_S + λI``, solve it with ``torch.linalg.lstsq``, and for non-negative weights drop the
+most negative coefficient and re-solve until none is negative. Both on one run's data; the
+note column gives each method's final residual ‖Σ w a − b‖ and atoms returned.
+
+Cases:
+- one CIFAR-10-like class in CORDS' per-class-per-gradient embedding (d = 1 + D): n = 5000
+  atoms ``e_y·[1, h]`` with ReLU features h (D = 512), target = their sum, k = 500, λ = 0.5,
+  w ≥ 0 (CORDS' per-class defaults);
+- ``--imagenet``: ImageNet-shaped per-class selection, 1000 classes of 1281, 10% per class, in
+  the bias-only embedding (d = C = 1000, atoms p − onehot from ``ce_scores``): wall time and the
+  process's peak memory (one batched call; the baseline would take hours and is not run).
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import torch
+
+import datadiet
+from bench.harness import Rows
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--n", type=int, default=5000)
+    p.add_argument("--features", type=int, default=512)
+    p.add_argument("--k", type=int, default=500)
+    p.add_argument("--lam", type=float, default=0.5)
+    p.add_argument("--imagenet", action="store_true", help="add the 1000-class x 1281 per-class case")
+
+
+def cords_omp(a: torch.Tensor, b: torch.Tensor, k: int, lam: float, positive: bool):
+    """CORDS' OrthogonalMP_REG (torch): rebuild-and-lstsq every iteration, drop-most-negative."""
+    at = a.T  # [d, n], atoms as columns
+    resid, support, x = b.clone(), [], torch.zeros(0)
+    eye = lambda m: torch.eye(m, dtype=a.dtype)  # noqa: E731
+    for _ in range(k):
+        proj = at.T @ resid
+        j = int(torch.argmax(proj if positive else proj.abs()))
+        if j in support:
+            break
+        support.append(j)
+        while True:
+            sub = at[:, support]
+            x = torch.linalg.lstsq(sub.T @ sub + lam * eye(len(support)), (sub.T @ b)[:, None]).solution[:, 0]
+            if not positive or len(support) == 0 or float(x.min()) >= 0:
+                break
+            support.pop(int(torch.argmin(x)))
+        resid = b - at[:, support] @ x if support else b.clone()
+    return support, x, float(resid.norm())
+
+
+def per_class_gradient_atoms(n: int, features: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.relu(torch.randn(n, features, generator=g) + 0.5 * torch.randn(features, generator=g))
+    e_y = -(1 - torch.rand(n, generator=g) ** 0.3)  # p_y - 1 of the label's logit
+    atoms = torch.cat([e_y[:, None], e_y[:, None] * h], 1).contiguous()
+    return atoms, atoms.sum(0)
+
+
+def imagenet_bias_embedding(classes: int = 1000, per_class: int = 1281, seed: int = 0):
+    """p − onehot of random logits, grouped by class, built in chunks (5 GB of atoms)."""
+    n = classes * per_class
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    atoms = torch.empty(n, classes)
+    g = torch.Generator().manual_seed(seed)
+    for lo in range(0, n, 65536):
+        hi = min(n, lo + 65536)
+        logits = torch.randn(hi - lo, classes, generator=g) * 2
+        logits[torch.arange(hi - lo), labels[lo:hi]] += 3  # the label is usually ranked high
+        atoms[lo:hi] = datadiet.ce_scores(logits, labels[lo:hi], return_embedding=True).embedding
+    offsets = [c * per_class for c in range(classes + 1)]
+    targets = atoms.view(classes, per_class, classes).sum(1)
+    return atoms, targets, offsets
+
+
+def run(args) -> list[dict]:
+    device = args.device
+    rows = Rows(device)
+    a, b = per_class_gradient_atoms(args.n, args.features)
+    case = f"one class: n={args.n}, d={a.shape[1]}, k={args.k}, lam={args.lam}, w>=0"
+    support, _, base_res = cords_omp(a, b, args.k, args.lam, True)
+    rows.add(case, "CORDS-style rebuild + lstsq", lambda: cords_omp(a, b, args.k, args.lam, True), heavy=True,
+             note=f"residual {base_res:.4g}, {len(support)} atoms")
+    for backend in ("cpu",):
+        res = datadiet.ops.omp(a, b, args.k, lam=args.lam, backend=backend)
+        found = int((res.indices >= 0).sum())
+        rows.add(case, f"datadiet {backend}", lambda backend=backend: datadiet.ops.omp(
+            a, b, args.k, lam=args.lam, backend=backend), baselines=["CORDS-style rebuild + lstsq"], heavy=True,
+            note=f"residual {float(res.residual):.4g} ({float(res.residual) / base_res:.3f}x baseline), "
+                 f"{found} atoms, {int(res.iterations)} iterations")
+    if args.imagenet:
+        atoms, targets, offsets = imagenet_bias_embedding()
+        budgets = [(hi - lo) // 10 for lo, hi in zip(offsets[:-1], offsets[1:])]
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        start = time.perf_counter()  # one timed call: it runs for tens of seconds
+        res = datadiet.ops.omp(atoms, targets, offsets=offsets, budgets=budgets, lam=0.5)
+        seconds = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rel = (res.residual / targets.norm(dim=1)).median()
+        rows.append({"case": "imagenet per class: 1000 x 1281, 10%, bias-only d=1000", "method": "datadiet cpu",
+                     "seconds": seconds, "bytes": None, "baselines": [], "floor": None,
+                     "note": f"one call; median relative residual {float(rel):.3f}; peak RSS {peak / 2**20:.1f} GiB "
+                             f"(atoms {atoms.numel() * 4 / 2**30:.1f} GiB, +{(peak - before) / 2**20:.2f} GiB "
+                             "during the call)"})
+    return rows
