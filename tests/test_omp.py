@@ -185,3 +185,77 @@ def test_opcheck_and_compile():
 
 def test_exported():
     assert datadiet.ops.omp is omp
+
+
+def factored_case(n, classes, features, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, classes, generator=g) * 2
+    labels = torch.randint(0, classes, (n,), generator=g)
+    e = datadiet.ce_scores(logits, labels, return_embedding=True).embedding
+    h = torch.relu(torch.randn(n, features, generator=g))
+    return e, h, labels
+
+
+def materialise(e, h, bias=True):
+    ht = torch.cat([h, torch.ones(h.shape[0], 1)], 1) if bias else h
+    return (e.unsqueeze(2) * ht.unsqueeze(1)).reshape(e.shape[0], -1)
+
+
+@pytest.mark.parametrize("positive", [False, True])
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+@pytest.mark.parametrize("bias", [True, False])
+def test_factored_equals_materialised(positive, lam, bias):
+    e, h, _ = factored_case(150, 5, 7, seed=11)
+    atoms = materialise(e, h, bias)
+    got = datadiet.ops.omp_factored(e, h, 25, bias=bias, lam=lam, positive=positive)
+    want = omp(atoms, atoms.sum(0), 25, lam=lam, positive=positive)
+    assert got.indices.tolist() == want.indices.tolist()
+    torch.testing.assert_close(got.weights, want.weights, rtol=1e-3, atol=1e-4)
+    assert float(got.residual) == pytest.approx(float(want.residual), rel=1e-3)
+    ref = datadiet.ops.omp_factored(e, h, 25, bias=bias, lam=lam, positive=positive, backend="torch")
+    assert sorted(ref.indices.tolist()) == sorted(got.indices.tolist())
+
+
+def test_factored_per_class_with_a_validation_target():
+    e, h, labels = factored_case(400, 4, 6, seed=12)
+    ev, hv, lv = factored_case(120, 4, 6, seed=13)
+    order, vorder = torch.argsort(labels, stable=True), torch.argsort(lv, stable=True)
+    counts, vcounts = torch.bincount(labels, minlength=4).tolist(), torch.bincount(lv, minlength=4).tolist()
+    offs, voffs = [0], [0]
+    for c, vc in zip(counts, vcounts):
+        offs.append(offs[-1] + c)
+        voffs.append(voffs[-1] + vc)
+    budgets = [c // 10 for c in counts]
+    e, h, ev, hv = e[order], h[order], ev[vorder], hv[vorder]
+    got = datadiet.ops.omp_factored(e, h, offsets=offs, budgets=budgets, target=(ev, hv, voffs), lam=0.5)
+    atoms, vatoms = materialise(e, h), materialise(ev, hv)
+    targets = torch.stack([vatoms[a:b].sum(0) for a, b in zip(voffs[:-1], voffs[1:])])
+    want = omp(atoms, targets, offsets=offs, budgets=budgets, lam=0.5)
+    assert torch.equal(got.indices, want.indices)
+    torch.testing.assert_close(got.residual, want.residual, rtol=1e-3, atol=1e-4)
+
+
+def test_factored_reuses_gram_columns_after_nnls_drops():
+    # Strongly correlated gradients make the NNLS drop atoms; with a small budget the stored
+    # Gram columns run out and are compacted.
+    g = torch.Generator().manual_seed(3)
+    e = -torch.rand(300, 3, generator=g)
+    h = torch.rand(300, 4, generator=g) + 0.2
+    atoms = materialise(e, h)
+    got = datadiet.ops.omp_factored(e, h, 12)
+    want = omp(atoms, atoms.sum(0), 12)
+    assert int(got.iterations) == int(want.iterations) > int((got.indices >= 0).sum())  # an atom was dropped
+    assert sorted(got.indices.tolist()) == sorted(want.indices.tolist())
+    torch.testing.assert_close(got.residual, want.residual, rtol=1e-3, atol=1e-4)
+
+
+def test_factored_bad_shapes_and_opcheck():
+    e, h, _ = factored_case(20, 3, 4)
+    with pytest.raises(ValueError, match=r"errors \[N, C\] and features \[N, D\] must share N"):
+        datadiet.ops.omp_factored(e, h[:10], 3)
+    with pytest.raises(ValueError, match=r"target factors must be \[M, 3\] and \[M, 4\]"):
+        datadiet.ops.omp_factored(e, h, 3, target=(e[:, :2], h))
+    ht = torch.cat([h, torch.ones(20, 1)], 1)
+    c0 = torch.rand(20)
+    torch.library.opcheck(torch.ops.datadiet.omp_factored.default,
+                          (e, ht, c0, torch.tensor([4.0]), [0, 20], [3], 0.1, True, 0.0))

@@ -20,6 +20,9 @@ STABLE_TORCH_LIBRARY(datadiet, m) {
   m.def(
       "omp(Tensor atoms, Tensor targets, int[] offsets, int[] budgets, float lam, bool positive, float tol) -> "
       "(Tensor indices, Tensor weights, Tensor residual, Tensor iterations)");
+  m.def(
+      "omp_factored(Tensor errors, Tensor features, Tensor c0, Tensor b2, int[] offsets, int[] budgets, float lam, "
+      "bool positive, float tol) -> (Tensor indices, Tensor weights, Tensor residual, Tensor iterations)");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(datadiet, CPU, m) {
@@ -28,4 +31,5 @@ STABLE_TORCH_LIBRARY_IMPL(datadiet, CPU, m) {
   m.impl("weighted_sample", TORCH_BOX(&datadiet::weighted_sample_cpu));
   m.impl("selective_backprop_keep_", TORCH_BOX(&datadiet::selective_backprop_keep_cpu));
   m.impl("omp", TORCH_BOX(&datadiet::omp_cpu));
+  m.impl("omp_factored", TORCH_BOX(&datadiet::omp_factored_cpu));
 }

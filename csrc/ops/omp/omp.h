@@ -25,26 +25,20 @@ using OmpOutput = std::tuple<StableTensor, StableTensor, StableTensor, StableTen
 
 OmpOutput omp_cpu(const StableTensor& atoms, const StableTensor& targets, std::vector<int64_t> offsets,
                   std::vector<int64_t> budgets, double lam, bool positive, double tol);
+OmpOutput omp_factored_cpu(const StableTensor& errors, const StableTensor& features, const StableTensor& c0,
+                           const StableTensor& b2, std::vector<int64_t> offsets, std::vector<int64_t> budgets,
+                           double lam, bool positive, double tol);
 
-// Bytes of the per-problem Gram columns above which a problem is refused (n·k floats).
+// Bytes of per-problem buffers (n·k floats: the factorised Gram columns) above which a
+// problem is refused.
 constexpr int64_t kMaxGramBytes = int64_t{8} << 30;
 
-inline int64_t check_omp_args(const StableTensor& atoms, const StableTensor& targets,
-                              const std::vector<int64_t>& offsets, const std::vector<int64_t>& budgets, double lam,
-                              double tol) {
-  const char* op = "omp";
-  DD_CHECK(atoms.dim() == 2 && atoms.scalar_type() == ScalarType::Float && atoms.is_contiguous(), op,
-           "atoms must be a contiguous 2-D float32 tensor [N, d], got shape ", atoms.sizes(), " and ",
-           atoms.scalar_type());
+// Checks the problem layout and options; returns the output length sum(budgets).
+inline int64_t check_omp_problems(const char* op, int64_t N, const std::vector<int64_t>& offsets,
+                                  const std::vector<int64_t>& budgets, double lam, double tol) {
   const int64_t problems = static_cast<int64_t>(budgets.size());
-  DD_CHECK(targets.dim() == 2 && targets.size(0) == problems && targets.size(1) == atoms.size(1) &&
-               targets.scalar_type() == ScalarType::Float && targets.is_contiguous(),
-           op, "targets must be a contiguous float32 tensor [", problems, ", ", atoms.size(1), "], got shape ",
-           targets.sizes(), " and ", targets.scalar_type());
-  DD_CHECK(targets.device() == atoms.device(), op, "targets are on another device than atoms");
-  DD_CHECK(offsets.size() == budgets.size() + 1 && offsets.front() == 0 && offsets.back() == atoms.size(0), op,
-           "offsets must hold ", problems + 1, " values from 0 to N = ", atoms.size(0), ", got ", offsets.size(),
-           " values");
+  DD_CHECK(offsets.size() == budgets.size() + 1 && offsets.front() == 0 && offsets.back() == N, op,
+           "offsets must hold ", problems + 1, " values from 0 to N = ", N, ", got ", offsets.size(), " values");
   DD_CHECK(lam >= 0.0, op, "lam must be >= 0, got ", lam);
   DD_CHECK(tol >= 0.0 && tol < 1.0, op, "tol must be in [0, 1), got ", tol);
   int64_t total = 0;
@@ -59,6 +53,30 @@ inline int64_t check_omp_args(const StableTensor& atoms, const StableTensor& tar
     total += budgets[g];
   }
   return total;
+}
+
+inline int64_t check_omp_args(const StableTensor& atoms, const StableTensor& targets,
+                              const std::vector<int64_t>& offsets, const std::vector<int64_t>& budgets, double lam,
+                              double tol) {
+  const char* op = "omp";
+  DD_CHECK(atoms.dim() == 2 && atoms.scalar_type() == ScalarType::Float && atoms.is_contiguous(), op,
+           "atoms must be a contiguous 2-D float32 tensor [N, d], got shape ", atoms.sizes(), " and ",
+           atoms.scalar_type());
+  const int64_t problems = static_cast<int64_t>(budgets.size());
+  DD_CHECK(targets.dim() == 2 && targets.size(0) == problems && targets.size(1) == atoms.size(1) &&
+               targets.scalar_type() == ScalarType::Float && targets.is_contiguous(),
+           op, "targets must be a contiguous float32 tensor [", problems, ", ", atoms.size(1), "], got shape ",
+           targets.sizes(), " and ", targets.scalar_type());
+  DD_CHECK(targets.device() == atoms.device(), op, "targets are on another device than atoms");
+  return check_omp_problems(op, atoms.size(0), offsets, budgets, lam, tol);
+}
+
+// indices int64 [total], weights float32 [total], residual float32 [P], iterations int64 [P].
+inline OmpOutput allocate_omp(const StableTensor& like, int64_t total, int64_t problems) {
+  return {torch::stable::new_empty(like, {total}, ScalarType::Long),
+          torch::stable::new_empty(like, {total}, ScalarType::Float),
+          torch::stable::new_empty(like, {problems}, ScalarType::Float),
+          torch::stable::new_empty(like, {problems}, ScalarType::Long)};
 }
 
 }  // namespace datadiet

@@ -101,38 +101,15 @@ OmpOutput omp_cpu(const StableTensor& atoms, const StableTensor& targets, std::v
   check_finite("atoms", atoms);
   check_finite("targets", targets);
   const int64_t problems = static_cast<int64_t>(budgets.size()), d = atoms.size(1);
-  StableTensor indices = torch::stable::new_empty(atoms, {total}, ScalarType::Long);
-  StableTensor weights = torch::stable::new_empty(atoms, {total}, ScalarType::Float);
-  StableTensor residual = torch::stable::new_empty(atoms, {problems}, ScalarType::Float);
-  StableTensor iterations = torch::stable::new_empty(atoms, {problems}, ScalarType::Long);
-  int64_t* idx = indices.mutable_data_ptr<int64_t>();
-  float* wts = weights.mutable_data_ptr<float>();
-  float* res = residual.mutable_data_ptr<float>();
-  int64_t* its = iterations.mutable_data_ptr<int64_t>();
-  std::vector<int64_t> out_at(problems + 1, 0);
-  for (int64_t g = 0; g < problems; ++g) out_at[g + 1] = out_at[g] + budgets[g];
+  OmpOutput out = allocate_omp(atoms, total, problems);
   const float* a = atoms.const_data_ptr<float>();
   const float* b = targets.const_data_ptr<float>();
   const bool one = problems == 1;
-
-  auto solve_problem = [&](int64_t g) {
+  solve_problems(out, offsets, budgets, [&](int64_t g) {
     DenseAtoms src{a + offsets[g] * d, b + g * d, offsets[g + 1] - offsets[g], d, one};
-    const omp::Solution sol = omp::solve(src, omp::Options{budgets[g], lam, positive, tol});
-    const int64_t found = static_cast<int64_t>(sol.support.size());
-    for (int64_t s = 0; s < budgets[g]; ++s) {
-      idx[out_at[g] + s] = s < found ? offsets[g] + sol.support[s] : -1;
-      wts[out_at[g] + s] = s < found ? static_cast<float>(sol.weights[s]) : 0.0f;
-    }
-    res[g] = static_cast<float>(sol.residual);
-    its[g] = sol.iterations;
-  };
-  if (one) {
-    solve_problem(0);
-  } else {
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t g = 0; g < problems; ++g) solve_problem(g);
-  }
-  return {indices, weights, residual, iterations};
+    return omp::solve(src, omp::Options{budgets[g], lam, positive, tol});
+  });
+  return out;
 }
 
 }  // namespace datadiet

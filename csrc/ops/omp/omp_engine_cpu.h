@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "ops/omp/cholesky.h"
+#include "ops/omp/omp.h"
 
 namespace datadiet {
 namespace omp {
@@ -215,4 +216,36 @@ Solution solve(Source& src, const Options& opt) {
 }
 
 }  // namespace omp
+
+// Runs solve(g) -> omp::Solution for every problem — in parallel, one per thread, when
+// there are several (a single problem parallelises inside) — and writes the outputs:
+// global indices (offsets[g] + local) padded with -1, weights padded with 0.
+template <typename Solve>
+void solve_problems(OmpOutput& out, const std::vector<int64_t>& offsets, const std::vector<int64_t>& budgets,
+                    const Solve& solve) {
+  const int64_t problems = static_cast<int64_t>(budgets.size());
+  int64_t* idx = std::get<0>(out).mutable_data_ptr<int64_t>();
+  float* wts = std::get<1>(out).mutable_data_ptr<float>();
+  float* res = std::get<2>(out).mutable_data_ptr<float>();
+  int64_t* its = std::get<3>(out).mutable_data_ptr<int64_t>();
+  std::vector<int64_t> out_at(problems + 1, 0);
+  for (int64_t g = 0; g < problems; ++g) out_at[g + 1] = out_at[g] + budgets[g];
+  auto one = [&](int64_t g) {
+    const omp::Solution sol = solve(g);
+    const int64_t found = static_cast<int64_t>(sol.support.size());
+    for (int64_t s = 0; s < budgets[g]; ++s) {
+      idx[out_at[g] + s] = s < found ? offsets[g] + sol.support[s] : -1;
+      wts[out_at[g] + s] = s < found ? static_cast<float>(sol.weights[s]) : 0.0f;
+    }
+    res[g] = static_cast<float>(sol.residual);
+    its[g] = sol.iterations;
+  };
+  if (problems == 1) {
+    one(0);
+    return;
+  }
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t g = 0; g < problems; ++g) one(g);
+}
+
 }  // namespace datadiet

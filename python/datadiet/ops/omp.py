@@ -86,6 +86,104 @@ def omp(
     return OMPResult(indices, weights, residual, iterations)
 
 
+def omp_factored(
+    errors: torch.Tensor,
+    features: torch.Tensor,
+    k: Optional[int] = None,
+    *,
+    bias: bool = True,
+    target: Optional[tuple] = None,
+    lam: float = 0.0,
+    positive: bool = True,
+    tol: float = 0.0,
+    offsets: Optional[Union[Sequence[int], torch.Tensor]] = None,
+    budgets: Optional[Union[Sequence[int], torch.Tensor]] = None,
+    backend: str = "auto",
+) -> OMPResult:
+    """``omp`` over last-layer gradients ``g_i = e_i ⊗ h̃_i`` given as factors, never forming the
+    ``N × C·(D+1)`` matrix (10 TB for ImageNet at D = 2048).
+
+    Args:
+        errors: ``[N, C]`` ``e_i = p_i − y_i`` (``ce_scores(..., return_embedding=True).embedding``).
+        features: ``[N, D]`` inputs of the final linear layer; ``bias=True`` appends a 1, so the
+            atoms are the gradients w.r.t. weight and bias.
+        target: what to match. ``None``: each problem's own gradient sum ``Σ_i e_i h̃_iᵀ`` (GradMatch
+            on the training set). ``(errors_t, features_t)`` or ``(errors_t, features_t, offsets_t)``:
+            the summed gradient of another set (a validation set), per problem with ``offsets_t``.
+        k, offsets, budgets, lam, positive, tol, backend: as in ``omp``.
+
+    Costs: an iteration computes one Gram column, ``(E e_j) ⊙ (H̃ h̃_j)``: O(n·(C + D)); the target
+    correlations are two matmuls per problem.
+    """
+    if not isinstance(errors, torch.Tensor) or not isinstance(features, torch.Tensor):
+        raise TypeError("datadiet.omp_factored: errors and features must be tensors")
+    if errors.dim() != 2 or features.dim() != 2 or errors.shape[0] != features.shape[0]:
+        raise ValueError(f"datadiet.omp_factored: errors [N, C] and features [N, D] must share N, got shapes "
+                         f"{tuple(errors.shape)} and {tuple(features.shape)}")
+    e = errors.to(torch.float32).contiguous()
+    h = _with_bias(features.to(torch.float32), bias)
+    n = e.shape[0]
+    offs = [0, n] if offsets is None else _ints(offsets, "offsets", "omp_factored")
+    targets = _factored_targets(e, h, offs, target, bias)
+    # the dense checks on a [N, 0]-shaped view validate offsets / budgets / lam / tol cheaply
+    _check(e[:, :0], e.new_empty((len(offs) - 1, 0)) if offsets is not None else e.new_empty(0), k, offsets, budgets,
+           lam, tol)
+    ks = [k] * (len(offs) - 1) if budgets is None else _ints(budgets, "budgets", "omp_factored")
+    chosen = resolve(backend, errors.device, "omp_factored", IMPLEMENTED)
+    c0, b2 = _target_correlations(e, h, offs, targets)
+    args = (offs, ks, float(lam), bool(positive), float(tol))
+    if chosen == "torch":
+        atoms = (e.unsqueeze(2) * h.unsqueeze(1)).reshape(n, -1)
+        full = torch.stack([(et.T @ ht).reshape(-1) for et, ht in zip(*targets)])
+        out = omp_reference(atoms, full, *args)
+    elif errors.device.type == "cpu":
+        out = torch.ops.datadiet.omp_factored(e, h, c0, b2, *args)
+    else:
+        out = tuple(t.to(errors.device) for t in torch.ops.datadiet.omp_factored(e.cpu(), h.cpu(), c0.cpu(),
+                                                                                    b2.cpu(), *args))
+    indices, weights, residual, iterations = out
+    if offsets is None:
+        return OMPResult(indices, weights, residual[0], iterations[0])
+    return OMPResult(indices, weights, residual, iterations)
+
+
+def _with_bias(features: torch.Tensor, bias: bool) -> torch.Tensor:
+    if not bias:
+        return features.contiguous()
+    return torch.cat([features, features.new_ones(features.shape[0], 1)], 1).contiguous()
+
+
+def _factored_targets(e, h, offs, target, bias):
+    """Per problem, the factors (E_t, H̃_t) whose summed outer products are the target."""
+    problems = len(offs) - 1
+    if target is None:
+        return ([e[a:b] for a, b in zip(offs[:-1], offs[1:])], [h[a:b] for a, b in zip(offs[:-1], offs[1:])])
+    if not isinstance(target, tuple) or len(target) not in (2, 3):
+        raise TypeError("datadiet.omp_factored: target must be None, (errors, features) or "
+                        "(errors, features, offsets)")
+    et = target[0].to(torch.float32)
+    ht = _with_bias(target[1].to(torch.float32), bias)
+    if et.dim() != 2 or et.shape[1] != e.shape[1] or ht.shape != (et.shape[0], h.shape[1]):
+        raise ValueError(f"datadiet.omp_factored: target factors must be [M, {e.shape[1]}] and "
+                         f"[M, {h.shape[1] - int(bias)}], got {tuple(target[0].shape)} and {tuple(target[1].shape)}")
+    t_offs = [0, et.shape[0]] if len(target) == 2 else _ints(target[2], "target offsets", "omp_factored")
+    if len(t_offs) - 1 != problems or t_offs[0] != 0 or t_offs[-1] != et.shape[0]:
+        raise ValueError(f"datadiet.omp_factored: target offsets must give {problems} problems over "
+                         f"{et.shape[0]} target rows, got {t_offs[:4]}")
+    return ([et[a:b] for a, b in zip(t_offs[:-1], t_offs[1:])], [ht[a:b] for a, b in zip(t_offs[:-1], t_offs[1:])])
+
+
+def _target_correlations(e, h, offs, targets):
+    """c0_i = e_iᵀ B h̃_i and ‖B‖²_F per problem, B = E_tᵀ H̃_t (two matmuls per problem)."""
+    c0 = torch.empty(e.shape[0], dtype=torch.float32, device=e.device)
+    b2 = torch.empty(len(offs) - 1, dtype=torch.float32, device=e.device)
+    for g, (lo, hi) in enumerate(zip(offs[:-1], offs[1:])):
+        bmat = targets[0][g].T @ targets[1][g]  # [C, D1]
+        c0[lo:hi] = ((e[lo:hi] @ bmat) * h[lo:hi]).sum(1)
+        b2[g] = bmat.double().square().sum()
+    return c0, b2
+
+
 def _check(atoms, target, k, offsets, budgets, lam, tol):
     def fail(msg, exc=ValueError):
         raise exc(f"datadiet.omp: {msg}")
@@ -144,5 +242,10 @@ def _fake(atoms, targets, offsets, budgets, lam, positive, tol):
             atoms.new_empty((problems,), dtype=torch.float32), atoms.new_empty((problems,), dtype=torch.int64))
 
 
+def _fake_factored(errors, features, c0, b2, offsets, budgets, lam, positive, tol):
+    return _fake(errors, None, offsets, budgets, lam, positive, tol)
+
+
 if _extension.compiled_cpu():
     torch.library.register_fake("datadiet::omp")(_fake)
+    torch.library.register_fake("datadiet::omp_factored")(_fake_factored)

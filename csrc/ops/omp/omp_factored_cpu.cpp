@@ -1,0 +1,113 @@
+// datadiet::omp_factored on CPU: OMP over last-layer gradients g_i = e_i ⊗ h_i given as
+// factors E [N, C] (p − onehot) and H [N, D1] (the layer's inputs, usually with a 1
+// appended for the bias), never forming the N × C·D1 matrix. With
+// ⟨g_i, g_j⟩ = (e_i·e_j)(h_i·h_j) a new atom's Gram column costs O(n·(C + D1)); the
+// correlations with the residual are c = c0 − G[:, S] w from stored Gram columns
+// (O(n·|S|)), so no iteration touches C·D1-sized data. c0 (the atoms' correlations with
+// the target) and ‖b‖² come from the caller, who computes them with two matmuls per
+// problem. The engine is omp_engine_cpu.h.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "common/simd_cpu.h"
+#include "ops/omp/omp.h"
+#include "ops/omp/omp_engine_cpu.h"
+
+namespace datadiet {
+namespace {
+
+using simd::dot;
+
+struct FactoredAtoms {
+  const float *e, *h, *c0;
+  double b2;
+  int64_t n, C, D1, capacity;
+  bool parallel;
+  std::vector<float> G = std::vector<float>(static_cast<size_t>(n * capacity));  // [n, capacity]
+  std::vector<int64_t> slot_of = std::vector<int64_t>(static_cast<size_t>(n), -1);
+  int64_t used = 0;
+
+  int64_t size() const { return n; }
+
+  void target(float* out, double* out_b2) const {
+    std::copy(c0, c0 + n, out);
+    *out_b2 = b2;
+  }
+
+  double inner(int64_t i, int64_t j) const {
+    return static_cast<double>(dot(e + i * C, e + j * C, C)) * dot(h + i * D1, h + j * D1, D1);
+  }
+
+  // Stores atom j's Gram column (reusing the slot of an atom that left the support when
+  // the columns run out) and returns its entries on the support.
+  void column(int64_t j, const int64_t* support, int64_t m, double* q) {
+    if (slot_of[j] < 0) {
+      if (used == capacity) compact(support, m);
+      const int64_t slot = used++;
+      slot_of[j] = slot;
+      const float *ej = e + j * C, *hj = h + j * D1;
+      float* g = G.data();
+#pragma omp parallel for schedule(static) if (parallel)
+      for (int64_t i = 0; i < n; ++i) g[i * capacity + slot] = dot(e + i * C, ej, C) * dot(h + i * D1, hj, D1);
+    }
+    for (int64_t s = 0; s < m; ++s) q[s] = G[support[s] * capacity + slot_of[j]];
+  }
+
+  void compact(const int64_t* support, int64_t m) {
+    std::vector<int64_t> keep(support, support + m);
+    std::sort(keep.begin(), keep.end(), [&](int64_t x, int64_t y) { return slot_of[x] < slot_of[y]; });
+    for (int64_t a = 0; a < n; ++a)
+      if (std::find(keep.begin(), keep.end(), a) == keep.end()) slot_of[a] = -1;
+    int64_t to = 0;
+    for (const int64_t atom : keep) {  // ascending source slots: moving down never overwrites a live one
+      const int64_t from = slot_of[atom];
+      if (from != to)
+        for (int64_t i = 0; i < n; ++i) G[i * capacity + to] = G[i * capacity + from];
+      slot_of[atom] = to++;
+    }
+    used = to;
+  }
+
+  double correlations(const int64_t* support, const double* w, int64_t m, float* c) const {
+    std::vector<float> wf(static_cast<size_t>(capacity), 0.0f);  // weights by slot, 0 elsewhere
+    for (int64_t s = 0; s < m; ++s) wf[slot_of[support[s]]] = static_cast<float>(w[s]);
+    const float *g = G.data(), *wp = wf.data();
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t i = 0; i < n; ++i) c[i] = c0[i] - dot(g + i * capacity, wp, used);
+    return std::numeric_limits<double>::quiet_NaN();  // the engine's ‖b‖² − wᵀp − λ‖w‖²
+  }
+};
+
+}  // namespace
+
+OmpOutput omp_factored_cpu(const StableTensor& errors, const StableTensor& features, const StableTensor& c0,
+                           const StableTensor& b2, std::vector<int64_t> offsets, std::vector<int64_t> budgets,
+                           double lam, bool positive, double tol) {
+  const char* op = "omp_factored";
+  const int64_t total = check_omp_problems(op, errors.size(0), offsets, budgets, lam, tol);
+  const int64_t problems = static_cast<int64_t>(budgets.size()), N = errors.size(0);
+  DD_CHECK(errors.dim() == 2 && features.dim() == 2 && features.size(0) == N, op,
+           "errors [N, C] and features [N, D1] must share N, got shapes ", errors.sizes(), " and ", features.sizes());
+  for (const StableTensor* t : {&errors, &features, &c0, &b2})
+    DD_CHECK(t->scalar_type() == ScalarType::Float && t->is_contiguous() && t->device() == errors.device(), op,
+             "errors, features, c0 and b2 must be contiguous float32 tensors on one device");
+  DD_CHECK(c0.dim() == 1 && c0.size(0) == N && b2.dim() == 1 && b2.size(0) == problems, op,
+           "c0 must be [", N, "] and b2 [", problems, "], got ", c0.sizes(), " and ", b2.sizes());
+  OmpOutput out = allocate_omp(errors, total, problems);
+  const bool one = problems == 1;
+  const float *e = errors.const_data_ptr<float>(), *h = features.const_data_ptr<float>();
+  const float *c = c0.const_data_ptr<float>(), *bb = b2.const_data_ptr<float>();
+  const int64_t C = errors.size(1), D1 = features.size(1);
+  solve_problems(out, offsets, budgets, [&](int64_t g) {
+    const int64_t lo = offsets[g];
+    FactoredAtoms src{e + lo * C, h + lo * D1, c + lo, static_cast<double>(bb[g]), offsets[g + 1] - lo,
+                      C, D1, std::max<int64_t>(budgets[g], 1), one};
+    return omp::solve(src, omp::Options{budgets[g], lam, positive, tol});
+  });
+  return out;
+}
+
+}  // namespace datadiet
