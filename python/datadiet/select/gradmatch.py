@@ -1,0 +1,240 @@
+"""GradMatch (Killamsetty et al. 2021): a weighted subset whose weighted gradient sum matches
+the full training (or a validation) gradient, chosen by orthogonal matching pursuit
+(``datadiet.ops.omp`` / ``omp_factored``). ``../shared/notes/algorithms.md`` §3.
+
+Modes:
+- ``"per_class"``: one OMP problem per class (budget ``ceil(k · n_c / N)``, so up to one more
+  than k per class in total), all in one batched call; the target is the class's gradient sum
+  (or its validation gradient sum);
+- ``"per_batch"``: atoms are the mean gradients of fixed consecutive minibatches; OMP picks
+  ``max(1, k // batch_size)`` whole batches and a chosen batch's weight goes to each of its
+  samples (dense embeddings only);
+- ``"global"``: one problem over all samples.
+
+When OMP returns fewer atoms than the budget (tolerance met, no atom correlates positively any
+more, atoms dependent or zeroed by the non-negative solve) the rest is filled with random
+unselected samples of weight 1, as CORDS does — and the result says how many and why.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+
+from datadiet.ops.omp import omp, omp_factored
+from datadiet.ops.weighted_sample import weighted_sample
+
+MODES = ("per_class", "per_batch", "global")
+
+
+class GradMatchSelection(NamedTuple):
+    """``indices`` int64 and ``weights`` float32 of the selected samples, OMP's picks first and the
+    random fill (weight 1) last; per problem (each class, or the one global / per-batch problem):
+    ``residual`` (‖target − Σ w g‖ / ‖target‖), ``found`` (samples OMP chose) and ``iterations``;
+    ``filled``: how many random samples were added because OMP found fewer than the budget
+    (its reasons: the tolerance was met, no atom correlated positively any more, or atoms were
+    dependent or zeroed by the non-negative solve — ``iterations`` > ``found`` shows the last)."""
+
+    indices: torch.Tensor
+    weights: torch.Tensor
+    residual: torch.Tensor
+    found: torch.Tensor
+    iterations: torch.Tensor
+    filled: int
+
+
+def gradmatch(
+    embedding: Optional[torch.Tensor] = None,
+    *,
+    errors: Optional[torch.Tensor] = None,
+    features: Optional[torch.Tensor] = None,
+    labels: Optional[torch.Tensor] = None,
+    fraction: Optional[float] = None,
+    budget: Optional[int] = None,
+    mode: str = "per_class",
+    batch_size: int = 32,
+    lam: float = 0.5,
+    tol: float = 0.0,
+    positive: bool = True,
+    val_embedding: Optional[torch.Tensor] = None,
+    val_errors: Optional[torch.Tensor] = None,
+    val_features: Optional[torch.Tensor] = None,
+    val_labels: Optional[torch.Tensor] = None,
+    seed: int = 0,
+    backend: str = "auto",
+) -> GradMatchSelection:
+    """Select ``fraction`` (or ``budget`` samples) of the data by gradient matching.
+
+    Give the per-sample gradients either dense, ``embedding [N, d]`` (e.g. the bias-only
+    ``p − onehot`` from ``ce_scores(..., return_embedding=True)``, or CORDS' per-class-per-gradient
+    embedding), or factorised, ``errors [N, C]`` and ``features [N, D]`` (the full last layer,
+    never materialised). ``labels [N]`` are needed for ``per_class``. A validation target is given
+    the same way (``val_embedding`` or ``val_errors``/``val_features``, with ``val_labels`` for
+    ``per_class``). CORDS defaults: ``lam=0.5`` per class, ``0`` per batch.
+    """
+    dense = embedding is not None
+    if dense == (errors is not None or features is not None):
+        raise ValueError("datadiet.gradmatch: pass embedding, or errors and features (not both)")
+    if not dense and (errors is None or features is None):
+        raise ValueError("datadiet.gradmatch: the factorised form needs both errors and features")
+    n = (embedding if dense else errors).shape[0]
+    if mode not in MODES:
+        raise ValueError(f"datadiet.gradmatch: mode must be one of {MODES}, got {mode!r}")
+    k = _budget(n, fraction, budget)
+    has_val = val_embedding is not None or val_errors is not None
+    if mode == "per_class":
+        return _per_class(embedding, errors, features, labels, k, lam, tol, positive, val_embedding, val_errors,
+                          val_features, val_labels if has_val else None, has_val, seed, backend)
+    if mode == "per_batch":
+        if not dense:
+            raise ValueError("datadiet.gradmatch: per_batch needs a dense embedding (a batch's mean gradient is "
+                             "not a single outer product)")
+        return _per_batch(embedding, k, batch_size, lam, tol, positive, val_embedding, seed, backend)
+    if dense:
+        target = (val_embedding if has_val else embedding).float().sum(0)
+        res = omp(embedding, target, k, lam=lam, positive=positive, tol=tol, backend=backend)
+    else:
+        target = (val_errors, val_features) if has_val else None
+        res = omp_factored(errors, features, k, target=target, lam=lam, positive=positive, tol=tol, backend=backend)
+    norm = _target_norm(res, target if dense else None, errors, features, val_errors, val_features, has_val)
+    return _finish(n, [res.indices], [res.weights], res.residual.reshape(1) / norm, res.iterations.reshape(1), k,
+                   seed, embedding if dense else errors)
+
+
+def _budget(n: int, fraction, budget) -> int:
+    if (fraction is None) == (budget is None):
+        raise ValueError("datadiet.gradmatch: pass exactly one of fraction and budget")
+    if fraction is not None:
+        if not 0.0 < float(fraction) <= 1.0:
+            raise ValueError(f"datadiet.gradmatch: fraction must be in (0, 1], got {fraction}")
+        return max(1, math.ceil(float(fraction) * n))
+    if isinstance(budget, bool) or not isinstance(budget, int) or not 0 < budget <= n:
+        raise ValueError(f"datadiet.gradmatch: budget must be an int in [1, {n}], got {budget!r}")
+    return budget
+
+
+def _group(labels: torch.Tensor, n: int, name: str):
+    if labels is None or labels.shape != (n,) or labels.dtype.is_floating_point:
+        raise ValueError(f"datadiet.gradmatch: per_class needs integer {name} of shape [{n}], got "
+                         f"{None if labels is None else (labels.dtype, tuple(labels.shape))}")
+    order = torch.sort(labels.long(), stable=True).indices
+    return order, labels.long()[order]
+
+
+def _per_class(embedding, errors, features, labels, k, lam, tol, positive, val_embedding, val_errors, val_features,
+               val_labels, has_val, seed, backend) -> GradMatchSelection:
+    dense = embedding is not None
+    n = (embedding if dense else errors).shape[0]
+    order, sorted_labels = _group(labels, n, "labels")
+    classes = int(sorted_labels[-1]) + 1 if n else 0
+    counts = torch.bincount(sorted_labels, minlength=classes).tolist()
+    if any(c == 0 for c in counts):
+        empty = [c for c, cnt in enumerate(counts) if cnt == 0]
+        raise ValueError(f"datadiet.gradmatch: classes {empty[:8]} have no samples; relabel to 0..C-1")
+    offsets = [0]
+    for c in counts:
+        offsets.append(offsets[-1] + c)
+    budgets = [min(cnt, math.ceil(k * cnt / n)) for cnt in counts]
+    if has_val:
+        m = (val_embedding if dense else val_errors).shape[0]
+        v_order, v_sorted = _group(val_labels, m, "val_labels")
+        v_counts = torch.bincount(v_sorted, minlength=classes).tolist()[:classes]
+        if len(v_counts) > classes or sum(v_counts) != m:
+            raise ValueError("datadiet.gradmatch: val_labels hold classes that the training labels do not")
+    if dense:
+        atoms = embedding.float()[order]
+        if has_val:
+            val = val_embedding.float()[v_order]
+            targets = torch.zeros(classes, atoms.shape[1], device=atoms.device).index_add_(0, v_sorted, val)
+        else:
+            targets = torch.zeros(classes, atoms.shape[1], device=atoms.device).index_add_(0, sorted_labels, atoms)
+        res = omp(atoms, targets, offsets=offsets, budgets=budgets, lam=lam, positive=positive, tol=tol,
+                  backend=backend)
+        norms = targets.norm(dim=1)
+    else:
+        e, h = errors.float()[order], features.float()[order]
+        target = None
+        if has_val:
+            v_offsets = [0]
+            for c in v_counts:
+                v_offsets.append(v_offsets[-1] + c)
+            target = (val_errors.float()[v_order], val_features.float()[v_order], v_offsets)
+        res = omp_factored(e, h, offsets=offsets, budgets=budgets, target=target, lam=lam, positive=positive, tol=tol,
+                           backend=backend)
+        norms = _factored_norms(e, h, offsets, target)
+    picked = torch.where(res.indices >= 0, order[res.indices.clamp_min(0)], res.indices)
+    parts_i = list(torch.split(picked, budgets))
+    parts_w = list(torch.split(res.weights, budgets))
+    return _finish(n, parts_i, parts_w, res.residual / norms.clamp_min(1e-30), res.iterations, k, seed,
+                   embedding if dense else errors)
+
+
+def _factored_norms(e, h, offsets, target):
+    ones = torch.ones(e.shape[0], 1, device=e.device)
+    ht = torch.cat([h, ones], 1)
+    out = []
+    for g, (a, b) in enumerate(zip(offsets[:-1], offsets[1:])):
+        if target is None:
+            et, hh = e[a:b], ht[a:b]
+        else:
+            ta, tb = target[2][g], target[2][g + 1]
+            et, hh = target[0][ta:tb], torch.cat([target[1][ta:tb], ones[: tb - ta]], 1)
+        out.append((et.T @ hh).norm())
+    return torch.stack(out)
+
+
+def _target_norm(res, dense_target, errors, features, val_errors, val_features, has_val):
+    if dense_target is not None:
+        return dense_target.norm().clamp_min(1e-30)
+    e, h = (val_errors, val_features) if has_val else (errors, features)
+    ht = torch.cat([h.float(), torch.ones(h.shape[0], 1, device=h.device)], 1)
+    return (e.float().T @ ht).norm().clamp_min(1e-30)
+
+
+def _per_batch(embedding, k, batch_size, lam, tol, positive, val_embedding, seed, backend) -> GradMatchSelection:
+    n = embedding.shape[0]
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= n:
+        raise ValueError(f"datadiet.gradmatch: batch_size must be an int in [1, {n}], got {batch_size!r}")
+    batches = math.ceil(n / batch_size)
+    batch_of = torch.arange(n, device=embedding.device) // batch_size
+    sizes = torch.bincount(batch_of, minlength=batches).float()
+    means = torch.zeros(batches, embedding.shape[1], device=embedding.device).index_add_(
+        0, batch_of, embedding.float()) / sizes.unsqueeze(1)
+    target = (val_embedding if val_embedding is not None else embedding).float().sum(0)
+    kb = min(batches, max(1, k // batch_size))  # whole batches; the random fill tops up the rest
+    res = omp(means, target, kb, lam=lam, positive=positive, tol=tol, backend=backend)
+    chosen = res.indices[res.indices >= 0]
+    members = [torch.arange(int(b) * batch_size, min(n, (int(b) + 1) * batch_size), device=embedding.device)
+               for b in chosen.tolist()]
+    indices = torch.cat(members) if members else torch.zeros(0, dtype=torch.long, device=embedding.device)
+    weights = torch.cat([torch.full((m.numel(),), float(w), device=embedding.device)
+                         for m, w in zip(members, res.weights[res.indices >= 0].tolist())]) if members else \
+        torch.zeros(0, device=embedding.device)
+    found = torch.tensor([indices.numel()])
+    fill = _fill(n, indices, k - indices.numel(), seed, embedding.device)
+    ones = torch.ones(fill.numel(), device=weights.device)
+    return GradMatchSelection(torch.cat([indices, fill]), torch.cat([weights, ones]),
+                              (res.residual / target.norm().clamp_min(1e-30)).reshape(1), found,
+                              res.iterations.reshape(1), fill.numel())
+
+
+def _fill(n: int, chosen: torch.Tensor, count: int, seed: int, device) -> torch.Tensor:
+    """``count`` random samples not in ``chosen`` (uniform without replacement, seeded)."""
+    if count <= 0:
+        return torch.zeros(0, dtype=torch.long, device=device)
+    free = torch.ones(n, device=device)
+    free[chosen] = 0
+    return weighted_sample(free, count, seed=seed)
+
+
+def _finish(n, parts_i, parts_w, residual, iterations, k, seed, like) -> GradMatchSelection:
+    """Concatenates the problems' picks (dropping the -1 padding) and fills up to k at random."""
+    found = torch.tensor([int((p >= 0).sum()) for p in parts_i])
+    indices = torch.cat([p[p >= 0] for p in parts_i])
+    weights = torch.cat([w[p >= 0] for p, w in zip(parts_i, parts_w)])
+    fill = _fill(n, indices, k - indices.numel(), seed, like.device)
+    ones = torch.ones(fill.numel(), device=weights.device)
+    return GradMatchSelection(torch.cat([indices, fill]), torch.cat([weights, ones]), residual, found, iterations,
+                              fill.numel())
