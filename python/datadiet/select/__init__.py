@@ -1,6 +1,7 @@
 """Selection strategies built on ``datadiet.ops``."""
 
+from datadiet.select.glister import GlisterSelection, glister
 from datadiet.select.gradmatch import GradMatchSelection, gradmatch
 from datadiet.select.selective_backprop import SelectiveBackpropSelector
 
-__all__ = ["GradMatchSelection", "SelectiveBackpropSelector", "gradmatch"]
+__all__ = ["GlisterSelection", "GradMatchSelection", "SelectiveBackpropSelector", "glister", "gradmatch"]

@@ -1,0 +1,112 @@
+"""GLISTER (Killamsetty et al. 2021b): greedy selection that maximises the validation
+log-likelihood under a one-step Taylor approximation, on last-layer gradients
+(``../shared/notes/algorithms.md`` §4).
+
+Each candidate's gain is ``⟨g_i, g_val⟩`` with ``g_i = e_i ⊗ h̃_i`` the training sample's gradient
+and ``g_val`` the summed validation-loss gradient, both w.r.t. the final linear layer
+(h̃ = [h, 1]). After a pick, the last layer takes one step ``−eta·g_j`` and the validation
+gradient is recomputed there: the validation logits move by ``−eta·(h̃_v·h̃_j)·e_j`` — rank one,
+so no weight matrix is formed — and ``g_val = E_vᵀ H̃_v`` with ``E_v = softmax(z_v) − onehot``.
+Gains are ``rowsum((E g_val) ⊙ H̃)``: the factorised algebra, never an ``N × C·(D+1)`` matrix.
+
+Variants: ``"naive"`` greedy scores every unselected sample each step; ``"stochastic"`` greedy
+(Mirzasoleiman et al.) scores a seeded random ``ceil((N/k)·ln(100))`` of them. Weights are 1.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from datadiet.ops.weighted_sample import weighted_sample
+
+VARIANTS = ("stochastic", "naive")
+
+
+class GlisterSelection(NamedTuple):
+    """``indices`` in pick order, ``weights`` (ones) and each pick's ``gains`` ⟨g_i, g_val⟩."""
+
+    indices: torch.Tensor
+    weights: torch.Tensor
+    gains: torch.Tensor
+
+
+def glister(
+    errors: torch.Tensor,
+    features: torch.Tensor,
+    val_logits: torch.Tensor,
+    val_labels: torch.Tensor,
+    val_features: torch.Tensor,
+    *,
+    fraction: float | None = None,
+    budget: int | None = None,
+    eta: float = 0.01,
+    variant: str = "stochastic",
+    seed: int = 0,
+) -> GlisterSelection:
+    """Select ``fraction`` (or ``budget`` samples) of the training set.
+
+    Args:
+        errors: ``[N, C]`` training ``p − onehot`` at the current model
+            (``ce_scores(..., return_embedding=True).embedding``); features: ``[N, D]`` inputs of
+            the final linear layer.
+        val_logits: ``[V, C]`` validation logits at the current model; val_labels ``[V]``;
+            val_features ``[V, D]``.
+        eta: the step size of the Taylor update (the learning rate).
+    """
+    n = errors.shape[0]
+    _check(errors, features, val_logits, val_labels, val_features, variant)
+    k = _budget(n, fraction, budget)
+    e = errors.float()
+    ht = torch.cat([features.float(), features.new_ones(n, 1, dtype=torch.float32)], 1)
+    hv = torch.cat([val_features.float(), val_features.new_ones(val_features.shape[0], 1, dtype=torch.float32)], 1)
+    z = val_logits.float().clone()
+    onehot = torch.nn.functional.one_hot(val_labels.long(), z.shape[1]).float()
+    free = torch.ones(n, dtype=torch.bool, device=e.device)
+    sample = min(n, math.ceil(n / k * math.log(100))) if variant == "stochastic" else n
+    picks, gains = [], []
+    for step in range(k):
+        g_val = (z.softmax(1) - onehot).T @ hv  # [C, D+1], summed validation gradient
+        left = int(free.sum())
+        if sample < left:
+            candidates = free.nonzero().squeeze(1)[weighted_sample(free[free].float(), sample, seed=seed + step)]
+        else:
+            candidates = free.nonzero().squeeze(1)
+        gain = ((e[candidates] @ g_val) * ht[candidates]).sum(1)
+        best = int(gain.argmax())
+        j = int(candidates[best])
+        picks.append(j)
+        gains.append(float(gain[best]))
+        free[j] = False
+        z -= eta * (hv @ ht[j]).unsqueeze(1) * e[j].unsqueeze(0)  # one step −eta·g_j on the last layer
+    indices = torch.tensor(picks, dtype=torch.int64, device=e.device)
+    return GlisterSelection(indices, torch.ones(k, device=e.device), torch.tensor(gains, device=e.device))
+
+
+def _budget(n: int, fraction, budget) -> int:
+    if (fraction is None) == (budget is None):
+        raise ValueError("datadiet.glister: pass exactly one of fraction and budget")
+    if fraction is not None:
+        if not 0.0 < float(fraction) <= 1.0:
+            raise ValueError(f"datadiet.glister: fraction must be in (0, 1], got {fraction}")
+        return max(1, math.ceil(float(fraction) * n))
+    if isinstance(budget, bool) or not isinstance(budget, int) or not 0 < budget <= n:
+        raise ValueError(f"datadiet.glister: budget must be an int in [1, {n}], got {budget!r}")
+    return budget
+
+
+def _check(errors, features, val_logits, val_labels, val_features, variant) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"datadiet.glister: variant must be one of {VARIANTS}, got {variant!r}")
+    if errors.dim() != 2 or features.dim() != 2 or features.shape[0] != errors.shape[0]:
+        raise ValueError(f"datadiet.glister: errors [N, C] and features [N, D] must share N, got "
+                         f"{tuple(errors.shape)} and {tuple(features.shape)}")
+    v, c = val_logits.shape if val_logits.dim() == 2 else (-1, -1)
+    if c != errors.shape[1] or val_labels.shape != (v,) or val_features.shape != (v, features.shape[1]):
+        raise ValueError(f"datadiet.glister: need val_logits [V, {errors.shape[1]}], val_labels [V] and "
+                         f"val_features [V, {features.shape[1]}], got {tuple(val_logits.shape)}, "
+                         f"{tuple(val_labels.shape)} and {tuple(val_features.shape)}")
+    if v and (int(val_labels.min()) < 0 or int(val_labels.max()) >= c):
+        raise ValueError(f"datadiet.glister: val_labels must be class indices in [0, {c})")
