@@ -260,3 +260,9 @@ def test_factored_bad_shapes_and_opcheck():
     c0 = torch.rand(20)
     torch.library.opcheck(torch.ops.datadiet.omp_factored.default,
                           (e, ht, c0, torch.tensor([4.0]), [0, 20], [3], 0.1, True, 0.0))
+
+
+def test_oversized_problem_is_refused_before_allocating():
+    a = torch.zeros(40000, 1).expand(40000, 1).contiguous()
+    with pytest.raises(ValueError, match=r"needs \d+ MiB of Gram columns and Cholesky factor .* split it"):
+        torch.ops.datadiet.omp(a, torch.ones(1, 1), [0, 40000], [33000], 0.0, True, 0.0)

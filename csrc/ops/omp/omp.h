@@ -29,8 +29,8 @@ OmpOutput omp_factored_cpu(const StableTensor& errors, const StableTensor& featu
                            const StableTensor& b2, std::vector<int64_t> offsets, std::vector<int64_t> budgets,
                            double lam, bool positive, double tol);
 
-// Bytes of per-problem buffers (n·k floats: the factorised Gram columns) above which a
-// problem is refused.
+// Bytes of a problem's buffers above which it is refused: n·k float32 Gram columns
+// (factorised atoms) and the k·k float64 Cholesky factor.
 constexpr int64_t kMaxGramBytes = int64_t{8} << 30;
 
 // Checks the problem layout and options; returns the output length sum(budgets).
@@ -48,8 +48,10 @@ inline int64_t check_omp_problems(const char* op, int64_t N, const std::vector<i
              g + 1, "] = ", offsets[g + 1]);
     DD_CHECK(budgets[g] >= 0 && budgets[g] <= n, op, "budget ", budgets[g], " for problem ", g, " of ", n,
              " atoms; need 0 <= budget <= atoms");
-    DD_CHECK(n * budgets[g] * 4 <= kMaxGramBytes, op, "problem ", g, " needs ", n, " x ", budgets[g],
-             " Gram entries (", n * budgets[g] * 4 / (1 << 20), " MiB); split it (per class / per batch)");
+    DD_CHECK(n * budgets[g] * 4 <= kMaxGramBytes && budgets[g] * budgets[g] * 8 <= kMaxGramBytes, op, "problem ", g,
+             " with ", n, " atoms and budget ", budgets[g], " needs ", (n * budgets[g] * 4 + budgets[g] * budgets[g] * 8) >> 20,
+             " MiB of Gram columns and Cholesky factor (limit ", kMaxGramBytes >> 20,
+             " MiB); split it (per class / per batch)");
     total += budgets[g];
   }
   return total;
