@@ -6,6 +6,8 @@ import math
 
 import torch
 
+import datadiet
+
 
 def rank_key(value: float, index: int, largest: bool):
     """Sort key of (value, index) under topk_select's rule: best first, NaN last, ties to the lower index."""
@@ -24,3 +26,13 @@ def ragged_offsets(sizes: list[int]) -> list[int]:
     for s in sizes:
         out.append(out[-1] + s)
     return out
+
+
+def last_layer_case(n, classes, features, seed=0):
+    """Training errors p − onehot of random logits, ReLU features and the labels."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, classes, generator=g) * 2
+    labels = torch.randint(0, classes, (n,), generator=g)
+    e = datadiet.ce_scores(logits, labels, return_embedding=True).embedding
+    h = torch.relu(torch.randn(n, features, generator=g))
+    return e, h, labels

@@ -8,15 +8,11 @@ import torch
 
 import datadiet
 from datadiet.select import gradmatch
+from select_helpers import last_layer_case
 
 
 def data(n=600, classes=4, features=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(n, classes, generator=g) * 2
-    labels = torch.randint(0, classes, (n,), generator=g)
-    e = datadiet.ce_scores(logits, labels, return_embedding=True).embedding
-    h = torch.relu(torch.randn(n, features, generator=g))
-    return e, h, labels
+    return last_layer_case(n, classes, features, seed)
 
 
 def full(e, h):

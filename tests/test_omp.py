@@ -8,6 +8,7 @@ import torch
 import datadiet
 from datadiet.ops import omp
 from datadiet.reference.omp import nnls_gram, omp_reference
+from select_helpers import last_layer_case
 
 
 def problem(n, d, seed=0, cone=False):
@@ -187,15 +188,6 @@ def test_exported():
     assert datadiet.ops.omp is omp
 
 
-def factored_case(n, classes, features, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(n, classes, generator=g) * 2
-    labels = torch.randint(0, classes, (n,), generator=g)
-    e = datadiet.ce_scores(logits, labels, return_embedding=True).embedding
-    h = torch.relu(torch.randn(n, features, generator=g))
-    return e, h, labels
-
-
 def materialise(e, h, bias=True):
     ht = torch.cat([h, torch.ones(h.shape[0], 1)], 1) if bias else h
     return (e.unsqueeze(2) * ht.unsqueeze(1)).reshape(e.shape[0], -1)
@@ -205,7 +197,7 @@ def materialise(e, h, bias=True):
 @pytest.mark.parametrize("lam", [0.0, 0.5])
 @pytest.mark.parametrize("bias", [True, False])
 def test_factored_equals_materialised(positive, lam, bias):
-    e, h, _ = factored_case(150, 5, 7, seed=11)
+    e, h, _ = last_layer_case(150, 5, 7, seed=11)
     atoms = materialise(e, h, bias)
     got = datadiet.ops.omp_factored(e, h, 25, bias=bias, lam=lam, positive=positive)
     want = omp(atoms, atoms.sum(0), 25, lam=lam, positive=positive)
@@ -217,8 +209,8 @@ def test_factored_equals_materialised(positive, lam, bias):
 
 
 def test_factored_per_class_with_a_validation_target():
-    e, h, labels = factored_case(400, 4, 6, seed=12)
-    ev, hv, lv = factored_case(120, 4, 6, seed=13)
+    e, h, labels = last_layer_case(400, 4, 6, seed=12)
+    ev, hv, lv = last_layer_case(120, 4, 6, seed=13)
     order, vorder = torch.argsort(labels, stable=True), torch.argsort(lv, stable=True)
     counts, vcounts = torch.bincount(labels, minlength=4).tolist(), torch.bincount(lv, minlength=4).tolist()
     offs, voffs = [0], [0]
@@ -251,7 +243,7 @@ def test_factored_reuses_gram_columns_after_nnls_drops():
 
 
 def test_factored_bad_shapes_and_opcheck():
-    e, h, _ = factored_case(20, 3, 4)
+    e, h, _ = last_layer_case(20, 3, 4)
     with pytest.raises(ValueError, match=r"errors \[N, C\] and features \[N, D\] must share N"):
         datadiet.ops.omp_factored(e, h[:10], 3)
     with pytest.raises(ValueError, match=r"target factors must be \[M, 3\] and \[M, 4\]"):

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import torch
 
 from datadiet.ops.weighted_sample import weighted_sample
+from datadiet.select._budget import subset_size
 
 VARIANTS = ("stochastic", "naive")
 
@@ -58,7 +59,7 @@ def glister(
     """
     n = errors.shape[0]
     _check(errors, features, val_logits, val_labels, val_features, variant)
-    k = _budget(n, fraction, budget)
+    k = subset_size(n, fraction, budget, "glister")
     e = errors.float()
     ht = torch.cat([features.float(), features.new_ones(n, 1, dtype=torch.float32)], 1)
     hv = torch.cat([val_features.float(), val_features.new_ones(val_features.shape[0], 1, dtype=torch.float32)], 1)
@@ -83,18 +84,6 @@ def glister(
         z -= eta * (hv @ ht[j]).unsqueeze(1) * e[j].unsqueeze(0)  # one step −eta·g_j on the last layer
     indices = torch.tensor(picks, dtype=torch.int64, device=e.device)
     return GlisterSelection(indices, torch.ones(k, device=e.device), torch.tensor(gains, device=e.device))
-
-
-def _budget(n: int, fraction, budget) -> int:
-    if (fraction is None) == (budget is None):
-        raise ValueError("datadiet.glister: pass exactly one of fraction and budget")
-    if fraction is not None:
-        if not 0.0 < float(fraction) <= 1.0:
-            raise ValueError(f"datadiet.glister: fraction must be in (0, 1], got {fraction}")
-        return max(1, math.ceil(float(fraction) * n))
-    if isinstance(budget, bool) or not isinstance(budget, int) or not 0 < budget <= n:
-        raise ValueError(f"datadiet.glister: budget must be an int in [1, {n}], got {budget!r}")
-    return budget
 
 
 def _check(errors, features, val_logits, val_labels, val_features, variant) -> None:

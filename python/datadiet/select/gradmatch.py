@@ -25,6 +25,7 @@ import torch
 
 from datadiet.ops.omp import omp, omp_factored
 from datadiet.ops.weighted_sample import weighted_sample
+from datadiet.select._budget import subset_size
 
 MODES = ("per_class", "per_batch", "global")
 
@@ -82,7 +83,7 @@ def gradmatch(
     n = (embedding if dense else errors).shape[0]
     if mode not in MODES:
         raise ValueError(f"datadiet.gradmatch: mode must be one of {MODES}, got {mode!r}")
-    k = _budget(n, fraction, budget)
+    k = subset_size(n, fraction, budget, "gradmatch")
     has_val = val_embedding is not None or val_errors is not None
     if mode == "per_class":
         return _per_class(embedding, errors, features, labels, k, lam, tol, positive, val_embedding, val_errors,
@@ -101,18 +102,6 @@ def gradmatch(
     norm = _target_norm(res, target if dense else None, errors, features, val_errors, val_features, has_val)
     return _finish(n, [res.indices], [res.weights], res.residual.reshape(1) / norm, res.iterations.reshape(1), k,
                    seed, embedding if dense else errors)
-
-
-def _budget(n: int, fraction, budget) -> int:
-    if (fraction is None) == (budget is None):
-        raise ValueError("datadiet.gradmatch: pass exactly one of fraction and budget")
-    if fraction is not None:
-        if not 0.0 < float(fraction) <= 1.0:
-            raise ValueError(f"datadiet.gradmatch: fraction must be in (0, 1], got {fraction}")
-        return max(1, math.ceil(float(fraction) * n))
-    if isinstance(budget, bool) or not isinstance(budget, int) or not 0 < budget <= n:
-        raise ValueError(f"datadiet.gradmatch: budget must be an int in [1, {n}], got {budget!r}")
-    return budget
 
 
 def _group(labels: torch.Tensor, n: int, name: str):

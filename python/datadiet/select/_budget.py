@@ -1,0 +1,19 @@
+"""The subset size of a selection strategy, from a fraction or an explicit budget."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+
+def subset_size(n: int, fraction: Optional[float], budget: Optional[int], op: str) -> int:
+    """``ceil(fraction · n)`` (at least 1) or ``budget``; exactly one must be given."""
+    if (fraction is None) == (budget is None):
+        raise ValueError(f"datadiet.{op}: pass exactly one of fraction and budget")
+    if fraction is not None:
+        if not 0.0 < float(fraction) <= 1.0:
+            raise ValueError(f"datadiet.{op}: fraction must be in (0, 1], got {fraction}")
+        return max(1, math.ceil(float(fraction) * n))
+    if isinstance(budget, bool) or not isinstance(budget, int) or not 0 < budget <= n:
+        raise ValueError(f"datadiet.{op}: budget must be an int in [1, {n}], got {budget!r}")
+    return budget
