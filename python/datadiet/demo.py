@@ -116,6 +116,7 @@ def select_and_retrain(x, y, flipped, x_val, y_val, scores, keep: float, epochs:
     }
     results = {}
     for name, idx in subsets.items():
+        torch.manual_seed(seed)  # same initial weights for every subset
         model = MLP(x.shape[1], 10)
         train(model, x[idx], y[idx], epochs, seed)
         model.eval()
@@ -129,6 +130,7 @@ def main(epochs: int = 15, seed: int = 0, label_noise: float = 0.05, top: int = 
     x, y, flipped, x_val, y_val = load_digits(seed, label_noise)
     print(f"digits: {len(y)} train / {len(y_val)} val samples, 10 classes, "
           f"{int(flipped.sum())} training labels flipped ({label_noise:.0%})")
+    torch.manual_seed(seed)
     model = MLP(x.shape[1], 10)
     train(model, x, y, epochs, seed)
     model.eval()
