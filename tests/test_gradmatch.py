@@ -110,3 +110,26 @@ def test_needs_one_gradient_form():
         gradmatch(errors=e, features=h, mode="per_batch", fraction=0.1)
     with pytest.raises(ValueError, match=r"classes \[2\] have no samples"):
         gradmatch(e, labels=torch.where(labels == 2, 3, labels), fraction=0.1)
+
+
+def test_last_layer_embeddings_are_the_autograd_gradients():
+    from datadiet.select import last_layer_embedding
+
+    g = torch.Generator().manual_seed(7)
+    layer = torch.nn.Linear(5, 3)
+    h, y = torch.randn(6, 5, generator=g), torch.randint(0, 3, (6,), generator=g)
+    with torch.no_grad():
+        e = datadiet.ce_scores(layer(h), y, return_embedding=True).embedding
+    full_emb = last_layer_embedding(e, h, kind="full")
+    per_class = last_layer_embedding(e, h, y, kind="per_class")
+    for i in range(6):
+        layer.zero_grad()
+        torch.nn.functional.cross_entropy(layer(h[i:i + 1]), y[i:i + 1]).backward()
+        grad_w, grad_b = layer.weight.grad, layer.bias.grad  # [3, 5], [3]
+        want_full = torch.cat([grad_w, grad_b.unsqueeze(1)], 1).reshape(-1)
+        torch.testing.assert_close(full_emb[i], want_full, rtol=1e-5, atol=1e-6)
+        c = int(y[i])
+        torch.testing.assert_close(per_class[i], torch.cat([grad_b[c:c + 1], grad_w[c]]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(last_layer_embedding(e), e)
+    with pytest.raises(ValueError, match="kind='per_class' needs labels"):
+        last_layer_embedding(e, h, kind="per_class")

@@ -1,7 +1,8 @@
 """Selection strategies built on ``datadiet.ops``."""
 
 from datadiet.select.glister import GlisterSelection, glister
-from datadiet.select.gradmatch import GradMatchSelection, gradmatch
+from datadiet.select.gradmatch import GradMatchSelection, gradmatch, last_layer_embedding
 from datadiet.select.selective_backprop import SelectiveBackpropSelector
 
-__all__ = ["GlisterSelection", "GradMatchSelection", "SelectiveBackpropSelector", "glister", "gradmatch"]
+__all__ = ["GlisterSelection", "GradMatchSelection", "SelectiveBackpropSelector", "glister", "gradmatch",
+           "last_layer_embedding"]

@@ -28,6 +28,34 @@ from datadiet.ops.weighted_sample import weighted_sample
 from datadiet.select._budget import subset_size
 
 MODES = ("per_class", "per_batch", "global")
+EMBEDDINGS = ("bias", "per_class", "full")
+
+
+def last_layer_embedding(errors: torch.Tensor, features: Optional[torch.Tensor] = None,
+                         labels: Optional[torch.Tensor] = None, kind: str = "bias") -> torch.Tensor:
+    """Dense per-sample last-layer gradients, as CORDS builds them (§2 of the notes):
+
+    - ``"bias"``: ``e_i`` (``[N, C]``), the bias gradient;
+    - ``"per_class"``: ``e_{i,y_i} · [1, h_i]`` (``[N, 1 + D]``), the label's bias entry and weight
+      row — CORDS' per-class-per-gradient embedding, meant for ``mode="per_class"``;
+    - ``"full"``: ``e_i ⊗ [h_i, 1]`` (``[N, C·(D+1)]``) — only for small problems; use
+      ``gradmatch(errors=..., features=...)`` to keep it factorised.
+    """
+    if kind not in EMBEDDINGS:
+        raise ValueError(f"datadiet.last_layer_embedding: kind must be one of {EMBEDDINGS}, got {kind!r}")
+    if kind == "bias":
+        return errors.float()
+    if features is None or features.shape[0] != errors.shape[0]:
+        raise ValueError(f"datadiet.last_layer_embedding: kind={kind!r} needs features [N, D] with N = "
+                         f"{errors.shape[0]}")
+    h = features.float()
+    if kind == "per_class":
+        if labels is None or labels.shape != (errors.shape[0],):
+            raise ValueError(f"datadiet.last_layer_embedding: kind='per_class' needs labels [{errors.shape[0]}]")
+        e_y = errors.float().gather(1, labels.long().unsqueeze(1))
+        return torch.cat([e_y, e_y * h], 1)
+    ht = torch.cat([h, h.new_ones(h.shape[0], 1)], 1)
+    return (errors.float().unsqueeze(2) * ht.unsqueeze(1)).reshape(errors.shape[0], -1)
 
 
 class GradMatchSelection(NamedTuple):
