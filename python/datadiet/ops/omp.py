@@ -28,13 +28,15 @@ class OMPResult(NamedTuple):
     the final support, padded with -1 / 0 up to the budget (fewer atoms are found when the
     residual tolerance is met, no atom correlates positively any more, or atoms are dependent
     or dropped by the non-negativity solve). ``residual``: ``‖target − Σ w_s a_s‖``;
-    ``iterations``: OMP steps run. Batched calls concatenate problems (``[Σ budgets]``) and give
-    ``[P]`` residuals and iterations; single calls give ``[k]`` and scalars."""
+    ``iterations``: OMP steps run; ``target_norm``: ``‖target‖`` (``residual / target_norm`` is the
+    relative residual). Batched calls concatenate problems (``[Σ budgets]``) and give ``[P]``
+    residuals, iterations and norms; single calls give ``[k]`` and scalars."""
 
     indices: torch.Tensor
     weights: torch.Tensor
     residual: torch.Tensor
     iterations: torch.Tensor
+    target_norm: torch.Tensor
 
 
 def omp(
@@ -65,7 +67,6 @@ def omp(
         check_values: reject non-finite atoms / targets (the CPU kernel always does).
     """
     atoms_, targets, offs, ks = _check(atoms, target, k, offsets, budgets, lam, tol)
-    single = offsets is None
     chosen = resolve(backend, atoms.device, "omp", IMPLEMENTED)
     if chosen == "torch" and check_values and not torch.compiler.is_compiling():
         for name, t in (("atoms", atoms_), ("target", targets)):
@@ -80,10 +81,14 @@ def omp(
         out = torch.ops.datadiet.omp(atoms_, targets, *args)
     else:  # no CUDA kernel yet: solve on the CPU, hand results back on the atoms' device
         out = tuple(t.to(atoms.device) for t in torch.ops.datadiet.omp(atoms_.cpu(), targets.cpu(), *args))
+    return _result(out, targets.double().norm(dim=1).float(), single=offsets is None)
+
+
+def _result(out, target_norm: torch.Tensor, single: bool) -> OMPResult:
     indices, weights, residual, iterations = out
     if single:
-        return OMPResult(indices, weights, residual[0], iterations[0])
-    return OMPResult(indices, weights, residual, iterations)
+        return OMPResult(indices, weights, residual[0], iterations[0], target_norm[0])
+    return OMPResult(indices, weights, residual, iterations, target_norm)
 
 
 def omp_factored(
@@ -125,12 +130,8 @@ def omp_factored(
     e = errors.to(torch.float32).contiguous()
     h = _with_bias(features.to(torch.float32), bias)
     n = e.shape[0]
-    offs = [0, n] if offsets is None else _ints(offsets, "offsets", "omp_factored")
+    offs, ks = _problems("omp_factored", n, k, offsets, budgets, lam, tol)
     targets = _factored_targets(e, h, offs, target, bias)
-    # the dense checks on a [N, 0]-shaped view validate offsets / budgets / lam / tol cheaply
-    _check(e[:, :0], e.new_empty((len(offs) - 1, 0)) if offsets is not None else e.new_empty(0), k, offsets, budgets,
-           lam, tol)
-    ks = [k] * (len(offs) - 1) if budgets is None else _ints(budgets, "budgets", "omp_factored")
     chosen = resolve(backend, errors.device, "omp_factored", IMPLEMENTED)
     c0, b2 = _target_correlations(e, h, offs, targets)
     args = (offs, ks, float(lam), bool(positive), float(tol))
@@ -143,10 +144,7 @@ def omp_factored(
     else:
         out = tuple(t.to(errors.device) for t in torch.ops.datadiet.omp_factored(e.cpu(), h.cpu(), c0.cpu(),
                                                                                     b2.cpu(), *args))
-    indices, weights, residual, iterations = out
-    if offsets is None:
-        return OMPResult(indices, weights, residual[0], iterations[0])
-    return OMPResult(indices, weights, residual, iterations)
+    return _result(out, b2.sqrt(), single=offsets is None)
 
 
 def _with_bias(features: torch.Tensor, bias: bool) -> torch.Tensor:
@@ -187,6 +185,7 @@ def _target_correlations(e, h, offs, targets):
 
 
 def _check(atoms, target, k, offsets, budgets, lam, tol):
+    """Dense inputs: shapes and dtypes, then the problem layout (``_problems``)."""
     def fail(msg, exc=ValueError):
         raise exc(f"datadiet.omp: {msg}")
 
@@ -199,20 +198,28 @@ def _check(atoms, target, k, offsets, budgets, lam, tol):
     if target.device != atoms.device:
         fail(f"target is on {target.device} but atoms are on {atoms.device}")
     n, d = atoms.shape
+    if offsets is None and target.shape != (d,):
+        fail(f"target must have shape [{d}] to match atoms {tuple(atoms.shape)}, got {tuple(target.shape)}")
+    offs, ks = _problems("omp", n, k, offsets, budgets, lam, tol)
+    if offsets is not None and target.shape != (len(ks), d):
+        fail(f"target must have shape [{len(ks)}, {d}] (one row per problem), got {tuple(target.shape)}")
+    targets = target.reshape(len(ks), d)
+    return atoms.to(torch.float32).contiguous(), targets.to(torch.float32).contiguous(), offs, ks
+
+
+def _problems(op, n, k, offsets, budgets, lam, tol) -> tuple[list[int], list[int]]:
+    """The problem layout — offsets over the N atoms and one budget per problem — and the options."""
+    def fail(msg, exc=ValueError):
+        raise exc(f"datadiet.{op}: {msg}")
+
     if offsets is None:
-        if target.shape != (d,):
-            fail(f"target must have shape [{d}] to match atoms {tuple(atoms.shape)}, got {tuple(target.shape)}")
         if budgets is not None:
             fail("budgets needs offsets (one budget per problem); pass k for a single problem")
-        offs, targets = [0, n], target.reshape(1, d)
+        offs = [0, n]
     else:
-        offs = _ints(offsets, "offsets", "omp")
-        problems = len(offs) - 1
-        if problems < 0 or offs[0] != 0 or offs[-1] != n:
+        offs = _ints(offsets, "offsets", op)
+        if not offs or offs[0] != 0 or offs[-1] != n:
             fail(f"offsets must start at 0 and end at N = {n}, got {offs[:4]}{'...' if len(offs) > 4 else ''}")
-        if target.shape != (problems, d):
-            fail(f"target must have shape [{problems}, {d}] (one row per problem), got {tuple(target.shape)}")
-        targets = target
     sizes = [b - a for a, b in zip(offs[:-1], offs[1:])]
     for g, size in enumerate(sizes):
         if size < 0:
@@ -220,7 +227,7 @@ def _check(atoms, target, k, offsets, budgets, lam, tol):
     if (k is None) == (budgets is None):
         fail("pass exactly one of k and budgets")
     if budgets is not None:
-        ks = _ints(budgets, "budgets", "omp")
+        ks = _ints(budgets, "budgets", op)
         if len(ks) != len(sizes):
             fail(f"got {len(ks)} budgets for {len(sizes)} problems")
     else:
@@ -235,7 +242,7 @@ def _check(atoms, target, k, offsets, budgets, lam, tol):
         fail(f"lam must be >= 0, got {lam}")
     if not 0.0 <= float(tol) < 1.0:
         fail(f"tol must be in [0, 1), got {tol}")
-    return (atoms.to(torch.float32).contiguous(), targets.to(torch.float32).contiguous(), offs, ks)
+    return offs, ks
 
 
 def _fake(atoms, targets, offsets, budgets, lam, positive, tol):

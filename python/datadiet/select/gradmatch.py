@@ -127,9 +127,8 @@ def gradmatch(
     else:
         target = (val_errors, val_features) if has_val else None
         res = omp_factored(errors, features, k, target=target, lam=lam, positive=positive, tol=tol, backend=backend)
-    norm = _target_norm(res, target if dense else None, errors, features, val_errors, val_features, has_val)
-    return _finish(n, [res.indices], [res.weights], res.residual.reshape(1) / norm, res.iterations.reshape(1), k,
-                   seed, embedding if dense else errors)
+    return _finish(n, [res.indices], [res.weights], _relative(res).reshape(1), res.iterations.reshape(1), k, seed,
+                   embedding if dense else errors)
 
 
 def _group(labels: torch.Tensor, n: int, name: str):
@@ -169,7 +168,6 @@ def _per_class(embedding, errors, features, labels, k, lam, tol, positive, val_e
             targets = torch.zeros(classes, atoms.shape[1], device=atoms.device).index_add_(0, sorted_labels, atoms)
         res = omp(atoms, targets, offsets=offsets, budgets=budgets, lam=lam, positive=positive, tol=tol,
                   backend=backend)
-        norms = targets.norm(dim=1)
     else:
         e, h = errors.float()[order], features.float()[order]
         target = None
@@ -180,34 +178,14 @@ def _per_class(embedding, errors, features, labels, k, lam, tol, positive, val_e
             target = (val_errors.float()[v_order], val_features.float()[v_order], v_offsets)
         res = omp_factored(e, h, offsets=offsets, budgets=budgets, target=target, lam=lam, positive=positive, tol=tol,
                            backend=backend)
-        norms = _factored_norms(e, h, offsets, target)
     picked = torch.where(res.indices >= 0, order[res.indices.clamp_min(0)], res.indices)
     parts_i = list(torch.split(picked, budgets))
     parts_w = list(torch.split(res.weights, budgets))
-    return _finish(n, parts_i, parts_w, res.residual / norms.clamp_min(1e-30), res.iterations, k, seed,
-                   embedding if dense else errors)
+    return _finish(n, parts_i, parts_w, _relative(res), res.iterations, k, seed, embedding if dense else errors)
 
 
-def _factored_norms(e, h, offsets, target):
-    ones = torch.ones(e.shape[0], 1, device=e.device)
-    ht = torch.cat([h, ones], 1)
-    out = []
-    for g, (a, b) in enumerate(zip(offsets[:-1], offsets[1:])):
-        if target is None:
-            et, hh = e[a:b], ht[a:b]
-        else:
-            ta, tb = target[2][g], target[2][g + 1]
-            et, hh = target[0][ta:tb], torch.cat([target[1][ta:tb], ones[: tb - ta]], 1)
-        out.append((et.T @ hh).norm())
-    return torch.stack(out)
-
-
-def _target_norm(res, dense_target, errors, features, val_errors, val_features, has_val):
-    if dense_target is not None:
-        return dense_target.norm().clamp_min(1e-30)
-    e, h = (val_errors, val_features) if has_val else (errors, features)
-    ht = torch.cat([h.float(), torch.ones(h.shape[0], 1, device=h.device)], 1)
-    return (e.float().T @ ht).norm().clamp_min(1e-30)
+def _relative(res) -> torch.Tensor:
+    return res.residual / res.target_norm.clamp_min(1e-30)
 
 
 def _per_batch(embedding, k, batch_size, lam, tol, positive, val_embedding, seed, backend) -> GradMatchSelection:
@@ -232,8 +210,7 @@ def _per_batch(embedding, k, batch_size, lam, tol, positive, val_embedding, seed
     found = torch.tensor([indices.numel()])
     fill = _fill(n, indices, k - indices.numel(), seed, embedding.device)
     ones = torch.ones(fill.numel(), device=weights.device)
-    return GradMatchSelection(torch.cat([indices, fill]), torch.cat([weights, ones]),
-                              (res.residual / target.norm().clamp_min(1e-30)).reshape(1), found,
+    return GradMatchSelection(torch.cat([indices, fill]), torch.cat([weights, ones]), _relative(res).reshape(1), found,
                               res.iterations.reshape(1), fill.numel())
 
 
