@@ -17,6 +17,8 @@ from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
 
+from datadiet.ops._args import int_list
+
 IntsLike = Union[int, Sequence[int], torch.Tensor]
 
 
@@ -27,25 +29,10 @@ class Segments(NamedTuple):
     finish: Callable[[torch.Tensor], torch.Tensor]  # op output -> user-facing indices
 
 
-def _ints(x, name: str, op: str) -> list[int]:
-    if isinstance(x, torch.Tensor):
-        if x.dim() != 1 or x.dtype.is_floating_point or x.dtype == torch.bool:
-            raise ValueError(f"datadiet.{op}: {name} must be a 1-D integer tensor or a sequence of ints, "
-                             f"got {x.dtype} of shape {tuple(x.shape)}")
-        return [int(v) for v in x.tolist()]
-    try:
-        out = [int(v) for v in x]
-    except TypeError:
-        raise TypeError(f"datadiet.{op}: {name} must be a sequence of ints, got {type(x).__name__}") from None
-    if any(o != v for o, v in zip(out, x)):
-        raise TypeError(f"datadiet.{op}: {name} must hold integers, got {list(x)[:8]}")
-    return out
-
-
 def _per_segment_k(k: IntsLike, sizes: list[int], op: str) -> list[int]:
     if isinstance(k, bool) or not isinstance(k, (int, Sequence, torch.Tensor)):
         raise TypeError(f"datadiet.{op}: k must be an int or one int per segment, got {k!r}")
-    ks = [int(k)] * len(sizes) if isinstance(k, int) else _ints(k, "k", op)
+    ks = [int(k)] * len(sizes) if isinstance(k, int) else int_list(k, "k", op)
     if len(ks) != len(sizes):
         raise ValueError(f"datadiet.{op}: got {len(ks)} values of k for {len(sizes)} segments")
     for g, (kg, n) in enumerate(zip(ks, sizes)):
@@ -81,7 +68,7 @@ def segments(op: str, what: str, values: torch.Tensor, k: IntsLike, offsets: Opt
     flat = values.contiguous()
     if groups is not None:
         return _group_segments(op, flat, k, groups)
-    offs = [0, n] if offsets is None else _ints(offsets, "offsets", op)
+    offs = [0, n] if offsets is None else int_list(offsets, "offsets", op)
     if not offs or offs[0] != 0 or offs[-1] != n:
         raise ValueError(f"datadiet.{op}: offsets must start at 0 and end at {what}.numel() = {n}, got "
                          f"{offs[:4]}{'...' if len(offs) > 4 else ''} (length {len(offs)})")
@@ -107,7 +94,7 @@ def _group_segments(op: str, flat: torch.Tensor, k: IntsLike, groups: torch.Tens
         raise ValueError(f"datadiet.{op}: groups[{i}] = {int(ids[i])} is negative; group ids must be >= 0")
     num_groups = int(ids.max()) + 1 if ids.numel() else 0
     if not isinstance(k, int):
-        num_groups = max(num_groups, len(_ints(k, "k", op)))
+        num_groups = max(num_groups, len(int_list(k, "k", op)))
     counts = torch.bincount(ids, minlength=num_groups).tolist()
     offs = [0]
     for c in counts:

@@ -17,7 +17,7 @@ import torch
 
 from datadiet import _extension
 from datadiet.backends import resolve
-from datadiet.ops._segments import _ints
+from datadiet.ops._args import int_list
 from datadiet.reference.omp import omp_reference
 
 IMPLEMENTED = ("auto", "cpu", "torch")
@@ -166,7 +166,7 @@ def _factored_targets(e, h, offs, target, bias):
     if et.dim() != 2 or et.shape[1] != e.shape[1] or ht.shape != (et.shape[0], h.shape[1]):
         raise ValueError(f"datadiet.omp_factored: target factors must be [M, {e.shape[1]}] and "
                          f"[M, {h.shape[1] - int(bias)}], got {tuple(target[0].shape)} and {tuple(target[1].shape)}")
-    t_offs = [0, et.shape[0]] if len(target) == 2 else _ints(target[2], "target offsets", "omp_factored")
+    t_offs = [0, et.shape[0]] if len(target) == 2 else int_list(target[2], "target offsets", "omp_factored")
     if len(t_offs) - 1 != problems or t_offs[0] != 0 or t_offs[-1] != et.shape[0]:
         raise ValueError(f"datadiet.omp_factored: target offsets must give {problems} problems over "
                          f"{et.shape[0]} target rows, got {t_offs[:4]}")
@@ -217,7 +217,7 @@ def _problems(op, n, k, offsets, budgets, lam, tol) -> tuple[list[int], list[int
             fail("budgets needs offsets (one budget per problem); pass k for a single problem")
         offs = [0, n]
     else:
-        offs = _ints(offsets, "offsets", op)
+        offs = int_list(offsets, "offsets", op)
         if not offs or offs[0] != 0 or offs[-1] != n:
             fail(f"offsets must start at 0 and end at N = {n}, got {offs[:4]}{'...' if len(offs) > 4 else ''}")
     sizes = [b - a for a, b in zip(offs[:-1], offs[1:])]
@@ -227,7 +227,7 @@ def _problems(op, n, k, offsets, budgets, lam, tol) -> tuple[list[int], list[int
     if (k is None) == (budgets is None):
         fail("pass exactly one of k and budgets")
     if budgets is not None:
-        ks = _ints(budgets, "budgets", op)
+        ks = int_list(budgets, "budgets", op)
         if len(ks) != len(sizes):
             fail(f"got {len(ks)} budgets for {len(sizes)} problems")
     else:

@@ -13,6 +13,7 @@ import torch
 
 from datadiet import _extension
 from datadiet.backends import resolve
+from datadiet.ops._args import as_int64
 from datadiet.reference.select import selective_backprop_keep_reference
 
 
@@ -39,17 +40,12 @@ def selective_backprop_keep_(
     """
     _check(losses, history, state, beta, seed, step)
     chosen = resolve(backend, losses.device, "selective_backprop_keep_")
-    args = (losses.float().contiguous(), history, state, float(beta), _int64(seed), _int64(step))
+    args = (losses.float().contiguous(), history, state, float(beta), as_int64(seed), as_int64(step))
     if chosen in ("cpu", "cuda"):
         return torch.ops.datadiet.selective_backprop_keep_(*args)
     if chosen == "triton":
         return torch.ops.datadiet.selective_backprop_keep_triton_(*args)
     return selective_backprop_keep_reference(*args)
-
-
-def _int64(x: int) -> int:
-    x %= 1 << 64
-    return x - (1 << 64) if x >= 1 << 63 else x
 
 
 def _check(losses, history, state, beta, seed, step) -> None:

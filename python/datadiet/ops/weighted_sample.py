@@ -16,6 +16,7 @@ import torch
 
 from datadiet import _extension
 from datadiet.backends import resolve
+from datadiet.ops._args import as_int64
 from datadiet.ops._segments import IntsLike, segments
 from datadiet.reference.select import weighted_sample_reference
 
@@ -59,8 +60,7 @@ def weighted_sample(
     chosen = resolve(backend, weights.device, "weighted_sample")
     if check_values and chosen != "cpu" and not torch.compiler.is_compiling():
         check_weights(seg.values, seg.offsets, seg.ks)
-    seed64 = seed % (1 << 64)
-    args = (seg.values, seg.offsets, seg.ks, seed64 - (1 << 64) if seed64 >= 1 << 63 else seed64)
+    args = (seg.values, seg.offsets, seg.ks, as_int64(seed))
     if chosen in ("cpu", "cuda"):
         out = torch.ops.datadiet.weighted_sample(*args)
     elif chosen == "triton":
