@@ -19,8 +19,19 @@ def add_arguments(p) -> None:
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
 
 
-def imagenet_class_sizes(gen: torch.Generator) -> list[int]:
-    return torch.randint(732, 1301, (1000,), generator=gen).tolist()
+def imagenet_classes(gen: torch.Generator) -> tuple[list[int], list[int]]:
+    """1000 ragged ImageNet-like class sizes (732-1300) and their offsets."""
+    sizes = torch.randint(732, 1301, (1000,), generator=gen).tolist()
+    offsets = [0]
+    for size in sizes:
+        offsets.append(offsets[-1] + size)
+    return sizes, offsets
+
+
+def size_cases(large: bool) -> list[tuple[int, float, str]]:
+    """(n, fraction kept, label) of the whole-vector cases shared by the selection benchmarks."""
+    cases = [(1_281_167, 0.1, "1.28M, k=10%"), (256, 0.5, "batch 256, keep 50%")]
+    return cases + ([(50_000_000, 0.1, "5e7, k=10%")] if large else [])
 
 
 def run(args) -> list[dict]:
@@ -31,8 +42,7 @@ def run(args) -> list[dict]:
     add = rows.add
     large = device.type == "cuda" or not args.no_large
 
-    for n, frac, label in [(1_281_167, 0.1, "1.28M, k=10%"), (256, 0.5, "batch 256, keep 50%")] + (
-            [(50_000_000, 0.1, "5e7, k=10%")] if large else []):
+    for n, frac, label in size_cases(large):
         heavy = n >= 10_000_000
         s = torch.randn(n, generator=g).to(device)
         k = int(frac * n)
@@ -49,10 +59,7 @@ def run(args) -> list[dict]:
         for b in backends:
             add(label, f"datadiet {b}", lambda b=b: datadiet.topk_select(s, k, backend=b), 4 * n, base, heavy=heavy)
 
-    sizes = imagenet_class_sizes(g)
-    offsets = [0]
-    for size in sizes:
-        offsets.append(offsets[-1] + size)
+    sizes, offsets = imagenet_classes(g)
     s = torch.randn(offsets[-1], generator=g).to(device)
     ks = [size // 10 for size in sizes]
     label = "per class: 1000 ragged classes, 10%"

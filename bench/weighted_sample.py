@@ -16,7 +16,7 @@ import torch
 
 import datadiet
 from bench.harness import Rows
-from bench.topk_select import imagenet_class_sizes
+from bench.topk_select import imagenet_classes, size_cases
 
 
 def add_arguments(p) -> None:
@@ -43,8 +43,7 @@ def run(args) -> list[dict]:
     add = rows.add
     large = device.type == "cuda" or not args.no_large
 
-    for n, frac, label in [(1_281_167, 0.1, "1.28M, k=10%"), (256, 0.5, "batch 256, keep 50%")] + (
-            [(50_000_000, 0.1, "5e7, k=10%")] if large else []):
+    for n, frac, label in size_cases(large):
         heavy = n >= 10_000_000
         w = (torch.rand(n, generator=g) + 1e-3).to(device)
         k = int(frac * n)
@@ -68,10 +67,7 @@ def run(args) -> list[dict]:
             add(label, f"datadiet {b}", lambda b=b: datadiet.weighted_sample(w, k, seed=1, check_values=False,
                                                                              backend=b), 4 * n, base, heavy=heavy)
 
-    sizes = imagenet_class_sizes(g)
-    offsets = [0]
-    for size in sizes:
-        offsets.append(offsets[-1] + size)
+    sizes, offsets = imagenet_classes(g)
     w = (torch.rand(offsets[-1], generator=g) + 1e-3).to(device)
     ks = [size // 10 for size in sizes]
     label = "per class: 1000 ragged classes, 10%"
