@@ -1,6 +1,5 @@
 // datadiet::topk_select on CUDA: one elementwise pass writes the ordered keys
 // (select_math.h), the radix engine (radix_select_cuda.cuh) selects and orders.
-#include <torch/csrc/stable/accelerator.h>
 #include <torch/csrc/stable/library.h>
 #include "common/dispatch.h"
 #include "ops/select/radix_select_cuda.h"
@@ -27,20 +26,9 @@ void launch_keys(const StableTensor& values, uint32_t* keys, bool largest, cudaS
 
 StableTensor topk_select_cuda(const StableTensor& values, std::vector<int64_t> offsets, std::vector<int64_t> ks,
                               bool largest) {
-  const char* op = "topk_select";
-  const int64_t total = check_segments(op, "scores", values, offsets, ks);
-  DD_CHECK(values.is_cuda(), op, "the CUDA kernel got scores on another device");
-  const auto device_index = values.get_device_index();
-  torch::stable::accelerator::DeviceGuard guard(device_index);
-  const cudaStream_t stream = current_stream(device_index);
-  StableTensor out = torch::stable::new_empty(values, {total}, ScalarType::Long);
-  if (total == 0) return out;
-  StableTensor keys = torch::stable::new_empty(values, {values.numel()}, ScalarType::Int);
-  auto* k = reinterpret_cast<uint32_t*>(keys.mutable_data_ptr<int32_t>());
-  dispatch_float(values.scalar_type(), [&](auto tag) { launch_keys<decltype(tag)>(values, k, largest, stream); });
-  check_launch(op);
-  sel::select_smallest_cuda(op, k, offsets, ks, out, stream);
-  return out;
+  return sel::select_with_keys("topk_select", "scores", values, offsets, ks, [&](uint32_t* k, cudaStream_t stream) {
+    dispatch_float(values.scalar_type(), [&](auto tag) { launch_keys<decltype(tag)>(values, k, largest, stream); });
+  });
 }
 
 }  // namespace datadiet

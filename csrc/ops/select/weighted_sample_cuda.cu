@@ -3,7 +3,6 @@
 // (radix_select_cuda.cuh) takes the k smallest per segment in draw order. Compiled
 // with --fmad=false (CMakeLists.txt) so the keys equal CPU, Triton and the reference.
 // Weight values are checked by the Python wrapper (check_values), not here.
-#include <torch/csrc/stable/accelerator.h>
 #include <torch/csrc/stable/library.h>
 #include "common/dispatch.h"
 #include "ops/select/radix_select_cuda.h"
@@ -37,21 +36,13 @@ void launch_keys(const StableTensor& weights, uint32_t* keys, uint64_t seed, cud
 
 StableTensor weighted_sample_cuda(const StableTensor& weights, std::vector<int64_t> offsets,
                                   std::vector<int64_t> ks, int64_t seed) {
-  const char* op = "weighted_sample";
-  const int64_t total = check_segments(op, "weights", weights, offsets, ks);
-  DD_CHECK(weights.is_cuda(), op, "the CUDA kernel got weights on another device");
-  const auto device_index = weights.get_device_index();
-  torch::stable::accelerator::DeviceGuard guard(device_index);
-  const cudaStream_t stream = current_stream(device_index);
-  StableTensor out = torch::stable::new_empty(weights, {total}, ScalarType::Long);
-  if (total == 0) return out;
-  StableTensor keys = torch::stable::new_empty(weights, {weights.numel()}, ScalarType::Int);
-  auto* k = reinterpret_cast<uint32_t*>(keys.mutable_data_ptr<int32_t>());
   const uint64_t s = static_cast<uint64_t>(seed);
-  dispatch_float(weights.scalar_type(), [&](auto tag) { launch_keys<decltype(tag)>(weights, k, s, stream); });
-  check_launch(op);
-  sel::select_smallest_cuda(op, k, offsets, ks, out, stream);
-  return out;
+  return sel::select_with_keys("weighted_sample", "weights", weights, offsets, ks,
+                               [&](uint32_t* k, cudaStream_t stream) {
+                                 dispatch_float(weights.scalar_type(), [&](auto tag) {
+                                   launch_keys<decltype(tag)>(weights, k, s, stream);
+                                 });
+                               });
 }
 
 }  // namespace datadiet
