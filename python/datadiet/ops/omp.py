@@ -5,8 +5,8 @@ Wrapper, argument checks and fake registration for ``torch.ops.datadiet.omp``. T
 ``csrc/ops/omp/omp_engine_cpu.h``; ``datadiet.reference.omp`` is the float64 rebuild-and-solve
 reference with the same rules.
 
-Backends so far: ``cpu`` and ``torch``. CUDA tensors are solved by the CPU kernel (copied
-there and back) until the CUDA kernel exists.
+Backends: ``cpu`` and ``cuda`` (compiled), ``triton`` (``datadiet.kernels.omp``: the same steps as
+the CUDA engine, budgets up to 4096) and ``torch`` (the reference).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from datadiet.backends import resolve
 from datadiet.ops._args import int_list
 from datadiet.reference.omp import omp_reference
 
-IMPLEMENTED = ("auto", "cpu", "torch")
 
 
 class OMPResult(NamedTuple):
@@ -64,24 +63,29 @@ def omp(
         budgets: one budget per problem (instead of ``k``).
         lam: ridge λ >= 0. positive: weights >= 0 (exact active-set NNLS on the support).
         tol: stop once ``‖residual‖ <= tol·‖target‖``.
-        check_values: reject non-finite atoms / targets (the CPU kernel always does).
+        check_values: reject non-finite atoms / targets (the CPU kernel always does; elsewhere the
+            check costs one host synchronisation).
     """
     atoms_, targets, offs, ks = _check(atoms, target, k, offsets, budgets, lam, tol)
-    chosen = resolve(backend, atoms.device, "omp", IMPLEMENTED)
-    if chosen == "torch" and check_values and not torch.compiler.is_compiling():
+    chosen = resolve(backend, atoms.device, "omp")
+    if chosen != "cpu" and check_values and not torch.compiler.is_compiling():
         for name, t in (("atoms", atoms_), ("target", targets)):
-            bad = ~torch.isfinite(t)
-            if bool(bad.any()):
-                r, c = (int(v) for v in bad.nonzero()[0])
-                raise ValueError(f"datadiet.omp: {name} must be finite, got {float(t[r, c])} at row {r}, column {c}")
+            _check_finite("omp", name, t)
     args = (offs, ks, float(lam), bool(positive), float(tol))
     if chosen == "torch":
         out = omp_reference(atoms_, targets, *args)
-    elif atoms.device.type == "cpu":
+    elif chosen == "triton":
+        out = torch.ops.datadiet.omp_triton(atoms_, targets, *args)
+    else:
         out = torch.ops.datadiet.omp(atoms_, targets, *args)
-    else:  # no CUDA kernel yet: solve on the CPU, hand results back on the atoms' device
-        out = tuple(t.to(atoms.device) for t in torch.ops.datadiet.omp(atoms_.cpu(), targets.cpu(), *args))
     return _result(out, targets.double().norm(dim=1).float(), single=offsets is None)
+
+
+def _check_finite(op: str, name: str, t: torch.Tensor) -> None:
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        r, c = (int(v) for v in bad.nonzero()[0])
+        raise ValueError(f"datadiet.{op}: {name} must be finite, got {float(t[r, c])} at row {r}, column {c}")
 
 
 def _result(out, target_norm: torch.Tensor, single: bool) -> OMPResult:
@@ -103,6 +107,7 @@ def omp_factored(
     tol: float = 0.0,
     offsets: Optional[Union[Sequence[int], torch.Tensor]] = None,
     budgets: Optional[Union[Sequence[int], torch.Tensor]] = None,
+    check_values: bool = True,
     backend: str = "auto",
 ) -> OMPResult:
     """``omp`` over last-layer gradients ``g_i = e_i ⊗ h̃_i`` given as factors, never forming the
@@ -115,7 +120,7 @@ def omp_factored(
         target: what to match. ``None``: each problem's own gradient sum ``Σ_i e_i h̃_iᵀ`` (GradMatch
             on the training set). ``(errors_t, features_t)`` or ``(errors_t, features_t, offsets_t)``:
             the summed gradient of another set (a validation set), per problem with ``offsets_t``.
-        k, offsets, budgets, lam, positive, tol, backend: as in ``omp``.
+        k, offsets, budgets, lam, positive, tol, check_values, backend: as in ``omp``.
 
     Costs: an iteration computes one Gram column, ``(E e_j) ⊙ (H̃ h̃_j)``: O(n·(C + D)); the target
     correlations are two matmuls per problem. The residual is ``sqrt(‖b‖² − wᵀp − λ‖w‖²)`` (exact for
@@ -132,18 +137,20 @@ def omp_factored(
     n = e.shape[0]
     offs, ks = _problems("omp_factored", n, k, offsets, budgets, lam, tol)
     targets = _factored_targets(e, h, offs, target, bias)
-    chosen = resolve(backend, errors.device, "omp_factored", IMPLEMENTED)
+    chosen = resolve(backend, errors.device, "omp_factored")
     c0, b2 = _target_correlations(e, h, offs, targets)
+    if check_values and not torch.compiler.is_compiling():
+        for name, t in (("errors", e), ("features", h)):
+            _check_finite("omp_factored", name, t)
     args = (offs, ks, float(lam), bool(positive), float(tol))
     if chosen == "torch":
         atoms = (e.unsqueeze(2) * h.unsqueeze(1)).reshape(n, -1)
         full = torch.stack([(et.T @ ht).reshape(-1) for et, ht in zip(*targets)])
         out = omp_reference(atoms, full, *args)
-    elif errors.device.type == "cpu":
-        out = torch.ops.datadiet.omp_factored(e, h, c0, b2, *args)
+    elif chosen == "triton":
+        out = torch.ops.datadiet.omp_factored_triton(e, h, c0, b2, *args)
     else:
-        out = tuple(t.to(errors.device) for t in torch.ops.datadiet.omp_factored(e.cpu(), h.cpu(), c0.cpu(),
-                                                                                    b2.cpu(), *args))
+        out = torch.ops.datadiet.omp_factored(e, h, c0, b2, *args)
     return _result(out, b2.sqrt(), single=offsets is None)
 
 
@@ -255,6 +262,25 @@ def _fake_factored(errors, features, c0, b2, offsets, budgets, lam, positive, to
     return _fake(errors, None, offsets, budgets, lam, positive, tol)
 
 
+@torch.library.custom_op("datadiet::omp_triton", mutates_args=())
+def _omp_triton(atoms: torch.Tensor, targets: torch.Tensor, offsets: list[int], budgets: list[int], lam: float,
+                positive: bool, tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from datadiet.kernels import omp as kernel
+
+    return kernel.omp(atoms, targets, offsets, budgets, lam, positive, tol)
+
+
+@torch.library.custom_op("datadiet::omp_factored_triton", mutates_args=())
+def _omp_factored_triton(errors: torch.Tensor, features: torch.Tensor, c0: torch.Tensor, b2: torch.Tensor,
+                         offsets: list[int], budgets: list[int], lam: float, positive: bool,
+                         tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from datadiet.kernels import omp as kernel
+
+    return kernel.omp_factored(errors, features, c0, b2, offsets, budgets, lam, positive, tol)
+
+
+_omp_triton.register_fake(_fake)
+_omp_factored_triton.register_fake(_fake_factored)
 if _extension.compiled_cpu():
     torch.library.register_fake("datadiet::omp")(_fake)
     torch.library.register_fake("datadiet::omp_factored")(_fake_factored)
