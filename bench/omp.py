@@ -11,6 +11,9 @@ Cases:
   the bias-only embedding (d = C = 1000, atoms p − onehot from ``ce_scores``) and in the
   factorised full last layer (C = 1000, D = 512, ``omp_factored``): wall time and the process's
   peak memory (one batched call each; the baseline would take hours and is not run).
+
+``--device cuda`` runs the same cases on the GPU: the baseline on CUDA tensors, datadiet's CUDA
+and Triton engines, and peak GPU memory instead of RSS.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ def add_arguments(p) -> None:
 def cords_omp(a: torch.Tensor, b: torch.Tensor, k: int, lam: float, positive: bool):
     """CORDS' OrthogonalMP_REG (torch): rebuild-and-lstsq every iteration, drop-most-negative."""
     at = a.T  # [d, n], atoms as columns
-    resid, support, x = b.clone(), [], torch.zeros(0)
-    eye = lambda m: torch.eye(m, dtype=a.dtype)  # noqa: E731
+    resid, support, x = b.clone(), [], torch.zeros(0, device=a.device)
+    eye = lambda m: torch.eye(m, dtype=a.dtype, device=a.device)  # noqa: E731
     for _ in range(k):
         proj = at.T @ resid
         j = int(torch.argmax(proj if positive else proj.abs()))
@@ -77,29 +80,38 @@ def imagenet_bias_embedding(classes: int = 1000, per_class: int = 1281, seed: in
     return atoms, targets, offsets
 
 
-def once(rows: Rows, case: str, target_norms: torch.Tensor, fn, inputs: str) -> None:
-    """One timed call (these run for tens of seconds) with the process's peak memory."""
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def once(rows: Rows, case: str, backend: str, target_norms: torch.Tensor, fn, inputs: str) -> None:
+    """One timed call (these run for tens of seconds on CPU) with the peak memory: the process's
+    RSS on CPU, allocated GPU memory on CUDA."""
+    gpu = target_norms.device.type == "cuda"
+    if gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated() if gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     start = time.perf_counter()
     res = fn()
+    if gpu:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = torch.cuda.max_memory_allocated() if gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     rel = (res.residual / target_norms).median()
-    rows.append({"case": case, "method": "datadiet cpu", "seconds": seconds, "bytes": None, "baselines": [],
-                 "floor": None, "note": f"one call; median relative residual {float(rel):.3f}; peak RSS "
-                                        f"{peak / 2**20:.1f} GiB ({inputs}; +{(peak - before) / 2**20:.2f} GiB "
-                                        "new peak during the call)"})
+    what = "peak GPU memory" if gpu else "peak RSS"
+    rows.append({"case": case, "method": f"datadiet {backend}", "seconds": seconds, "bytes": None, "baselines": [],
+                 "floor": None, "note": f"one call; median relative residual {float(rel):.3f}; {what} "
+                                        f"{peak / 2**30:.1f} GiB ({inputs}; +{(peak - before) / 2**30:.2f} GiB "
+                                        "during the call)"})
 
 
 def run(args) -> list[dict]:
     device = args.device
     rows = Rows(device)
-    a, b = per_class_gradient_atoms(args.n, args.features)
+    backends = [b for b in datadiet.backends.available(device) if b in ("cpu", "cuda", "triton")]
+    a, b = (t.to(device) for t in per_class_gradient_atoms(args.n, args.features))
     case = f"one class: n={args.n}, d={a.shape[1]}, k={args.k}, lam={args.lam}, w>=0"
     support, _, base_res = cords_omp(a, b, args.k, args.lam, True)
     rows.add(case, "CORDS-style rebuild + lstsq", lambda: cords_omp(a, b, args.k, args.lam, True), heavy=True,
              note=f"residual {base_res:.4g}, {len(support)} atoms")
-    for backend in ("cpu",):
+    for backend in backends:
         res = datadiet.ops.omp(a, b, args.k, lam=args.lam, backend=backend)
         found = int((res.indices >= 0).sum())
         rows.add(case, f"datadiet {backend}", lambda backend=backend: datadiet.ops.omp(
@@ -107,17 +119,26 @@ def run(args) -> list[dict]:
             note=f"residual {float(res.residual):.4g} ({float(res.residual) / base_res:.3f}x baseline), "
                  f"{found} atoms, {int(res.iterations)} iterations")
     if args.imagenet:
-        atoms, targets, offsets = imagenet_bias_embedding()
-        budgets = [(hi - lo) // 10 for lo, hi in zip(offsets[:-1], offsets[1:])]
-        once(rows, "imagenet per class: 1000 x 1281, 10%, bias-only d=1000", targets.norm(dim=1),
-             lambda: datadiet.ops.omp(atoms, targets, offsets=offsets, budgets=budgets, lam=0.5),
-             f"atoms {atoms.numel() * 4 / 2**30:.1f} GiB")
-        del targets
-        g = torch.Generator().manual_seed(1)
-        features = torch.relu(torch.randn(atoms.shape[0], 512, generator=g))
-        norms = torch.stack([(atoms[a:b].T @ torch.cat([features[a:b], torch.ones(b - a, 1)], 1)).norm()
-                             for a, b in zip(offsets[:-1], offsets[1:])])
-        once(rows, "imagenet per class: 1000 x 1281, 10%, factorised C=1000, D=512", norms,
-             lambda: datadiet.ops.omp_factored(atoms, features, offsets=offsets, budgets=budgets, lam=0.5),
-             f"E {atoms.numel() * 4 / 2**30:.1f} GiB + H {features.numel() * 4 / 2**30:.1f} GiB")
+        imagenet(rows, device, backends)
     return rows
+
+
+def imagenet(rows: Rows, device: torch.device, backends: list[str]) -> None:
+    atoms, targets, offsets = imagenet_bias_embedding()
+    atoms, targets = atoms.to(device), targets.to(device)
+    budgets = [(hi - lo) // 10 for lo, hi in zip(offsets[:-1], offsets[1:])]
+    for backend in backends:
+        once(rows, "imagenet per class: 1000 x 1281, 10%, bias-only d=1000", backend, targets.norm(dim=1),
+             lambda: datadiet.ops.omp(atoms, targets, offsets=offsets, budgets=budgets, lam=0.5, backend=backend),
+             f"atoms {atoms.numel() * 4 / 2**30:.1f} GiB")
+    del targets
+    g = torch.Generator().manual_seed(1)
+    features = torch.relu(torch.randn(atoms.shape[0], 512, generator=g)).to(device)
+    ones = torch.ones(features.shape[0], 1, device=device)
+    norms = torch.stack([(atoms[a:b].T @ torch.cat([features[a:b], ones[a:b]], 1)).norm()
+                         for a, b in zip(offsets[:-1], offsets[1:])])
+    for backend in backends:
+        once(rows, "imagenet per class: 1000 x 1281, 10%, factorised C=1000, D=512", backend, norms,
+             lambda: datadiet.ops.omp_factored(atoms, features, offsets=offsets, budgets=budgets, lam=0.5,
+                                               backend=backend),
+             f"E {atoms.numel() * 4 / 2**30:.1f} GiB + H {features.numel() * 4 / 2**30:.1f} GiB")

@@ -146,3 +146,19 @@ def test_triton_custom_ops_have_fakes():
     torch.library.opcheck(torch.ops.datadiet.omp_factored_triton.default,
                           (e.to(DEVICE), ht.to(DEVICE), torch.rand(20, device=DEVICE),
                            torch.tensor([4.0], device=DEVICE), [0, 20], [3], 0.1, True, 0.0))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradmatch_per_class_on_the_device_equals_cpu(backend):
+    e, h, labels = last_layer_case(80, 3, 4, seed=21)
+    kw = dict(labels=labels, fraction=0.2, lam=0.5)
+    for got, want in [
+        (datadiet.select.gradmatch(e.to(DEVICE), backend=backend, **{**kw, "labels": labels.to(DEVICE)}),
+         datadiet.select.gradmatch(e, backend="cpu", **kw)),
+        (datadiet.select.gradmatch(errors=e.to(DEVICE), features=h.to(DEVICE), backend=backend,
+                                   **{**kw, "labels": labels.to(DEVICE)}),
+         datadiet.select.gradmatch(errors=e, features=h, backend="cpu", **kw)),
+    ]:
+        assert got.indices.device.type == DEVICE
+        assert sorted(got.indices.tolist()) == sorted(want.indices.tolist())
+        assert got.found.tolist() == want.found.tolist() and got.filled == want.filled

@@ -28,6 +28,11 @@ OmpOutput omp_cpu(const StableTensor& atoms, const StableTensor& targets, std::v
 OmpOutput omp_factored_cpu(const StableTensor& errors, const StableTensor& features, const StableTensor& c0,
                            const StableTensor& b2, std::vector<int64_t> offsets, std::vector<int64_t> budgets,
                            double lam, bool positive, double tol);
+OmpOutput omp_cuda(const StableTensor& atoms, const StableTensor& targets, std::vector<int64_t> offsets,
+                   std::vector<int64_t> budgets, double lam, bool positive, double tol);
+OmpOutput omp_factored_cuda(const StableTensor& errors, const StableTensor& features, const StableTensor& c0,
+                            const StableTensor& b2, std::vector<int64_t> offsets, std::vector<int64_t> budgets,
+                            double lam, bool positive, double tol);
 
 // Bytes of a problem's buffers above which it is refused: n·k float32 Gram columns
 // (factorised atoms) and the k·k float64 Cholesky factor.
@@ -71,6 +76,23 @@ inline int64_t check_omp_args(const StableTensor& atoms, const StableTensor& tar
            targets.sizes(), " and ", targets.scalar_type());
   DD_CHECK(targets.device() == atoms.device(), op, "targets are on another device than atoms");
   return check_omp_problems(op, atoms.size(0), offsets, budgets, lam, tol);
+}
+
+inline int64_t check_omp_factored_args(const StableTensor& errors, const StableTensor& features,
+                                       const StableTensor& c0, const StableTensor& b2,
+                                       const std::vector<int64_t>& offsets, const std::vector<int64_t>& budgets,
+                                       double lam, double tol) {
+  const char* op = "omp_factored";
+  const int64_t total = check_omp_problems(op, errors.size(0), offsets, budgets, lam, tol);
+  const int64_t problems = static_cast<int64_t>(budgets.size()), N = errors.size(0);
+  DD_CHECK(errors.dim() == 2 && features.dim() == 2 && features.size(0) == N, op,
+           "errors [N, C] and features [N, D1] must share N, got shapes ", errors.sizes(), " and ", features.sizes());
+  for (const StableTensor* t : {&errors, &features, &c0, &b2})
+    DD_CHECK(t->scalar_type() == ScalarType::Float && t->is_contiguous() && t->device() == errors.device(), op,
+             "errors, features, c0 and b2 must be contiguous float32 tensors on one device");
+  DD_CHECK(c0.dim() == 1 && c0.size(0) == N && b2.dim() == 1 && b2.size(0) == problems, op,
+           "c0 must be [", N, "] and b2 [", problems, "], got ", c0.sizes(), " and ", b2.sizes());
+  return total;
 }
 
 // indices int64 [total], weights float32 [total], residual float32 [P], iterations int64 [P].

@@ -86,16 +86,8 @@ struct FactoredAtoms {
 OmpOutput omp_factored_cpu(const StableTensor& errors, const StableTensor& features, const StableTensor& c0,
                            const StableTensor& b2, std::vector<int64_t> offsets, std::vector<int64_t> budgets,
                            double lam, bool positive, double tol) {
-  const char* op = "omp_factored";
-  const int64_t total = check_omp_problems(op, errors.size(0), offsets, budgets, lam, tol);
-  const int64_t problems = static_cast<int64_t>(budgets.size()), N = errors.size(0);
-  DD_CHECK(errors.dim() == 2 && features.dim() == 2 && features.size(0) == N, op,
-           "errors [N, C] and features [N, D1] must share N, got shapes ", errors.sizes(), " and ", features.sizes());
-  for (const StableTensor* t : {&errors, &features, &c0, &b2})
-    DD_CHECK(t->scalar_type() == ScalarType::Float && t->is_contiguous() && t->device() == errors.device(), op,
-             "errors, features, c0 and b2 must be contiguous float32 tensors on one device");
-  DD_CHECK(c0.dim() == 1 && c0.size(0) == N && b2.dim() == 1 && b2.size(0) == problems, op,
-           "c0 must be [", N, "] and b2 [", problems, "], got ", c0.sizes(), " and ", b2.sizes());
+  const int64_t total = check_omp_factored_args(errors, features, c0, b2, offsets, budgets, lam, tol);
+  const int64_t problems = static_cast<int64_t>(budgets.size());
   OmpOutput out = allocate_omp(errors, total, problems);
   const bool one = problems == 1;
   const float *e = errors.const_data_ptr<float>(), *h = features.const_data_ptr<float>();
