@@ -11,8 +11,6 @@ namespace datadiet {
 namespace ompcuda {
 namespace {
 
-constexpr int kRowThreads = 256;  // one warp per row
-
 struct DenseSource {
   const float* atoms;
   int64_t d;
@@ -63,22 +61,13 @@ __global__ void residual_kernel(Buffers b, const float* atoms, const float* targ
 
 // c_i = ⟨a_i, r_g⟩ for the rows of problems that changed (all when `first`).
 __global__ void correlate_kernel(Buffers b, const float* atoms, const float* r, int64_t d, bool first) {
-  const int lane = threadIdx.x & 31;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (kRowThreads / 32);
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * (kRowThreads / 32) + (threadIdx.x >> 5); i < b.rows;
-       i += warps) {
-    const int64_t g = problem_of(b, i);
-    if (!first && b.state[g * kStateCols + PENDING] < 0) continue;
+  for_each_changed_row(b, first, [&](int64_t i, int64_t g, int lane) {
     const float *a = atoms + i * d, *rg = r + g * d;
     float acc = 0.0f;
     for (int64_t t = lane; t < d; t += 32) acc += a[t] * rg[t];
     acc = warp_sum(acc);
     if (lane == 0) b.c[i] = acc;
-  }
-}
-
-unsigned row_blocks(int64_t rows) {
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((rows + 7) / 8, 65535)));
+  });
 }
 
 }  // namespace

@@ -12,8 +12,6 @@ namespace datadiet {
 namespace ompcuda {
 namespace {
 
-constexpr int kRowThreads = 256;  // one warp per row
-
 struct FactoredSource {
   __device__ static float* column_of(const Problem& p, const Buffers& b, int64_t row) {
     return b.G + p.G_at + row * p.cap;
@@ -51,14 +49,10 @@ struct FactoredSource {
 
 // G[i, slot] = (e_i·e_j)(h_i·h_j) for the rows of problems whose pick got a new slot.
 __global__ void gram_kernel(Buffers b, const float* e, const float* h, int64_t C, int64_t D1) {
-  const int lane = threadIdx.x & 31;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (kRowThreads / 32);
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * (kRowThreads / 32) + (threadIdx.x >> 5); i < b.rows;
-       i += warps) {
-    const int64_t g = problem_of(b, i);
+  for_each_changed_row(b, false, [&](int64_t i, int64_t g, int lane) {
     const int64_t* st = b.state + g * kStateCols;
     const int64_t slot = st[NEW_SLOT];
-    if (slot < 0) continue;
+    if (slot < 0) return;
     const int64_t* t = b.layout + g * kLayoutCols;
     const int64_t j = t[LO] + st[PENDING];
     float ee = 0.0f, hh = 0.0f;
@@ -66,17 +60,12 @@ __global__ void gram_kernel(Buffers b, const float* e, const float* h, int64_t C
     for (int64_t c = lane; c < D1; c += 32) hh += h[i * D1 + c] * h[j * D1 + c];
     ee = warp_sum(ee), hh = warp_sum(hh);
     if (lane == 0) b.G[t[G_AT] + (i - t[LO]) * t[CAP] + slot] = ee * hh;
-  }
+  });
 }
 
 // c_i = c0_i − Σ_slot G[i, slot] wslot[slot] for the rows of problems that changed.
 __global__ void correlate_kernel(Buffers b) {
-  const int lane = threadIdx.x & 31;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (kRowThreads / 32);
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * (kRowThreads / 32) + (threadIdx.x >> 5); i < b.rows;
-       i += warps) {
-    const int64_t g = problem_of(b, i);
-    if (b.state[g * kStateCols + PENDING] < 0) continue;
+  for_each_changed_row(b, false, [&](int64_t i, int64_t g, int lane) {
     const int64_t* t = b.layout + g * kLayoutCols;
     const float* gi = b.G + t[G_AT] + (i - t[LO]) * t[CAP];
     const float* w = b.wslot + t[CAP_AT];
@@ -84,11 +73,7 @@ __global__ void correlate_kernel(Buffers b) {
     for (int64_t s = lane; s < t[CAP]; s += 32) acc += gi[s] * w[s];
     acc = warp_sum(acc);
     if (lane == 0) b.c[i] = b.c0[i] - acc;
-  }
-}
-
-unsigned row_blocks(int64_t rows) {
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((rows + 7) / 8, 65535)));
+  });
 }
 
 }  // namespace

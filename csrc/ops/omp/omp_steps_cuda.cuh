@@ -474,6 +474,27 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// ---- the row-parallel kernels' loop: one warp per row ------------------------------------
+
+constexpr int kRowThreads = 256;
+
+inline unsigned row_blocks(int64_t rows) {
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((rows + 7) / 8, 65535)));
+}
+
+// Calls fn(i, g, lane) for every row i, g its problem, whose problem has a pick this step
+// (every row when `all`); the warp's lanes share the row.
+template <typename Fn>
+__device__ void for_each_changed_row(const Buffers& b, bool all, const Fn& fn) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (kRowThreads / 32);
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * (kRowThreads / 32) + (threadIdx.x >> 5); i < b.rows;
+       i += warps) {
+    const int64_t g = problem_of(b, i);
+    if (all || b.state[g * kStateCols + PENDING] >= 0) fn(i, g, lane);
+  }
+}
+
 // ---- host side ---------------------------------------------------------------------------
 
 // Device buffers of one call, carved out of four tensors.
