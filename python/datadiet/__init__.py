@@ -1,7 +1,8 @@
 """datadiet: train on a well-chosen subset of the data, fast.
 
 ``datadiet.ops`` holds the accelerated ops (CPU, CUDA, Triton and plain-torch backends),
-``datadiet.select`` selection strategies built on them,
+``datadiet.select`` selection strategies built on them, ``datadiet.soup`` / ``datadiet.prune``
+model merging and pruning,
 ``datadiet.reference`` their plain-PyTorch references, ``datadiet.build_info()`` what
 this build contains.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from datadiet import _extension, backends, ops, reference, select
+from datadiet import _extension, backends, ops, prune, reference, select, soup
 from datadiet.ops import CEScores, ce_scores, stratified_select, topk_select, weighted_sample
 
 __version__ = "0.1.0"
@@ -35,5 +36,5 @@ def build_info() -> dict:
     return info
 
 
-__all__ = ["CEScores", "__version__", "backends", "build_info", "ce_scores", "ops", "reference", "select",
-           "stratified_select", "topk_select", "weighted_sample"]
+__all__ = ["CEScores", "__version__", "backends", "build_info", "ce_scores", "ops", "prune", "reference", "select",
+           "soup", "stratified_select", "topk_select", "weighted_sample"]
