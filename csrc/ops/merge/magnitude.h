@@ -1,7 +1,8 @@
 // The order magnitude pruning keeps weights in, shared by the CPU and CUDA kernels: the
 // float32 magnitude's bit pattern (|x| ≥ 0, so unsigned order = numeric order; fp16/bf16
 // widen exactly). Keys above kInfKey are NaN. The k-th largest key is found digit by digit,
-// kDigitBits at a time from the top, by counting histograms (kPasses streaming passes).
+// Bits at a time from the top, by counting histograms (32 / Bits streaming passes): 16-bit
+// digits on CPU (per-thread histograms in cache), 8-bit on CUDA (shared-memory histograms).
 #pragma once
 
 #include <cstdint>
@@ -12,9 +13,6 @@
 namespace datadiet {
 namespace merge {
 
-constexpr int kDigitBits = 16;
-constexpr int kBins = 1 << kDigitBits;
-constexpr int kPasses = 32 / kDigitBits;
 constexpr uint32_t kInfKey = 0x7f800000u;
 
 DD_HD uint32_t magnitude_key(float x) {
@@ -27,22 +25,29 @@ DD_HD uint32_t magnitude_key(float x) {
 #endif
 }
 
-// Digit of `pass` (0 = the top bits) and whether a key's higher digits equal `prefix`.
-DD_HD uint32_t digit(uint32_t key, int pass) { return (key >> (32 - kDigitBits * (pass + 1))) & (kBins - 1); }
-DD_HD bool matches(uint32_t key, uint32_t prefix, int pass) {
-  return pass == 0 || (key >> (32 - kDigitBits * pass)) == prefix;
-}
+template <int Bits>
+struct Digits {
+  static constexpr int kBins = 1 << Bits;
+  static constexpr int kPasses = 32 / Bits;
+
+  // Digit of `pass` (0 = the top bits) and whether a key's higher digits equal `prefix`.
+  DD_HD static uint32_t digit(uint32_t key, int pass) { return (key >> (32 - Bits * (pass + 1))) & (kBins - 1); }
+  DD_HD static bool matches(uint32_t key, uint32_t prefix, int pass) {
+    return pass == 0 || (key >> (32 - Bits * pass)) == prefix;
+  }
+};
 
 // From a histogram of one digit (counts of keys sharing the prefix), the digit holding the
 // `want`-th largest (want >= 1) and how many of the wanted lie above it: want -= above.
-DD_HD uint32_t choose_digit(const int64_t* hist, int64_t& want) {
+template <int Bins, typename Count>
+DD_HD uint32_t choose_digit(const Count* hist, int64_t& want) {
   int64_t above = 0;
-  for (int b = kBins - 1; b > 0; --b) {
-    if (above + hist[b] >= want) {
+  for (int b = Bins - 1; b > 0; --b) {
+    if (above + static_cast<int64_t>(hist[b]) >= want) {
       want -= above;
       return static_cast<uint32_t>(b);
     }
-    above += hist[b];
+    above += static_cast<int64_t>(hist[b]);
   }
   want -= above;
   return 0;

@@ -16,10 +16,9 @@
 namespace datadiet {
 namespace {
 
-using merge::digit;
-using merge::kBins;
 using merge::magnitude_key;
-using merge::matches;
+using D = merge::Digits<16>;
+constexpr int kBins = D::kBins;
 
 constexpr int64_t kChunk = int64_t{1} << 16;
 
@@ -49,12 +48,12 @@ class Group {
     int64_t want = keep;
     uint32_t prefix = 0;
     int64_t ties = 0;
-    for (int pass = 0; pass < merge::kPasses; ++pass) {
+    for (int pass = 0; pass < D::kPasses; ++pass) {
       const std::vector<int64_t> hist = histogram(prefix, pass);
       if (keep == 0) break;  // histogram(pass 0) still checked for NaN
-      const uint32_t d = merge::choose_digit(hist.data(), want);
+      const uint32_t d = merge::choose_digit<kBins>(hist.data(), want);
       ties = hist[d];
-      prefix = (prefix << merge::kDigitBits) | d;
+      prefix = (prefix << 16) | d;
     }
     apply(keep == 0 ? merge::kInfKey + 1 : prefix, keep == 0 ? 0 : want, keep == 0 ? 0 : ties, masks);
   }
@@ -75,7 +74,7 @@ class Group {
       for (int64_t c = 0; c < chunks(); ++c)
         each_key(of(chunks_[c]), chunks_[c], [&](uint32_t key, int64_t) {
           if (pass == 0 && key > merge::kInfKey && bad < 0) bad = c;
-          if (matches(key, prefix, pass)) ++h[digit(key, pass)];
+          if (D::matches(key, prefix, pass)) ++h[D::digit(key, pass)];
         });
     }
     for (const int64_t c : nan_at) {

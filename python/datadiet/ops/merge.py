@@ -23,7 +23,6 @@ from datadiet.backends import resolve
 from datadiet.reference.merge import average_reference, lerp_reference, magnitude_prune_reference
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-IMPLEMENTED = ("auto", "cpu", "cuda", "torch")
 
 
 @torch.no_grad()
@@ -61,6 +60,8 @@ def average_(dst: Sequence[torch.Tensor], sources: Sequence[Sequence[torch.Tenso
         flat = [model[t].contiguous() for model in models for t in kernel]
         if chosen == "torch":
             average_reference(out, flat, weights)
+        elif chosen == "triton":
+            torch.ops.datadiet.average_triton(out, flat, weights)
         else:
             torch.ops.datadiet.average_(out, flat, weights)
 
@@ -85,6 +86,8 @@ def lerp_(dst: Sequence[torch.Tensor], other: Sequence[torch.Tensor], alpha: flo
         others = [other[t].contiguous() for t in kernel]
         if chosen == "torch":
             lerp_reference(out, others, alpha)
+        elif chosen == "triton":
+            torch.ops.datadiet.lerp_triton(out, others, alpha)
         else:
             torch.ops.datadiet.lerp_(out, others, alpha)
 
@@ -118,12 +121,26 @@ def magnitude_prune_(tensors: Sequence[torch.Tensor], density: float, *, scope: 
     keep = [n - round((1.0 - density) * n) for n in sizes]  # prune's own rounding (Python's round)
     chosen = _backend("magnitude_prune_", tensors, backend)
     masks = [torch.empty(t.shape, dtype=torch.bool, device=t.device) for t in tensors] if return_masks else []
+    if chosen != "cpu":
+        _check_no_nan(tensors)
     if chosen == "torch" or any(t.dtype == torch.float64 for t in tensors):
         magnitude_prune_reference(tensors, masks, keep)
     else:
+        op = torch.ops.datadiet.magnitude_prune_triton if chosen == "triton" else torch.ops.datadiet.magnitude_prune_
         with _contiguous(tensors) as out:
-            torch.ops.datadiet.magnitude_prune_(out, masks, keep)
+            op(out, masks, keep)
     return masks if return_masks else None
+
+
+def _check_no_nan(tensors: list[torch.Tensor]) -> None:
+    """The CPU kernel's NaN check elsewhere: one sum per tensor (a NaN sum, or +inf + -inf, then
+    pays for locating the NaN); one host synchronisation."""
+    sums = torch.stack([t.sum(dtype=torch.float32) for t in tensors])
+    for i in torch.isnan(sums).nonzero().flatten().tolist():
+        bad = torch.isnan(tensors[i].reshape(-1)).nonzero()
+        if bad.numel():
+            raise ValueError(f"datadiet.magnitude_prune_: tensors[{i}] has a NaN at flat index {int(bad[0])}; "
+                             "a NaN has no magnitude order")
 
 
 def _tensor_list(op: str, name: str, ts) -> list[torch.Tensor]:
@@ -157,7 +174,7 @@ def _backend(op: str, tensors: list[torch.Tensor], backend: str) -> str:
     for i, t in enumerate(tensors):
         if t.device != device:
             raise ValueError(f"datadiet.{op}: tensors[{i}] is on {t.device} but tensors[0] is on {device}")
-    return resolve(backend, device, op, IMPLEMENTED)
+    return resolve(backend, device, op)
 
 
 class _contiguous:
@@ -174,6 +191,27 @@ class _contiguous:
         for t, v in zip(self.tensors, self.views):
             if v is not t:
                 t.copy_(v)
+
+
+@torch.library.custom_op("datadiet::average_triton", mutates_args=("dst",))
+def _average_triton(dst: list[torch.Tensor], sources: list[torch.Tensor], weights: list[float]) -> None:
+    from datadiet.kernels import merge as kernel
+
+    kernel.average_(dst, sources, weights)
+
+
+@torch.library.custom_op("datadiet::lerp_triton", mutates_args=("dst",))
+def _lerp_triton(dst: list[torch.Tensor], other: list[torch.Tensor], alpha: float) -> None:
+    from datadiet.kernels import merge as kernel
+
+    kernel.lerp_(dst, other, alpha)
+
+
+@torch.library.custom_op("datadiet::magnitude_prune_triton", mutates_args=("tensors", "masks"))
+def _magnitude_prune_triton(tensors: list[torch.Tensor], masks: list[torch.Tensor], keep: list[int]) -> None:
+    from datadiet.kernels import merge as kernel
+
+    kernel.magnitude_prune_(tensors, masks, keep)
 
 
 if _extension.compiled_cpu():
