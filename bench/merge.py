@@ -2,8 +2,9 @@
 
 - ``magnitude_prune_`` (global, density 0.9, the conv/linear weights) vs
   ``torch.nn.utils.prune.global_unstructured(L1Unstructured, amount=0.1)`` — what seeds 000/001's
-  code runs — on fresh copies of the model each time, and the extra peak memory of each, measured
-  in a child process as the rise of its peak RSS over the model's own footprint;
+  code runs — on fresh copies of the model each time, and the extra peak memory of each: on CPU
+  measured in a child process as the rise of its peak RSS over the model's own footprint, on
+  CUDA (``--device cuda``) as the rise of allocated GPU memory;
 - a 10-model uniform soup: ``average_`` vs chained ``torch._foreach_mul`` / ``_foreach_add_`` and vs a
   Python loop over the parameters.
 """
@@ -55,15 +56,28 @@ METHODS = {
 }
 
 
-def fresh_timing(base: torch.nn.Module, fn, repeat: int = 3) -> float:
+def fresh_timing(base: torch.nn.Module, fn, device: torch.device, repeat: int = 3) -> float:
     """Median time of fn on a fresh copy of base (the copy is not timed: pruning mutates it)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
     for _ in range(repeat + 1):
         model = copy.deepcopy(base)
+        sync()
         start = time.perf_counter()
         fn(model)
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:])
+
+
+def extra_gpu_bytes(base: torch.nn.Module, fn) -> int:
+    model = copy.deepcopy(base)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn(model)
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
 
 
 def peak_rss_bytes() -> int:
@@ -89,9 +103,12 @@ def run(args) -> list[dict]:
         nbytes = sum(p.numel() * p.element_size() for p in params.values())
         case = f"{arch} global prune to {args.density}: {len(params)} tensors, {nbytes / 2**20:.0f} MiB"
         for method, fn in METHODS.items():
-            seconds = fresh_timing(base, lambda m, fn=fn: fn(m, args.density))
-            extra = extra_peak_bytes(arch, method, args.density) if device.type == "cpu" else None
-            note = "" if extra is None else f"extra peak {extra / 2**20:.1f} MiB ({100 * extra / nbytes:.1f}% of weights)"
+            call = lambda m, fn=fn: fn(m, args.density)  # noqa: E731
+            seconds = fresh_timing(base, call, device)
+            gpu = device.type == "cuda"
+            extra = extra_gpu_bytes(base, call) if gpu else extra_peak_bytes(arch, method, args.density)
+            note = (f"extra peak {'GPU memory' if gpu else 'RSS'} {extra / 2**20:.1f} MiB "
+                    f"({100 * extra / nbytes:.1f}% of weights)")
             rows.append({"case": case, "method": method, "seconds": seconds, "bytes": nbytes,
                          "baselines": [] if method.startswith("prune") else ["prune.global_unstructured"],
                          "floor": None, "note": note})
