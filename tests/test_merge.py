@@ -113,7 +113,7 @@ def test_params_that_require_grad_are_updated_without_autograd_errors():
     (lambda a, b: magnitude_prune_(a, 1.5), ValueError, r"density must be in \(0, 1\], got 1.5"),
     (lambda a, b: magnitude_prune_(a, 0.5, scope="layer"), ValueError, r"scope must be 'global' or 'tensor'"),
     (lambda a, b: magnitude_prune_([torch.ones(3, dtype=torch.long)], 0.5), TypeError, r"must be floating point"),
-    (lambda a, b: average_(a, [a, b], None, backend="cuda"), ValueError, r"backend=.cuda. is unavailable: tensors are on cpu"),
+    (lambda a, b: average_(a, [a, b], None, backend="cuda"), ValueError, r"backend=.cuda. is unavailable: "),
 ])
 def test_bad_arguments(call, exc, pattern):
     a, b = [torch.randn(3), torch.randn(2, 4)], [torch.randn(3), torch.randn(2, 4)]

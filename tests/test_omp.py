@@ -161,7 +161,7 @@ def test_backends_agree_and_other_dtypes():
     (lambda a, b: omp(a, b[None], offsets=[0, 4, 10], budgets=[1, 1]), ValueError,
      r"target must have shape \[2, 4\] \(one row per problem\), got \(1, 4\)"),
     (lambda a, b: omp(a, b[None].repeat(2, 1), offsets=[0, 4, 10], budgets=[1]), ValueError, r"got 1 budgets for 2"),
-    (lambda a, b: omp(a, b, 2, backend="cuda"), ValueError, r"backend=.cuda. is unavailable: tensors are on cpu"),
+    (lambda a, b: omp(a, b, 2, backend="cuda"), ValueError, r"backend=.cuda. is unavailable: "),
 ])
 def test_bad_arguments(call, exc, pattern):
     a, b = problem(10, 4)

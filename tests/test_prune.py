@@ -3,10 +3,11 @@ same kept count and the same mask; biases and norm layers excluded; seeded worke
 
 import pytest
 import torch
-import torchvision
 from torch.nn.utils import prune as torch_prune
 
 import datadiet
+
+torchvision = pytest.importorskip("torchvision", reason="torchvision is not installed (the CPU-only torch check)")
 
 
 @pytest.mark.parametrize("density", [0.9, 0.5, 0.05])
