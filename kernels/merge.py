@@ -88,13 +88,17 @@ def _keys(row, idx, live, dtype):
 
 
 @triton.jit
-def _histogram_kernel(table, chunks, state, PASS: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+def _this_chunk(table, chunks, state):
+    """This program's chunk: its tensor's table row, first element, and its group's state."""
     c = tl.program_id(0)
-    t = tl.load(chunks + 3 * c)
-    begin = tl.load(chunks + 3 * c + 1)
-    st = state + tl.load(chunks + 3 * c + 2) * (4 + 256)
+    row = table + 4 * tl.load(chunks + 3 * c)
+    return row, tl.load(chunks + 3 * c + 1), state + tl.load(chunks + 3 * c + 2) * (4 + 256)
+
+
+@triton.jit
+def _histogram_kernel(table, chunks, state, PASS: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    row, begin, st = _this_chunk(table, chunks, state)
     if tl.load(st + 3) > 0:
-        row = table + 4 * t
         numel = tl.load(row + 1)
         dtype = tl.load(row + 2)
         prefix = tl.load(st).to(tl.uint32)
@@ -131,12 +135,8 @@ def _choose_kernel(state):
 
 @triton.jit
 def _count_ties_kernel(table, chunks, state, ties, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
-    c = tl.program_id(0)
-    t = tl.load(chunks + 3 * c)
-    begin = tl.load(chunks + 3 * c + 1)
-    st = state + tl.load(chunks + 3 * c + 2) * (4 + 256)
+    row, begin, st = _this_chunk(table, chunks, state)
     if (tl.load(st + 3) > 0) & (tl.load(st + 1) != tl.load(st + 2)):
-        row = table + 4 * t
         end = tl.minimum(tl.load(row + 1), begin + CHUNK)
         threshold = tl.load(st).to(tl.uint32)
         n = begin * 0
@@ -144,17 +144,13 @@ def _count_ties_kernel(table, chunks, state, ties, CHUNK: tl.constexpr, BLOCK: t
             idx = off + tl.arange(0, BLOCK)
             live = idx < end
             n += tl.sum((live & (_keys(row, idx, live, tl.load(row + 2)) == threshold)).to(tl.int64), axis=0)
-        tl.store(ties + c, n)
+        tl.store(ties + tl.program_id(0), n)
 
 
 @triton.jit
 def _apply_kernel(table, chunks, state, offsets, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
-    c = tl.program_id(0)
-    t = tl.load(chunks + 3 * c)
-    begin = tl.load(chunks + 3 * c + 1)
-    st = state + tl.load(chunks + 3 * c + 2) * (4 + 256)
+    row, begin, st = _this_chunk(table, chunks, state)
     keep = tl.load(st + 3)
-    row = table + 4 * t
     numel = tl.load(row + 1)
     dtype = tl.load(row + 2)
     mask_at = tl.load(row + 3)
@@ -162,7 +158,7 @@ def _apply_kernel(table, chunks, state, offsets, CHUNK: tl.constexpr, BLOCK: tl.
     threshold = tl.where(keep > 0, tl.load(st), 0x7F800001).to(tl.uint32)
     need = tl.where(keep > 0, tl.load(st + 1), 0)
     rank_ties = (keep > 0) & (tl.load(st + 1) != tl.load(st + 2))
-    seen = tl.where(rank_ties, tl.load(offsets + c), 0)
+    seen = tl.where(rank_ties, tl.load(offsets + tl.program_id(0)), 0)
     end = tl.minimum(numel, begin + CHUNK)
     for off in range(begin, end, BLOCK):
         idx = off + tl.arange(0, BLOCK)

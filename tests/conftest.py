@@ -18,3 +18,11 @@ requires_cuda_kernels = pytest.mark.skipif(
     not (torch.cuda.is_available() and datadiet._extension.compiled_cuda()),
     reason="needs a CUDA device and datadiet's CUDA kernels",
 )
+
+# The device engines a test compares with the CPU kernels: Triton (the interpreter without a
+# GPU) and the compiled CUDA kernels (GPU only).
+DEVICE_BACKENDS = [
+    pytest.param("triton", marks=pytest.mark.skipif(not datadiet._extension.TRITON_AVAILABLE,
+                                                    reason="triton is not installed")),
+    pytest.param("cuda", marks=requires_cuda_kernels),
+]

@@ -5,18 +5,13 @@ a GPU, Triton runs through the interpreter on CPU tensors (small shapes)."""
 
 import pytest
 import torch
-from conftest import requires_cuda_kernels
+from conftest import DEVICE_BACKENDS
 
-import datadiet
 from datadiet.ops import average_, lerp_, magnitude_prune_
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
-BACKENDS = [
-    pytest.param("triton", marks=pytest.mark.skipif(not datadiet._extension.TRITON_AVAILABLE,
-                                                    reason="triton is not installed")),
-    pytest.param("cuda", marks=requires_cuda_kernels),
-]
+BACKENDS = DEVICE_BACKENDS
 BIG = 3_000_000 if ON_GPU else 70_001
 
 

@@ -7,7 +7,7 @@ shapes."""
 
 import pytest
 import torch
-from conftest import requires_cuda_kernels
+from conftest import DEVICE_BACKENDS
 
 import datadiet
 from datadiet.ops import omp, omp_factored
@@ -15,11 +15,7 @@ from select_helpers import last_layer_case, ragged_offsets
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
-BACKENDS = [
-    pytest.param("triton", marks=pytest.mark.skipif(not datadiet._extension.TRITON_AVAILABLE,
-                                                    reason="triton is not installed")),
-    pytest.param("cuda", marks=requires_cuda_kernels),
-]
+BACKENDS = DEVICE_BACKENDS
 
 
 def problem(n, d, seed=0, cone=False):

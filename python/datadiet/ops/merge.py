@@ -57,13 +57,7 @@ def average_(dst: Sequence[torch.Tensor], sources: Sequence[Sequence[torch.Tenso
         return
     chosen = _backend("average_", [dst[t] for t in kernel], backend)
     with _contiguous([dst[t] for t in kernel]) as out:
-        flat = [model[t].contiguous() for model in models for t in kernel]
-        if chosen == "torch":
-            average_reference(out, flat, weights)
-        elif chosen == "triton":
-            torch.ops.datadiet.average_triton(out, flat, weights)
-        else:
-            torch.ops.datadiet.average_(out, flat, weights)
+        _op("average_", chosen)(out, [model[t].contiguous() for model in models for t in kernel], weights)
 
 
 @torch.no_grad()
@@ -83,13 +77,7 @@ def lerp_(dst: Sequence[torch.Tensor], other: Sequence[torch.Tensor], alpha: flo
         return
     chosen = _backend("lerp_", [dst[t] for t in kernel], backend)
     with _contiguous([dst[t] for t in kernel]) as out:
-        others = [other[t].contiguous() for t in kernel]
-        if chosen == "torch":
-            lerp_reference(out, others, alpha)
-        elif chosen == "triton":
-            torch.ops.datadiet.lerp_triton(out, others, alpha)
-        else:
-            torch.ops.datadiet.lerp_(out, others, alpha)
+        _op("lerp_", chosen)(out, [other[t].contiguous() for t in kernel], alpha)
 
 
 @torch.no_grad()
@@ -123,12 +111,10 @@ def magnitude_prune_(tensors: Sequence[torch.Tensor], density: float, *, scope: 
     masks = [torch.empty(t.shape, dtype=torch.bool, device=t.device) for t in tensors] if return_masks else []
     if chosen != "cpu":
         _check_no_nan(tensors)
-    if chosen == "torch" or any(t.dtype == torch.float64 for t in tensors):
-        magnitude_prune_reference(tensors, masks, keep)
-    else:
-        op = torch.ops.datadiet.magnitude_prune_triton if chosen == "triton" else torch.ops.datadiet.magnitude_prune_
-        with _contiguous(tensors) as out:
-            op(out, masks, keep)
+    if any(t.dtype == torch.float64 for t in tensors):
+        chosen = "torch"
+    with _contiguous(tensors) as out:
+        _op("magnitude_prune_", chosen)(out, masks, keep)
     return masks if return_masks else None
 
 
@@ -167,6 +153,16 @@ def _average_other(d: torch.Tensor, values: list[torch.Tensor], weights: list[fl
         d.copy_(acc)
     else:
         d.copy_(torch.round(acc / sum(weights)))
+
+
+_REFERENCES = {"average_": average_reference, "lerp_": lerp_reference, "magnitude_prune_": magnitude_prune_reference}
+
+
+def _op(op: str, chosen: str):
+    """The implementation of ``op`` for a resolved backend."""
+    if chosen == "torch":
+        return _REFERENCES[op]
+    return getattr(torch.ops.datadiet, op.rstrip("_") + "_triton" if chosen == "triton" else op)
 
 
 def _backend(op: str, tensors: list[torch.Tensor], backend: str) -> str:
