@@ -384,8 +384,9 @@ def _assign_slot(table, state, slot_of, owner, in_support, g, lo, j, BLOCK_K: tl
 
 
 @triton.jit
-def _gram_kernel(E, H, G, row_problem, table, state, N, C, D1, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
-    """G[i, slot] = (e_i·e_j)(h̃_i·h̃_j) for the rows of problems whose pick needs a new column."""
+def _gram_kernel(E, H, G, row_problem, table, state, N, C, D1, bias, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """G[i, slot] = (e_i·e_j)(h_i·h_j + bias) for the rows of problems whose pick needs a new column
+    (bias = 1: the features' implicit trailing 1)."""
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     g = tl.load(row_problem + rows, mask=rows < N, other=0)
     slot = tl.load(state + g * NS + NEW_SLOT, mask=rows < N, other=-1)
@@ -408,7 +409,7 @@ def _gram_kernel(E, H, G, row_problem, table, state, N, C, D1, ROWS: tl.constexp
             hh += x * y
         cap = tl.load(table + g * NT + CAP, mask=act, other=0)
         at = tl.load(table + g * NT + G_AT, mask=act, other=0) + (rows - lo) * cap + slot
-        tl.store(G + at, tl.sum(ee, axis=1) * tl.sum(hh, axis=1), mask=act)
+        tl.store(G + at, tl.sum(ee, axis=1) * (tl.sum(hh, axis=1) + bias), mask=act)
 
 
 @triton.jit
@@ -588,8 +589,8 @@ def omp(atoms, targets, offsets: list[int], budgets: list[int], lam: float, posi
     return pb.finish()
 
 
-def omp_factored(errors, features, c0, b2, offsets: list[int], budgets: list[int], lam: float, positive: bool,
-                 tol: float):
+def omp_factored(errors, features, bias: bool, c0, b2, offsets: list[int], budgets: list[int], lam: float,
+                 positive: bool, tol: float):
     _check_budget(budgets)
     pb = _Problems(offsets, budgets, errors.device, factored=True)
     N, C = errors.shape
@@ -603,8 +604,8 @@ def omp_factored(errors, features, c0, b2, offsets: list[int], budgets: list[int
     def steps():
         _pick_kernel[(P,)](pb.c, pb.picked, pb.table, pb.state, pb.dstate, pb.slot_of, pb.owner, pb.in_support,
                            POSITIVE=positive, FACTORED=True, BLOCK_K=pb.block_k, BLOCK_N=_BLOCK_N)
-        _gram_kernel[rows_grid](errors, features, pb.G, pb.row_problem, pb.table, pb.state, N, C, D1, ROWS=_ROWS,
-                                BLOCK_D=_BLOCK_D)
+        _gram_kernel[rows_grid](errors, features, pb.G, pb.row_problem, pb.table, pb.state, N, C, D1,
+                                1.0 if bias else 0.0, ROWS=_ROWS, BLOCK_D=_BLOCK_D)
         _solve_kernel[(P,)](errors, pb.G, c0, pb.table, pb.state, pb.dstate, pb.support, pb.weights, pb.zero,
                             pb.wslot, pb.slot_of, pb.in_support, pb.L, C, lam, POSITIVE=positive, FACTORED=True,
                             BLOCK_K=pb.block_k, BLOCK_D=_BLOCK_D)

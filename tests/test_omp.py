@@ -248,10 +248,9 @@ def test_factored_bad_shapes_and_opcheck():
         datadiet.ops.omp_factored(e, h[:10], 3)
     with pytest.raises(ValueError, match=r"target factors must be \[M, 3\] and \[M, 4\]"):
         datadiet.ops.omp_factored(e, h, 3, target=(e[:, :2], h))
-    ht = torch.cat([h, torch.ones(20, 1)], 1)
     c0 = torch.rand(20)
     torch.library.opcheck(torch.ops.datadiet.omp_factored.default,
-                          (e, ht, c0, torch.tensor([4.0]), [0, 20], [3], 0.1, True, 0.0))
+                          (e, h, True, c0, torch.tensor([4.0]), [0, 20], [3], 0.1, True, 0.0))
 
 
 def test_oversized_problem_is_refused_before_allocating():

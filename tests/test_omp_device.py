@@ -102,14 +102,15 @@ def test_tolerance_zero_target_and_dependent_atoms(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("positive, lam", [(True, 0.0), (False, 0.5)])
-def test_factored_per_class_equals_cpu(backend, positive, lam):
+@pytest.mark.parametrize("positive, lam, bias", [(True, 0.0, True), (False, 0.5, False)])
+def test_factored_per_class_equals_cpu(backend, positive, lam, bias):
     e, h, labels = last_layer_case(90 if not ON_GPU else 5000, 3, 5 if not ON_GPU else 64, seed=12)
     order = torch.argsort(labels, stable=True)
     offs = ragged_offsets(torch.bincount(labels, minlength=3).tolist())
     budgets = [(b - a) // 5 for a, b in zip(offs[:-1], offs[1:])]
     e, h = e[order], h[order]
-    got, want = both(backend, omp_factored, e, h, offsets=offs, budgets=budgets, lam=lam, positive=positive)
+    got, want = both(backend, omp_factored, e, h, offsets=offs, budgets=budgets, lam=lam, positive=positive,
+                     bias=bias)
     assert_same(got, want, ordered=not positive, w_tol=1e-2, r_tol=1e-3)
 
 
@@ -138,9 +139,8 @@ def test_triton_custom_ops_have_fakes():
     a, b = a.to(DEVICE), b.to(DEVICE)
     torch.library.opcheck(torch.ops.datadiet.omp_triton.default, (a, b[None], [0, 20], [3], 0.1, True, 0.0))
     e, h, _ = last_layer_case(20, 3, 4)
-    ht = torch.cat([h, torch.ones(20, 1)], 1)
     torch.library.opcheck(torch.ops.datadiet.omp_factored_triton.default,
-                          (e.to(DEVICE), ht.to(DEVICE), torch.rand(20, device=DEVICE),
+                          (e.to(DEVICE), h.to(DEVICE), True, torch.rand(20, device=DEVICE),
                            torch.tensor([4.0], device=DEVICE), [0, 20], [3], 0.1, True, 0.0))
 
 

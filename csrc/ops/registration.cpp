@@ -22,7 +22,7 @@ STABLE_TORCH_LIBRARY(datadiet, m) {
       "omp(Tensor atoms, Tensor targets, int[] offsets, int[] budgets, float lam, bool positive, float tol) -> "
       "(Tensor indices, Tensor weights, Tensor residual, Tensor iterations)");
   m.def(
-      "omp_factored(Tensor errors, Tensor features, Tensor c0, Tensor b2, int[] offsets, int[] budgets, float lam, "
+      "omp_factored(Tensor errors, Tensor features, bool bias, Tensor c0, Tensor b2, int[] offsets, int[] budgets, float lam, "
       "bool positive, float tol) -> (Tensor indices, Tensor weights, Tensor residual, Tensor iterations)");
   m.def("average_(Tensor(a!)[] dst, Tensor[] sources, float[] weights) -> ()");
   m.def("lerp_(Tensor(a!)[] dst, Tensor[] other, float alpha) -> ()");

@@ -1,7 +1,7 @@
-// datadiet::omp_factored on CPU: OMP over last-layer gradients g_i = e_i ⊗ h_i given as
-// factors E [N, C] (p − onehot) and H [N, D1] (the layer's inputs, usually with a 1
-// appended for the bias), never forming the N × C·D1 matrix. With
-// ⟨g_i, g_j⟩ = (e_i·e_j)(h_i·h_j) a new atom's Gram column costs O(n·(C + D1)); the
+// datadiet::omp_factored on CPU: OMP over last-layer gradients g_i = e_i ⊗ h̃_i given as
+// factors E [N, C] (p − onehot) and H [N, D1] (the layer's inputs; with `bias`, h̃ = [h, 1]
+// without the 1 ever being stored), never forming the N × C·D1 matrix. With
+// ⟨g_i, g_j⟩ = (e_i·e_j)(h_i·h_j + bias) a new atom's Gram column costs O(n·(C + D1)); the
 // correlations with the residual are c = c0 − G[:, S] w from stored Gram columns
 // (O(n·|S|)), so no iteration touches C·D1-sized data. c0 (the atoms' correlations with
 // the target) and ‖b‖² come from the caller, who computes them with two matmuls per
@@ -25,6 +25,7 @@ struct FactoredAtoms {
   const float *e, *h, *c0;
   double b2;
   int64_t n, C, D1, capacity;
+  float bias;  // 1 when the features carry an implicit trailing 1
   bool parallel;
   std::vector<float> G = std::vector<float>(static_cast<size_t>(n * capacity));  // [n, capacity]
   std::vector<int64_t> slot_of = std::vector<int64_t>(static_cast<size_t>(n), -1);
@@ -38,7 +39,7 @@ struct FactoredAtoms {
   }
 
   double inner(int64_t i, int64_t j) const {
-    return static_cast<double>(dot(e + i * C, e + j * C, C)) * dot(h + i * D1, h + j * D1, D1);
+    return static_cast<double>(dot(e + i * C, e + j * C, C)) * (dot(h + i * D1, h + j * D1, D1) + bias);
   }
 
   // Stores atom j's Gram column (reusing the slot of an atom that left the support when
@@ -51,7 +52,8 @@ struct FactoredAtoms {
       const float *ej = e + j * C, *hj = h + j * D1;
       float* g = G.data();
 #pragma omp parallel for schedule(static) if (parallel)
-      for (int64_t i = 0; i < n; ++i) g[i * capacity + slot] = dot(e + i * C, ej, C) * dot(h + i * D1, hj, D1);
+      for (int64_t i = 0; i < n; ++i)
+        g[i * capacity + slot] = dot(e + i * C, ej, C) * (dot(h + i * D1, hj, D1) + bias);
     }
     for (int64_t s = 0; s < m; ++s) q[s] = G[support[s] * capacity + slot_of[j]];
   }
@@ -83,7 +85,7 @@ struct FactoredAtoms {
 
 }  // namespace
 
-OmpOutput omp_factored_cpu(const StableTensor& errors, const StableTensor& features, const StableTensor& c0,
+OmpOutput omp_factored_cpu(const StableTensor& errors, const StableTensor& features, bool bias, const StableTensor& c0,
                            const StableTensor& b2, std::vector<int64_t> offsets, std::vector<int64_t> budgets,
                            double lam, bool positive, double tol) {
   const int64_t total = check_omp_factored_args(errors, features, c0, b2, offsets, budgets, lam, tol);
@@ -96,7 +98,7 @@ OmpOutput omp_factored_cpu(const StableTensor& errors, const StableTensor& featu
   solve_problems(out, offsets, budgets, [&](int64_t g) {
     const int64_t lo = offsets[g];
     FactoredAtoms src{e + lo * C, h + lo * D1, c + lo, static_cast<double>(bb[g]), offsets[g + 1] - lo,
-                      C, D1, std::max<int64_t>(budgets[g], 1), one};
+                      C, D1, std::max<int64_t>(budgets[g], 1), bias ? 1.0f : 0.0f, one};
     return omp::solve(src, omp::Options{budgets[g], lam, positive, tol});
   });
   return out;

@@ -1,5 +1,6 @@
 // datadiet::omp_factored on CUDA: the step engine of omp_steps_cuda.cuh with factorised
-// last-layer gradients g_i = e_i ⊗ h_i. A pick's Gram column (e_i·e_j)(h_i·h_j) is computed
+// last-layer gradients g_i = e_i ⊗ h̃_i (h̃ = [h, 1] with `bias`, the 1 never stored). A
+// pick's Gram column (e_i·e_j)(h_i·h_j + bias) is computed
 // once, one warp per row, into the slot the pick kernel gave it (slots of atoms that left
 // the support are handed out again, so no columns move); the support's inner products are
 // read from the stored columns and the correlations are c = c0 − G[:, slots] w. No
@@ -47,8 +48,8 @@ struct FactoredSource {
   }
 };
 
-// G[i, slot] = (e_i·e_j)(h_i·h_j) for the rows of problems whose pick got a new slot.
-__global__ void gram_kernel(Buffers b, const float* e, const float* h, int64_t C, int64_t D1) {
+// G[i, slot] = (e_i·e_j)(h_i·h_j + bias) for the rows of problems whose pick got a new slot.
+__global__ void gram_kernel(Buffers b, const float* e, const float* h, int64_t C, int64_t D1, float bias) {
   for_each_changed_row(b, false, [&](int64_t i, int64_t g, int lane) {
     const int64_t* st = b.state + g * kStateCols;
     const int64_t slot = st[NEW_SLOT];
@@ -59,7 +60,7 @@ __global__ void gram_kernel(Buffers b, const float* e, const float* h, int64_t C
     for (int64_t c = lane; c < C; c += 32) ee += e[i * C + c] * e[j * C + c];
     for (int64_t c = lane; c < D1; c += 32) hh += h[i * D1 + c] * h[j * D1 + c];
     ee = warp_sum(ee), hh = warp_sum(hh);
-    if (lane == 0) b.G[t[G_AT] + (i - t[LO]) * t[CAP] + slot] = ee * hh;
+    if (lane == 0) b.G[t[G_AT] + (i - t[LO]) * t[CAP] + slot] = ee * (hh + bias);
   });
 }
 
@@ -79,8 +80,8 @@ __global__ void correlate_kernel(Buffers b) {
 }  // namespace
 }  // namespace ompcuda
 
-OmpOutput omp_factored_cuda(const StableTensor& errors, const StableTensor& features, const StableTensor& c0,
-                            const StableTensor& b2, std::vector<int64_t> offsets, std::vector<int64_t> budgets,
+OmpOutput omp_factored_cuda(const StableTensor& errors, const StableTensor& features, bool bias,
+                            const StableTensor& c0, const StableTensor& b2, std::vector<int64_t> offsets, std::vector<int64_t> budgets,
                             double lam, bool positive, double tol) {
   using namespace ompcuda;
   const char* op = "omp_factored";
@@ -101,7 +102,7 @@ OmpOutput omp_factored_cuda(const StableTensor& errors, const StableTensor& feat
   check_launch(op);
   ws.run(op, stream, [&] {
     pick_kernel<true><<<P, kThreads, 0, stream>>>(ws.b, positive);
-    gram_kernel<<<blocks, kRowThreads, 0, stream>>>(ws.b, e, h, C, D1);
+    gram_kernel<<<blocks, kRowThreads, 0, stream>>>(ws.b, e, h, C, D1, bias ? 1.0f : 0.0f);
     solve_kernel<<<P, kThreads, 0, stream>>>(ws.b, FactoredSource{}, positive);
     correlate_kernel<<<blocks, kRowThreads, 0, stream>>>(ws.b);
   });

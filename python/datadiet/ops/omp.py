@@ -119,14 +119,14 @@ def omp_factored(
 
     Args:
         errors: ``[N, C]`` ``e_i = p_i − y_i`` (``ce_scores(..., return_embedding=True).embedding``).
-        features: ``[N, D]`` inputs of the final linear layer; ``bias=True`` appends a 1, so the
-            atoms are the gradients w.r.t. weight and bias.
+        features: ``[N, D]`` inputs of the final linear layer; ``bias=True`` treats them as having
+            a 1 appended (never copied), so the atoms are the gradients w.r.t. weight and bias.
         target: what to match. ``None``: each problem's own gradient sum ``Σ_i e_i h̃_iᵀ`` (GradMatch
             on the training set). ``(errors_t, features_t)`` or ``(errors_t, features_t, offsets_t)``:
             the summed gradient of another set (a validation set), per problem with ``offsets_t``.
         k, offsets, budgets, lam, positive, tol, check_values, backend: as in ``omp``.
 
-    Costs: an iteration computes one Gram column, ``(E e_j) ⊙ (H̃ h̃_j)``: O(n·(C + D)); the target
+    Costs: an iteration computes one Gram column, ``(E e_j) ⊙ (H h_j + bias)``: O(n·(C + D)); the target
     correlations are two matmuls per problem. The residual is ``sqrt(‖b‖² − wᵀp − λ‖w‖²)`` (exact for
     the solved weights, no ``C × D`` residual is formed); in float32 its error is ~1e-4·‖b‖, so a
     residual far below that is reported with less relative accuracy than ``omp``'s.
@@ -137,35 +137,38 @@ def omp_factored(
         raise ValueError(f"datadiet.omp_factored: errors [N, C] and features [N, D] must share N, got shapes "
                          f"{tuple(errors.shape)} and {tuple(features.shape)}")
     e = errors.to(torch.float32).contiguous()
-    h = _with_bias(features.to(torch.float32), bias)
+    h = features.to(torch.float32).contiguous()
     n = e.shape[0]
     offs, ks = _problems("omp_factored", n, k, offsets, budgets, lam, tol)
-    targets = _factored_targets(e, h, offs, target, bias)
+    targets = _factored_targets(e, h, offs, target)
     chosen = resolve(backend, errors.device, "omp_factored")
-    c0, b2 = _target_correlations(e, h, offs, targets)
+    c0, b2 = _target_correlations(e, h, offs, targets, bias)
     if check_values and not torch.compiler.is_compiling():
         for name, t in (("errors", e), ("features", h)):
             _check_finite("omp_factored", name, t)
     args = (offs, ks, float(lam), bool(positive), float(tol))
     if chosen == "torch":
-        atoms = (e.unsqueeze(2) * h.unsqueeze(1)).reshape(n, -1)
-        full = torch.stack([(et.T @ ht).reshape(-1) for et, ht in zip(*targets)])
+        ht = _with_bias(h, bias)
+        atoms = (e.unsqueeze(2) * ht.unsqueeze(1)).reshape(n, -1)
+        full = torch.stack([(et.T @ _with_bias(hs, bias)).reshape(-1) for et, hs in zip(*targets)])
         out = omp_reference(atoms, full, *args)
     elif chosen == "triton":
-        out = torch.ops.datadiet.omp_factored_triton(e, h, c0, b2, *args)
+        out = torch.ops.datadiet.omp_factored_triton(e, h, bool(bias), c0, b2, *args)
     else:
-        out = torch.ops.datadiet.omp_factored(e, h, c0, b2, *args)
+        out = torch.ops.datadiet.omp_factored(e, h, bool(bias), c0, b2, *args)
     return _result(out, b2.sqrt(), single=offsets is None)
 
 
 def _with_bias(features: torch.Tensor, bias: bool) -> torch.Tensor:
+    """The features with a column of ones (the reference materialises the gradients)."""
     if not bias:
         return features.contiguous()
     return torch.cat([features, features.new_ones(features.shape[0], 1)], 1).contiguous()
 
 
-def _factored_targets(e, h, offs, target, bias):
-    """Per problem, the factors (E_t, H̃_t) whose summed outer products are the target."""
+def _factored_targets(e, h, offs, target):
+    """Per problem, the factors (E_t, H_t) whose summed outer products (with the bias column) are
+    the target."""
     problems = len(offs) - 1
     if target is None:
         return ([e[a:b] for a, b in zip(offs[:-1], offs[1:])], [h[a:b] for a, b in zip(offs[:-1], offs[1:])])
@@ -173,10 +176,10 @@ def _factored_targets(e, h, offs, target, bias):
         raise TypeError("datadiet.omp_factored: target must be None, (errors, features) or "
                         "(errors, features, offsets)")
     et = target[0].to(torch.float32)
-    ht = _with_bias(target[1].to(torch.float32), bias)
+    ht = target[1].to(torch.float32)
     if et.dim() != 2 or et.shape[1] != e.shape[1] or ht.shape != (et.shape[0], h.shape[1]):
         raise ValueError(f"datadiet.omp_factored: target factors must be [M, {e.shape[1]}] and "
-                         f"[M, {h.shape[1] - int(bias)}], got {tuple(target[0].shape)} and {tuple(target[1].shape)}")
+                         f"[M, {h.shape[1]}], got {tuple(target[0].shape)} and {tuple(target[1].shape)}")
     t_offs = [0, et.shape[0]] if len(target) == 2 else int_list(target[2], "target offsets", "omp_factored")
     if len(t_offs) - 1 != problems or t_offs[0] != 0 or t_offs[-1] != et.shape[0]:
         raise ValueError(f"datadiet.omp_factored: target offsets must give {problems} problems over "
@@ -184,14 +187,20 @@ def _factored_targets(e, h, offs, target, bias):
     return ([et[a:b] for a, b in zip(t_offs[:-1], t_offs[1:])], [ht[a:b] for a, b in zip(t_offs[:-1], t_offs[1:])])
 
 
-def _target_correlations(e, h, offs, targets):
-    """c0_i = e_iᵀ B h̃_i and ‖B‖²_F per problem, B = E_tᵀ H̃_t (two matmuls per problem)."""
+def _target_correlations(e, h, offs, targets, bias):
+    """c0_i = e_iᵀ B h̃_i and ‖B‖²_F per problem, B = E_tᵀ H̃_t = [E_tᵀ H_t, E_tᵀ 1] (two matmuls and
+    a column sum per problem; the bias column is never appended to the features)."""
     c0 = torch.empty(e.shape[0], dtype=torch.float32, device=e.device)
     b2 = torch.empty(len(offs) - 1, dtype=torch.float32, device=e.device)
     for g, (lo, hi) in enumerate(zip(offs[:-1], offs[1:])):
-        bmat = targets[0][g].T @ targets[1][g]  # [C, D1]
+        et = targets[0][g]
+        bmat = et.T @ targets[1][g]  # [C, D]
         c0[lo:hi] = ((e[lo:hi] @ bmat) * h[lo:hi]).sum(1)
         b2[g] = bmat.double().square().sum()
+        if bias:
+            bcol = et.sum(0)  # [C]
+            c0[lo:hi] += e[lo:hi] @ bcol
+            b2[g] += bcol.double().square().sum()
     return c0, b2
 
 
@@ -262,7 +271,7 @@ def _fake(atoms, targets, offsets, budgets, lam, positive, tol):
             atoms.new_empty((problems,), dtype=torch.float32), atoms.new_empty((problems,), dtype=torch.int64))
 
 
-def _fake_factored(errors, features, c0, b2, offsets, budgets, lam, positive, tol):
+def _fake_factored(errors, features, bias, c0, b2, offsets, budgets, lam, positive, tol):
     return _fake(errors, None, offsets, budgets, lam, positive, tol)
 
 
@@ -275,12 +284,12 @@ def _omp_triton(atoms: torch.Tensor, targets: torch.Tensor, offsets: list[int], 
 
 
 @torch.library.custom_op("datadiet::omp_factored_triton", mutates_args=())
-def _omp_factored_triton(errors: torch.Tensor, features: torch.Tensor, c0: torch.Tensor, b2: torch.Tensor,
-                         offsets: list[int], budgets: list[int], lam: float, positive: bool,
+def _omp_factored_triton(errors: torch.Tensor, features: torch.Tensor, bias: bool, c0: torch.Tensor,
+                         b2: torch.Tensor, offsets: list[int], budgets: list[int], lam: float, positive: bool,
                          tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from datadiet.kernels import omp as kernel
 
-    return kernel.omp_factored(errors, features, c0, b2, offsets, budgets, lam, positive, tol)
+    return kernel.omp_factored(errors, features, bias, c0, b2, offsets, budgets, lam, positive, tol)
 
 
 _omp_triton.register_fake(_fake)
