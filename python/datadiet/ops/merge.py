@@ -51,7 +51,7 @@ def average_(dst: Sequence[torch.Tensor], sources: Sequence[Sequence[torch.Tenso
         _check_pairs("average_", dst, model, f"sources[{m}]")
     kernel = [t for t, d in enumerate(dst) if d.dtype in _KERNEL_DTYPES]
     for t, d in enumerate(dst):
-        if t not in kernel:
+        if d.dtype not in _KERNEL_DTYPES:
             _average_other(d, [model[t] for model in models], weights)
     if not kernel:
         return
@@ -71,7 +71,7 @@ def lerp_(dst: Sequence[torch.Tensor], other: Sequence[torch.Tensor], alpha: flo
     _check_pairs("lerp_", dst, other, "other")
     kernel = [t for t, d in enumerate(dst) if d.dtype in _KERNEL_DTYPES]
     for t, d in enumerate(dst):
-        if t not in kernel:
+        if d.dtype not in _KERNEL_DTYPES:
             _average_other(d, [d.clone(), other[t]], [1.0 - alpha, alpha])
     if not kernel:
         return
