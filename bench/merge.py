@@ -6,7 +6,8 @@
   measured in a child process as the rise of its peak RSS over the model's own footprint, on
   CUDA (``--device cuda``) as the rise of allocated GPU memory;
 - a 10-model uniform soup: ``average_`` vs chained ``torch._foreach_mul`` / ``_foreach_add_`` and vs a
-  Python loop over the parameters.
+  Python loop over the parameters;
+- one fold of a streaming soup, ``lerp_`` vs ``torch._foreach_lerp_``.
 """
 
 from __future__ import annotations
@@ -136,3 +137,8 @@ def soup(rows: Rows, arch: str, count: int, device: torch.device) -> None:
     rows.add(case, "chained torch._foreach", chained_foreach, nbytes)
     rows.add(case, "datadiet average_", lambda: datadiet.ops.average_(dst, models, w), nbytes,
              baselines=["chained torch._foreach", "python loop over parameters"])
+    fold = f"{arch} lerp_: fold one model into a running soup"
+    nbytes = 3 * sum(p.numel() * p.element_size() for p in dst)
+    rows.add(fold, "torch._foreach_lerp_", lambda: torch._foreach_lerp_(dst, models[1], 0.1), nbytes)
+    rows.add(fold, "datadiet lerp_", lambda: datadiet.ops.lerp_(dst, models[1], 0.1), nbytes,
+             baselines=["torch._foreach_lerp_"])
