@@ -131,7 +131,6 @@ def imagenet(rows: Rows, device: torch.device, backends: list[str]) -> None:
         once(rows, "imagenet per class: 1000 x 1281, 10%, bias-only d=1000", backend, targets.norm(dim=1),
              lambda: datadiet.ops.omp(atoms, targets, offsets=offsets, budgets=budgets, lam=0.5, backend=backend),
              f"atoms {atoms.numel() * 4 / 2**30:.1f} GiB")
-    del targets
     g = torch.Generator().manual_seed(1)
     features = torch.relu(torch.randn(atoms.shape[0], 512, generator=g)).to(device)
     ones = torch.ones(features.shape[0], 1, device=device)

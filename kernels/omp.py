@@ -533,7 +533,7 @@ class _Problems:
         return indices, weights, residual, self.state[:, ITS].clone()
 
 
-def _run(pb: _Problems, steps, positive: bool) -> None:
+def _run(pb: _Problems, steps) -> None:
     """Rounds of steps until every problem is done; one host read of the status per round."""
     remaining = max(pb.budgets, default=0)
     total = 0
@@ -585,7 +585,7 @@ def omp(atoms, targets, offsets: list[int], budgets: list[int], lam: float, posi
         residual(0)
         correlate(0)
 
-    _run(pb, steps, positive)
+    _run(pb, steps)
     return pb.finish()
 
 
@@ -612,5 +612,5 @@ def omp_factored(errors, features, bias: bool, c0, b2, offsets: list[int], budge
         _correlate_kernel[rows_grid](errors, errors, pb.G, c0, pb.wslot, pb.c, pb.row_problem, pb.table, pb.state,
                                      N, 0, 0, pb.kmax, FACTORED=True, ROWS=_ROWS, BLOCK_D=_BLOCK_D)
 
-    _run(pb, steps, positive)
+    _run(pb, steps)
     return pb.finish()

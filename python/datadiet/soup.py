@@ -53,7 +53,8 @@ def _empty_like(first: Ingredient) -> tuple[Ingredient, dict]:
 def _finish(soup: Ingredient, bn_loader, device) -> Ingredient:
     if bn_loader is not None:
         if not isinstance(soup, nn.Module):
-            raise TypeError("datadiet.soup: bn_loader re-estimates BatchNorm statistics and needs nn.Module ingredients")
+            raise TypeError("datadiet.soup: bn_loader re-estimates BatchNorm statistics and needs nn.Module "
+                            "ingredients")
         torch.optim.swa_utils.update_bn(bn_loader, soup, device=device)
     return soup
 

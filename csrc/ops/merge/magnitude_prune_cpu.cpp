@@ -130,7 +130,8 @@ class Group {
 
 }  // namespace
 
-void magnitude_prune_cpu(std::vector<StableTensor> tensors, std::vector<StableTensor> masks, std::vector<int64_t> keep) {
+void magnitude_prune_cpu(std::vector<StableTensor> tensors, std::vector<StableTensor> masks,
+                         std::vector<int64_t> keep) {
   check_prune_args(tensors, masks, keep);
   const int64_t T = static_cast<int64_t>(tensors.size());
   if (keep.size() == 1 && T != 1) {

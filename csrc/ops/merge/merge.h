@@ -27,7 +27,8 @@ using StableTensor = torch::stable::Tensor;
 
 void average_cpu(std::vector<StableTensor> dst, std::vector<StableTensor> sources, std::vector<double> weights);
 void lerp_cpu(std::vector<StableTensor> dst, std::vector<StableTensor> other, double alpha);
-void magnitude_prune_cpu(std::vector<StableTensor> tensors, std::vector<StableTensor> masks, std::vector<int64_t> keep);
+void magnitude_prune_cpu(std::vector<StableTensor> tensors, std::vector<StableTensor> masks,
+                         std::vector<int64_t> keep);
 void average_cuda(std::vector<StableTensor> dst, std::vector<StableTensor> sources, std::vector<double> weights);
 void lerp_cuda(std::vector<StableTensor> dst, std::vector<StableTensor> other, double alpha);
 void magnitude_prune_cuda(std::vector<StableTensor> tensors, std::vector<StableTensor> masks,

@@ -25,14 +25,14 @@ using OmpOutput = std::tuple<StableTensor, StableTensor, StableTensor, StableTen
 
 OmpOutput omp_cpu(const StableTensor& atoms, const StableTensor& targets, std::vector<int64_t> offsets,
                   std::vector<int64_t> budgets, double lam, bool positive, double tol);
-OmpOutput omp_factored_cpu(const StableTensor& errors, const StableTensor& features, bool bias, const StableTensor& c0,
-                           const StableTensor& b2, std::vector<int64_t> offsets, std::vector<int64_t> budgets,
-                           double lam, bool positive, double tol);
+OmpOutput omp_factored_cpu(const StableTensor& errors, const StableTensor& features, bool bias,
+                           const StableTensor& c0, const StableTensor& b2, std::vector<int64_t> offsets,
+                           std::vector<int64_t> budgets, double lam, bool positive, double tol);
 OmpOutput omp_cuda(const StableTensor& atoms, const StableTensor& targets, std::vector<int64_t> offsets,
                    std::vector<int64_t> budgets, double lam, bool positive, double tol);
 OmpOutput omp_factored_cuda(const StableTensor& errors, const StableTensor& features, bool bias,
-                            const StableTensor& c0, const StableTensor& b2, std::vector<int64_t> offsets, std::vector<int64_t> budgets,
-                            double lam, bool positive, double tol);
+                            const StableTensor& c0, const StableTensor& b2, std::vector<int64_t> offsets,
+                            std::vector<int64_t> budgets, double lam, bool positive, double tol);
 
 // Bytes of a problem's buffers above which it is refused: n·k float32 Gram columns
 // (factorised atoms) and the k·k float64 Cholesky factor.

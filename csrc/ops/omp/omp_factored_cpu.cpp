@@ -85,8 +85,9 @@ struct FactoredAtoms {
 
 }  // namespace
 
-OmpOutput omp_factored_cpu(const StableTensor& errors, const StableTensor& features, bool bias, const StableTensor& c0,
-                           const StableTensor& b2, std::vector<int64_t> offsets, std::vector<int64_t> budgets,
+OmpOutput omp_factored_cpu(const StableTensor& errors, const StableTensor& features, bool bias,
+                           const StableTensor& c0, const StableTensor& b2, std::vector<int64_t> offsets,
+                           std::vector<int64_t> budgets,
                            double lam, bool positive, double tol) {
   const int64_t total = check_omp_factored_args(errors, features, c0, b2, offsets, budgets, lam, tol);
   const int64_t problems = static_cast<int64_t>(budgets.size());

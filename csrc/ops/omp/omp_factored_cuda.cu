@@ -81,7 +81,8 @@ __global__ void correlate_kernel(Buffers b) {
 }  // namespace ompcuda
 
 OmpOutput omp_factored_cuda(const StableTensor& errors, const StableTensor& features, bool bias,
-                            const StableTensor& c0, const StableTensor& b2, std::vector<int64_t> offsets, std::vector<int64_t> budgets,
+                            const StableTensor& c0, const StableTensor& b2, std::vector<int64_t> offsets,
+                            std::vector<int64_t> budgets,
                             double lam, bool positive, double tol) {
   using namespace ompcuda;
   const char* op = "omp_factored";

@@ -132,8 +132,9 @@ __device__ inline void block_argmax(double& v, int64_t& i) {
     if (threadIdx.x < half) {
       const double ov = vals[threadIdx.x + half];
       const int64_t oi = idx[threadIdx.x + half];
-      if (ov > vals[threadIdx.x] || (ov == vals[threadIdx.x] && oi >= 0 && (idx[threadIdx.x] < 0 || oi < idx[threadIdx.x])))
-        vals[threadIdx.x] = ov, idx[threadIdx.x] = oi;
+      const double mv = vals[threadIdx.x];
+      const int64_t mi = idx[threadIdx.x];
+      if (ov > mv || (ov == mv && oi >= 0 && (mi < 0 || oi < mi))) vals[threadIdx.x] = ov, idx[threadIdx.x] = oi;
     }
     __syncthreads();
   }
@@ -443,8 +444,8 @@ __global__ void solve_kernel(Buffers b, Source src, bool positive) {
 }
 
 // Outputs: global indices (-1 padded), weights (0 padded), ‖r‖ and iterations.
-static __global__ void finish_kernel(Buffers b, const int64_t* out_at, int64_t* indices, float* weights, float* residual,
-                              int64_t* iterations) {
+static __global__ void finish_kernel(Buffers b, const int64_t* out_at, int64_t* indices, float* weights,
+                                     float* residual, int64_t* iterations) {
   const int64_t g = blockIdx.x;
   const Problem p(b, g);
   const int64_t m = b.state[g * kStateCols + M], at = out_at[g];
