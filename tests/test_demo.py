@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from datadiet import demo
 
 
@@ -19,3 +21,13 @@ def test_demo_scores_find_flipped_labels(tmp_path, capsys):
     assert easy["size"] == rand["size"] < subsets["all training data"]["size"]
     # Dropping the hardest 10% per class removes most flipped labels; a random 90% keeps ~5%.
     assert easy["flipped_rate"] < 0.5 * rand["flipped_rate"], subsets
+
+
+def test_demo_merges_members_into_soups(tmp_path):
+    summary = demo.main(epochs=6, seed=1, label_noise=0.05, top=3, out_dir=str(tmp_path), members=3, density=0.8)
+    e = summary["ensemble"]
+    assert len(e["members_val_accuracy"]) == 3
+    # The greedy soup starts from the best member and only accepts improvements.
+    assert e["greedy_soup_val_accuracy"] >= max(e["members_val_accuracy"])
+    assert e["greedy_soup_members"][0] == max(range(3), key=lambda m: e["members_val_accuracy"][m])
+    assert e["pruned_sparsity"] == pytest.approx(0.2, abs=1e-3) and e["uniform_soup_val_accuracy"] > 0.5
