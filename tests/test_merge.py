@@ -171,6 +171,10 @@ def test_prune_nan_is_an_error_and_returns_no_masks_when_not_asked():
     x[4] = float("nan")
     with pytest.raises(ValueError, match=r"tensors\[1\] has a NaN at flat index 4"):
         magnitude_prune_([torch.randn(3), x], 0.5)
+    z = torch.randn(100)  # the NaN inside a 16-lane block of the float32 path
+    z[37] = float("nan")
+    with pytest.raises(ValueError, match=r"tensors\[0\] has a NaN at flat index 37"):
+        magnitude_prune_([z, torch.randn(5)], 0.5)
     y = torch.randn(100)
     assert magnitude_prune_([y], 0.3, return_masks=False) is None
     assert int((y != 0).sum()) == 30
