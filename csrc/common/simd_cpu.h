@@ -12,6 +12,7 @@ namespace simd {
 typedef float vf16 __attribute__((vector_size(64)));
 typedef int32_t vi16 __attribute__((vector_size(64)));
 typedef double vd8 __attribute__((vector_size(64)));
+typedef uint32_t vu16 __attribute__((vector_size(64)));  // float bit patterns
 constexpr int kLanes = 16;
 
 inline vf16 splat(float x) { return vf16{} + x; }
@@ -20,6 +21,20 @@ inline vf16 load16(const float* p) {
   vf16 v;
   std::memcpy(&v, p, sizeof v);
   return v;
+}
+
+// The bit patterns of 16 floats.
+inline vu16 load_bits16(const float* p) {
+  vu16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// Whether any lane of a comparison result is set.
+inline bool any(vu16 m) {
+  uint32_t a = 0;
+  for (int i = 0; i < kLanes; ++i) a |= m[i];
+  return a != 0;
 }
 
 inline float hsum(vf16 v) {

@@ -18,6 +18,7 @@
 #include <type_traits>
 
 #include "common/dispatch.h"
+#include "common/simd_cpu.h"
 #include "ops/merge/magnitude.h"
 #include "ops/merge/merge.h"
 
@@ -34,20 +35,11 @@ struct Chunk {
   int64_t tensor, begin, end;
 };
 
-typedef uint32_t vu16 __attribute__((vector_size(64)));
-typedef uint8_t vb16 __attribute__((vector_size(16)));
-constexpr int kLanes = 16;
-
-inline vu16 bits16(const float* x) {
-  vu16 b;
-  std::memcpy(&b, x, sizeof b);
-  return b;
-}
-inline bool any(vu16 m) {
-  uint32_t a = 0;
-  for (int l = 0; l < kLanes; ++l) a |= m[l];
-  return a != 0;
-}
+using simd::any;
+using simd::kLanes;
+using simd::load_bits16;
+using simd::vu16;
+typedef uint8_t vb16 __attribute__((vector_size(16)));  // one mask byte per lane
 
 // Calls f(key, i) for the elements of chunk c (i the flat index in its tensor).
 template <typename F>
@@ -67,7 +59,7 @@ bool count_digits(const T* x, int64_t begin, int64_t end, uint32_t prefix, int p
   int64_t i = begin;
   if constexpr (std::is_same_v<T, float>) {
     for (; i + kLanes <= end; i += kLanes) {
-      const vu16 k = bits16(x + i) & 0x7fffffffu;
+      const vu16 k = load_bits16(x + i) & 0x7fffffffu;
       if (pass == 0) {
         nan |= any(k > merge::kInfKey);
         for (int l = 0; l < kLanes; ++l) ++h[D::digit(k[l], 0)];
@@ -92,7 +84,7 @@ int64_t count_equal(const T* x, int64_t begin, int64_t end, uint32_t threshold) 
   int64_t n = 0, i = begin;
   if constexpr (std::is_same_v<T, float>) {
     vu16 acc = {};
-    for (; i + kLanes <= end; i += kLanes) acc += ((bits16(x + i) & 0x7fffffffu) == threshold) & 1u;
+    for (; i + kLanes <= end; i += kLanes) acc += ((load_bits16(x + i) & 0x7fffffffu) == threshold) & 1u;
     for (int l = 0; l < kLanes; ++l) n += acc[l];
   }
   for (; i < end; ++i) n += magnitude_key(static_cast<float>(x[i])) == threshold;
@@ -106,7 +98,7 @@ void keep_largest(T* x, bool* mask, int64_t begin, int64_t end, uint32_t thresho
   int64_t i = begin;
   if constexpr (std::is_same_v<T, float>) {
     for (; i + kLanes <= end; i += kLanes) {
-      vu16 b = bits16(x + i);
+      vu16 b = load_bits16(x + i);
       const vu16 k = b & 0x7fffffffu;
       vu16 keep = k > threshold;
       const vu16 tie = k == threshold;
