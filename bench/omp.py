@@ -117,7 +117,7 @@ def run(args) -> list[dict]:
         rows.add(case, f"datadiet {backend}", lambda backend=backend: datadiet.ops.omp(
             a, b, args.k, lam=args.lam, backend=backend), baselines=["CORDS-style rebuild + lstsq"], heavy=True,
             note=f"residual {float(res.residual):.4g} ({float(res.residual) / base_res:.3f}x baseline), "
-                 f"{found} atoms, {int(res.iterations)} iterations")
+                 f"{found} atoms, {int(res.iterations)} iterations ({int(res.rejected)} rejected)")
     if args.imagenet:
         imagenet(rows, device, backends)
     return rows

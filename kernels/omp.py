@@ -1,22 +1,29 @@
 """Triton engine of ``datadiet::omp`` and ``datadiet::omp_factored``: batched OMP as a pipeline of
 steps, every problem advancing one atom per step, with no host synchronisation inside a round.
 
-The algorithm is the CPU engine's (``csrc/ops/omp/omp_engine_cpu.h``): pick the best unpicked
-atom, append it to a Cholesky factor of G_SS + λI, solve, run warm-started Lawson–Hanson NNLS when
-a weight goes negative, refresh the correlations. One step launches
+The algorithm is the CPU engine's (``csrc/ops/omp/omp_engine_cpu.h``) with its rules
+(``csrc/ops/omp/omp_rules.h``): pick the best unpicked atom, append it to a Cholesky factor of
+G_SS + λI unless its pivot is too small, solve, run warm-started Lawson–Hanson NNLS when a weight
+goes negative, take the new residual and undo the pick if it rose, refresh the correlations. One
+step launches
 
   pick        one program per problem: stop checks, device-side argmax over the unpicked atoms
               (ties to the lower index), factorised atoms: a Gram-column slot for the pick;
   gram        factorised only, one program per row block: G[i, slot] = (e_i·e_j)(h̃_i·h̃_j);
   solve       one program per problem: append, triangular solves, NNLS (factor downdates by
-              Givens rotations, re-admission by the largest positive gradient), weights;
-  residual    dense only, one program per problem: r = b − Σ w_s a_s in float64, ‖r‖²;
+              Givens rotations, re-admission by the largest positive gradient), weights; the
+              previous support and weights (and, before an NNLS, the factor) are kept to undo
+              the pick; factorised: the residual from the stored Gram columns and the verdict;
+  residual    dense only, one program per problem: r = b − Σ w_s a_s in float64, ‖r‖², the
+              verdict (a residual that rose undoes the pick);
   correlate   one program per row block: dense c = A r, factorised c = c0 − G[:, slots] w.
 
 Problems that are done (budget reached, ‖r‖ ≤ tol·‖b‖, no atom with a correlation above the
-floor) skip every kernel. The host launches rounds of steps and reads one small status tensor
-per round to decide whether another round is needed (atoms found dependent or dropped by the
-NNLS do not count towards the budget, so a round of max(budget) steps may not finish).
+floor, λ = 0 and as many atoms as dimensions) skip every kernel and record why. A rejected pick
+clears its problem's PENDING, so the later kernels of the step skip it too. The host launches
+rounds of steps and reads one small status tensor per round to decide whether another round is
+needed (rejected atoms and atoms dropped by the NNLS do not count towards the budget, so a round
+of max(budget) steps may not finish).
 
 Per-problem vectors (support, weights, the NNLS zero set, slot weights) live in global memory at
 ``cap_at`` with capacity ``cap = max(budget, 1)``; the factor L is ``cap × cap`` float64 at ``L_at``.
@@ -34,8 +41,9 @@ import triton.language as tl
 
 MAX_BUDGET = 4096
 MIN_CORRELATION = 1e-6  # relative to the largest initial correlation
-DEPENDENT_EPS: tl.constexpr = 1e-9  # Schur complement below this fraction of Q_jj: the atom is dependent
+PIVOT_EPS: tl.constexpr = 1e-6  # Schur complement at most this fraction of Q_jj: the atom is dependent
 READMIT_EPS: tl.constexpr = 1e-12  # relative to ‖b‖: the smallest gradient that re-admits an atom
+NO_RANK_LIMIT = 1 << 62  # λ > 0: no support size makes every further atom dependent
 
 # Columns of the per-problem tables: layout (int64 [P, NT]), state (int64 [P, NS]) and
 # float64 state (dstate [P, ND]: residual², ‖b‖², correlation floor, stopping residual²).
@@ -50,10 +58,18 @@ NT: tl.constexpr = 7
 STATUS: tl.constexpr = 0  # 0 active, 1 done
 M: tl.constexpr = 1  # support size
 ITS: tl.constexpr = 2
-PENDING: tl.constexpr = 3  # this step's pick (local index), -1 none
+PENDING: tl.constexpr = 3  # this step's pick (local index), -1 none (or rejected)
 NEW_SLOT: tl.constexpr = 4  # its new Gram-column slot (factorised), -1 none
 USED: tl.constexpr = 5  # Gram-column slots handed out
-NS: tl.constexpr = 6
+STOP: tl.constexpr = 6  # why the problem is done (omp_rules.h)
+REJECTED: tl.constexpr = 7  # picks not admitted
+M_OLD: tl.constexpr = 8  # the support size before this step's pick
+SAVED: tl.constexpr = 9  # 1 when this step's NNLS saved the factor first
+NS: tl.constexpr = 10
+STOP_BUDGET: tl.constexpr = 0
+STOP_TOLERANCE: tl.constexpr = 1
+STOP_CORRELATION: tl.constexpr = 2
+STOP_RANK: tl.constexpr = 3
 R2: tl.constexpr = 0
 B2: tl.constexpr = 1
 FLOOR: tl.constexpr = 2
@@ -181,7 +197,7 @@ def _admit(A, G, Lp, sup, wp, slot_of, in_support, lo, cap, G_at, d, lam, m, j, 
     diag = qjj + lam
     d2 = diag - tl.sum(l * l, axis=0)
     out = m
-    if d2 > DEPENDENT_EPS * diag:
+    if d2 > PIVOT_EPS * diag:
         tl.store(Lp + m * cap + offs, tl.where(offs == m, tl.sqrt(tl.maximum(d2, 0.0)), l), mask=offs <= m)
         tl.store(sup + m, j)
         tl.store(wp + m, 0.0)
@@ -272,8 +288,48 @@ def _nnls(A, G, c0, Lp, sup, wp, zp, slot_of, in_support, lo, cap, G_at, d, lam,
 
 
 @triton.jit
-def _solve_kernel(A, G, c0, table, state, dstate, support, weights, zero, wslot, slot_of, in_support, L,
-                  d, lam, POSITIVE: tl.constexpr, FACTORED: tl.constexpr, BLOCK_K: tl.constexpr,
+def _copy_rows(src, dst, cap, m, offs):
+    """The first m rows of an m × m lower-triangular factor, src to dst."""
+    for i in range(0, m):
+        tl.store(dst + i * cap + offs, tl.load(src + i * cap + offs, mask=offs <= i, other=0.0), mask=offs <= i)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _restore(state, g, Lp, Lsaved, sup, wp, sup_old, w_old, in_support, lo, cap, j, offs):
+    """Undoes this step's pick j: the support, weights and factor (from the saved copy when the
+    NNLS reshaped it; otherwise its first rows are untouched) as before the pick; a rejection."""
+    m0 = tl.load(state + g * NS + M_OLD)
+    if tl.load(state + g * NS + SAVED) != 0:
+        _copy_rows(Lsaved, Lp, cap, m0, offs)
+    tl.store(in_support + lo + j, 0)
+    tl.debug_barrier()
+    atoms = tl.load(sup_old + offs, mask=offs < m0, other=0)
+    tl.store(sup + offs, atoms, mask=offs < m0)
+    tl.store(wp + offs, tl.load(w_old + offs, mask=offs < m0, other=0.0), mask=offs < m0)
+    tl.store(in_support + lo + atoms, tl.full(offs.shape, 1, tl.int8), mask=offs < m0)
+    tl.store(state + g * NS + M, m0)
+    tl.store(state + g * NS + REJECTED, tl.load(state + g * NS + REJECTED) + 1)
+    tl.store(state + g * NS + PENDING, -1)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _accept(state, dstate, g, r2, m, budget):
+    """Keeps this step's solve: its residual, support size, and whether the budget is reached."""
+    tl.store(dstate + g * ND + R2, r2)
+    tl.store(state + g * NS + M, m)
+    if m >= budget:
+        tl.store(state + g * NS + STATUS, 1)
+        tl.store(state + g * NS + STOP, STOP_BUDGET)
+    elif r2 <= tl.load(dstate + g * ND + STOP2):
+        tl.store(state + g * NS + STATUS, 1)
+        tl.store(state + g * NS + STOP, STOP_TOLERANCE)
+
+
+@triton.jit
+def _solve_kernel(A, G, c0, table, state, dstate, support, weights, zero, wslot, slot_of, in_support, L, Lsaved,
+                  sup_old, w_old, d, lam, POSITIVE: tl.constexpr, FACTORED: tl.constexpr, BLOCK_K: tl.constexpr,
                   BLOCK_D: tl.constexpr):
     g = tl.program_id(0)
     j = tl.load(state + g * NS + PENDING)
@@ -283,42 +339,61 @@ def _solve_kernel(A, G, c0, table, state, dstate, support, weights, zero, wslot,
         cap = tl.load(table + g * NT + CAP)
         cap_at = tl.load(table + g * NT + CAP_AT)
         Lp = L + tl.load(table + g * NT + L_AT)
+        Ls = Lsaved + tl.load(table + g * NT + L_AT)
         G_at = tl.load(table + g * NT + G_AT)
         sup = support + cap_at
         wp = weights + cap_at
         offs = tl.arange(0, BLOCK_K)
         m0 = tl.load(state + g * NS + M)
         b2 = tl.load(dstate + g * ND + B2)
+        tl.store(sup_old + cap_at + offs, tl.load(sup + offs, mask=offs < m0, other=0), mask=offs < m0)
+        tl.store(w_old + cap_at + offs, tl.load(wp + offs, mask=offs < m0, other=0.0), mask=offs < m0)
+        tl.store(state + g * NS + M_OLD, m0)
+        tl.store(state + g * NS + SAVED, 0)
+        tl.debug_barrier()
         m = _admit(A, G, Lp, sup, wp, slot_of, in_support, lo, cap, G_at, d, lam, m0, j, offs, FACTORED, BLOCK_D)
         if m > m0:
             z = _unconstrained(Lp, cap, m, c0, lo, sup, offs)
             negative = tl.min(tl.where(offs < m, z, 1.0), axis=0) <= 0.0
             if POSITIVE:
                 if negative:
+                    _copy_rows(Lp, Ls, cap, m0, offs)
+                    tl.store(state + g * NS + SAVED, 1)
                     m = _nnls(A, G, c0, Lp, sup, wp, zero + cap_at, slot_of, in_support, lo, cap, G_at, d, lam, m,
-                              z, READMIT_EPS * tl.sqrt(b2), 6 * budget + 10, offs, FACTORED, BLOCK_D)
+                              z, READMIT_EPS * tl.sqrt(b2), 6 * m + 10, offs, FACTORED, BLOCK_D)
                 else:
                     tl.store(wp + offs, z, mask=offs < m)
             else:
                 tl.store(wp + offs, z, mask=offs < m)
             tl.debug_barrier()
-            w = tl.load(wp + offs, mask=offs < m, other=0.0)
-            rows = tl.load(sup + offs, mask=offs < m, other=0)
             if FACTORED:
-                # No C × D residual is formed: ‖r‖² = ‖b‖² − wᵀp − λ‖w‖², exact for the solved w.
-                p = tl.load(c0 + lo + rows, mask=offs < m, other=0.0).to(tl.float64)
-                tl.store(dstate + g * ND + R2, b2 - tl.sum(w * p + lam * w * w, axis=0))
-                tl.store(wslot + cap_at + offs, tl.zeros(offs.shape, dtype=tl.float32), mask=offs < cap)
-                tl.debug_barrier()
+                # No C × D residual is formed: ‖r‖² = ‖b‖² − 2wᵀp + wᵀG_SS w from the stored columns.
+                w = tl.load(wp + offs, mask=offs < m, other=0.0)
+                rows = tl.load(sup + offs, mask=offs < m, other=0)
                 slots = tl.load(slot_of + lo + rows, mask=offs < m, other=0)
-                tl.store(wslot + cap_at + slots, w.to(tl.float32), mask=offs < m)
-            tl.store(state + g * NS + M, m)
-            if m >= budget:
-                tl.store(state + g * NS + STATUS, 1)
+                p = tl.load(c0 + lo + rows, mask=offs < m, other=0.0).to(tl.float64)
+                quad = tl.sum(w * 0.0, axis=0)
+                for s in range(0, m):
+                    gs = tl.load(G + G_at + tl.load(sup + s) * cap + slots, mask=offs < m, other=0.0)
+                    quad += _scalar(w, offs, s) * tl.sum(gs.to(tl.float64) * w, axis=0)
+                r2 = b2 - 2.0 * tl.sum(w * p, axis=0) + quad
+                if r2 <= tl.load(dstate + g * ND + R2):
+                    tl.store(wslot + cap_at + offs, tl.zeros(offs.shape, dtype=tl.float32), mask=offs < cap)
+                    tl.debug_barrier()
+                    tl.store(wslot + cap_at + slots, w.to(tl.float32), mask=offs < m)
+                    _accept(state, dstate, g, r2, m, budget)
+                else:
+                    _restore(state, g, Lp, Ls, sup, wp, sup_old + cap_at, w_old + cap_at, in_support, lo, cap, j,
+                             offs)
+            else:
+                tl.store(state + g * NS + M, m)  # the residual kernel gives the verdict
+        else:
+            tl.store(state + g * NS + REJECTED, tl.load(state + g * NS + REJECTED) + 1)
+            tl.store(state + g * NS + PENDING, -1)
 
 
 @triton.jit
-def _pick_kernel(c, picked, table, state, dstate, slot_of, owner, in_support, POSITIVE: tl.constexpr,
+def _pick_kernel(c, picked, table, state, dstate, slot_of, owner, in_support, rank, POSITIVE: tl.constexpr,
                  FACTORED: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
     g = tl.program_id(0)
     status = tl.load(state + g * NS + STATUS)
@@ -329,9 +404,13 @@ def _pick_kernel(c, picked, table, state, dstate, slot_of, owner, in_support, PO
         n = tl.load(table + g * NT + N)
         budget = tl.load(table + g * NT + BUDGET)
         m = tl.load(state + g * NS + M)
-        r2 = tl.load(dstate + g * ND + R2)
-        if (m >= budget) | (r2 <= tl.load(dstate + g * ND + STOP2)):
-            status = status * 0 + 1
+        stop = status * 0 - 1
+        if m >= budget:
+            stop = stop * 0 + STOP_BUDGET
+        elif tl.load(dstate + g * ND + R2) <= tl.load(dstate + g * ND + STOP2):
+            stop = stop * 0 + STOP_TOLERANCE
+        elif m >= rank:
+            stop = stop * 0 + STOP_RANK
         else:
             best = tl.load(dstate + g * ND + FLOOR)
             idx0 = tl.arange(0, BLOCK_N)
@@ -347,13 +426,15 @@ def _pick_kernel(c, picked, table, state, dstate, slot_of, owner, in_support, PO
                     best = top
                     j = tl.min(tl.where(score == top, idx, n), axis=0)
             if j < 0:
-                status = status * 0 + 1
+                stop = stop * 0 + STOP_CORRELATION
             else:
                 tl.store(picked + lo + j, 1)
                 tl.store(state + g * NS + ITS, tl.load(state + g * NS + ITS) + 1)
                 if FACTORED:
                     new_slot = _assign_slot(table, state, slot_of, owner, in_support, g, lo, j, BLOCK_K)
-        tl.store(state + g * NS + STATUS, status)
+        if stop >= 0:
+            tl.store(state + g * NS + STATUS, 1)
+            tl.store(state + g * NS + STOP, stop)
     tl.store(state + g * NS + PENDING, j)
     tl.store(state + g * NS + NEW_SLOT, new_slot)
 
@@ -413,11 +494,13 @@ def _gram_kernel(E, H, G, row_problem, table, state, N, C, D1, bias, ROWS: tl.co
 
 
 @triton.jit
-def _residual_kernel(A, b, r, table, state, dstate, support, weights, d, every, BLOCK_D: tl.constexpr):
-    """Dense: r = b − Σ w_s a_s accumulated in float64, stored float32, and ‖r‖² (the exact residual);
-    a problem whose ‖r‖ reached tol·‖b‖ is done."""
+def _residual_kernel(A, b, r, table, state, dstate, support, weights, L, Lsaved, sup_old, w_old, in_support, d,
+                     every, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Dense: r = b − Σ w_s a_s accumulated in float64, stored float32, and ‖r‖² (the exact residual).
+    After a solve (every = 0) it is the verdict: a residual above the current one undoes the pick."""
     g = tl.program_id(0)
-    if (every != 0) | (tl.load(state + g * NS + PENDING) >= 0):
+    j = tl.load(state + g * NS + PENDING)
+    if (every != 0) | (j >= 0):
         lo = tl.load(table + g * NT + LO)
         cap_at = tl.load(table + g * NT + CAP_AT)
         m = tl.load(state + g * NS + M)
@@ -432,9 +515,14 @@ def _residual_kernel(A, b, r, table, state, dstate, support, weights, d, every, 
             tl.store(r + g * d + d0 + cols, acc.to(tl.float32), mask=live)
             r2 += acc * acc
         total = tl.sum(r2, axis=0)
-        tl.store(dstate + g * ND + R2, total)
-        if (every == 0) & (total <= tl.load(dstate + g * ND + STOP2)):
-            tl.store(state + g * NS + STATUS, 1)
+        if every != 0:
+            tl.store(dstate + g * ND + R2, total)
+        elif total <= tl.load(dstate + g * ND + R2):
+            _accept(state, dstate, g, total, m, tl.load(table + g * NT + BUDGET))
+        else:
+            L_at = tl.load(table + g * NT + L_AT)
+            _restore(state, g, L + L_at, Lsaved + L_at, support + cap_at, weights + cap_at, sup_old + cap_at,
+                     w_old + cap_at, in_support, lo, tl.load(table + g * NT + CAP), j, tl.arange(0, BLOCK_K))
 
 
 @triton.jit
@@ -494,6 +582,9 @@ class _Problems:
         self.wslot = torch.zeros(cap_at[-1], dtype=torch.float32, device=device)
         self.owner = torch.zeros(cap_at[-1], **i64)
         self.L = torch.zeros(L_at[-1], dtype=torch.float64, device=device)
+        self.L_saved = torch.zeros(L_at[-1], dtype=torch.float64, device=device)
+        self.support_old = torch.zeros(cap_at[-1], **i64)
+        self.weights_old = torch.zeros(cap_at[-1], dtype=torch.float64, device=device)
         self.G = torch.zeros(G_at[-1], dtype=torch.float32, device=device)
         self.c = torch.zeros(self.N, dtype=torch.float32, device=device)
         self.picked = torch.zeros(self.N, dtype=torch.int8, device=device)
@@ -509,8 +600,10 @@ class _Problems:
         best0 = torch.zeros(self.P, dtype=torch.float64, device=c0.device)
         best0.scatter_reduce_(0, self.row_problem, score, "amax")
         dev = c0.device
-        live = (torch.tensor(self.budgets, device=dev) > 0) & (torch.tensor(self.sizes, device=dev) > 0) & (b2 > 0)
+        budgets = torch.tensor(self.budgets, device=dev)
+        live = (budgets > 0) & (torch.tensor(self.sizes, device=dev) > 0) & (b2 > 0)
         self.state[:, STATUS] = (~live).long()
+        self.state[:, STOP] = torch.where(budgets == 0, STOP_BUDGET, STOP_TOLERANCE)
         self.state[:, PENDING] = -1
         self.dstate[:, R2] = b2
         self.dstate[:, B2] = b2
@@ -519,7 +612,7 @@ class _Problems:
         self.c.copy_(c0)
 
     def finish(self):
-        """indices (global rows, -1 padded), weights (0 padded), residual, iterations."""
+        """indices (global rows, -1 padded), weights (0 padded), residual, iterations, stop, rejected."""
         dev = self.c.device
         budgets = torch.tensor(self.budgets, device=dev)
         problem = torch.repeat_interleave(torch.arange(self.P, device=dev), budgets)
@@ -530,7 +623,8 @@ class _Problems:
         indices = torch.where(found, self.table[problem, LO] + self.support[at], -1)
         weights = torch.where(found, self.weights[at], 0.0).float()
         residual = self.dstate[:, R2].clamp_min(0).sqrt().float()
-        return indices, weights, residual, self.state[:, ITS].clone()
+        return (indices, weights, residual, self.state[:, ITS].clone(), self.state[:, STOP].clone(),
+                self.state[:, REJECTED].clone())
 
 
 def _run(pb: _Problems, steps) -> None:
@@ -563,8 +657,9 @@ def omp(atoms, targets, offsets: list[int], budgets: list[int], lam: float, posi
     rows_grid = (triton.cdiv(max(N, 1), _ROWS),)
 
     def residual(every):
-        _residual_kernel[(P,)](atoms, targets, r, pb.table, pb.state, pb.dstate, pb.support, pb.weights, d, every,
-                               BLOCK_D=_BLOCK_D)
+        _residual_kernel[(P,)](atoms, targets, r, pb.table, pb.state, pb.dstate, pb.support, pb.weights, pb.L,
+                               pb.L_saved, pb.support_old, pb.weights_old, pb.in_support, d, every,
+                               BLOCK_K=pb.block_k, BLOCK_D=_BLOCK_D)
 
     def correlate(every):
         _correlate_kernel[rows_grid](atoms, r, pb.G, pb.c, pb.wslot, pb.c, pb.row_problem, pb.table, pb.state, N, d,
@@ -575,13 +670,14 @@ def omp(atoms, targets, offsets: list[int], budgets: list[int], lam: float, posi
     correlate(1)
     c0 = pb.c.clone()
     pb.start(c0, pb.dstate[:, R2].clone(), positive, tol)
+    rank = d if lam == 0 else NO_RANK_LIMIT
 
     def steps():
-        _pick_kernel[(P,)](pb.c, pb.picked, pb.table, pb.state, pb.dstate, pb.slot_of, pb.owner, pb.in_support,
+        _pick_kernel[(P,)](pb.c, pb.picked, pb.table, pb.state, pb.dstate, pb.slot_of, pb.owner, pb.in_support, rank,
                            POSITIVE=positive, FACTORED=False, BLOCK_K=pb.block_k, BLOCK_N=_BLOCK_N)
         _solve_kernel[(P,)](atoms, pb.G, c0, pb.table, pb.state, pb.dstate, pb.support, pb.weights, pb.zero,
-                            pb.wslot, pb.slot_of, pb.in_support, pb.L, d, lam, POSITIVE=positive, FACTORED=False,
-                            BLOCK_K=pb.block_k, BLOCK_D=_BLOCK_D)
+                            pb.wslot, pb.slot_of, pb.in_support, pb.L, pb.L_saved, pb.support_old, pb.weights_old, d,
+                            lam, POSITIVE=positive, FACTORED=False, BLOCK_K=pb.block_k, BLOCK_D=_BLOCK_D)
         residual(0)
         correlate(0)
 
@@ -600,15 +696,16 @@ def omp_factored(errors, features, bias: bool, c0, b2, offsets: list[int], budge
         return pb.finish()
     pb.start(c0, b2.double(), positive, tol)
     rows_grid = (triton.cdiv(max(N, 1), _ROWS),)
+    rank = C * (D1 + int(bias)) if lam == 0 else NO_RANK_LIMIT
 
     def steps():
-        _pick_kernel[(P,)](pb.c, pb.picked, pb.table, pb.state, pb.dstate, pb.slot_of, pb.owner, pb.in_support,
+        _pick_kernel[(P,)](pb.c, pb.picked, pb.table, pb.state, pb.dstate, pb.slot_of, pb.owner, pb.in_support, rank,
                            POSITIVE=positive, FACTORED=True, BLOCK_K=pb.block_k, BLOCK_N=_BLOCK_N)
         _gram_kernel[rows_grid](errors, features, pb.G, pb.row_problem, pb.table, pb.state, N, C, D1,
                                 1.0 if bias else 0.0, ROWS=_ROWS, BLOCK_D=_BLOCK_D)
         _solve_kernel[(P,)](errors, pb.G, c0, pb.table, pb.state, pb.dstate, pb.support, pb.weights, pb.zero,
-                            pb.wslot, pb.slot_of, pb.in_support, pb.L, C, lam, POSITIVE=positive, FACTORED=True,
-                            BLOCK_K=pb.block_k, BLOCK_D=_BLOCK_D)
+                            pb.wslot, pb.slot_of, pb.in_support, pb.L, pb.L_saved, pb.support_old, pb.weights_old, C,
+                            lam, POSITIVE=positive, FACTORED=True, BLOCK_K=pb.block_k, BLOCK_D=_BLOCK_D)
         _correlate_kernel[rows_grid](errors, errors, pb.G, c0, pb.wslot, pb.c, pb.row_problem, pb.table, pb.state,
                                      N, 0, 0, pb.kmax, FACTORED=True, ROWS=_ROWS, BLOCK_D=_BLOCK_D)
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import datadiet
+from datadiet.ops import STOP_REASONS
 from datadiet.select import gradmatch
 from select_helpers import last_layer_case
 
@@ -86,6 +87,22 @@ def test_global_mode_and_fill_report():
     assert float(sel.residual[0]) <= 0.2 + 1e-4
     again = gradmatch(e, mode="global", fraction=0.5, tol=0.2)
     assert torch.equal(again.indices, sel.indices)  # the fill is seeded
+    assert sel.fill_reasons == {"tolerance": 1, "rejected": 0, "dropped": 0}
+
+
+def test_per_batch_past_the_rank_stops_and_says_why():
+    # Bias-only gradients p − onehot of 4 classes span 3 dimensions: a per-batch OMP with λ = 0
+    # (CORDS' per-batch default) and a budget of 30 batches runs out of admissible batches.
+    e, _, _ = data(n=600, seed=8)
+    sel = gradmatch(e, mode="per_batch", batch_size=10, fraction=0.5, lam=0.0, positive=False)
+    batches = int(sel.found[0]) // 10
+    assert 3 <= batches < 30 and sel.filled == 300 - 10 * batches
+    reason = STOP_REASONS[int(sel.stop[0])]
+    assert reason in ("no_correlation", "rank") and sel.fill_reasons[reason] == 1
+    assert sel.fill_reasons["rejected"] == int(sel.rejected[0])
+    assert int(sel.iterations[0]) == batches + int(sel.rejected[0])  # no NNLS: every pick admitted or rejected
+    full = gradmatch(e, labels=torch.arange(600) % 4, fraction=0.1)  # within budget: nothing to explain
+    assert full.filled == 0 and full.fill_reasons == {} and full.stop.tolist() == [0, 0, 0, 0]
 
 
 @pytest.mark.parametrize("kwargs, pattern", [

@@ -1,7 +1,8 @@
 """The step-pipeline OMP engines (Triton; CUDA when there is a GPU) against the CPU kernel:
-selections, weights, residuals and iteration counts over λ, non-negativity (NNLS drops and
-re-admissions), tolerance, ragged batches with empty problems and zero budgets, dependent
-atoms, and factorised atoms with Gram-column slot reuse. Triton runs through the interpreter on
+selections, weights, residuals, iteration counts, stop reasons and rejections over λ,
+non-negativity (NNLS drops and re-admissions), tolerance, ragged batches with empty problems and
+zero budgets, dependent atoms, near rank-deficient inputs with budgets past the dimension, and
+factorised atoms with Gram-column slot reuse. Triton runs through the interpreter on
 CPU tensors without a GPU (small shapes); with one, the same tests run compiled, plus larger
 shapes."""
 
@@ -11,6 +12,7 @@ from conftest import DEVICE_BACKENDS
 
 import datadiet
 from datadiet.ops import omp, omp_factored
+from omp_cases import near_rank_deficient
 from select_helpers import last_layer_case, ragged_offsets
 
 ON_GPU = torch.cuda.is_available()
@@ -39,6 +41,7 @@ def assert_same(got, want, ordered=True, w_tol=1e-3, r_tol=1e-4):
     torch.testing.assert_close(got.weights[order_g], want.weights[order_w], rtol=0, atol=w_tol * scale)
     torch.testing.assert_close(got.residual, want.residual, rtol=r_tol, atol=r_tol * float(want.target_norm.max()))
     assert torch.equal(got.iterations, want.iterations)
+    assert torch.equal(got.stop, want.stop) and torch.equal(got.rejected, want.rejected)
 
 
 def both(backend, fn, *tensors, **kw):
@@ -99,6 +102,43 @@ def test_tolerance_zero_target_and_dependent_atoms(backend):
     dup = torch.cat([a[:6], a[:2]])  # rows 6, 7 repeat rows 0, 1: picked, found dependent, skipped
     got, want = both(backend, omp, dup, dup[0] + dup[1] + 0.5 * dup[2], k=8, positive=False)
     assert_same(got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("family", ["low_rank", "duplicated", "batch_means"])
+@pytest.mark.parametrize("positive, lam", [(False, 0.0), (True, 0.0), (False, 0.01), (True, 0.01)])
+def test_near_rank_deficient_equals_cpu(backend, family, positive, lam):
+    # Budgets below, at and past the dimension: the same admissions and rejections (pivot and
+    # residual rules, NNLS restores), stop reasons and a residual that never rises.
+    d = 12 if not ON_GPU else 48
+    a, b = near_rank_deficient(d, seed=4)[family]
+    residuals = []
+    for k in (d - 4, d, d + 6) if not ON_GPU else range(d - 30, d + 21, 5):
+        got, want = both(backend, omp, a, b, k=k, lam=lam, positive=positive)
+        if family == "batch_means":
+            # Nearly parallel atoms: once ‖r‖ is ~1e-4·‖b‖ the float32 dot products of each engine
+            # (other summation orders) pick other atoms; the answers agree to that level.
+            assert int(got.stop) == int(want.stop)
+            assert abs(float(got.residual) - float(want.residual)) <= 1e-4 * float(b.norm())
+        else:
+            assert_same(got, want, ordered=not positive, w_tol=1e-2, r_tol=1e-3)
+        residuals.append(float(got.residual))
+    assert all(r2 <= r1 for r1, r2 in zip(residuals, residuals[1:])), residuals
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_factored_rank_deficient_equals_cpu(backend):
+    e, h, _ = last_layer_case(60, 3, 3, seed=5)
+    h = torch.cat([h, h[:, :1]], 1)  # the gradients span at most 2 · 4 of the 12 dimensions
+    for k in (6, 9, 14):
+        got, want = both(backend, omp_factored, e, h, k=k, lam=0.0, positive=False)
+        assert got.indices.cpu().tolist() == want.indices.tolist()
+        assert int(got.iterations) == int(want.iterations) and int(got.rejected) == int(want.rejected)
+        # At the span the residual is ‖b‖² − 2wᵀp + wᵀGw of float32 entries, rounding around 0
+        # (~1e-4·‖b‖): tolerance (≤ 0) or no correlation left, by the engine's summation order.
+        assert abs(float(got.residual) - float(want.residual)) <= 1e-3 * float(want.target_norm)
+        stops = {int(got.stop), int(want.stop)}
+        assert len(stops) == 1 or stops == {1, 2}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -20,10 +20,11 @@ STABLE_TORCH_LIBRARY(datadiet, m) {
       "int step) -> (Tensor keep, Tensor percentile)");
   m.def(
       "omp(Tensor atoms, Tensor targets, int[] offsets, int[] budgets, float lam, bool positive, float tol) -> "
-      "(Tensor indices, Tensor weights, Tensor residual, Tensor iterations)");
+      "(Tensor indices, Tensor weights, Tensor residual, Tensor iterations, Tensor stop, Tensor rejected)");
   m.def(
       "omp_factored(Tensor errors, Tensor features, bool bias, Tensor c0, Tensor b2, int[] offsets, int[] budgets, float lam, "
-      "bool positive, float tol) -> (Tensor indices, Tensor weights, Tensor residual, Tensor iterations)");
+      "bool positive, float tol) -> (Tensor indices, Tensor weights, Tensor residual, Tensor iterations, Tensor stop, "
+      "Tensor rejected)");
   m.def("average_(Tensor(a!)[] dst, Tensor[] sources, float[] weights) -> ()");
   m.def("lerp_(Tensor(a!)[] dst, Tensor[] other, float alpha) -> ()");
   m.def("magnitude_prune_(Tensor(a!)[] tensors, Tensor(b!)[] masks, int[] keep) -> ()");

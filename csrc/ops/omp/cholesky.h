@@ -7,8 +7,11 @@
 //   L33 must absorb the removed column l32: L33' L33'ᵀ = L33 L33ᵀ + l32 l32ᵀ, a
 //   rank-one update by Givens-like rotations — O(m²).
 // solve: Q w = p by two triangular solves.
+// save / restore: a copy of the factor to return to when a solve that reshaped the support
+// (NNLS) is rejected; truncate(m) returns to the first m atoms (rows depend only on earlier ones).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -23,6 +26,19 @@ class Cholesky {
   explicit Cholesky(int64_t capacity) : cap_(capacity), L_(static_cast<size_t>(capacity * capacity)) {}
 
   int64_t size() const { return m_; }
+
+  void truncate(int64_t m) { m_ = m; }
+
+  // Keeps the first m rows (their m(m+1)/2 entries); restore() brings them back, size m.
+  void save(int64_t m) {
+    saved_.resize(static_cast<size_t>(m * cap_));
+    for (int64_t i = 0; i < m; ++i) std::copy(at(i), at(i) + i + 1, saved_.data() + i * cap_);
+    saved_m_ = m;
+  }
+  void restore() {
+    for (int64_t i = 0; i < saved_m_; ++i) std::copy(saved_.data() + i * cap_, saved_.data() + i * cap_ + i + 1, at(i));
+    m_ = saved_m_;
+  }
 
   // Appends an atom with Q[S, j] = q[0..m) and Q_jj = qjj. Returns false (and leaves
   // the factor unchanged) when the atom is numerically dependent on the support.
@@ -82,8 +98,8 @@ class Cholesky {
   double* at(int64_t r) { return L_.data() + r * cap_; }
   const double* at(int64_t r) const { return L_.data() + r * cap_; }
 
-  int64_t cap_, m_ = 0;
-  std::vector<double> L_;
+  int64_t cap_, m_ = 0, saved_m_ = 0;
+  std::vector<double> L_, saved_;
 };
 
 }  // namespace omp

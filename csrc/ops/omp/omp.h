@@ -4,7 +4,8 @@
 // offsets[g]..offsets[g+1]) with one target row targets[g] and one budget each.
 // Outputs, per problem g at out offset o_g = sum(budgets[:g]): the selected global row
 // indices in support order (-1 after the last), their weights (0 there), the residual
-// norm ‖targets[g] − Σ w_s a_s‖ and the number of iterations run.
+// norm ‖targets[g] − Σ w_s a_s‖, the number of iterations run (picks), why the solve stopped
+// (omp_rules.h) and how many picks were rejected (dependent, or raising the residual).
 #pragma once
 
 #include <cstdint>
@@ -21,7 +22,7 @@ namespace datadiet {
 
 using torch::headeronly::ScalarType;
 using StableTensor = torch::stable::Tensor;
-using OmpOutput = std::tuple<StableTensor, StableTensor, StableTensor, StableTensor>;
+using OmpOutput = std::tuple<StableTensor, StableTensor, StableTensor, StableTensor, StableTensor, StableTensor>;
 
 OmpOutput omp_cpu(const StableTensor& atoms, const StableTensor& targets, std::vector<int64_t> offsets,
                   std::vector<int64_t> budgets, double lam, bool positive, double tol);
@@ -35,7 +36,7 @@ OmpOutput omp_factored_cuda(const StableTensor& errors, const StableTensor& feat
                             std::vector<int64_t> budgets, double lam, bool positive, double tol);
 
 // Bytes of a problem's buffers above which it is refused: n·k float32 Gram columns
-// (factorised atoms) and the k·k float64 Cholesky factor.
+// (factorised atoms) and the k·k float64 Cholesky factor with its saved copy.
 constexpr int64_t kMaxGramBytes = int64_t{8} << 30;
 
 // Checks the problem layout and options; returns the output length sum(budgets).
@@ -53,8 +54,8 @@ inline int64_t check_omp_problems(const char* op, int64_t N, const std::vector<i
              g + 1, "] = ", offsets[g + 1]);
     DD_CHECK(budgets[g] >= 0 && budgets[g] <= n, op, "budget ", budgets[g], " for problem ", g, " of ", n,
              " atoms; need 0 <= budget <= atoms");
-    DD_CHECK(n * budgets[g] * 4 <= kMaxGramBytes && budgets[g] * budgets[g] * 8 <= kMaxGramBytes, op, "problem ", g,
-             " with ", n, " atoms and budget ", budgets[g], " needs ", (n * budgets[g] * 4 + budgets[g] * budgets[g] * 8) >> 20,
+    DD_CHECK(n * budgets[g] * 4 <= kMaxGramBytes && budgets[g] * budgets[g] * 16 <= kMaxGramBytes, op, "problem ", g,
+             " with ", n, " atoms and budget ", budgets[g], " needs ", (n * budgets[g] * 4 + budgets[g] * budgets[g] * 16) >> 20,
              " MiB of Gram columns and Cholesky factor (limit ", kMaxGramBytes >> 20,
              " MiB); split it (per class / per batch)");
     total += budgets[g];
@@ -95,11 +96,14 @@ inline int64_t check_omp_factored_args(const StableTensor& errors, const StableT
   return total;
 }
 
-// indices int64 [total], weights float32 [total], residual float32 [P], iterations int64 [P].
+// indices int64 [total], weights float32 [total], residual float32 [P], iterations, stop and
+// rejected int64 [P].
 inline OmpOutput allocate_omp(const StableTensor& like, int64_t total, int64_t problems) {
   return {torch::stable::new_empty(like, {total}, ScalarType::Long),
           torch::stable::new_empty(like, {total}, ScalarType::Float),
           torch::stable::new_empty(like, {problems}, ScalarType::Float),
+          torch::stable::new_empty(like, {problems}, ScalarType::Long),
+          torch::stable::new_empty(like, {problems}, ScalarType::Long),
           torch::stable::new_empty(like, {problems}, ScalarType::Long)};
 }
 

@@ -15,8 +15,8 @@ namespace {
 
 using simd::dot;
 
-// Atoms are the rows of a dense [n, d] block; correlations come from the explicit
-// residual r = b − Σ w_s a_s (double), c = A r — one pass over the atoms.
+// Atoms are the rows of a dense [n, d] block; the residual is explicit, r = b − Σ w_s a_s
+// (double), and the correlations c = A r — one pass over the atoms.
 struct DenseAtoms {
   const float* a;
   const float* b;
@@ -55,12 +55,15 @@ struct DenseAtoms {
     }
   }
 
-  // One parallel region: each thread builds a slice of r, then (after a barrier) the
-  // correlations of a slice of the rows.
-  double correlations(const int64_t* support, const double* w, int64_t m, float* c) {
+  // ‖r‖², r = b − Σ w_s a_s in float64, and when it is at most r2_max the correlations c = A r,
+  // in one parallel region: each thread builds a slice of r (the slice stays in L1 across the
+  // support), then after a barrier every thread sums the slices' ‖·‖² in the same order and,
+  // on the same verdict, takes a share of the rows.
+  double update(const int64_t* support, const double* w, int64_t m, const double*, double r2_max, float* c) {
     double* rr = r.data();
     float* rp = rf.data();
-    std::vector<double> part(static_cast<size_t>(omp_get_max_threads()), 0.0);  // summed in order
+    std::vector<double> part(static_cast<size_t>(omp_get_max_threads()), 0.0);
+    double r2 = 0.0;
 #pragma omp parallel if (parallel)
     {
       const int threads = omp_get_num_threads(), me = omp_get_thread_num();
@@ -73,11 +76,14 @@ struct DenseAtoms {
       }
       part[me] = sq;
 #pragma omp barrier
+      double total = 0.0;
+      for (int t = 0; t < threads; ++t) total += part[t];
+      if (me == 0) r2 = total;
+      if (total <= r2_max) {
 #pragma omp for schedule(static)
-      for (int64_t i = 0; i < n; ++i) c[i] = dot(row(i), rp, d);
+        for (int64_t i = 0; i < n; ++i) c[i] = dot(row(i), rp, d);
+      }
     }
-    double r2 = 0.0;
-    for (const double x : part) r2 += x;
     return r2;
   }
 };
@@ -107,7 +113,7 @@ OmpOutput omp_cpu(const StableTensor& atoms, const StableTensor& targets, std::v
   const bool one = problems == 1;
   solve_problems(out, offsets, budgets, [&](int64_t g) {
     DenseAtoms src{a + offsets[g] * d, b + g * d, offsets[g + 1] - offsets[g], d, one};
-    return omp::solve(src, omp::Options{budgets[g], lam, positive, tol});
+    return omp::solve(src, omp::Options{budgets[g], lam, positive, tol, d});
   });
   return out;
 }

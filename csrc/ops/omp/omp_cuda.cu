@@ -2,7 +2,8 @@
 // dense atom source — a new atom's inner products with the support are warp dot products
 // over its row, and the correlations come from the explicit residual: one block per
 // problem builds r = b − Σ w_s a_s in float64 (and ‖r‖², the exact residual), then one warp
-// per row computes c_i = ⟨a_i, r⟩ for the rows of problems that changed this step.
+// per row computes c_i = ⟨a_i, r⟩ for the rows of problems that changed this step. The
+// residual kernel gives each step's verdict: a residual above the current one undoes the pick.
 #include <torch/csrc/stable/library.h>
 
 #include "ops/omp/omp_steps_cuda.cuh"
@@ -31,16 +32,21 @@ struct DenseSource {
     return p.q[m];
   }
 
-  __device__ void solved(const Problem&, const Buffers&, int64_t) const {}  // residual_kernel follows
+  // The residual kernel that follows gives the verdict.
+  __device__ void solved(const Problem& p, const Buffers& b, int64_t m, int64_t) const {
+    if (threadIdx.x == 0) b.state[p.g * kStateCols + M] = m;
+  }
 };
 
 // r = b − Σ w_s a_s (float64, stored float32) and ‖r‖² for problems that changed (all when
-// `first`, which also records ‖b‖²); a problem with ‖r‖ <= tol·‖b‖ is done.
+// `first`, which records ‖b‖²). After a solve it is the verdict: the pick stays if ‖r‖² did not
+// rise (and the problem is done at its budget or at ‖r‖ <= tol·‖b‖), else it is undone.
 __global__ void residual_kernel(Buffers b, const float* atoms, const float* targets, float* r, int64_t d,
                                 bool first) {
   const int64_t g = blockIdx.x;
   int64_t* st = b.state + g * kStateCols;
-  if (!first && st[PENDING] < 0) return;
+  const int64_t j = st[PENDING];
+  if (!first && j < 0) return;
   const Problem p(b, g);
   const int64_t m = st[M];
   double part = 0.0;
@@ -50,12 +56,14 @@ __global__ void residual_kernel(Buffers b, const float* atoms, const float* targ
     r[g * d + t] = static_cast<float>(acc);
     part += acc * acc;
   }
-  const double r2 = block_sum(part);
-  if (threadIdx.x == 0) {
-    double* real = b.real + g * kRealCols;
-    real[R2] = r2;
-    if (first) real[B2] = r2;
-    else if (r2 <= real[STOP2]) st[STATUS] = 1;
+  double* real = b.real + g * kRealCols;
+  const double current = real[R2], r2 = block_sum(part);  // read before accept writes
+  if (first) {
+    if (threadIdx.x == 0) real[R2] = r2, real[B2] = r2;
+  } else if (r2 <= current) {
+    accept(p, b, r2, m);
+  } else {
+    restore(p, b, j);
   }
 }
 
@@ -85,7 +93,7 @@ OmpOutput omp_cuda(const StableTensor& atoms, const StableTensor& targets, std::
   const int64_t problems = static_cast<int64_t>(budgets.size()), rows = atoms.size(0), d = atoms.size(1);
   OmpOutput out = allocate_omp(atoms, total, problems);
   if (problems == 0) return out;
-  Workspace ws(atoms, offsets, budgets, /*factored=*/false, lam, stream);
+  Workspace ws(atoms, offsets, budgets, /*factored=*/false, lam, d, stream);
   StableTensor residual = torch::stable::new_empty(atoms, {problems * d + 1}, ScalarType::Float);
   float* r = residual.mutable_data_ptr<float>();
   const float *a = atoms.const_data_ptr<float>(), *b = targets.const_data_ptr<float>();

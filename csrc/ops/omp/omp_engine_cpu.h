@@ -5,27 +5,27 @@
 //
 // One iteration: pick j = argmax c_j (w ≥ 0) or argmax |c_j| among atoms never picked,
 // c the correlations of the atoms with the current residual; append j's row to the
-// Cholesky factor of Q = G_SS + λI from the inner products ⟨a_s, a_j⟩, s ∈ S (an atom
-// numerically dependent on S is skipped for good); solve Q w = p, p_s = ⟨a_s, b⟩; with
-// w ≥ 0 asked and a negative coefficient, run Lawson–Hanson's active-set NNLS on the
-// support (warm-started at the previous weights, the factor downdated and updated as
-// atoms leave and re-enter the passive set) and drop the atoms it leaves at zero (they
-// are never picked again); recompute the correlations. No A_S A_Sᵀ + λI is rebuilt and
-// no least-squares problem re-solved: an iteration is O(|S|·d + |S|²) plus the source's
-// correlation pass.
+// Cholesky factor of Q = G_SS + λI from the inner products ⟨a_s, a_j⟩, s ∈ S; solve Q w = p,
+// p_s = ⟨a_s, b⟩; with w ≥ 0 asked and a negative coefficient, run Lawson–Hanson's active-set
+// NNLS on the support (warm-started at the previous weights, the factor downdated and updated
+// as atoms leave and re-enter the passive set) and drop the atoms it leaves at zero (they
+// are never picked again); take the new residual, and only then the correlations. An atom
+// with a too-small pivot, or whose solve would raise the residual, is rejected and the state
+// restored (omp_rules.h). No A_S A_Sᵀ + λI is rebuilt and no least-squares problem re-solved:
+// an iteration is O(|S|·d + |S|²) plus the source's correlation pass.
 //
 // The atom source (Source) supplies the data-dependent pieces:
 //   int64_t size()                                 atoms in the problem
 //   void target(float* c0, double* b2)             c0 = ⟨a_i, b⟩ for all i, b2 = ‖b‖²
 //   double inner(int64_t i, int64_t j)             ⟨a_i, a_j⟩
 //   void column(int64_t j, const int64_t* S, int64_t m, double* q)   q_s = ⟨a_{S_s}, a_j⟩
-//   double correlations(const int64_t* S, const double* w, int64_t m, float* c)
-//       c = A (b − Σ w_s a_s); returns ‖b − Σ w_s a_s‖² if it has it, else NaN
-//       (the engine then uses ‖r‖² = ‖b‖² − wᵀp − λ‖w‖², exact for the solved w).
+//   double update(const int64_t* S, const double* w, int64_t m, const double* p, double r2_max, float* c)
+//       returns ‖b − Σ w_s a_s‖² (p_s = ⟨a_{S_s}, b⟩) and, when that is at most r2_max, sets
+//       the correlations c = A (b − Σ w_s a_s)
 // `parallel` lets the source spread its loops over the OpenMP team.
 //
-// Stops at k atoms, at ‖r‖ ≤ tol·‖b‖, when no atom has a positive (|c| > 0)
-// correlation above 1e-6 of the largest initial one, or when every atom was tried.
+// Stops (omp_rules.h) at k atoms, at ‖r‖ ≤ tol·‖b‖, when no unpicked atom correlates above the
+// floor, or (λ = 0) when the support has as many atoms as the atoms have dimensions.
 #pragma once
 
 #include <algorithm>
@@ -35,6 +35,7 @@
 
 #include "ops/omp/cholesky.h"
 #include "ops/omp/omp.h"
+#include "ops/omp/omp_rules.h"
 
 namespace datadiet {
 namespace omp {
@@ -44,6 +45,8 @@ struct Solution {
   std::vector<double> weights;
   double residual = 0.0;  // ‖b − Σ w_s a_s‖
   int64_t iterations = 0;
+  int64_t stop = kStopBudget;
+  int64_t rejected = 0;  // picks not admitted: dependent, or raising the residual
 };
 
 struct Options {
@@ -51,10 +54,8 @@ struct Options {
   double lam;
   bool positive;
   double tol;
+  int64_t dimension;  // of the atoms (λ = 0: no support grows past it)
 };
-
-constexpr double kDependentEps = 1e-9;    // Schur complement below this fraction of Q_jj: dependent
-constexpr double kMinCorrelation = 1e-6;  // relative to the largest initial correlation
 
 template <typename Source>
 class Solver {
@@ -65,25 +66,10 @@ class Solver {
   Solution run() {
     Solution out;
     src_.target(c0_.data(), &b2_);
-    out.residual = std::sqrt(b2_);
-    if (opt_.budget == 0 || n_ == 0 || !(b2_ > 0.0)) return out;
-    c_ = c0_;
-    double best0 = 0.0;
-    for (int64_t i = 0; i < n_; ++i) best0 = std::max(best0, score(c0_[i]));
-    const double floor = kMinCorrelation * best0, stop2 = opt_.tol * opt_.tol * b2_;
-    double r2 = b2_;
-    while (static_cast<int64_t>(support_.size()) < opt_.budget && r2 > stop2) {
-      const int64_t j = pick(floor);
-      if (j < 0) break;
-      ++out.iterations;
-      picked_[j] = 1;
-      if (!admit(j)) continue;
-      w_.push_back(0.0);  // the NNLS warm start: previous weights, the new atom at 0
-      solve_weights();
-      const double exact = src_.correlations(support_.data(), w_.data(), size(), c_.data());
-      r2 = std::isnan(exact) ? formula_residual2() : exact;
-    }
-    out.residual = std::sqrt(std::max(r2, 0.0));
+    r2_ = b2_;
+    if (opt_.budget > 0 && n_ > 0 && b2_ > 0.0) out.stop = iterate(out);
+    else out.stop = opt_.budget == 0 ? kStopBudget : kStopTolerance;
+    out.residual = std::sqrt(std::max(r2_, 0.0));
     out.support = support_;
     out.weights = w_;
     return out;
@@ -93,6 +79,23 @@ class Solver {
   int64_t size() const { return static_cast<int64_t>(support_.size()); }
   double score(float c) const { return opt_.positive ? c : std::fabs(c); }
 
+  Stop iterate(Solution& out) {
+    c_ = c0_;
+    double best0 = 0.0;
+    for (int64_t i = 0; i < n_; ++i) best0 = std::max(best0, score(c0_[i]));
+    const double floor = kMinCorrelation * best0, stop2 = opt_.tol * opt_.tol * b2_;
+    while (true) {
+      if (size() >= opt_.budget) return kStopBudget;
+      if (r2_ <= stop2) return kStopTolerance;
+      if (opt_.lam == 0.0 && size() >= opt_.dimension) return kStopRank;
+      const int64_t j = pick(floor);
+      if (j < 0) return kStopCorrelation;
+      ++out.iterations;
+      picked_[j] = 1;
+      if (!advance(j)) ++out.rejected;
+    }
+  }
+
   int64_t pick(double floor) const {
     int64_t j = -1;
     double best = floor;
@@ -101,11 +104,32 @@ class Solver {
     return j;
   }
 
-  // Appends atom j to the support and the factor; false if it is dependent.
+  // Admits atom j and re-solves; false (state unchanged) when j is dependent or the solve
+  // would raise the residual.
+  bool advance(int64_t j) {
+    const int64_t m0 = size();
+    if (!admit(j)) return false;
+    const std::vector<int64_t> support0(support_.begin(), support_.end() - 1);
+    const std::vector<double> w0 = w_;
+    w_.push_back(0.0);  // the NNLS warm start: previous weights, the new atom at 0
+    const bool reshaped = solve_weights(m0);
+    const double r2 = src_.update(support_.data(), w_.data(), size(), rhs().data(), r2_, c_.data());
+    if (!(r2 <= r2_)) {
+      if (reshaped) chol_.restore();
+      else chol_.truncate(m0);
+      support_ = support0;
+      w_ = w0;
+      return false;
+    }
+    r2_ = r2;
+    return true;
+  }
+
+  // Appends atom j to the support and the factor; false if its pivot is too small.
   bool admit(int64_t j) {
     std::vector<double> q(support_.size());
     src_.column(j, support_.data(), size(), q.data());
-    if (!chol_.append(q.data(), src_.inner(j, j) + opt_.lam, kDependentEps)) return false;
+    if (!chol_.append(q.data(), src_.inner(j, j) + opt_.lam, kPivotEps)) return false;
     support_.push_back(j);
     return true;
   }
@@ -126,13 +150,17 @@ class Solver {
     return std::all_of(z.begin(), z.end(), [](double v) { return v > 0.0; });
   }
 
-  void solve_weights() {
+  // The weights on the support; true when the NNLS ran (the factor saved at its first m0
+  // rows first, as the NNLS reshapes it).
+  bool solve_weights(int64_t m0) {
     std::vector<double> z = unconstrained();
     if (!opt_.positive || all_positive(z)) {
       w_ = z;
-      return;
+      return false;
     }
+    chol_.save(m0);
     nnls(z);
+    return true;
   }
 
   // Lawson–Hanson on the support: passive set = support_ (factor in that order), zero
@@ -140,7 +168,8 @@ class Solver {
   void nnls(std::vector<double> z) {
     std::vector<double> x = w_;
     std::vector<int64_t> zero;
-    for (int64_t guard = 0; guard < 6 * opt_.budget + 10; ++guard) {
+    const int64_t guard_max = nnls_guard(size());
+    for (int64_t guard = 0; guard < guard_max; ++guard) {
       if (all_positive(z)) {
         x = z;
         if (!readmit(x, zero)) break;  // no zero-set atom has a positive gradient: optimal
@@ -175,7 +204,7 @@ class Solver {
   bool readmit(std::vector<double>& x, std::vector<int64_t>& zero) {
     while (!zero.empty()) {
       int64_t best = -1;
-      double best_grad = 1e-12 * std::sqrt(b2_);
+      double best_grad = kReadmitEps * std::sqrt(b2_);
       for (size_t t = 0; t < zero.size(); ++t) {
         double grad = c0_[zero[t]];
         for (size_t s = 0; s < support_.size(); ++s) grad -= src_.inner(zero[t], support_[s]) * x[s];
@@ -192,18 +221,11 @@ class Solver {
     return false;
   }
 
-  double formula_residual2() const {
-    const std::vector<double> p = rhs();
-    double r2 = b2_;
-    for (size_t s = 0; s < w_.size(); ++s) r2 -= w_[s] * p[s] + opt_.lam * w_[s] * w_[s];
-    return r2;
-  }
-
   Source& src_;
   const int64_t n_;
   const Options opt_;
   Cholesky chol_;
-  double b2_ = 0.0;
+  double b2_ = 0.0, r2_ = 0.0;  // ‖b‖², the residual² of the current weights
   std::vector<float> c0_, c_;    // correlations with the target / the residual
   std::vector<uint8_t> picked_;  // never pick twice
   std::vector<int64_t> support_;
@@ -219,7 +241,8 @@ Solution solve(Source& src, const Options& opt) {
 
 // Runs solve(g) -> omp::Solution for every problem — in parallel, one per thread, when
 // there are several (a single problem parallelises inside) — and writes the outputs:
-// global indices (offsets[g] + local) padded with -1, weights padded with 0.
+// global indices (offsets[g] + local) padded with -1, weights padded with 0, and per problem
+// the residual, iterations, stop reason and rejected picks.
 template <typename Solve>
 void solve_problems(OmpOutput& out, const std::vector<int64_t>& offsets, const std::vector<int64_t>& budgets,
                     const Solve& solve) {
@@ -228,6 +251,8 @@ void solve_problems(OmpOutput& out, const std::vector<int64_t>& offsets, const s
   float* wts = std::get<1>(out).mutable_data_ptr<float>();
   float* res = std::get<2>(out).mutable_data_ptr<float>();
   int64_t* its = std::get<3>(out).mutable_data_ptr<int64_t>();
+  int64_t* stop = std::get<4>(out).mutable_data_ptr<int64_t>();
+  int64_t* rejected = std::get<5>(out).mutable_data_ptr<int64_t>();
   std::vector<int64_t> out_at(problems + 1, 0);
   for (int64_t g = 0; g < problems; ++g) out_at[g + 1] = out_at[g] + budgets[g];
   auto one = [&](int64_t g) {
@@ -239,6 +264,8 @@ void solve_problems(OmpOutput& out, const std::vector<int64_t>& offsets, const s
     }
     res[g] = static_cast<float>(sol.residual);
     its[g] = sol.iterations;
+    stop[g] = sol.stop;
+    rejected[g] = sol.rejected;
   };
   if (problems == 1) {
     one(0);

@@ -2,15 +2,15 @@
 // factors E [N, C] (p − onehot) and H [N, D1] (the layer's inputs; with `bias`, h̃ = [h, 1]
 // without the 1 ever being stored), never forming the N × C·D1 matrix. With
 // ⟨g_i, g_j⟩ = (e_i·e_j)(h_i·h_j + bias) a new atom's Gram column costs O(n·(C + D1)); the
-// correlations with the residual are c = c0 − G[:, S] w from stored Gram columns
-// (O(n·|S|)), so no iteration touches C·D1-sized data. c0 (the atoms' correlations with
+// correlations with the residual are c = c0 − G[:, S] w and the residual comes from the
+// support's entries of the stored Gram columns (O(n·|S|) and O(|S|²)), so no iteration
+// touches C·D1-sized data. c0 (the atoms' correlations with
 // the target) and ‖b‖² come from the caller, who computes them with two matmuls per
 // problem. The engine is omp_engine_cpu.h.
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 
 #include "common/simd_cpu.h"
 #include "ops/omp/omp.h"
@@ -29,6 +29,8 @@ struct FactoredAtoms {
   bool parallel;
   std::vector<float> G = std::vector<float>(static_cast<size_t>(n * capacity));  // [n, capacity]
   std::vector<int64_t> slot_of = std::vector<int64_t>(static_cast<size_t>(n), -1);
+  std::vector<double> wd = std::vector<double>(static_cast<size_t>(capacity));  // weights by slot
+  std::vector<float> wf = std::vector<float>(static_cast<size_t>(capacity));
   int64_t used = 0;
 
   int64_t size() const { return n; }
@@ -73,13 +75,29 @@ struct FactoredAtoms {
     used = to;
   }
 
-  double correlations(const int64_t* support, const double* w, int64_t m, float* c) const {
-    std::vector<float> wf(static_cast<size_t>(capacity), 0.0f);  // weights by slot, 0 elsewhere
-    for (int64_t s = 0; s < m; ++s) wf[slot_of[support[s]]] = static_cast<float>(w[s]);
-    const float *g = G.data(), *wp = wf.data();
+  // ‖b‖² − 2wᵀp + wᵀG_SS w from the stored Gram columns, in float64 (the residual of these
+  // weights whether or not they solve the system exactly), and when it is at most r2_max the
+  // correlations c = c0 − G[:, slots] w.
+  double update(const int64_t* support, const double* w, int64_t m, const double* p, double r2_max, float* c) {
+    std::fill(wd.begin(), wd.end(), 0.0);
+    for (int64_t s = 0; s < m; ++s) wd[slot_of[support[s]]] = w[s];
+    double quad = 0.0, fit = 0.0;
+#pragma omp parallel for schedule(static) reduction(+ : quad) if (parallel && m * used > 65536)
+    for (int64_t s = 0; s < m; ++s) {
+      const float* gs = G.data() + support[s] * capacity;
+      double gw = 0.0;
+      for (int64_t t = 0; t < used; ++t) gw += gs[t] * wd[t];
+      quad += w[s] * gw;
+    }
+    for (int64_t s = 0; s < m; ++s) fit += w[s] * p[s];
+    const double r2 = b2 - 2.0 * fit + quad;
+    if (r2 <= r2_max) {
+      for (int64_t t = 0; t < used; ++t) wf[t] = static_cast<float>(wd[t]);
+      const float *g = G.data(), *wp = wf.data();
 #pragma omp parallel for schedule(static) if (parallel)
-    for (int64_t i = 0; i < n; ++i) c[i] = c0[i] - dot(g + i * capacity, wp, used);
-    return std::numeric_limits<double>::quiet_NaN();  // the engine's ‖b‖² − wᵀp − λ‖w‖²
+      for (int64_t i = 0; i < n; ++i) c[i] = c0[i] - dot(g + i * capacity, wp, used);
+    }
+    return r2;
   }
 };
 
@@ -100,7 +118,7 @@ OmpOutput omp_factored_cpu(const StableTensor& errors, const StableTensor& featu
     const int64_t lo = offsets[g];
     FactoredAtoms src{e + lo * C, h + lo * D1, c + lo, static_cast<double>(bb[g]), offsets[g + 1] - lo,
                       C, D1, std::max<int64_t>(budgets[g], 1), bias ? 1.0f : 0.0f, one};
-    return omp::solve(src, omp::Options{budgets[g], lam, positive, tol});
+    return omp::solve(src, omp::Options{budgets[g], lam, positive, tol, C * (D1 + (bias ? 1 : 0))});
   });
   return out;
 }

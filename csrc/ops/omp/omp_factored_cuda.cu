@@ -3,8 +3,8 @@
 // pick's Gram column (e_i·e_j)(h_i·h_j + bias) is computed
 // once, one warp per row, into the slot the pick kernel gave it (slots of atoms that left
 // the support are handed out again, so no columns move); the support's inner products are
-// read from the stored columns and the correlations are c = c0 − G[:, slots] w. No
-// iteration touches C·D1-sized data.
+// read from the stored columns, the residual is ‖b‖² − 2wᵀp + wᵀG_SS w from them, and the
+// correlations are c = c0 − G[:, slots] w. No iteration touches C·D1-sized data.
 #include <torch/csrc/stable/library.h>
 
 #include "ops/omp/omp_steps_cuda.cuh"
@@ -27,24 +27,29 @@ struct FactoredSource {
     return column_of(p, b, j)[slot];
   }
 
-  // No C × D residual is formed: ‖r‖² = ‖b‖² − wᵀp − λ‖w‖², exact for the solved w; the
-  // weights are scattered by slot for the correlation pass.
-  __device__ void solved(const Problem& p, const Buffers& b, int64_t m) const {
+  // The verdict. No C × D residual is formed: ‖r‖² = ‖b‖² − 2wᵀp + wᵀG_SS w from the stored
+  // columns (float64 sums; the residual of these weights whether or not they solve the system
+  // exactly), one support row per thread. A kept solve scatters its weights by slot for the
+  // correlation pass; one whose residual rose is undone.
+  __device__ void solved(const Problem& p, const Buffers& b, int64_t m, int64_t j) const {
     double part = 0.0;
     for (int64_t s = threadIdx.x; s < m; s += kThreads) {
-      const double w = p.w[s];
-      part += w * b.c0[p.lo + p.sup[s]] + b.lam * w * w;
+      const float* gs = column_of(p, b, p.sup[s]);
+      double gw = 0.0;
+      for (int64_t t = 0; t < m; ++t) gw += static_cast<double>(gs[b.slot_of[p.lo + p.sup[t]]]) * p.w[t];
+      part += p.w[s] * (gw - 2.0 * b.c0[p.lo + p.sup[s]]);
     }
-    const double fit = block_sum(part);
+    const double* real = b.real + p.g * kRealCols;
+    const double current = real[R2], r2 = real[B2] + block_sum(part);  // read before accept writes
+    if (!(r2 <= current)) {
+      restore(p, b, j);
+      return;
+    }
     for (int64_t s = threadIdx.x; s < p.cap; s += kThreads) p.wslot[s] = 0.0f;
     __syncthreads();
     for (int64_t s = threadIdx.x; s < m; s += kThreads)
       p.wslot[b.slot_of[p.lo + p.sup[s]]] = static_cast<float>(p.w[s]);
-    if (threadIdx.x == 0) {
-      double* real = b.real + p.g * kRealCols;
-      real[R2] = real[B2] - fit;
-    }
-    __syncthreads();
+    accept(p, b, r2, m);
   }
 };
 
@@ -94,10 +99,10 @@ OmpOutput omp_factored_cuda(const StableTensor& errors, const StableTensor& feat
   const int64_t problems = static_cast<int64_t>(budgets.size()), rows = errors.size(0);
   OmpOutput out = allocate_omp(errors, total, problems);
   if (problems == 0) return out;
-  Workspace ws(errors, offsets, budgets, /*factored=*/true, lam, stream);
+  const int64_t C = errors.size(1), D1 = features.size(1);
+  Workspace ws(errors, offsets, budgets, /*factored=*/true, lam, C * (D1 + (bias ? 1 : 0)), stream);
   ws.b.c0 = c0.const_data_ptr<float>();
   const float *e = errors.const_data_ptr<float>(), *h = features.const_data_ptr<float>();
-  const int64_t C = errors.size(1), D1 = features.size(1);
   const unsigned P = static_cast<unsigned>(problems), blocks = row_blocks(rows);
   start_kernel<<<P, kThreads, 0, stream>>>(ws.b, b2.const_data_ptr<float>(), positive, tol);
   check_launch(op);

@@ -1,25 +1,32 @@
 // The CUDA engine of datadiet::omp and datadiet::omp_factored: batched OMP as a pipeline
 // of steps, every problem advancing one atom per step, with no host synchronisation inside
-// a round. The algorithm is the CPU engine's (omp_engine_cpu.h); the Triton engine
-// (kernels/omp.py) runs the same steps, kernel for kernel.
+// a round. The algorithm and its admission and stopping rules are the CPU engine's
+// (omp_engine_cpu.h, omp_rules.h); the Triton engine (kernels/omp.py) runs the same steps,
+// kernel for kernel.
 //
 // One step launches, on the current stream:
 //   pick_kernel       one block per problem: stop checks, argmax over the unpicked atoms
 //                     (ties to the lower index) above the correlation floor, and for
 //                     factorised atoms a Gram-column slot for the pick;
 //   source kernels    factorised: the pick's Gram column (gram_kernel);
-//   solve_kernel      one block per problem: append to the Cholesky factor, triangular
-//                     solves, warm-started Lawson–Hanson NNLS (Givens downdates,
-//                     re-admission by the largest positive gradient), the weights;
-//   source kernels    dense: residual r = b − Σ w_s a_s (float64) and c = A r; factorised:
-//                     c = c0 − G[:, slots] w.
-// Done problems (budget reached, ‖r‖ ≤ tol·‖b‖, no atom above the floor) skip every kernel.
-// The host runs rounds of steps and reads the status once per round: atoms found dependent
-// or dropped by the NNLS do not count towards the budget, so one round of max(budget)
+//   solve_kernel      one block per problem: append to the Cholesky factor (unless the pivot
+//                     is too small), triangular solves, warm-started Lawson–Hanson NNLS
+//                     (Givens downdates, re-admission by the largest positive gradient), the
+//                     weights; the previous support and weights (and, before an NNLS, the
+//                     factor) are kept to undo the pick; factorised: the residual from the
+//                     stored Gram columns and the verdict;
+//   source kernels    dense: residual r = b − Σ w_s a_s (float64) with the verdict, and
+//                     c = A r; factorised: c = c0 − G[:, slots] w.
+// A pick whose residual would rise is undone (restore) and clears PENDING, so the later
+// kernels of the step skip its problem. Done problems (budget reached, ‖r‖ ≤ tol·‖b‖, no atom
+// above the floor, λ = 0 and as many atoms as dimensions) skip every kernel and record why.
+// The host runs rounds of steps and reads the status once per round: rejected atoms and
+// atoms dropped by the NNLS do not count towards the budget, so one round of max(budget)
 // steps may not finish every problem.
 //
-// Memory: per problem, vectors of its capacity cap = max(budget, 1) (support, weights, NNLS
-// zero set, solve scratch) and a cap × cap float64 factor; block-level vector operations
+// Memory: per problem, vectors of its capacity cap = max(budget, 1) (support, weights, their
+// copies before the pick, NNLS zero set, solve scratch) and two cap × cap float64 factors (the
+// factor and its copy before an NNLS); block-level vector operations
 // run as thread-strided loops over them, with __syncthreads() between dependent passes.
 // All control flow in the per-problem kernels is uniform across the block: every thread
 // computes the same scalars from the same (synchronised) memory.
@@ -37,19 +44,22 @@
 
 #include "common/cuda_stream.h"
 #include "ops/omp/omp.h"
+#include "ops/omp/omp_rules.h"
 
 namespace datadiet {
 namespace ompcuda {
 
+using namespace omp;  // the rules: kPivotEps, kMinCorrelation, kReadmitEps, stop codes, nnls_guard
+
 constexpr int kThreads = 128;  // per-problem blocks
-constexpr double kDependentEps = 1e-9;
-constexpr double kMinCorrelation = 1e-6;
-constexpr double kReadmitEps = 1e-12;
 
 // Per-problem layout table (int64 [P, kLayoutCols]).
 enum Layout : int { LO, N, BUDGET, CAP, CAP_AT, L_AT, G_AT, kLayoutCols };
 // Per-problem state (int64 [P, kStateCols]) and float64 state (double [P, kRealCols]).
-enum StateCol : int { STATUS, M, ITS, PENDING, NEW_SLOT, USED, kStateCols };
+// PENDING: this step's pick, -1 none (or rejected); M_OLD: the support size before it; SAVED:
+// whether its NNLS saved the factor first; STOP: why the problem is done; REJECTED: picks not
+// admitted.
+enum StateCol : int { STATUS, M, ITS, PENDING, NEW_SLOT, USED, STOP, REJECTED, M_OLD, SAVED, kStateCols };
 enum RealCol : int { R2, B2, FLOOR, STOP2, kRealCols };
 
 // Device pointers of one batched call.
@@ -59,11 +69,14 @@ struct Buffers {
   double* real;
   int64_t* support;  // [Σ cap] local atom indices, support order
   double* weights;   // [Σ cap]
+  int64_t* sup_old;  // [Σ cap] the support before this step's pick
+  double* w_old;     // [Σ cap] its weights
   int64_t* zero;     // [Σ cap] the NNLS zero set
   double* q;         // [Σ cap] a Gram column on the support
   double* y;         // [Σ cap] triangular-solve scratch (the unconstrained solution)
   double* x;         // [Σ cap] the column dropped by a factor downdate
   double* L;         // [Σ cap²]
+  double* L_saved;   // [Σ cap²] the factor before this step's NNLS
   int64_t* owner;    // [Σ cap] factorised: the atom holding each Gram-column slot
   float* wslot;      // [Σ cap] factorised: weights by slot, 0 for slots off the support
   float* c;          // [N] correlations with the residual
@@ -75,13 +88,14 @@ struct Buffers {
   const int64_t* offsets;  // [P + 1]
   int64_t problems, rows;
   double lam;
+  int64_t rank;  // λ = 0: the atoms' dimension (no support grows past it); else no limit
 };
 
 // The vectors and factor of one problem.
 struct Problem {
   int64_t g, lo, n, budget, cap;
-  int64_t* sup;
-  double *w, *q, *y, *x, *L;
+  int64_t *sup, *sup_old;
+  double *w, *w_old, *q, *y, *x, *L, *L_saved;
   int64_t* zero;
   float* wslot;
   int64_t* owner;
@@ -92,8 +106,9 @@ struct Problem {
     lo = t[LO], n = t[N], budget = t[BUDGET], cap = t[CAP], G_at = t[G_AT];
     const int64_t at = t[CAP_AT];
     sup = b.support + at, w = b.weights + at, q = b.q + at, y = b.y + at, x = b.x + at;
+    sup_old = b.sup_old + at, w_old = b.w_old + at;
     zero = b.zero + at, wslot = b.wslot + at, owner = b.owner + at;
-    L = b.L + t[L_AT];
+    L = b.L + t[L_AT], L_saved = b.L_saved + t[L_AT];
   }
   __device__ double* row(int64_t i) const { return L + i * cap; }
 };
@@ -233,7 +248,7 @@ __device__ int64_t admit(const Problem& p, const Buffers& b, const Source& src, 
   double part = 0.0;
   for (int64_t s = threadIdx.x; s < m; s += kThreads) part += p.q[s] * p.q[s];
   const double d2 = diag - block_sum(part);
-  if (!(d2 > kDependentEps * diag)) return m;
+  if (!(d2 > kPivotEps * diag)) return m;
   double* row = p.row(m);
   for (int64_t s = threadIdx.x; s < m; s += kThreads) row[s] = p.q[s];
   if (threadIdx.x == 0) {
@@ -287,7 +302,8 @@ __device__ __forceinline__ double ratio(const Problem& p, int64_t s) {
 template <typename Source>
 __device__ int64_t nnls(const Problem& p, const Buffers& b, const Source& src, int64_t m, double threshold) {
   int64_t nzero = 0;
-  for (int64_t guard = 0; guard < 6 * p.budget + 10; ++guard) {
+  const int64_t guard_max = nnls_guard(m);
+  for (int64_t guard = 0; guard < guard_max; ++guard) {
     double low = DBL_MAX;
     for (int64_t s = threadIdx.x; s < m; s += kThreads) low = fmin(low, p.y[s]);
     if (block_min(low) > 0.0) {
@@ -328,6 +344,51 @@ __device__ int64_t nnls(const Problem& p, const Buffers& b, const Source& src, i
   return m;
 }
 
+// The first m rows of an m × m lower-triangular factor, src to dst.
+__device__ inline void copy_rows(const Problem& p, const double* src, double* dst, int64_t m) {
+  __syncthreads();
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t c = threadIdx.x; c <= i; c += kThreads) dst[i * p.cap + c] = src[i * p.cap + c];
+  __syncthreads();
+}
+
+// Keeps this step's solve: its residual, support size, and whether the budget or the
+// tolerance is reached.
+__device__ inline void accept(const Problem& p, const Buffers& b, double r2, int64_t m) {
+  if (threadIdx.x == 0) {
+    int64_t* st = b.state + p.g * kStateCols;
+    double* real = b.real + p.g * kRealCols;
+    real[R2] = r2;
+    st[M] = m;
+    if (m >= p.budget) st[STATUS] = 1, st[STOP] = kStopBudget;
+    else if (r2 <= real[STOP2]) st[STATUS] = 1, st[STOP] = kStopTolerance;
+  }
+  __syncthreads();
+}
+
+// Undoes this step's pick j: the support, weights and factor (from the saved copy when the
+// NNLS reshaped it; otherwise its first rows are untouched) as before the pick; a rejection.
+__device__ inline void restore(const Problem& p, const Buffers& b, int64_t j) {
+  int64_t* st = b.state + p.g * kStateCols;
+  __syncthreads();
+  const int64_t m0 = st[M_OLD];
+  if (st[SAVED]) copy_rows(p, p.L_saved, p.L, m0);
+  if (threadIdx.x == 0) b.in_support[p.lo + j] = 0;
+  __syncthreads();
+  for (int64_t s = threadIdx.x; s < m0; s += kThreads) {
+    p.sup[s] = p.sup_old[s];
+    p.w[s] = p.w_old[s];
+    b.in_support[p.lo + p.sup_old[s]] = 1;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    st[M] = m0;
+    ++st[REJECTED];
+    st[PENDING] = -1;
+  }
+  __syncthreads();
+}
+
 // ---- the per-problem kernels ------------------------------------------------------------
 
 // Status, correlation floor and stopping residual from c0 and ‖b‖² (b2[g] when given, else
@@ -351,6 +412,7 @@ static __global__ void start_kernel(Buffers b, const float* b2, bool positive, d
     r[FLOOR] = kMinCorrelation * best;
     r[STOP2] = tol * tol * r[B2];
     st[STATUS] = t[BUDGET] > 0 && t[N] > 0 && r[B2] > 0.0 ? 0 : 1;
+    st[STOP] = t[BUDGET] == 0 ? kStopBudget : kStopTolerance;
     st[PENDING] = -1;
     st[NEW_SLOT] = -1;
   }
@@ -388,10 +450,13 @@ __global__ void pick_kernel(Buffers b, bool positive) {
   const int64_t g = blockIdx.x;
   int64_t* st = b.state + g * kStateCols;
   const double* r = b.real + g * kRealCols;
-  int64_t j = -1, new_slot = -1;
+  int64_t j = -1, new_slot = -1, stop = -1;
   if (st[STATUS] == 0) {
     const Problem p(b, g);
-    if (st[M] < p.budget && r[R2] > r[STOP2]) {
+    if (st[M] >= p.budget) stop = kStopBudget;
+    else if (r[R2] <= r[STOP2]) stop = kStopTolerance;
+    else if (st[M] >= b.rank) stop = kStopRank;
+    if (stop < 0) {
       double best = -DBL_MAX;
       int64_t at = -1;
       for (int64_t i = threadIdx.x; i < p.n; i += kThreads) {
@@ -401,12 +466,14 @@ __global__ void pick_kernel(Buffers b, bool positive) {
       }
       block_argmax(best, at);
       if (at >= 0 && best > r[FLOOR]) j = at;
+      else stop = kStopCorrelation;
       if (j >= 0 && Factored) new_slot = assign_slot(p, b, st, j);
     }
     __syncthreads();
     if (threadIdx.x == 0) {
       if (j < 0) {
         st[STATUS] = 1;
+        st[STOP] = stop;
       } else {
         b.picked[p.lo + j] = 1;
         ++st[ITS];
@@ -416,7 +483,9 @@ __global__ void pick_kernel(Buffers b, bool positive) {
   if (threadIdx.x == 0) st[PENDING] = j, st[NEW_SLOT] = new_slot;
 }
 
-// Admits the pick and solves for the weights (NNLS when asked and needed).
+// Admits the pick (or rejects it as dependent) and solves for the weights (NNLS when asked
+// and needed), keeping what a rejection restores; the source gives the verdict
+// (src.solved: factorised here, dense in its residual kernel).
 template <typename Source>
 __global__ void solve_kernel(Buffers b, Source src, bool positive) {
   const int64_t g = blockIdx.x;
@@ -425,27 +494,33 @@ __global__ void solve_kernel(Buffers b, Source src, bool positive) {
   if (j < 0) return;
   const Problem p(b, g);
   const int64_t m0 = st[M];
+  for (int64_t s = threadIdx.x; s < m0; s += kThreads) p.sup_old[s] = p.sup[s], p.w_old[s] = p.w[s];
+  __syncthreads();
   int64_t m = admit(p, b, src, m0, j);
-  if (m == m0) return;
+  if (m == m0) {
+    if (threadIdx.x == 0) ++st[REJECTED], st[PENDING] = -1;
+    return;
+  }
   unconstrained(p, b, m);
   double low = DBL_MAX;
   for (int64_t s = threadIdx.x; s < m; s += kThreads) low = fmin(low, p.y[s]);
-  if (positive && block_min(low) <= 0.0) {
+  const bool reshape = positive && block_min(low) <= 0.0;
+  if (reshape) {
+    copy_rows(p, p.L, p.L_saved, m0);
     m = nnls(p, b, src, m, kReadmitEps * sqrt(b.real[g * kRealCols + B2]));
   } else {
     for (int64_t s = threadIdx.x; s < m; s += kThreads) p.w[s] = p.y[s];
   }
   __syncthreads();
-  src.solved(p, b, m);
-  if (threadIdx.x == 0) {
-    st[M] = m;
-    if (m >= p.budget) st[STATUS] = 1;
-  }
+  if (threadIdx.x == 0) st[M_OLD] = m0, st[SAVED] = reshape ? 1 : 0;
+  __syncthreads();
+  src.solved(p, b, m, j);
 }
 
-// Outputs: global indices (-1 padded), weights (0 padded), ‖r‖ and iterations.
+// Outputs: global indices (-1 padded), weights (0 padded), ‖r‖, iterations, stop reasons and
+// rejected picks.
 static __global__ void finish_kernel(Buffers b, const int64_t* out_at, int64_t* indices, float* weights,
-                                     float* residual, int64_t* iterations) {
+                                     float* residual, int64_t* iterations, int64_t* stop, int64_t* rejected) {
   const int64_t g = blockIdx.x;
   const Problem p(b, g);
   const int64_t m = b.state[g * kStateCols + M], at = out_at[g];
@@ -456,6 +531,8 @@ static __global__ void finish_kernel(Buffers b, const int64_t* out_at, int64_t* 
   if (threadIdx.x == 0) {
     residual[g] = static_cast<float>(sqrt(fmax(b.real[g * kRealCols + R2], 0.0)));
     iterations[g] = b.state[g * kStateCols + ITS];
+    stop[g] = b.state[g * kStateCols + STOP];
+    rejected[g] = b.state[g * kStateCols + REJECTED];
   }
 }
 
@@ -502,7 +579,7 @@ __device__ void for_each_changed_row(const Buffers& b, bool all, const Fn& fn) {
 class Workspace {
  public:
   Workspace(const StableTensor& like, const std::vector<int64_t>& offsets, const std::vector<int64_t>& budgets,
-            bool factored, double lam, cudaStream_t stream)
+            bool factored, double lam, int64_t dimension, cudaStream_t stream)
       : problems_(static_cast<int64_t>(budgets.size())), budgets_(budgets) {
     const int64_t P = problems_, rows = offsets.back();
     std::vector<int64_t> host(P * kLayoutCols + P + 1 + P + 1);
@@ -522,9 +599,9 @@ class Workspace {
     max_rows_ = 0;
     for (int64_t g = 0; g < P; ++g) max_rows_ = std::max(max_rows_, offsets[g + 1] - offsets[g]);
 
-    const int64_t ints = host.size() + P * kStateCols + 3 * cap_total + rows;
+    const int64_t ints = host.size() + P * kStateCols + 4 * cap_total + rows;
     ints_ = torch::stable::new_empty(like, {ints}, ScalarType::Long);
-    reals_ = torch::stable::new_empty(like, {P * kRealCols + 4 * cap_total + L_total}, ScalarType::Double);
+    reals_ = torch::stable::new_empty(like, {P * kRealCols + 5 * cap_total + 2 * L_total}, ScalarType::Double);
     floats_ = torch::stable::new_empty(like, {cap_total + 2 * rows + G_total + 1}, ScalarType::Float);
     bytes_ = torch::stable::new_empty(like, {2 * rows + 1}, ScalarType::Char);
     int64_t* i64 = ints_.mutable_data_ptr<int64_t>();
@@ -541,14 +618,17 @@ class Workspace {
     b.support = b.state + P * kStateCols;
     b.zero = b.support + cap_total;
     b.owner = b.zero + cap_total;
-    b.slot_of = b.owner + cap_total;
+    b.sup_old = b.owner + cap_total;
+    b.slot_of = b.sup_old + cap_total;
     double* f64 = reals_.mutable_data_ptr<double>();
     b.real = f64;
     b.weights = f64 + P * kRealCols;
     b.q = b.weights + cap_total;
     b.y = b.q + cap_total;
     b.x = b.y + cap_total;
-    b.L = b.x + cap_total;
+    b.w_old = b.x + cap_total;
+    b.L = b.w_old + cap_total;
+    b.L_saved = b.L + L_total;
     float* f32 = floats_.mutable_data_ptr<float>();
     b.wslot = f32;
     b.c = f32 + cap_total;
@@ -558,6 +638,7 @@ class Workspace {
     b.picked = bytes_.mutable_data_ptr<int8_t>();
     b.in_support = b.picked + rows;
     b.problems = P, b.rows = rows, b.lam = lam;
+    b.rank = lam == 0.0 ? dimension : INT64_MAX;
     if (factored) cudaMemsetAsync(b.slot_of, 0xff, rows * sizeof(int64_t), stream);  // -1
   }
 
@@ -587,7 +668,8 @@ class Workspace {
   void finish(OmpOutput& out, cudaStream_t stream) const {
     finish_kernel<<<static_cast<unsigned>(problems_), kThreads, 0, stream>>>(
         b, out_at_, std::get<0>(out).mutable_data_ptr<int64_t>(), std::get<1>(out).mutable_data_ptr<float>(),
-        std::get<2>(out).mutable_data_ptr<float>(), std::get<3>(out).mutable_data_ptr<int64_t>());
+        std::get<2>(out).mutable_data_ptr<float>(), std::get<3>(out).mutable_data_ptr<int64_t>(),
+        std::get<4>(out).mutable_data_ptr<int64_t>(), std::get<5>(out).mutable_data_ptr<int64_t>());
   }
 
  private:

@@ -18,24 +18,40 @@ import torch
 from datadiet import _extension
 from datadiet.backends import resolve
 from datadiet.ops._args import int_list
-from datadiet.reference.omp import omp_reference
+# PIVOT_EPS: an atom enters the support only if the squared sine of its angle to the span of the
+# support (its squared Cholesky pivot relative to ‖a‖² + lam) exceeds it; the Gram entries are
+# float32 dot products, so a smaller pivot is mostly rounding (csrc/ops/omp/omp_rules.h).
+from datadiet.reference.omp import PIVOT_EPS, omp_reference
+
+STOP_REASONS = ("budget", "tolerance", "no_correlation", "rank")
+"""Why a problem's solve stopped, by ``OMPResult.stop`` code: ``budget`` — the support reached the
+budget; ``tolerance`` — ``‖r‖ <= tol·‖target‖`` (a zero target stops here at once);
+``no_correlation`` — no unpicked atom correlates (``positive``: positively) above 1e-6 of the
+largest initial correlation, so no admissible atom is left; ``rank`` — ``lam = 0`` and the
+support has as many atoms as the atoms have dimensions, so every other atom is dependent."""
 
 
 
 class OMPResult(NamedTuple):
     """``indices`` int64 and ``weights`` float32 of the selected atoms in the order they entered
-    the final support, padded with -1 / 0 up to the budget (fewer atoms are found when the
-    residual tolerance is met, no atom correlates positively any more, or atoms are dependent
-    or dropped by the non-negativity solve). ``residual``: ``‖target − Σ w_s a_s‖``;
-    ``iterations``: OMP steps run; ``target_norm``: ``‖target‖`` (``residual / target_norm`` is the
-    relative residual). Batched calls concatenate problems (``[Σ budgets]``) and give ``[P]``
-    residuals, iterations and norms; single calls give ``[k]`` and scalars."""
+    the final support, padded with -1 / 0 up to the budget. ``residual``: ``‖target − Σ w_s a_s‖``,
+    never above the smallest seen during the solve nor above ``‖target‖``; ``iterations``: atoms
+    picked; ``target_norm``: ``‖target‖`` (``residual / target_norm`` is the relative residual);
+    ``stop``: why the solve ended, an index into ``STOP_REASONS`` (fewer atoms than the budget come
+    with ``tolerance``, ``no_correlation`` or ``rank``); ``rejected``: picks refused because the
+    atom was numerically dependent on the support (``PIVOT_EPS``) or its solve would have raised
+    the residual — they count as iterations, not atoms. ``iterations − rejected − found`` atoms
+    were dropped by the non-negative solve. Batched calls concatenate problems (``[Σ budgets]``)
+    and give ``[P]`` residuals, iterations, norms, stops and rejections; single calls give ``[k]``
+    and scalars."""
 
     indices: torch.Tensor
     weights: torch.Tensor
     residual: torch.Tensor
     iterations: torch.Tensor
     target_norm: torch.Tensor
+    stop: torch.Tensor
+    rejected: torch.Tensor
 
 
 def omp(
@@ -93,10 +109,10 @@ def _check_finite(op: str, name: str, t: torch.Tensor) -> None:
 
 
 def _result(out, target_norm: torch.Tensor, single: bool) -> OMPResult:
-    indices, weights, residual, iterations = out
+    indices, weights, residual, iterations, stop, rejected = out
     if single:
-        return OMPResult(indices, weights, residual[0], iterations[0], target_norm[0])
-    return OMPResult(indices, weights, residual, iterations, target_norm)
+        return OMPResult(indices, weights, residual[0], iterations[0], target_norm[0], stop[0], rejected[0])
+    return OMPResult(indices, weights, residual, iterations, target_norm, stop, rejected)
 
 
 def omp_factored(
@@ -268,16 +284,20 @@ def _problems(op, n, k, offsets, budgets, lam, tol) -> tuple[list[int], list[int
 def _fake(atoms, targets, offsets, budgets, lam, positive, tol):
     total, problems = sum(budgets), len(budgets)
     return (atoms.new_empty((total,), dtype=torch.int64), atoms.new_empty((total,), dtype=torch.float32),
-            atoms.new_empty((problems,), dtype=torch.float32), atoms.new_empty((problems,), dtype=torch.int64))
+            atoms.new_empty((problems,), dtype=torch.float32), atoms.new_empty((problems,), dtype=torch.int64),
+            atoms.new_empty((problems,), dtype=torch.int64), atoms.new_empty((problems,), dtype=torch.int64))
 
 
 def _fake_factored(errors, features, bias, c0, b2, offsets, budgets, lam, positive, tol):
     return _fake(errors, None, offsets, budgets, lam, positive, tol)
 
 
+_Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
 @torch.library.custom_op("datadiet::omp_triton", mutates_args=())
 def _omp_triton(atoms: torch.Tensor, targets: torch.Tensor, offsets: list[int], budgets: list[int], lam: float,
-                positive: bool, tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                positive: bool, tol: float) -> _Outputs:
     from datadiet.kernels import omp as kernel
 
     return kernel.omp(atoms, targets, offsets, budgets, lam, positive, tol)
@@ -286,7 +306,7 @@ def _omp_triton(atoms: torch.Tensor, targets: torch.Tensor, offsets: list[int], 
 @torch.library.custom_op("datadiet::omp_factored_triton", mutates_args=())
 def _omp_factored_triton(errors: torch.Tensor, features: torch.Tensor, bias: bool, c0: torch.Tensor,
                          b2: torch.Tensor, offsets: list[int], budgets: list[int], lam: float, positive: bool,
-                         tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                         tol: float) -> _Outputs:
     from datadiet.kernels import omp as kernel
 
     return kernel.omp_factored(errors, features, bias, c0, b2, offsets, budgets, lam, positive, tol)

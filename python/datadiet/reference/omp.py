@@ -2,11 +2,13 @@
 ``A_S A_Sᵀ + λI`` and solves it every iteration (what CORDS does), with the kernels'
 selection rules, so the tests can compare selections, weights and residuals.
 
-Rules shared with ``csrc/ops/omp/omp_engine_cpu.h``: pick the largest correlation (w ≥ 0)
-or largest |correlation| among atoms never picked, above 1e-6 of the largest initial one;
-skip an atom whose Schur complement in ``Q = G_SS + λI`` is below 1e-9·Q_jj (dependent); with
-w ≥ 0, solve the exact NNLS on the support (Lawson–Hanson) and drop atoms left at zero; stop
-at the budget or at ``‖r‖ ≤ tol·‖b‖``.
+Rules shared with the kernels (``csrc/ops/omp/omp_rules.h``): pick the largest correlation
+(w ≥ 0) or largest |correlation| among atoms never picked, above 1e-6 of the largest initial one;
+reject an atom whose Schur complement in ``Q = G_SS + λI`` is at most ``PIVOT_EPS``·Q_jj
+(dependent) or whose solve would raise ‖b − Σ w_s a_s‖ (the support and weights stay as they
+were); with w ≥ 0, solve the exact NNLS on the support (Lawson–Hanson) and drop atoms left at
+zero; stop at the budget, at ``‖r‖ ≤ tol·‖b‖``, when no atom is left above the floor, or (λ = 0)
+when the support has as many atoms as the atoms have dimensions.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+
+PIVOT_EPS = 1e-6  # csrc/ops/omp/omp_rules.h: kPivotEps
+STOP_BUDGET, STOP_TOLERANCE, STOP_CORRELATION, STOP_RANK = range(4)
 
 
 def nnls_gram(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -43,9 +48,9 @@ def nnls_gram(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 
 
 def omp_one(a: torch.Tensor, b: torch.Tensor, k: int, lam: float, positive: bool, tol: float):
-    """Returns (support list of local indices, weights, residual norm, iterations)."""
+    """Returns (support list of local indices, weights, residual norm, iterations, stop, rejected)."""
     a, b = a.double(), b.double()
-    n = a.shape[0]
+    n, d = a.shape
     c0 = a @ b
     b2 = float(b @ b)
     support: list[int] = []
@@ -53,12 +58,24 @@ def omp_one(a: torch.Tensor, b: torch.Tensor, k: int, lam: float, positive: bool
     picked = torch.zeros(n, dtype=torch.bool)
     score0 = c0 if positive else c0.abs()
     floor = 1e-6 * max(float(score0.max()) if n else 0.0, 0.0)
-    r2, iterations = b2, 0
-    while k > 0 and n > 0 and b2 > 0 and len(support) < k and r2 > tol * tol * b2:
+    r2, iterations, rejected = b2, 0, 0
+    if k == 0 or not b2 > 0:
+        return support, w, b2 ** 0.5, 0, STOP_BUDGET if k == 0 else STOP_TOLERANCE, 0
+    while True:
+        if len(support) >= k:
+            stop = STOP_BUDGET
+            break
+        if r2 <= tol * tol * b2:
+            stop = STOP_TOLERANCE
+            break
+        if lam == 0 and len(support) >= d:
+            stop = STOP_RANK
+            break
         c = c0 - (a @ a[support].T) @ w if support else c0
         score = (c if positive else c.abs()).masked_fill(picked, float("-inf"))
         j = int(score.argmax())
         if not float(score[j]) > floor:
+            stop = STOP_CORRELATION
             break
         iterations += 1
         picked[j] = True
@@ -68,7 +85,8 @@ def omp_one(a: torch.Tensor, b: torch.Tensor, k: int, lam: float, positive: bool
             schur = q[-1, -1] - q[-1, :-1] @ torch.linalg.solve(q[:-1, :-1], q[:-1, -1])
         else:
             schur = q[-1, -1]
-        if not float(schur) > 1e-9 * float(q[-1, -1]):
+        if not float(schur) > PIVOT_EPS * float(q[-1, -1]):
+            rejected += 1
             continue
         p = c0[trial]
         x = torch.linalg.solve(q, p)
@@ -76,26 +94,31 @@ def omp_one(a: torch.Tensor, b: torch.Tensor, k: int, lam: float, positive: bool
             x = nnls_gram(q, p)
             keep = [i for i in range(len(trial)) if x[i] > 0]
             trial, x = [trial[i] for i in keep], x[keep]
-        support, w = trial, x
-        g = a[support] @ a[support].T
-        r2 = b2 - 2 * float(w @ c0[support]) + float(w @ g @ w)
-    return support, w, max(r2, 0.0) ** 0.5, iterations
+        trial_r2 = float((b - a[trial].T @ x).square().sum()) if trial else b2
+        if not trial_r2 <= r2:
+            rejected += 1
+            continue
+        support, w, r2 = trial, x, trial_r2
+    return support, w, max(r2, 0.0) ** 0.5, iterations, stop, rejected
 
 
 def omp_reference(atoms: torch.Tensor, targets: torch.Tensor, offsets: Sequence[int], budgets: Sequence[int],
                   lam: float, positive: bool, tol: float) -> tuple[torch.Tensor, ...]:
     """Same outputs as ``torch.ops.datadiet.omp`` (indices padded with -1, weights with 0)."""
-    indices, weights, residual, iterations = [], [], [], []
+    indices, weights, residual, iterations, stops, rejections = [], [], [], [], [], []
     for g, k in enumerate(budgets):
         lo, hi = offsets[g], offsets[g + 1]
-        support, w, r, it = omp_one(atoms[lo:hi].cpu(), targets[g].cpu(), k, lam, positive, tol)
+        support, w, r, it, stop, rejected = omp_one(atoms[lo:hi].cpu(), targets[g].cpu(), k, lam, positive, tol)
         pad = k - len(support)
         indices.append(torch.tensor([lo + s for s in support] + [-1] * pad, dtype=torch.int64))
         weights.append(torch.cat([w.float(), torch.zeros(pad)]))
         residual.append(r)
         iterations.append(it)
+        stops.append(stop)
+        rejections.append(rejected)
     device = atoms.device
+    per_problem = lambda values: torch.tensor(values, dtype=torch.int64, device=device)  # noqa: E731
     return (torch.cat(indices).to(device) if indices else torch.zeros(0, dtype=torch.int64, device=device),
             torch.cat(weights).to(device) if weights else torch.zeros(0, device=device),
             torch.tensor(residual, dtype=torch.float32, device=device),
-            torch.tensor(iterations, dtype=torch.int64, device=device))
+            per_problem(iterations), per_problem(stops), per_problem(rejections))

@@ -11,8 +11,9 @@ Modes:
   samples (dense embeddings only);
 - ``"global"``: one problem over all samples.
 
-When OMP returns fewer atoms than the budget (tolerance met, no atom correlates positively any
-more, atoms dependent or zeroed by the non-negative solve) the rest is filled with random
+When OMP returns fewer atoms than the budget (tolerance met, no admissible atom left: none
+correlates — positively — above the floor, or the support already spans the atoms; atoms
+rejected as dependent or zeroed by the non-negative solve) the rest is filled with random
 unselected samples of weight 1, as CORDS does — and the result says how many and why.
 """
 
@@ -23,7 +24,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from datadiet.ops.omp import omp, omp_factored
+from datadiet.ops.omp import STOP_REASONS, omp, omp_factored
 from datadiet.ops.weighted_sample import weighted_sample
 from datadiet.select._budget import subset_size
 
@@ -61,10 +62,12 @@ def last_layer_embedding(errors: torch.Tensor, features: Optional[torch.Tensor] 
 class GradMatchSelection(NamedTuple):
     """``indices`` int64 and ``weights`` float32 of the selected samples, OMP's picks first and the
     random fill (weight 1) last; per problem (each class, or the one global / per-batch problem):
-    ``residual`` (‖target − Σ w g‖ / ‖target‖), ``found`` (samples OMP chose) and ``iterations``;
-    ``filled``: how many random samples were added because OMP found fewer than the budget
-    (its reasons: the tolerance was met, no atom correlated positively any more, or atoms were
-    dependent or zeroed by the non-negative solve — ``iterations`` > ``found`` shows the last)."""
+    ``residual`` (‖target − Σ w g‖ / ‖target‖), ``found`` (samples OMP chose), ``iterations``,
+    ``stop`` (why its solve ended, an index into ``datadiet.ops.omp.STOP_REASONS``) and ``rejected``
+    (picks refused as dependent or raising the residual); ``filled``: how many random samples
+    were added because OMP found fewer than the budget, and ``fill_reasons`` why: for each stop
+    reason, the problems that ended short of their budget with it, plus the atoms ``rejected``
+    and ``dropped`` (zeroed by the non-negative solve) over those problems."""
 
     indices: torch.Tensor
     weights: torch.Tensor
@@ -72,6 +75,9 @@ class GradMatchSelection(NamedTuple):
     found: torch.Tensor
     iterations: torch.Tensor
     filled: int
+    stop: torch.Tensor
+    rejected: torch.Tensor
+    fill_reasons: dict
 
 
 def gradmatch(
@@ -127,8 +133,7 @@ def gradmatch(
     else:
         target = (val_errors, val_features) if has_val else None
         res = omp_factored(errors, features, k, target=target, lam=lam, positive=positive, tol=tol, backend=backend)
-    return _finish(n, [res.indices], [res.weights], _relative(res).reshape(1), res.iterations.reshape(1), k, seed,
-                   embedding if dense else errors)
+    return _finish(n, [res.indices], [res.weights], res, k, seed, embedding if dense else errors)
 
 
 def _group(labels: torch.Tensor, n: int, name: str):
@@ -181,7 +186,7 @@ def _per_class(embedding, errors, features, labels, k, lam, tol, positive, val_e
     picked = torch.where(res.indices >= 0, order[res.indices.clamp_min(0)], res.indices)
     parts_i = list(torch.split(picked, budgets))
     parts_w = list(torch.split(res.weights, budgets))
-    return _finish(n, parts_i, parts_w, _relative(res), res.iterations, k, seed, embedding if dense else errors)
+    return _finish(n, parts_i, parts_w, res, k, seed, embedding if dense else errors)
 
 
 def _relative(res) -> torch.Tensor:
@@ -210,8 +215,9 @@ def _per_batch(embedding, k, batch_size, lam, tol, positive, val_embedding, seed
     found = torch.tensor([indices.numel()])
     fill = _fill(n, indices, k - indices.numel(), seed, embedding.device)
     ones = torch.ones(fill.numel(), device=weights.device)
-    return GradMatchSelection(torch.cat([indices, fill]), torch.cat([weights, ones]), _relative(res).reshape(1), found,
-                              res.iterations.reshape(1), fill.numel())
+    atoms = torch.tensor([int((res.indices >= 0).sum())])
+    return _selection(torch.cat([indices, fill]), torch.cat([weights, ones]), res, found, fill.numel(), atoms,
+                      torch.tensor([kb]))
 
 
 def _fill(n: int, chosen: torch.Tensor, count: int, seed: int, device) -> torch.Tensor:
@@ -223,12 +229,25 @@ def _fill(n: int, chosen: torch.Tensor, count: int, seed: int, device) -> torch.
     return weighted_sample(free, count, seed=seed)
 
 
-def _finish(n, parts_i, parts_w, residual, iterations, k, seed, like) -> GradMatchSelection:
+def _finish(n, parts_i, parts_w, res, k, seed, like) -> GradMatchSelection:
     """Concatenates the problems' picks (dropping the -1 padding) and fills up to k at random."""
     found = torch.tensor([int((p >= 0).sum()) for p in parts_i])
     indices = torch.cat([p[p >= 0] for p in parts_i])
     weights = torch.cat([w[p >= 0] for p, w in zip(parts_i, parts_w)])
     fill = _fill(n, indices, k - indices.numel(), seed, like.device)
     ones = torch.ones(fill.numel(), device=weights.device)
-    return GradMatchSelection(torch.cat([indices, fill]), torch.cat([weights, ones]), residual, found, iterations,
-                              fill.numel())
+    budgets = torch.tensor([p.numel() for p in parts_i])
+    return _selection(torch.cat([indices, fill]), torch.cat([weights, ones]), res, found, fill.numel(), found, budgets)
+
+
+def _selection(indices, weights, res, found, filled, atoms, budgets) -> GradMatchSelection:
+    """The selection with OMP's per-problem report (``atoms`` found of ``budgets`` per problem)."""
+    stop, rejected, iterations = (t.reshape(-1).cpu() for t in (res.stop, res.rejected, res.iterations))
+    short = atoms < budgets
+    reasons = {name: int((short & (stop == code)).sum()) for code, name in enumerate(STOP_REASONS)}
+    reasons = {name: count for name, count in reasons.items() if count}
+    if bool(short.any()):
+        reasons["rejected"] = int(rejected[short].sum())
+        reasons["dropped"] = int((iterations - rejected - atoms)[short].sum())
+    return GradMatchSelection(indices, weights, _relative(res).reshape(-1), found, iterations, filled, stop, rejected,
+                              reasons)

@@ -1,0 +1,50 @@
+"""Near rank-deficient OMP inputs shared by the solver tests (CPU and device engines): the
+CORDS-style per-class-per-gradient embedding of issue 10, a low-rank matrix plus 1e-6 noise,
+duplicated atoms and the per-batch means of correlated rows."""
+
+from __future__ import annotations
+
+import torch
+
+
+def cords_class_embedding(n=5000, features=512, classes=10, label=3, seed=0):
+    """One class's atoms e_y·[1, h] (h = relu(randn), e = softmax(2·randn) − onehot(label)); the
+    target is their sum."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.relu(torch.randn(n, features, generator=g))
+    e = torch.softmax(2 * torch.randn(n, classes, generator=g), 1)
+    e[:, label] -= 1
+    e_y = e[:, label:label + 1]
+    atoms = torch.cat([e_y, e_y * h], 1)
+    return atoms, atoms.sum(0)
+
+
+def low_rank(n, d, rank, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, rank, generator=g) @ torch.randn(rank, d, generator=g)
+    a = a + 1e-6 * torch.randn(n, d, generator=g)
+    return a, a[: n // 2].sum(0)
+
+
+def duplicated(n, d, seed=0):
+    """n distinct random rows, each twice (2n atoms)."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, d, generator=g)
+    return torch.cat([a, a]), a.sum(0) + 0.1 * torch.randn(d, generator=g)
+
+
+def batch_means(batches, d, batch_size=8, seed=0):
+    """Means of fixed batches of rows that share one direction (per-batch GradMatch atoms); the
+    target is the sum of all rows."""
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randn(d, generator=g) + 0.05 * torch.randn(batches * batch_size, d, generator=g)
+    return rows.view(batches, batch_size, d).mean(1), rows.sum(0)
+
+
+def near_rank_deficient(d, seed=0):
+    """The three families at dimension d with at least d + 20 atoms each."""
+    return {
+        "low_rank": low_rank(2 * d + 20, d, d // 2, seed),
+        "duplicated": duplicated(d + 10, d, seed),
+        "batch_means": batch_means(2 * d + 20, d, seed=seed),
+    }
