@@ -97,7 +97,8 @@ def once(rows: Rows, case: str, backend: str, target_norms: torch.Tensor, fn, in
     rel = (res.residual / target_norms).median()
     what = "peak GPU memory" if gpu else "peak RSS"
     rows.append({"case": case, "method": f"datadiet {backend}", "seconds": seconds, "bytes": None, "baselines": [],
-                 "floor": None, "note": f"one call; median relative residual {float(rel):.3f}; {what} "
+                 "floor": None, "note": f"one call; median relative residual {float(rel):.3f}; "
+                                        f"{int(res.iterations.sum())} picks, {int(res.rejected.sum())} rejected; {what} "
                                         f"{peak / 2**30:.1f} GiB ({inputs}; +{(peak - before) / 2**30:.2f} GiB "
                                         "during the call)"})
 

@@ -346,6 +346,7 @@ def _solve_kernel(A, G, c0, table, state, dstate, support, weights, zero, wslot,
         offs = tl.arange(0, BLOCK_K)
         m0 = tl.load(state + g * NS + M)
         b2 = tl.load(dstate + g * ND + B2)
+        current = tl.load(dstate + g * ND + R2)  # read before _accept stores the new one
         tl.store(sup_old + cap_at + offs, tl.load(sup + offs, mask=offs < m0, other=0), mask=offs < m0)
         tl.store(w_old + cap_at + offs, tl.load(wp + offs, mask=offs < m0, other=0.0), mask=offs < m0)
         tl.store(state + g * NS + M_OLD, m0)
@@ -360,14 +361,15 @@ def _solve_kernel(A, G, c0, table, state, dstate, support, weights, zero, wslot,
                     _copy_rows(Lp, Ls, cap, m0, offs)
                     tl.store(state + g * NS + SAVED, 1)
                     m = _nnls(A, G, c0, Lp, sup, wp, zero + cap_at, slot_of, in_support, lo, cap, G_at, d, lam, m,
-                              z, READMIT_EPS * tl.sqrt(b2), 6 * m + 10, offs, FACTORED, BLOCK_D)
+                              z, READMIT_EPS * tl.sqrt(b2), 6 * m + 10, offs, FACTORED, BLOCK_D)  # nnls_guard(m)
                 else:
                     tl.store(wp + offs, z, mask=offs < m)
             else:
                 tl.store(wp + offs, z, mask=offs < m)
             tl.debug_barrier()
             if FACTORED:
-                # No C × D residual is formed: ‖r‖² = ‖b‖² − 2wᵀp + wᵀG_SS w from the stored columns.
+                # No C × D residual is formed: ‖r‖² = ‖b‖² − 2wᵀp + wᵀG_SS w from the stored columns,
+                # summed in support order.
                 w = tl.load(wp + offs, mask=offs < m, other=0.0)
                 rows = tl.load(sup + offs, mask=offs < m, other=0)
                 slots = tl.load(slot_of + lo + rows, mask=offs < m, other=0)
@@ -377,7 +379,7 @@ def _solve_kernel(A, G, c0, table, state, dstate, support, weights, zero, wslot,
                     gs = tl.load(G + G_at + tl.load(sup + s) * cap + slots, mask=offs < m, other=0.0)
                     quad += _scalar(w, offs, s) * tl.sum(gs.to(tl.float64) * w, axis=0)
                 r2 = b2 - 2.0 * tl.sum(w * p, axis=0) + quad
-                if r2 <= tl.load(dstate + g * ND + R2):
+                if r2 <= current:
                     tl.store(wslot + cap_at + offs, tl.zeros(offs.shape, dtype=tl.float32), mask=offs < cap)
                     tl.debug_barrier()
                     tl.store(wslot + cap_at + slots, w.to(tl.float32), mask=offs < m)
@@ -504,6 +506,7 @@ def _residual_kernel(A, b, r, table, state, dstate, support, weights, L, Lsaved,
         lo = tl.load(table + g * NT + LO)
         cap_at = tl.load(table + g * NT + CAP_AT)
         m = tl.load(state + g * NS + M)
+        current = tl.load(dstate + g * ND + R2)  # read before _accept stores the new one
         cols = tl.arange(0, BLOCK_D)
         r2 = tl.zeros([BLOCK_D], dtype=tl.float64)
         for d0 in range(0, d, BLOCK_D):
@@ -517,7 +520,7 @@ def _residual_kernel(A, b, r, table, state, dstate, support, weights, L, Lsaved,
         total = tl.sum(r2, axis=0)
         if every != 0:
             tl.store(dstate + g * ND + R2, total)
-        elif total <= tl.load(dstate + g * ND + R2):
+        elif total <= current:
             _accept(state, dstate, g, total, m, tl.load(table + g * NT + BUDGET))
         else:
             L_at = tl.load(table + g * NT + L_AT)

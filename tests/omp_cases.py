@@ -41,6 +41,22 @@ def batch_means(batches, d, batch_size=8, seed=0):
     return rows.view(batches, batch_size, d).mean(1), rows.sum(0)
 
 
+def mixed_cone(n=40, d=8, seed=38):
+    """GradMatch-like correlated atoms in a cone, with noise; target = their sum. With λ = 0.05 and
+    w ≥ 0 (k = 20) some of the picks the NNLS reshapes raise the residual and are undone (found by
+    instrumenting the reference: seed 38 has four, at iterations 18, 19, 22 and 28)."""
+    g = torch.Generator().manual_seed(seed)
+    a = (torch.randn(n, d, generator=g).abs() + 0.5) * -(torch.rand(n, 1, generator=g) + 0.1)
+    a = a + 0.3 * torch.randn(n, d, generator=g)
+    return a, a.sum(0)
+
+
+def at_angle(sin2, scale=1.0):
+    """Two atoms of norm ~scale whose angle θ has sin²θ = sin2; the target correlates with both."""
+    a = torch.tensor([[1.0, 0.0], [1.0 - sin2 / 2, sin2 ** 0.5]], dtype=torch.float64) * scale
+    return a.float(), torch.tensor([1.0, 1.0]) * scale
+
+
 def near_rank_deficient(d, seed=0):
     """The three families at dimension d with at least d + 20 atoms each."""
     return {

@@ -72,6 +72,7 @@ def test_per_batch_gives_whole_batches_their_weight():
     sel = gradmatch(e, mode="per_batch", batch_size=32, fraction=0.25, lam=0.0)
     found = int(sel.found[0])
     assert found == 64 and sel.indices.numel() == 80 and sel.filled == 16  # 80 // 32 = 2 whole batches
+    assert sel.fill_reasons == {"batch_remainder": 16}
     for b in range(0, found, 32):
         block = sel.indices[b:b + 32]
         assert block.tolist() == list(range(int(block[0]), int(block[0]) + 32)) and int(block[0]) % 32 == 0

@@ -29,8 +29,8 @@ struct FactoredAtoms {
   bool parallel;
   std::vector<float> G = std::vector<float>(static_cast<size_t>(n * capacity));  // [n, capacity]
   std::vector<int64_t> slot_of = std::vector<int64_t>(static_cast<size_t>(n), -1);
-  std::vector<double> wd = std::vector<double>(static_cast<size_t>(capacity));  // weights by slot
-  std::vector<float> wf = std::vector<float>(static_cast<size_t>(capacity));
+  std::vector<int64_t> slots = std::vector<int64_t>(static_cast<size_t>(capacity));  // of the support
+  std::vector<float> wf = std::vector<float>(static_cast<size_t>(capacity));         // weights by slot
   int64_t used = 0;
 
   int64_t size() const { return n; }
@@ -75,24 +75,25 @@ struct FactoredAtoms {
     used = to;
   }
 
-  // ‖b‖² − 2wᵀp + wᵀG_SS w from the stored Gram columns, in float64 (the residual of these
-  // weights whether or not they solve the system exactly), and when it is at most r2_max the
+  // ‖b‖² − 2wᵀp + wᵀG_SS w from the stored Gram columns, in float64 and in support order
+  // (where the columns sit depends on the budget; the verdict must not) — the residual of these
+  // weights whether or not they solve the system exactly — and when it is at most r2_max the
   // correlations c = c0 − G[:, slots] w.
   double update(const int64_t* support, const double* w, int64_t m, const double* p, double r2_max, float* c) {
-    std::fill(wd.begin(), wd.end(), 0.0);
-    for (int64_t s = 0; s < m; ++s) wd[slot_of[support[s]]] = w[s];
+    for (int64_t s = 0; s < m; ++s) slots[s] = slot_of[support[s]];
     double quad = 0.0, fit = 0.0;
-#pragma omp parallel for schedule(static) reduction(+ : quad) if (parallel && m * used > 65536)
+#pragma omp parallel for schedule(static) reduction(+ : quad) if (parallel && m * m > 65536)
     for (int64_t s = 0; s < m; ++s) {
       const float* gs = G.data() + support[s] * capacity;
       double gw = 0.0;
-      for (int64_t t = 0; t < used; ++t) gw += gs[t] * wd[t];
+      for (int64_t t = 0; t < m; ++t) gw += gs[slots[t]] * w[t];
       quad += w[s] * gw;
     }
     for (int64_t s = 0; s < m; ++s) fit += w[s] * p[s];
     const double r2 = b2 - 2.0 * fit + quad;
     if (r2 <= r2_max) {
-      for (int64_t t = 0; t < used; ++t) wf[t] = static_cast<float>(wd[t]);
+      std::fill(wf.begin(), wf.end(), 0.0f);
+      for (int64_t s = 0; s < m; ++s) wf[slots[s]] = static_cast<float>(w[s]);
       const float *g = G.data(), *wp = wf.data();
 #pragma omp parallel for schedule(static) if (parallel)
       for (int64_t i = 0; i < n; ++i) c[i] = c0[i] - dot(g + i * capacity, wp, used);

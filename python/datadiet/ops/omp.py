@@ -143,9 +143,12 @@ def omp_factored(
         k, offsets, budgets, lam, positive, tol, check_values, backend: as in ``omp``.
 
     Costs: an iteration computes one Gram column, ``(E e_j) ⊙ (H h_j + bias)``: O(n·(C + D)); the target
-    correlations are two matmuls per problem. The residual is ``sqrt(‖b‖² − wᵀp − λ‖w‖²)`` (exact for
-    the solved weights, no ``C × D`` residual is formed); in float32 its error is ~1e-4·‖b‖, so a
-    residual far below that is reported with less relative accuracy than ``omp``'s.
+    correlations are two matmuls per problem. The residual is ``sqrt(‖b‖² − 2wᵀp + wᵀG_SS w)`` over the
+    stored float32 Gram columns (float64 sums; no ``C × D`` residual is formed): its error is
+    ~1e-4·‖b‖, so a residual far below that is reported with less relative accuracy than ``omp``'s,
+    and one at that rounding level can read 0 (``stop`` is then ``tolerance`` even with ``tol = 0``).
+    The correlations are summed in Gram-slot order, which depends on the budget once slots are
+    reused, so runs with different budgets can differ by rounding from then on.
     """
     if not isinstance(errors, torch.Tensor) or not isinstance(features, torch.Tensor):
         raise TypeError("datadiet.omp_factored: errors and features must be tensors")

@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 
 PIVOT_EPS = 1e-6  # csrc/ops/omp/omp_rules.h: kPivotEps
+MIN_CORRELATION = 1e-6  # kMinCorrelation: the pick floor, relative to the largest initial correlation
 STOP_BUDGET, STOP_TOLERANCE, STOP_CORRELATION, STOP_RANK = range(4)
 
 
@@ -57,7 +58,7 @@ def omp_one(a: torch.Tensor, b: torch.Tensor, k: int, lam: float, positive: bool
     w = torch.zeros(0, dtype=torch.float64)
     picked = torch.zeros(n, dtype=torch.bool)
     score0 = c0 if positive else c0.abs()
-    floor = 1e-6 * max(float(score0.max()) if n else 0.0, 0.0)
+    floor = MIN_CORRELATION * max(float(score0.max()) if n else 0.0, 0.0)
     r2, iterations, rejected = b2, 0, 0
     if k == 0 or not b2 > 0:
         return support, w, b2 ** 0.5, 0, STOP_BUDGET if k == 0 else STOP_TOLERANCE, 0

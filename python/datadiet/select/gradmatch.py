@@ -67,7 +67,8 @@ class GradMatchSelection(NamedTuple):
     (picks refused as dependent or raising the residual); ``filled``: how many random samples
     were added because OMP found fewer than the budget, and ``fill_reasons`` why: for each stop
     reason, the problems that ended short of their budget with it, plus the atoms ``rejected``
-    and ``dropped`` (zeroed by the non-negative solve) over those problems."""
+    and ``dropped`` (zeroed by the non-negative solve) over those problems; per batch also
+    ``batch_remainder``, the samples of a budget that is not a multiple of ``batch_size``."""
 
     indices: torch.Tensor
     weights: torch.Tensor
@@ -216,8 +217,12 @@ def _per_batch(embedding, k, batch_size, lam, tol, positive, val_embedding, seed
     fill = _fill(n, indices, k - indices.numel(), seed, embedding.device)
     ones = torch.ones(fill.numel(), device=weights.device)
     atoms = torch.tensor([int((res.indices >= 0).sum())])
-    return _selection(torch.cat([indices, fill]), torch.cat([weights, ones]), res, found, fill.numel(), atoms,
-                      torch.tensor([kb]))
+    sel = _selection(torch.cat([indices, fill]), torch.cat([weights, ones]), res, found, fill.numel(), atoms,
+                     torch.tensor([kb]))
+    remainder = k - kb * batch_size  # samples no whole batch can cover
+    if remainder > 0 and fill.numel():
+        sel.fill_reasons["batch_remainder"] = min(remainder, fill.numel())
+    return sel
 
 
 def _fill(n: int, chosen: torch.Tensor, count: int, seed: int, device) -> torch.Tensor:
@@ -249,5 +254,5 @@ def _selection(indices, weights, res, found, filled, atoms, budgets) -> GradMatc
     if bool(short.any()):
         reasons["rejected"] = int(rejected[short].sum())
         reasons["dropped"] = int((iterations - rejected - atoms)[short].sum())
-    return GradMatchSelection(indices, weights, _relative(res).reshape(-1), found, iterations, filled, stop, rejected,
-                              reasons)
+    return GradMatchSelection(indices, weights, _relative(res).reshape(-1), found, res.iterations.reshape(-1), filled,
+                              res.stop.reshape(-1), res.rejected.reshape(-1), reasons)
