@@ -13,7 +13,8 @@ from datadiet.reference.omp import omp_reference
 from omp_cases import at_angle, cords_class_embedding, mixed_cone, near_rank_deficient
 from select_helpers import last_layer_case
 
-BUDGET, TOLERANCE, NO_CORRELATION, RANK = (STOP_REASONS.index(s) for s in STOP_REASONS)
+BUDGET, TOLERANCE, NO_CORRELATION, RANK = (STOP_REASONS.index(s) for s in ("budget", "tolerance", "no_correlation",
+                                                                           "rank"))
 
 
 def found(res) -> int:

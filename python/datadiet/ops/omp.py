@@ -21,14 +21,12 @@ from datadiet.ops._args import int_list
 # PIVOT_EPS: an atom enters the support only if the squared sine of its angle to the span of the
 # support (its squared Cholesky pivot relative to ‖a‖² + lam) exceeds it; the Gram entries are
 # float32 dot products, so a smaller pivot is mostly rounding (csrc/ops/omp/omp_rules.h).
-from datadiet.reference.omp import PIVOT_EPS, omp_reference
-
-STOP_REASONS = ("budget", "tolerance", "no_correlation", "rank")
-"""Why a problem's solve stopped, by ``OMPResult.stop`` code: ``budget`` — the support reached the
-budget; ``tolerance`` — ``‖r‖ <= tol·‖target‖`` (a zero target stops here at once);
-``no_correlation`` — no unpicked atom correlates (``positive``: positively) above 1e-6 of the
-largest initial correlation, so no admissible atom is left; ``rank`` — ``lam = 0`` and the
-support has as many atoms as the atoms have dimensions, so every other atom is dependent."""
+# STOP_REASONS: why a problem's solve stopped, by OMPResult.stop code: "budget" — the support
+# reached the budget; "tolerance" — ‖r‖ <= tol·‖target‖ (a zero target stops here at once);
+# "no_correlation" — no unpicked atom correlates (positive: positively) above 1e-6 of the largest
+# initial correlation, so no admissible atom is left; "rank" — lam = 0 and the support has as
+# many atoms as the atoms have dimensions, so every other atom is dependent.
+from datadiet.reference.omp import PIVOT_EPS, STOP_REASONS, omp_reference
 
 
 

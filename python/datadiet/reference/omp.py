@@ -19,7 +19,8 @@ import torch
 
 PIVOT_EPS = 1e-6  # csrc/ops/omp/omp_rules.h: kPivotEps
 MIN_CORRELATION = 1e-6  # kMinCorrelation: the pick floor, relative to the largest initial correlation
-STOP_BUDGET, STOP_TOLERANCE, STOP_CORRELATION, STOP_RANK = range(4)
+STOP_REASONS = ("budget", "tolerance", "no_correlation", "rank")  # by code: omp_rules.h Stop
+STOP_BUDGET, STOP_TOLERANCE, STOP_CORRELATION, STOP_RANK = range(len(STOP_REASONS))
 
 
 def nnls_gram(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
