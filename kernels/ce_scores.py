@@ -17,7 +17,10 @@ import torch
 import triton
 import triton.language as tl
 
+from datadiet.kernels._launch import POINTER, launch, variant
+
 _MAX_BLOCK_C = 2048
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
@@ -160,7 +163,8 @@ def ce_scores(
     if n > 0:
         block = block_c or min(triton.next_power_of_2(c), _MAX_BLOCK_C)
         hsq = feature_sqnorm if feature_sqnorm is not None else scores[0]
-        _ce_scores_kernel[(n,)](
+        launch(
+            _ce_scores_kernel, (n,),
             logits, logits.stride(0), logits.stride(1),
             targets, targets.stride(0),
             hsq, hsq.stride(0),
@@ -170,6 +174,24 @@ def ce_scores(
             HAS_HSQ=feature_sqnorm is not None,
             WRITE_EMB=embedding_dtype is not None,
             BLOCK_C=block,
-            num_warps=4 if block <= 1024 else 8,
+            num_warps=_warps(block),
         )  # fmt: skip
     return (*scores, correct, embedding)
+
+
+def _warps(block: int) -> int:
+    return 4 if block <= 1024 else 8
+
+
+def variants():
+    """Column blocks 1 … 2048 (``block_c`` and the rows' next power of two), every logits and
+    embedding dtype (none: an empty float32 placeholder), with and without feature norms."""
+    for logits in FLOAT_DTYPES:
+        for embedding in (None,) + FLOAT_DTYPES:
+            for has_hsq in (False, True):
+                for log_block in range(_MAX_BLOCK_C.bit_length()):
+                    block = 1 << log_block
+                    types = (f"{POINTER[logits]} i32 i32 *i64 i32 *fp32 i32 " + "*fp32 " * 6 + "*u8 "
+                             + f"{POINTER[embedding or torch.float32]} i32 i32 fp32")
+                    yield variant(_ce_scores_kernel, types, HAS_HSQ=has_hsq, WRITE_EMB=embedding is not None,
+                                  BLOCK_C=block, num_warps=_warps(block))

@@ -14,10 +14,11 @@ import torch
 import triton
 import triton.language as tl
 
+from datadiet.kernels._launch import launch, upload, variant
+
 CHUNK = 65536
 BLOCK = 1024
 BINS = 256
-STATE = 4 + BINS  # prefix, want, ties, keep, histogram
 _TL = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 _CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
@@ -49,21 +50,22 @@ def _average_kernel(table, chunks, weights, inputs, alpha, LERP: tl.constexpr, D
 
 def _chunks(sizes: list[int], groups: list[int], device) -> torch.Tensor:
     rows = [(t, b, groups[t]) for t, n in enumerate(sizes) for b in range(0, n, CHUNK)]
-    return torch.tensor(rows, dtype=torch.int64).reshape(-1, 3).to(device)
+    return upload(rows, device).reshape(-1, 3)
 
 
 def _average(dst: list[torch.Tensor], inputs: list[list[torch.Tensor]], weights: list[float], alpha: float,
              lerp: bool) -> None:
     for dtype in {d.dtype for d in dst}:
         pick = [t for t, d in enumerate(dst) if d.dtype == dtype]
-        table = torch.tensor([[dst[t].numel(), dst[t].data_ptr()] + [x[t].data_ptr() for x in inputs] for t in pick],
-                             dtype=torch.int64).to(dst[0].device)
-        chunks = _chunks([dst[t].numel() for t in pick], [0] * len(pick), dst[0].device)
-        if chunks.shape[0] == 0:
+        sizes = [dst[t].numel() for t in pick]
+        if not any(sizes):
             continue
-        w = torch.tensor(weights or [0.0], dtype=torch.float32, device=dst[0].device)
-        _average_kernel[(chunks.shape[0],)](table, chunks, w, len(inputs), alpha, LERP=lerp, DTYPE=_TL[dtype],
-                                            CHUNK=CHUNK, BLOCK=BLOCK)
+        device = dst[0].device
+        table = upload([[dst[t].numel(), dst[t].data_ptr()] + [x[t].data_ptr() for x in inputs] for t in pick], device)
+        chunks = _chunks(sizes, [0] * len(pick), device)
+        w = upload(weights or [0.0], device, torch.float32)
+        launch(_average_kernel, (chunks.shape[0],), table, chunks, w, len(inputs), float(alpha), LERP=lerp,
+               DTYPE=_TL[dtype], CHUNK=CHUNK, BLOCK=BLOCK)
 
 
 def average_(dst: list[torch.Tensor], sources: list[torch.Tensor], weights: list[float]) -> None:
@@ -185,23 +187,33 @@ def magnitude_prune_(tensors: list[torch.Tensor], masks: list[torch.Tensor], kee
     device = tensors[0].device
     T = len(tensors)
     groups = [0] * T if len(keep) == 1 and T != 1 else list(range(T))
-    table = torch.tensor([[t.data_ptr(), t.numel(), _CODE[t.dtype], masks[i].data_ptr() if masks else 0]
-                          for i, t in enumerate(tensors)], dtype=torch.int64).to(device)
+    if not any(t.numel() for t in tensors):
+        return
+    table = upload([[t.data_ptr(), t.numel(), _CODE[t.dtype], masks[i].data_ptr() if masks else 0]
+                    for i, t in enumerate(tensors)], device)
     chunks = _chunks([t.numel() for t in tensors], groups, device)
     count = chunks.shape[0]
-    if count == 0:
-        return
-    state = torch.zeros(len(keep), STATE, dtype=torch.int64)
-    state[:, 1] = state[:, 3] = torch.tensor(keep)
-    state = state.to(device)
+    state = upload([[0, k, 0, k] + [0] * BINS for k in keep], device)  # prefix, want, ties, keep, histogram
     for p in range(4):
-        _histogram_kernel[(count,)](table, chunks, state, PASS=p, CHUNK=CHUNK, BLOCK=BLOCK)
-        _choose_kernel[(len(keep),)](state)
+        launch(_histogram_kernel, (count,), table, chunks, state, PASS=p, CHUNK=CHUNK, BLOCK=BLOCK)
+        launch(_choose_kernel, (len(keep),), state)
     ties = torch.zeros(count, dtype=torch.int64, device=device)
-    _count_ties_kernel[(count,)](table, chunks, state, ties, CHUNK=CHUNK, BLOCK=BLOCK)
+    launch(_count_ties_kernel, (count,), table, chunks, state, ties, CHUNK=CHUNK, BLOCK=BLOCK)
     # Ties before each chunk within its group (groups' chunks are consecutive): torch ops, no sync.
     group = chunks[:, 2].contiguous()
     running = torch.cumsum(ties, 0) - ties
     first = torch.searchsorted(group, group)
     offsets = running - running[first]
-    _apply_kernel[(count,)](table, chunks, state, offsets, CHUNK=CHUNK, BLOCK=BLOCK)
+    launch(_apply_kernel, (count,), table, chunks, state, offsets, CHUNK=CHUNK, BLOCK=BLOCK)
+
+
+def variants():
+    for dtype in _TL.values():
+        for lerp in (False, True):
+            yield variant(_average_kernel, "*i64 *i64 *fp32 i32 fp32", LERP=lerp, DTYPE=dtype, CHUNK=CHUNK,
+                          BLOCK=BLOCK)
+    for p in range(4):
+        yield variant(_histogram_kernel, "*i64 *i64 *i64", PASS=p, CHUNK=CHUNK, BLOCK=BLOCK)
+    yield variant(_choose_kernel, "*i64")
+    yield variant(_count_ties_kernel, "*i64 *i64 *i64 *i64", CHUNK=CHUNK, BLOCK=BLOCK)
+    yield variant(_apply_kernel, "*i64 *i64 *i64 *i64", CHUNK=CHUNK, BLOCK=BLOCK)

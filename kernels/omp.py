@@ -35,46 +35,54 @@ limit. A program's stores to global memory are read back by other threads of the
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 import triton
 import triton.language as tl
 
-MAX_BUDGET = 4096
+from datadiet.kernels._launch import launch, upload, variant
+
+MAX_BUDGET = 2048  # above it the solve kernel spills more than datadiet.ptxas.SPILL_BUDGET
 MIN_CORRELATION = 1e-6  # relative to the largest initial correlation
-PIVOT_EPS: tl.constexpr = 1e-6  # Schur complement at most this fraction of Q_jj: the atom is dependent
-READMIT_EPS: tl.constexpr = 1e-12  # relative to ‖b‖: the smallest gradient that re-admits an atom
 NO_RANK_LIMIT = 1 << 62  # λ > 0: no support size makes every further atom dependent
+
+# What the kernels read is a tl.constexpr object (a compiled kernel cannot read a plain global);
+# the host reads the same numbers through HOST below.
+PIVOT_EPS = tl.constexpr(1e-6)  # Schur complement at most this fraction of Q_jj: the atom is dependent
+READMIT_EPS = tl.constexpr(1e-12)  # relative to ‖b‖: the smallest gradient that re-admits an atom
 
 # Columns of the per-problem tables: layout (int64 [P, NT]), state (int64 [P, NS]) and
 # float64 state (dstate [P, ND]: residual², ‖b‖², correlation floor, stopping residual²).
-LO: tl.constexpr = 0
-N: tl.constexpr = 1
-BUDGET: tl.constexpr = 2
-CAP: tl.constexpr = 3
-CAP_AT: tl.constexpr = 4
-L_AT: tl.constexpr = 5
-G_AT: tl.constexpr = 6
-NT: tl.constexpr = 7
-STATUS: tl.constexpr = 0  # 0 active, 1 done
-M: tl.constexpr = 1  # support size
-ITS: tl.constexpr = 2
-PENDING: tl.constexpr = 3  # this step's pick (local index), -1 none (or rejected)
-NEW_SLOT: tl.constexpr = 4  # its new Gram-column slot (factorised), -1 none
-USED: tl.constexpr = 5  # Gram-column slots handed out
-STOP: tl.constexpr = 6  # why the problem is done (omp_rules.h)
-REJECTED: tl.constexpr = 7  # picks not admitted
-M_OLD: tl.constexpr = 8  # the support size before this step's pick
-SAVED: tl.constexpr = 9  # 1 when this step's NNLS saved the factor first
-NS: tl.constexpr = 10
-STOP_BUDGET: tl.constexpr = 0
-STOP_TOLERANCE: tl.constexpr = 1
-STOP_CORRELATION: tl.constexpr = 2
-STOP_RANK: tl.constexpr = 3
-R2: tl.constexpr = 0
-B2: tl.constexpr = 1
-FLOOR: tl.constexpr = 2
-STOP2: tl.constexpr = 3
-ND: tl.constexpr = 4
+LO = tl.constexpr(0)
+N = tl.constexpr(1)
+BUDGET = tl.constexpr(2)
+CAP = tl.constexpr(3)
+CAP_AT = tl.constexpr(4)
+L_AT = tl.constexpr(5)
+G_AT = tl.constexpr(6)
+NT = tl.constexpr(7)
+STATUS = tl.constexpr(0)  # 0 active, 1 done
+M = tl.constexpr(1)  # support size
+ITS = tl.constexpr(2)
+PENDING = tl.constexpr(3)  # this step's pick (local index), -1 none (or rejected)
+NEW_SLOT = tl.constexpr(4)  # its new Gram-column slot (factorised), -1 none
+USED = tl.constexpr(5)  # Gram-column slots handed out
+STOP = tl.constexpr(6)  # why the problem is done (omp_rules.h)
+REJECTED = tl.constexpr(7)  # picks not admitted
+M_OLD = tl.constexpr(8)  # the support size before this step's pick
+SAVED = tl.constexpr(9)  # 1 when this step's NNLS saved the factor first
+NS = tl.constexpr(10)
+STOP_BUDGET = tl.constexpr(0)
+STOP_TOLERANCE = tl.constexpr(1)
+STOP_CORRELATION = tl.constexpr(2)
+STOP_RANK = tl.constexpr(3)
+R2 = tl.constexpr(0)
+B2 = tl.constexpr(1)
+FLOOR = tl.constexpr(2)
+STOP2 = tl.constexpr(3)
+ND = tl.constexpr(4)
+HOST = SimpleNamespace(**{name: c.value for name, c in list(globals().items()) if isinstance(c, tl.constexpr)})
 
 _ROWS = 32
 _BLOCK_D = 64
@@ -197,7 +205,7 @@ def _admit(A, G, Lp, sup, wp, slot_of, in_support, lo, cap, G_at, d, lam, m, j, 
     diag = qjj + lam
     d2 = diag - tl.sum(l * l, axis=0)
     out = m
-    if d2 > PIVOT_EPS * diag:
+    if d2 > diag * PIVOT_EPS:
         tl.store(Lp + m * cap + offs, tl.where(offs == m, tl.sqrt(tl.maximum(d2, 0.0)), l), mask=offs <= m)
         tl.store(sup + m, j)
         tl.store(wp + m, 0.0)
@@ -331,7 +339,7 @@ def _accept(state, dstate, g, r2, m, budget):
 def _solve_kernel(A, G, c0, table, state, dstate, support, weights, zero, wslot, slot_of, in_support, L, Lsaved,
                   sup_old, w_old, d, lam, POSITIVE: tl.constexpr, FACTORED: tl.constexpr, BLOCK_K: tl.constexpr,
                   BLOCK_D: tl.constexpr):
-    g = tl.program_id(0)
+    g = tl.program_id(0).to(tl.int64)
     j = tl.load(state + g * NS + PENDING)
     if j >= 0:
         lo = tl.load(table + g * NT + LO)
@@ -361,7 +369,7 @@ def _solve_kernel(A, G, c0, table, state, dstate, support, weights, zero, wslot,
                     _copy_rows(Lp, Ls, cap, m0, offs)
                     tl.store(state + g * NS + SAVED, 1)
                     m = _nnls(A, G, c0, Lp, sup, wp, zero + cap_at, slot_of, in_support, lo, cap, G_at, d, lam, m,
-                              z, READMIT_EPS * tl.sqrt(b2), 6 * m + 10, offs, FACTORED, BLOCK_D)  # nnls_guard(m)
+                              z, tl.sqrt(b2) * READMIT_EPS, 6 * m + 10, offs, FACTORED, BLOCK_D)  # nnls_guard(m)
                 else:
                     tl.store(wp + offs, z, mask=offs < m)
             else:
@@ -397,7 +405,7 @@ def _solve_kernel(A, G, c0, table, state, dstate, support, weights, zero, wslot,
 @triton.jit
 def _pick_kernel(c, picked, table, state, dstate, slot_of, owner, in_support, rank, POSITIVE: tl.constexpr,
                  FACTORED: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
-    g = tl.program_id(0)
+    g = tl.program_id(0).to(tl.int64)
     status = tl.load(state + g * NS + STATUS)
     j = status * 0 - 1
     new_slot = status * 0 - 1
@@ -497,12 +505,12 @@ def _gram_kernel(E, H, G, row_problem, table, state, N, C, D1, bias, ROWS: tl.co
 
 @triton.jit
 def _residual_kernel(A, b, r, table, state, dstate, support, weights, L, Lsaved, sup_old, w_old, in_support, d,
-                     every, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+                     REFRESH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
     """Dense: r = b − Σ w_s a_s accumulated in float64, stored float32, and ‖r‖² (the exact residual).
-    After a solve (every = 0) it is the verdict: a residual above the current one undoes the pick."""
-    g = tl.program_id(0)
+    After a solve (not REFRESH) it is the verdict: a residual above the current one undoes the pick."""
+    g = tl.program_id(0).to(tl.int64)
     j = tl.load(state + g * NS + PENDING)
-    if (every != 0) | (j >= 0):
+    if REFRESH or (j >= 0):
         lo = tl.load(table + g * NT + LO)
         cap_at = tl.load(table + g * NT + CAP_AT)
         m = tl.load(state + g * NS + M)
@@ -518,7 +526,7 @@ def _residual_kernel(A, b, r, table, state, dstate, support, weights, L, Lsaved,
             tl.store(r + g * d + d0 + cols, acc.to(tl.float32), mask=live)
             r2 += acc * acc
         total = tl.sum(r2, axis=0)
-        if every != 0:
+        if REFRESH:
             tl.store(dstate + g * ND + R2, total)
         elif total <= current:
             _accept(state, dstate, g, total, m, tl.load(table + g * NT + BUDGET))
@@ -529,12 +537,15 @@ def _residual_kernel(A, b, r, table, state, dstate, support, weights, L, Lsaved,
 
 
 @triton.jit
-def _correlate_kernel(A, r, G, c0, wslot, c, row_problem, table, state, N, d, every, kmax,
+def _correlate_kernel(A, r, G, c0, wslot, c, row_problem, table, state, N, d, kmax, REFRESH: tl.constexpr,
                       FACTORED: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
     """Correlations with the residual for the rows of problems that changed this step."""
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     g = tl.load(row_problem + rows, mask=rows < N, other=0)
-    act = (rows < N) & ((every != 0) | (tl.load(state + g * NS + PENDING, mask=rows < N, other=-1) >= 0))
+    if REFRESH:
+        act = rows < N
+    else:
+        act = (rows < N) & (tl.load(state + g * NS + PENDING, mask=rows < N, other=-1) >= 0)
     if tl.max(act.to(tl.int32), axis=0) > 0:
         cols = tl.arange(0, BLOCK_D)
         acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
@@ -572,13 +583,13 @@ class _Problems:
             L_at.append(L_at[-1] + cap * cap)
             G_at.append(G_at[-1] + (n * cap if factored else 0))
         rows = [offsets[:-1], sizes, budgets, caps, cap_at[:-1], L_at[:-1], G_at[:-1]]
-        self.table = torch.tensor(rows, dtype=torch.int64).t().contiguous().to(device)
+        self.table = upload(list(zip(*rows)), device).reshape(P, HOST.NT)
         self.P, self.N, self.sizes, self.budgets, self.offsets = P, offsets[-1], sizes, budgets, offsets
-        self.kmax = max(caps)
+        self.kmax = max(caps, default=1)
         self.block_k = triton.next_power_of_2(self.kmax)
         i64 = dict(dtype=torch.int64, device=device)
-        self.state = torch.zeros(P, NS, **i64)
-        self.dstate = torch.zeros(P, ND, dtype=torch.float64, device=device)
+        self.state = torch.zeros(P, HOST.NS, **i64)
+        self.dstate = torch.zeros(P, HOST.ND, dtype=torch.float64, device=device)
         self.support = torch.zeros(cap_at[-1], **i64)
         self.weights = torch.zeros(cap_at[-1], dtype=torch.float64, device=device)
         self.zero = torch.zeros(cap_at[-1], **i64)
@@ -593,9 +604,9 @@ class _Problems:
         self.picked = torch.zeros(self.N, dtype=torch.int8, device=device)
         self.in_support = torch.zeros(self.N, dtype=torch.int8, device=device)
         self.slot_of = torch.full((self.N,), -1, **i64)
-        self.row_problem = torch.repeat_interleave(torch.arange(P, device=device),
-                                                   torch.tensor(sizes, device=device))
-        self.cap_at = torch.tensor(cap_at[:-1], **i64)
+        self.row_problem = torch.repeat_interleave(torch.arange(P, device=device), upload(sizes, device),
+                                                   output_size=self.N)
+        self.cap_at = upload(cap_at[:-1], device)
 
     def start(self, c0: torch.Tensor, b2: torch.Tensor, positive: bool, tol: float) -> None:
         """Status, ‖b‖², the correlation floor and the stopping residual, on the device."""
@@ -603,31 +614,32 @@ class _Problems:
         best0 = torch.zeros(self.P, dtype=torch.float64, device=c0.device)
         best0.scatter_reduce_(0, self.row_problem, score, "amax")
         dev = c0.device
-        budgets = torch.tensor(self.budgets, device=dev)
-        live = (budgets > 0) & (torch.tensor(self.sizes, device=dev) > 0) & (b2 > 0)
-        self.state[:, STATUS] = (~live).long()
-        self.state[:, STOP] = torch.where(budgets == 0, STOP_BUDGET, STOP_TOLERANCE)
-        self.state[:, PENDING] = -1
-        self.dstate[:, R2] = b2
-        self.dstate[:, B2] = b2
-        self.dstate[:, FLOOR] = MIN_CORRELATION * best0
-        self.dstate[:, STOP2] = tol * tol * b2
+        budgets = upload(self.budgets, dev)
+        live = (budgets > 0) & (upload(self.sizes, dev) > 0) & (b2 > 0)
+        self.state[:, HOST.STATUS] = (~live).long()
+        self.state[:, HOST.STOP] = torch.where(budgets == 0, HOST.STOP_BUDGET, HOST.STOP_TOLERANCE)
+        self.state[:, HOST.PENDING] = -1
+        self.dstate[:, HOST.R2] = b2
+        self.dstate[:, HOST.B2] = b2
+        self.dstate[:, HOST.FLOOR] = MIN_CORRELATION * best0
+        self.dstate[:, HOST.STOP2] = tol * tol * b2
         self.c.copy_(c0)
 
     def finish(self):
         """indices (global rows, -1 padded), weights (0 padded), residual, iterations, stop, rejected."""
         dev = self.c.device
-        budgets = torch.tensor(self.budgets, device=dev)
-        problem = torch.repeat_interleave(torch.arange(self.P, device=dev), budgets)
+        budgets = upload(self.budgets, dev)
+        total = int(sum(self.budgets))
+        problem = torch.repeat_interleave(torch.arange(self.P, device=dev), budgets, output_size=total)
         out_at = torch.cumsum(budgets, 0) - budgets
-        s = torch.arange(int(sum(self.budgets)), device=dev) - out_at[problem]
-        found = s < self.state[problem, M]
+        s = torch.arange(total, device=dev) - out_at[problem]
+        found = s < self.state[problem, HOST.M]
         at = self.cap_at[problem] + s
-        indices = torch.where(found, self.table[problem, LO] + self.support[at], -1)
+        indices = torch.where(found, self.table[problem, HOST.LO] + self.support[at], -1)
         weights = torch.where(found, self.weights[at], 0.0).float()
-        residual = self.dstate[:, R2].clamp_min(0).sqrt().float()
-        return (indices, weights, residual, self.state[:, ITS].clone(), self.state[:, STOP].clone(),
-                self.state[:, REJECTED].clone())
+        residual = self.dstate[:, HOST.R2].clamp_min(0).sqrt().float()
+        return (indices, weights, residual, self.state[:, HOST.ITS].clone(), self.state[:, HOST.STOP].clone(),
+                self.state[:, HOST.REJECTED].clone())
 
 
 def _run(pb: _Problems, steps) -> None:
@@ -638,7 +650,7 @@ def _run(pb: _Problems, steps) -> None:
         for _ in range(remaining):
             steps()
         total += remaining
-        status = pb.state[:, [STATUS, M]].cpu()
+        status = pb.state[:, [HOST.STATUS, HOST.M]].cpu()
         active = [g for g in range(pb.P) if status[g, 0] == 0]
         remaining = max((pb.budgets[g] - int(status[g, 1]) for g in active), default=0)
 
@@ -647,6 +659,11 @@ def _check_budget(budgets: list[int]) -> None:
     if max(budgets, default=0) > MAX_BUDGET:
         raise ValueError(f"datadiet.omp: the Triton backend holds a problem's support in registers and takes budgets "
                          f"up to {MAX_BUDGET}, got {max(budgets)}; use backend='cuda' or 'cpu'")
+
+
+def _solve_warps(block_k: int) -> int:
+    """Warps of the solve kernel: enough that its BLOCK_K-long float64 vectors fit in registers."""
+    return min(max(block_k // 128, 4), 32)
 
 
 def omp(atoms, targets, offsets: list[int], budgets: list[int], lam: float, positive: bool, tol: float):
@@ -659,30 +676,30 @@ def omp(atoms, targets, offsets: list[int], budgets: list[int], lam: float, posi
     r = torch.empty(P, d, dtype=torch.float32, device=atoms.device)
     rows_grid = (triton.cdiv(max(N, 1), _ROWS),)
 
-    def residual(every):
-        _residual_kernel[(P,)](atoms, targets, r, pb.table, pb.state, pb.dstate, pb.support, pb.weights, pb.L,
-                               pb.L_saved, pb.support_old, pb.weights_old, pb.in_support, d, every,
-                               BLOCK_K=pb.block_k, BLOCK_D=_BLOCK_D)
+    def residual(refresh):
+        launch(_residual_kernel, (P,), atoms, targets, r, pb.table, pb.state, pb.dstate, pb.support, pb.weights, pb.L,
+               pb.L_saved, pb.support_old, pb.weights_old, pb.in_support, d, REFRESH=refresh, BLOCK_K=pb.block_k,
+               BLOCK_D=_BLOCK_D)
 
-    def correlate(every):
-        _correlate_kernel[rows_grid](atoms, r, pb.G, pb.c, pb.wslot, pb.c, pb.row_problem, pb.table, pb.state, N, d,
-                                     every, pb.kmax, FACTORED=False, ROWS=_ROWS, BLOCK_D=_BLOCK_D)
+    def correlate(refresh):
+        launch(_correlate_kernel, rows_grid, atoms, r, pb.G, pb.c, pb.wslot, pb.c, pb.row_problem, pb.table, pb.state,
+               N, d, pb.kmax, REFRESH=refresh, FACTORED=False, ROWS=_ROWS, BLOCK_D=_BLOCK_D)
 
-    pb.state[:, PENDING] = -1
-    residual(1)
-    correlate(1)
+    residual(True)
+    correlate(True)
     c0 = pb.c.clone()
-    pb.start(c0, pb.dstate[:, R2].clone(), positive, tol)
+    pb.start(c0, pb.dstate[:, HOST.R2].clone(), positive, tol)
     rank = d if lam == 0 else NO_RANK_LIMIT
 
     def steps():
-        _pick_kernel[(P,)](pb.c, pb.picked, pb.table, pb.state, pb.dstate, pb.slot_of, pb.owner, pb.in_support, rank,
-                           POSITIVE=positive, FACTORED=False, BLOCK_K=pb.block_k, BLOCK_N=_BLOCK_N)
-        _solve_kernel[(P,)](atoms, pb.G, c0, pb.table, pb.state, pb.dstate, pb.support, pb.weights, pb.zero,
-                            pb.wslot, pb.slot_of, pb.in_support, pb.L, pb.L_saved, pb.support_old, pb.weights_old, d,
-                            lam, POSITIVE=positive, FACTORED=False, BLOCK_K=pb.block_k, BLOCK_D=_BLOCK_D)
-        residual(0)
-        correlate(0)
+        launch(_pick_kernel, (P,), pb.c, pb.picked, pb.table, pb.state, pb.dstate, pb.slot_of, pb.owner,
+               pb.in_support, rank, POSITIVE=positive, FACTORED=False, BLOCK_K=pb.block_k, BLOCK_N=_BLOCK_N)
+        launch(_solve_kernel, (P,), atoms, pb.G, c0, pb.table, pb.state, pb.dstate, pb.support, pb.weights, pb.zero,
+               pb.wslot, pb.slot_of, pb.in_support, pb.L, pb.L_saved, pb.support_old, pb.weights_old, d, float(lam),
+               POSITIVE=positive, FACTORED=False, BLOCK_K=pb.block_k, BLOCK_D=_BLOCK_D,
+               num_warps=_solve_warps(pb.block_k))
+        residual(False)
+        correlate(False)
 
     _run(pb, steps)
     return pb.finish()
@@ -702,15 +719,39 @@ def omp_factored(errors, features, bias: bool, c0, b2, offsets: list[int], budge
     rank = C * (D1 + int(bias)) if lam == 0 else NO_RANK_LIMIT
 
     def steps():
-        _pick_kernel[(P,)](pb.c, pb.picked, pb.table, pb.state, pb.dstate, pb.slot_of, pb.owner, pb.in_support, rank,
-                           POSITIVE=positive, FACTORED=True, BLOCK_K=pb.block_k, BLOCK_N=_BLOCK_N)
-        _gram_kernel[rows_grid](errors, features, pb.G, pb.row_problem, pb.table, pb.state, N, C, D1,
-                                1.0 if bias else 0.0, ROWS=_ROWS, BLOCK_D=_BLOCK_D)
-        _solve_kernel[(P,)](errors, pb.G, c0, pb.table, pb.state, pb.dstate, pb.support, pb.weights, pb.zero,
-                            pb.wslot, pb.slot_of, pb.in_support, pb.L, pb.L_saved, pb.support_old, pb.weights_old, C,
-                            lam, POSITIVE=positive, FACTORED=True, BLOCK_K=pb.block_k, BLOCK_D=_BLOCK_D)
-        _correlate_kernel[rows_grid](errors, errors, pb.G, c0, pb.wslot, pb.c, pb.row_problem, pb.table, pb.state,
-                                     N, 0, 0, pb.kmax, FACTORED=True, ROWS=_ROWS, BLOCK_D=_BLOCK_D)
+        launch(_pick_kernel, (P,), pb.c, pb.picked, pb.table, pb.state, pb.dstate, pb.slot_of, pb.owner,
+               pb.in_support, rank, POSITIVE=positive, FACTORED=True, BLOCK_K=pb.block_k, BLOCK_N=_BLOCK_N)
+        launch(_gram_kernel, rows_grid, errors, features, pb.G, pb.row_problem, pb.table, pb.state, N, C, D1,
+               1.0 if bias else 0.0, ROWS=_ROWS, BLOCK_D=_BLOCK_D)
+        launch(_solve_kernel, (P,), errors, pb.G, c0, pb.table, pb.state, pb.dstate, pb.support, pb.weights, pb.zero,
+               pb.wslot, pb.slot_of, pb.in_support, pb.L, pb.L_saved, pb.support_old, pb.weights_old, C, float(lam),
+               POSITIVE=positive, FACTORED=True, BLOCK_K=pb.block_k, BLOCK_D=_BLOCK_D,
+               num_warps=_solve_warps(pb.block_k))
+        launch(_correlate_kernel, rows_grid, errors, errors, pb.G, c0, pb.wslot, pb.c, pb.row_problem, pb.table,
+               pb.state, N, 0, pb.kmax, REFRESH=False, FACTORED=True, ROWS=_ROWS, BLOCK_D=_BLOCK_D)
 
     _run(pb, steps)
     return pb.finish()
+
+
+_BLOCK_KS = [1 << i for i in range(MAX_BUDGET.bit_length())]  # next_power_of_2 of any budget up to MAX_BUDGET
+
+
+def variants():
+    state = "*i64 *i64 *fp64"  # table, state, dstate
+    for block_k in _BLOCK_KS:
+        for positive in (False, True):
+            for factored in (False, True):
+                for rank in ("i32", "i64"):  # d, or NO_RANK_LIMIT
+                    yield variant(_pick_kernel, f"*fp32 *i8 {state} *i64 *i64 *i8 {rank}", POSITIVE=positive,
+                                  FACTORED=factored, BLOCK_K=block_k, BLOCK_N=_BLOCK_N)
+                yield variant(_solve_kernel, f"*fp32 *fp32 *fp32 {state} *i64 *fp64 *i64 *fp32 *i64 *i8 *fp64 *fp64 "
+                              "*i64 *fp64 i32 fp32", POSITIVE=positive, FACTORED=factored, BLOCK_K=block_k,
+                              BLOCK_D=_BLOCK_D, num_warps=_solve_warps(block_k))
+        for refresh in (False, True):
+            yield variant(_residual_kernel, f"*fp32 *fp32 *fp32 {state} *i64 *fp64 *fp64 *fp64 *i64 *fp64 *i8 i32",
+                          REFRESH=refresh, BLOCK_K=block_k, BLOCK_D=_BLOCK_D)
+    for refresh, factored in ((True, False), (False, False), (False, True)):
+        yield variant(_correlate_kernel, "*fp32 *fp32 *fp32 *fp32 *fp32 *fp32 *i64 *i64 *i64 i32 i32 i32",
+                      REFRESH=refresh, FACTORED=factored, ROWS=_ROWS, BLOCK_D=_BLOCK_D)
+    yield variant(_gram_kernel, "*fp32 *fp32 *fp32 *i64 *i64 *i64 i32 i32 i32 fp32", ROWS=_ROWS, BLOCK_D=_BLOCK_D)

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from datadiet.kernels._launch import launch, upload, variant
+
 _BLOCK = 1024
 
 
@@ -69,9 +71,14 @@ def select_smallest(keys: torch.Tensor, offsets: list[int], ks: list[int]) -> to
     out_starts = [0]
     for k in ks[:-1]:
         out_starts.append(out_starts[-1] + k)
-    table = torch.tensor([[offsets[g], offsets[g + 1] - offsets[g], ks[g], out_starts[g]] for g in live],
-                         dtype=torch.int64).t().contiguous().to(device)
-    _select_kernel[(len(live),)](keys, table[0], table[1], table[2], table[3], out, BLOCK=_BLOCK)
-    segment = torch.repeat_interleave(torch.arange(len(ks), device=device), torch.tensor(ks, device=device))
+    columns = [[offsets[g] for g in live], [offsets[g + 1] - offsets[g] for g in live], [ks[g] for g in live],
+               [out_starts[g] for g in live]]
+    table = upload(columns, device)
+    launch(_select_kernel, (len(live),), keys, table[0], table[1], table[2], table[3], out, BLOCK=_BLOCK)
+    segment = torch.repeat_interleave(torch.arange(len(ks), device=device), upload(ks, device), output_size=total)
     order = torch.sort(segment * (1 << 32) + keys[out], stable=True).indices
     return out[order]
+
+
+def variants():
+    yield variant(_select_kernel, "*i64 *i64 *i64 *i64 *i64 *i64", BLOCK=_BLOCK)

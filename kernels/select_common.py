@@ -5,14 +5,15 @@ so no multiply-add is fused, and every float32 division goes through float64 (IE
 correctly rounded float64 quotient rounds to the correctly rounded float32 one), which keeps
 the bits equal to CPU, CUDA and the reference.
 
-Unsigned 32-bit keys travel as int64 values in [0, 2^32).
+Unsigned 32-bit keys travel as int64 values in [0, 2^32). Constants read inside kernels are
+``tl.constexpr`` objects (a compiled kernel cannot read a plain Python global).
 """
 
 import triton
 import triton.language as tl
 
-NAN_KEY = 0xFFFFFFFF
-INF_KEY = 0xFF800000
+NAN_KEY = tl.constexpr(0xFFFFFFFF)
+INF_KEY = tl.constexpr(0xFF800000)
 
 
 @triton.jit

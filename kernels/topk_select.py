@@ -7,10 +7,12 @@ import torch
 import triton
 import triton.language as tl
 
+from datadiet.kernels._launch import POINTER, launch, variant
 from datadiet.kernels.radix_select import select_smallest
 from datadiet.kernels.select_common import ordered_key
 
 _BLOCK = 1024
+SCORE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
@@ -25,5 +27,11 @@ def topk_select(scores: torch.Tensor, offsets: list[int], ks: list[int], largest
     n = scores.numel()
     keys = torch.empty(n, dtype=torch.int64, device=scores.device)
     if n:
-        _keys_kernel[(triton.cdiv(n, _BLOCK),)](scores, keys, n, LARGEST=largest, BLOCK=_BLOCK)
+        launch(_keys_kernel, (triton.cdiv(n, _BLOCK),), scores, keys, n, LARGEST=bool(largest), BLOCK=_BLOCK)
     return select_smallest(keys, offsets, ks)
+
+
+def variants():
+    for dtype in SCORE_DTYPES:
+        for largest in (False, True):
+            yield variant(_keys_kernel, f"{POINTER[dtype]} *i64 i32", LARGEST=largest, BLOCK=_BLOCK)

@@ -7,10 +7,12 @@ import torch
 import triton
 import triton.language as tl
 
+from datadiet.kernels._launch import POINTER, launch, variant
 from datadiet.kernels.radix_select import select_smallest
 from datadiet.kernels.select_common import exponential_key, random_word
 
 _BLOCK = 1024
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
@@ -25,5 +27,11 @@ def weighted_sample(weights: torch.Tensor, offsets: list[int], ks: list[int], se
     n = weights.numel()
     keys = torch.empty(n, dtype=torch.int64, device=weights.device)
     if n:
-        _keys_kernel[(triton.cdiv(n, _BLOCK),)](weights, keys, n, seed, BLOCK=_BLOCK, enable_fp_fusion=False)
+        launch(_keys_kernel, (triton.cdiv(n, _BLOCK),), weights, keys, n, seed, BLOCK=_BLOCK, enable_fp_fusion=False)
     return select_smallest(keys, offsets, ks)
+
+
+def variants():
+    for dtype in WEIGHT_DTYPES:
+        for seed in ("i32", "i64"):  # Triton types the seed by its value
+            yield variant(_keys_kernel, f"{POINTER[dtype]} *i64 i32 {seed}", BLOCK=_BLOCK, enable_fp_fusion=False)

@@ -1,6 +1,9 @@
 """Test setup. Without a GPU, Triton kernels run through the interpreter on CPU tensors:
 TRITON_INTERPRET must be set before any kernel module is imported, so it is set here.
-With a GPU the same tests run the compiled Triton kernels on CUDA tensors instead."""
+With a GPU the same tests run the compiled Triton kernels on CUDA tensors instead.
+Every Triton launch of the suite is checked against its module's compile table
+(``DATADIET_CHECK_LAUNCHES``, ``datadiet/kernels/_launch.py``), which test_triton_aot.py
+compiles for sm_80 and sm_90."""
 
 import os
 
@@ -8,6 +11,7 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("DATADIET_CHECK_LAUNCHES", "1")
 
 import pytest  # noqa: E402
 

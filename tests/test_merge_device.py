@@ -84,3 +84,17 @@ def test_triton_custom_ops_have_fakes():
                            [20]))
     torch.library.opcheck(torch.ops.datadiet.lerp_triton.default, ([t.clone() for t in ts], ts, 0.3))
     torch.library.opcheck(torch.ops.datadiet.average_triton.default, ([t.clone() for t in ts], ts + ts, [0.5, 0.5]))
+
+
+@pytest.mark.parametrize("backend", ["cpu"] + DEVICE_BACKENDS)
+def test_the_raw_average_op_refuses_destinations_without_sources(backend):
+    """The op itself, not only the wrapper: an average of no models is refused on every backend
+    (the CUDA kernel read weights[0] and the table row past the end)."""
+    device = "cpu" if backend == "cpu" else DEVICE
+    op = torch.ops.datadiet.average_triton if backend == "triton" else torch.ops.datadiet.average_
+    dst = [torch.ones(70_000, device=device)]
+    with pytest.raises(ValueError, match=r"average_: needs at least one source model for 1 destination tensors"):
+        op(dst, [], [])
+    with pytest.raises(ValueError, match=r"average_: got 2 weights for 1 models"):
+        op(dst, [torch.zeros(70_000, device=device)], [0.5, 0.5])
+    assert torch.equal(dst[0].cpu(), torch.ones(70_000))

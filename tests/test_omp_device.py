@@ -149,9 +149,10 @@ def test_triton_rules_match_the_reference():
     from datadiet.kernels import omp as kernel
     from datadiet.reference import omp as reference
 
-    assert kernel.PIVOT_EPS == reference.PIVOT_EPS == datadiet.ops.PIVOT_EPS
+    assert kernel.HOST.PIVOT_EPS == reference.PIVOT_EPS == datadiet.ops.PIVOT_EPS
     assert kernel.MIN_CORRELATION == reference.MIN_CORRELATION
-    codes = (kernel.STOP_BUDGET, kernel.STOP_TOLERANCE, kernel.STOP_CORRELATION, kernel.STOP_RANK)
+    host = kernel.HOST
+    codes = (host.STOP_BUDGET, host.STOP_TOLERANCE, host.STOP_CORRELATION, host.STOP_RANK)
     assert [datadiet.ops.STOP_REASONS[c] for c in codes] == ["budget", "tolerance", "no_correlation", "rank"]
     assert codes == (reference.STOP_BUDGET, reference.STOP_TOLERANCE, reference.STOP_CORRELATION, reference.STOP_RANK)
 
@@ -200,7 +201,8 @@ def test_triton_refuses_budgets_beyond_its_registers():
     from datadiet.kernels.omp import MAX_BUDGET
 
     a = torch.zeros(MAX_BUDGET + 1, 1, device=DEVICE)
-    with pytest.raises(ValueError, match=r"Triton backend .* budgets up to 4096, got 4097; use backend='cuda'"):
+    with pytest.raises(ValueError, match=rf"Triton backend .* budgets up to {MAX_BUDGET}, got {MAX_BUDGET + 1}; "
+                                         "use backend='cuda'"):
         omp(a, torch.ones(1, device=DEVICE), MAX_BUDGET + 1, backend="triton")
 
 
@@ -229,3 +231,18 @@ def test_gradmatch_per_class_on_the_device_equals_cpu(backend):
         assert got.indices.device.type == DEVICE
         assert sorted(got.indices.tolist()) == sorted(want.indices.tolist())
         assert got.found.tolist() == want.found.tolist() and got.filled == want.filled
+
+
+@pytest.mark.skipif(not ON_GPU or torch.cuda.get_device_properties(0).total_memory < 80 << 30,
+                    reason="needs a GPU with 80 GB")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_offsets_past_two_to_the_31_elements(backend):
+    """problems × d ≥ 2³¹: per-problem rows of the targets and residuals are addressed in int64
+    (``program_id * d`` in int32 wrapped to another problem's row or out of the buffer)."""
+    P, d = (1 << 15) + 4, 1 << 16
+    atoms = torch.randn(P, d, device="cuda")
+    r = omp(atoms, 2 * atoms, 1, offsets=list(range(P + 1)), backend=backend)
+    tail = slice(P - 8, P)
+    assert r.indices[tail].flatten().tolist() == list(range(P - 8, P))
+    torch.testing.assert_close(r.weights[tail].flatten(), torch.full((8,), 2.0, device="cuda"))
+    assert float((r.residual[tail] / r.target_norm[tail]).max()) < 1e-4

@@ -4,6 +4,7 @@ CUDA tensors when there is one."""
 
 import pytest
 import torch
+from conftest import DEVICE_BACKENDS
 
 from datadiet.ops import selective_backprop_keep_, stratified_select, topk_select, weighted_sample
 from select_helpers import ragged_offsets
@@ -77,3 +78,15 @@ def test_custom_ops_have_fakes():
     w = data(50, torch.float32, seed=1).to(DEVICE)
     torch.library.opcheck(torch.ops.datadiet.topk_select_triton.default, (w, [0, 20, 50], [2, 5], True))
     torch.library.opcheck(torch.ops.datadiet.weighted_sample_triton.default, (w, [0, 50], [7], 3))
+
+
+@pytest.mark.parametrize("backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("bad", [[-1, 0], [8, 8], [3, 5], [0, 9], [2, -1]])
+def test_an_invalid_state_is_detected_on_the_device(backend, bad):
+    """A corrupt state (the CPU kernel raises) writes nothing: history and state stay as they were,
+    every loss is marked not kept with a NaN percentile (no host synchronisation to raise)."""
+    history, state = torch.arange(8.0, device=DEVICE), torch.tensor(bad, device=DEVICE)
+    keep, percentile = selective_backprop_keep_(torch.rand(5, device=DEVICE), history, state, beta=1.0, seed=0,
+                                                step=0, backend=backend)
+    assert not keep.any() and percentile.isnan().all()
+    assert torch.equal(history.cpu(), torch.arange(8.0)) and state.tolist() == bad

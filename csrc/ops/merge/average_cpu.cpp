@@ -70,7 +70,6 @@ void average_cpu(std::vector<StableTensor> dst, std::vector<StableTensor> source
   check_average_args(dst, sources, weights);
   const int64_t T = static_cast<int64_t>(dst.size()), models = static_cast<int64_t>(weights.size());
   std::vector<float> w(weights.begin(), weights.end());
-  if (models == 0) return;  // only possible for an empty list
   each_chunk(dst, [&](int64_t t, int64_t begin, int64_t end) {
     dispatch_float(dst[t].scalar_type(), [&](auto tag) {
       using T_ = decltype(tag);

@@ -71,6 +71,8 @@ inline void check_average_args(const std::vector<StableTensor>& dst, const std::
   check_same_layout(op, dst, sources, "sources");
   const size_t models = dst.empty() ? weights.size() : sources.size() / dst.size();
   DD_CHECK(weights.size() == models, op, "got ", weights.size(), " weights for ", models, " models");
+  DD_CHECK(dst.empty() || models > 0, op, "needs at least one source model for ", dst.size(),
+           " destination tensors, got none");
 }
 
 // Per-tensor (keep.size() == T) or global (one count) kept counts, each within its size.

@@ -153,6 +153,12 @@ DD_HD uint32_t exponential_key(float weight, uint32_t bits) {
   return weight > 0.0f ? key : kInfKey;
 }
 
+// A ring-buffer state [next write position, filled count] for a history of `size`: the position
+// inside it, and equal to the count until the ring is full. Anything else is a corrupt state.
+DD_HD bool valid_ring_state(int64_t position, int64_t filled, int64_t size) {
+  return position >= 0 && position < size && filled >= 0 && filled <= size && (filled == size || position == filled);
+}
+
 // Selective-Backprop (Jiang et al. 2019) coin flip: keep with probability
 // percentile^beta, percentile = below / filled. Decided without pow, by
 // u < p^β  <=>  -log u > β·(-log p); p = 0 never keeps unless β = 0.

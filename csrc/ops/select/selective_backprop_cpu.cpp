@@ -17,7 +17,7 @@ std::tuple<StableTensor, StableTensor> selective_backprop_keep_cpu(const StableT
   check_history(op, losses, history, state, beta);
   const int64_t n = losses.numel(), R = history.numel();
   int64_t* st = state.mutable_data_ptr<int64_t>();
-  DD_CHECK(st[0] >= 0 && st[0] < R && st[1] >= 0 && st[1] <= R && (st[1] == R || st[0] == st[1]), op,
+  DD_CHECK(sel::valid_ring_state(st[0], st[1], R), op,
            "state = [", st[0], ", ", st[1], "] is not a valid (position, filled) pair for a history of ", R);
   const float* loss = losses.const_data_ptr<float>();
   float* h = history.mutable_data_ptr<float>();

@@ -1,8 +1,10 @@
 // datadiet::selective_backprop_keep_ on CUDA, three launches on the current stream and
 // no host synchronisation: append the batch to the ring buffer; count, per loss, the
 // history entries strictly below it and flip the coin (select_math.h); advance the
-// state. The state is trusted here (the CPU kernel validates it). Compiled with
-// --fmad=false so the coins equal CPU, Triton and the reference.
+// state. The state is validated on the device (sel::valid_ring_state, the CPU kernel's rule):
+// an invalid one (a corrupt checkpoint) leaves history and state untouched and marks every
+// loss not kept with a NaN percentile, without the host synchronisation raising would need.
+// Compiled with --fmad=false so the coins equal CPU, Triton and the reference.
 #include <torch/csrc/stable/accelerator.h>
 #include <torch/csrc/stable/library.h>
 
@@ -14,6 +16,7 @@ namespace datadiet {
 namespace {
 
 __global__ void append_kernel(const float* losses, float* history, const int64_t* state, int64_t n, int64_t size) {
+  if (!sel::valid_ring_state(state[0], state[1], size)) return;
   const int64_t first = n > size ? n - size : 0;
   for (int64_t i = first + static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
@@ -22,9 +25,15 @@ __global__ void append_kernel(const float* losses, float* history, const int64_t
 
 __global__ void coin_kernel(const float* losses, const float* history, const int64_t* state, bool* keep,
                             float* percentile, int64_t n, int64_t size, float beta, uint64_t seed, uint64_t step) {
+  const bool valid = sel::valid_ring_state(state[0], state[1], size);
   const int64_t filled = min(state[1] + n, size);
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    if (!valid) {
+      percentile[i] = __int_as_float(0x7FC00000);  // NaN
+      keep[i] = false;
+      continue;
+    }
     const float loss = losses[i];
     uint32_t below = 0;
     for (int64_t j = 0; j < filled; ++j) below += history[j] < loss;
@@ -34,6 +43,7 @@ __global__ void coin_kernel(const float* losses, const float* history, const int
 }
 
 __global__ void advance_kernel(int64_t* state, int64_t n, int64_t size) {
+  if (!sel::valid_ring_state(state[0], state[1], size)) return;
   state[0] = (state[0] + n) % size;
   state[1] = min(state[1] + n, size);
 }

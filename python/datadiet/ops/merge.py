@@ -193,7 +193,20 @@ class _contiguous:
 def _average_triton(dst: list[torch.Tensor], sources: list[torch.Tensor], weights: list[float]) -> None:
     from datadiet.kernels import merge as kernel
 
+    _check_average_op(dst, sources, weights)
     kernel.average_(dst, sources, weights)
+
+
+def _check_average_op(dst: list[torch.Tensor], sources: list[torch.Tensor], weights: list[float]) -> None:
+    """The compiled op's model-count rules (``check_average_args`` in ``csrc/ops/merge/merge.h``)."""
+    T = len(dst)
+    if (len(sources) % T if T else len(sources)) != 0:
+        raise ValueError(f"datadiet.average_: sources must hold whole models of {T} tensors, got {len(sources)}")
+    models = len(sources) // T if T else len(weights)
+    if len(weights) != models:
+        raise ValueError(f"datadiet.average_: got {len(weights)} weights for {models} models")
+    if T and models == 0:
+        raise ValueError(f"datadiet.average_: needs at least one source model for {T} destination tensors, got none")
 
 
 @torch.library.custom_op("datadiet::lerp_triton", mutates_args=("dst",))

@@ -6,7 +6,7 @@ Wrapper, argument checks and fake registration for ``torch.ops.datadiet.omp``. T
 reference with the same rules.
 
 Backends: ``cpu`` and ``cuda`` (compiled), ``triton`` (``datadiet.kernels.omp``: the same steps as
-the CUDA engine, budgets up to 4096) and ``torch`` (the reference).
+the CUDA engine, budgets up to 2048) and ``torch`` (the reference).
 """
 
 from __future__ import annotations
