@@ -53,7 +53,7 @@ PIVOT_EPS = tl.constexpr(1e-6)  # Schur complement at most this fraction of Q_jj
 READMIT_EPS = tl.constexpr(1e-12)  # relative to ‖b‖: the smallest gradient that re-admits an atom
 
 # Columns of the per-problem tables: layout (int64 [P, NT]), state (int64 [P, NS]) and
-# float64 state (dstate [P, ND]: residual², ‖b‖², correlation floor, stopping residual²).
+# float64 state (dstate [P, ND]: residual², ‖b‖², correlation floor, stopping residual², λ).
 LO = tl.constexpr(0)
 N = tl.constexpr(1)
 BUDGET = tl.constexpr(2)
@@ -81,7 +81,8 @@ R2 = tl.constexpr(0)
 B2 = tl.constexpr(1)
 FLOOR = tl.constexpr(2)
 STOP2 = tl.constexpr(3)
-ND = tl.constexpr(4)
+LAM = tl.constexpr(4)
+ND = tl.constexpr(5)
 HOST = SimpleNamespace(**{name: c.value for name, c in list(globals().items()) if isinstance(c, tl.constexpr)})
 
 _ROWS = 32
@@ -337,7 +338,7 @@ def _accept(state, dstate, g, r2, m, budget):
 
 @triton.jit
 def _solve_kernel(A, G, c0, table, state, dstate, support, weights, zero, wslot, slot_of, in_support, L, Lsaved,
-                  sup_old, w_old, d, lam, POSITIVE: tl.constexpr, FACTORED: tl.constexpr, BLOCK_K: tl.constexpr,
+                  sup_old, w_old, d, POSITIVE: tl.constexpr, FACTORED: tl.constexpr, BLOCK_K: tl.constexpr,
                   BLOCK_D: tl.constexpr):
     g = tl.program_id(0).to(tl.int64)
     j = tl.load(state + g * NS + PENDING)
@@ -354,6 +355,7 @@ def _solve_kernel(A, G, c0, table, state, dstate, support, weights, zero, wslot,
         offs = tl.arange(0, BLOCK_K)
         m0 = tl.load(state + g * NS + M)
         b2 = tl.load(dstate + g * ND + B2)
+        lam = tl.load(dstate + g * ND + LAM)  # float64, as the CPU engine adds it
         current = tl.load(dstate + g * ND + R2)  # read before _accept stores the new one
         tl.store(sup_old + cap_at + offs, tl.load(sup + offs, mask=offs < m0, other=0), mask=offs < m0)
         tl.store(w_old + cap_at + offs, tl.load(wp + offs, mask=offs < m0, other=0.0), mask=offs < m0)
@@ -608,8 +610,8 @@ class _Problems:
                                                    output_size=self.N)
         self.cap_at = upload(cap_at[:-1], device)
 
-    def start(self, c0: torch.Tensor, b2: torch.Tensor, positive: bool, tol: float) -> None:
-        """Status, ‖b‖², the correlation floor and the stopping residual, on the device."""
+    def start(self, c0: torch.Tensor, b2: torch.Tensor, positive: bool, tol: float, lam: float) -> None:
+        """Status, ‖b‖², the correlation floor, the stopping residual and λ, on the device."""
         score = c0.double() if positive else c0.double().abs()
         best0 = torch.zeros(self.P, dtype=torch.float64, device=c0.device)
         best0.scatter_reduce_(0, self.row_problem, score, "amax")
@@ -623,6 +625,7 @@ class _Problems:
         self.dstate[:, HOST.B2] = b2
         self.dstate[:, HOST.FLOOR] = MIN_CORRELATION * best0
         self.dstate[:, HOST.STOP2] = tol * tol * b2
+        self.dstate[:, HOST.LAM] = lam
         self.c.copy_(c0)
 
     def finish(self):
@@ -662,8 +665,9 @@ def _check_budget(budgets: list[int]) -> None:
 
 
 def _solve_warps(block_k: int) -> int:
-    """Warps of the solve kernel: enough that its BLOCK_K-long float64 vectors fit in registers."""
-    return min(max(block_k // 128, 4), 32)
+    """Warps of the solve kernel: enough that its BLOCK_K-long float64 vectors fit in registers
+    (4 up to BLOCK_K = 512, 16 at 2048)."""
+    return max(4, block_k // 128)
 
 
 def omp(atoms, targets, offsets: list[int], budgets: list[int], lam: float, positive: bool, tol: float):
@@ -688,14 +692,14 @@ def omp(atoms, targets, offsets: list[int], budgets: list[int], lam: float, posi
     residual(True)
     correlate(True)
     c0 = pb.c.clone()
-    pb.start(c0, pb.dstate[:, HOST.R2].clone(), positive, tol)
+    pb.start(c0, pb.dstate[:, HOST.R2].clone(), positive, tol, lam)
     rank = d if lam == 0 else NO_RANK_LIMIT
 
     def steps():
         launch(_pick_kernel, (P,), pb.c, pb.picked, pb.table, pb.state, pb.dstate, pb.slot_of, pb.owner,
-               pb.in_support, rank, POSITIVE=positive, FACTORED=False, BLOCK_K=pb.block_k, BLOCK_N=_BLOCK_N)
+               pb.in_support, rank, POSITIVE=positive, FACTORED=False, BLOCK_K=1, BLOCK_N=_BLOCK_N)  # no slots
         launch(_solve_kernel, (P,), atoms, pb.G, c0, pb.table, pb.state, pb.dstate, pb.support, pb.weights, pb.zero,
-               pb.wslot, pb.slot_of, pb.in_support, pb.L, pb.L_saved, pb.support_old, pb.weights_old, d, float(lam),
+               pb.wslot, pb.slot_of, pb.in_support, pb.L, pb.L_saved, pb.support_old, pb.weights_old, d,
                POSITIVE=positive, FACTORED=False, BLOCK_K=pb.block_k, BLOCK_D=_BLOCK_D,
                num_warps=_solve_warps(pb.block_k))
         residual(False)
@@ -714,7 +718,7 @@ def omp_factored(errors, features, bias: bool, c0, b2, offsets: list[int], budge
     P = pb.P
     if P == 0:
         return pb.finish()
-    pb.start(c0, b2.double(), positive, tol)
+    pb.start(c0, b2.double(), positive, tol, lam)
     rows_grid = (triton.cdiv(max(N, 1), _ROWS),)
     rank = C * (D1 + int(bias)) if lam == 0 else NO_RANK_LIMIT
 
@@ -724,7 +728,7 @@ def omp_factored(errors, features, bias: bool, c0, b2, offsets: list[int], budge
         launch(_gram_kernel, rows_grid, errors, features, pb.G, pb.row_problem, pb.table, pb.state, N, C, D1,
                1.0 if bias else 0.0, ROWS=_ROWS, BLOCK_D=_BLOCK_D)
         launch(_solve_kernel, (P,), errors, pb.G, c0, pb.table, pb.state, pb.dstate, pb.support, pb.weights, pb.zero,
-               pb.wslot, pb.slot_of, pb.in_support, pb.L, pb.L_saved, pb.support_old, pb.weights_old, C, float(lam),
+               pb.wslot, pb.slot_of, pb.in_support, pb.L, pb.L_saved, pb.support_old, pb.weights_old, C,
                POSITIVE=positive, FACTORED=True, BLOCK_K=pb.block_k, BLOCK_D=_BLOCK_D,
                num_warps=_solve_warps(pb.block_k))
         launch(_correlate_kernel, rows_grid, errors, errors, pb.G, c0, pb.wslot, pb.c, pb.row_problem, pb.table,
@@ -743,10 +747,11 @@ def variants():
         for positive in (False, True):
             for factored in (False, True):
                 for rank in ("i32", "i64"):  # d, or NO_RANK_LIMIT
-                    yield variant(_pick_kernel, f"*fp32 *i8 {state} *i64 *i64 *i8 {rank}", POSITIVE=positive,
-                                  FACTORED=factored, BLOCK_K=block_k, BLOCK_N=_BLOCK_N)
+                    if factored or block_k == 1:  # only Gram-column slots use BLOCK_K
+                        yield variant(_pick_kernel, f"*fp32 *i8 {state} *i64 *i64 *i8 {rank}", POSITIVE=positive,
+                                      FACTORED=factored, BLOCK_K=block_k, BLOCK_N=_BLOCK_N)
                 yield variant(_solve_kernel, f"*fp32 *fp32 *fp32 {state} *i64 *fp64 *i64 *fp32 *i64 *i8 *fp64 *fp64 "
-                              "*i64 *fp64 i32 fp32", POSITIVE=positive, FACTORED=factored, BLOCK_K=block_k,
+                              "*i64 *fp64 i32", POSITIVE=positive, FACTORED=factored, BLOCK_K=block_k,
                               BLOCK_D=_BLOCK_D, num_warps=_solve_warps(block_k))
         for refresh in (False, True):
             yield variant(_residual_kernel, f"*fp32 *fp32 *fp32 {state} *i64 *fp64 *fp64 *fp64 *i64 *fp64 *i8 i32",

@@ -97,4 +97,6 @@ def test_the_raw_average_op_refuses_destinations_without_sources(backend):
         op(dst, [], [])
     with pytest.raises(ValueError, match=r"average_: got 2 weights for 1 models"):
         op(dst, [torch.zeros(70_000, device=device)], [0.5, 0.5])
+    with pytest.raises(ValueError, match=r"average_: sources\[0\] \(model 0, tensor 0\)"):
+        op(dst, [torch.zeros(10, device=device)], [1.0])  # a shorter source: read out of bounds before
     assert torch.equal(dst[0].cpu(), torch.ones(70_000))

@@ -6,8 +6,10 @@ without a GPU: the Triton kernels through ``datadiet.kernels.aot`` and the compi
 
 prints one row per CUDA kernel and architecture and exits 1 when a kernel spills more than
 ``SPILL_BUDGET`` bytes. The CUDA module's PTX goes through the toolkit's ``ptxas`` (the build's
-PTX version; ``CUDA_HOME``, ``/usr/local/cuda`` or ``PATH``), Triton's through the ``ptxas``
-bundled with Triton (the one Triton compiles with); ``cuobjdump`` is Triton's.
+PTX version; ``CUDA_HOME``, ``/usr/local/cuda`` or ``PATH``) with the options the build embedded,
+Triton's (``datadiet.kernels.aot``) through the ptxas Triton compiles with; ``cuobjdump`` is
+Triton's. Rows cover every function ptxas reports properties for: the kernels and any callee
+it did not inline.
 """
 
 from __future__ import annotations
@@ -46,23 +48,29 @@ def toolkit_ptxas() -> str:
 
 
 def usage(ptx_path: str, options: list[str], assembler: str | None = None) -> list[dict]:
-    """``ptxas -v`` over one PTX file (``assembler``: default Triton's ptxas): a row per entry function."""
+    """``ptxas -v`` over one PTX file (``assembler``: default Triton's ptxas): a row per function
+    with properties, entry functions (kernels, ``entry`` True) and any non-inlined callee."""
     with tempfile.TemporaryDirectory() as tmp:
         run = subprocess.run([assembler or tool("ptxas"), "-v", *options, ptx_path, "-o", os.path.join(tmp, "k.o")],
                              capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError(f"datadiet.ptxas: ptxas failed on {ptx_path}: {run.stderr[-2000:]}")
     log = run.stderr
+    entries = {}  # kernel -> (registers, static shared memory)
+    for block in log.split("Compiling entry function '")[1:]:
+        name = block.split("'")[0]
+        used = re.search(r"Used (\d+) registers(?:[^\n]*?(\d+) bytes smem)?", block)
+        entries[name] = (int(used.group(1)), int(used.group(2) or 0)) if used else (0, 0)
     rows = []
-    for block in re.split(r"Compiling entry function ", log)[1:]:
-        def number(pattern: str) -> int:
-            found = re.search(pattern, block)
-            return int(found.group(1)) if found else 0
-
-        rows.append({"function": block.split("'")[1], "registers": number(r"Used (\d+) registers"),
-                     "shared": number(r"(\d+) bytes smem"), "stack": number(r"(\d+) bytes stack frame"),
-                     "spill_stores": number(r"(\d+) bytes spill stores"),
-                     "spill_loads": number(r"(\d+) bytes spill loads")})
+    for name, stack, stores, loads in re.findall(
+            r"Function properties for (\S+)\s+(\d+) bytes stack frame, (\d+) bytes spill stores, "
+            r"(\d+) bytes spill loads", log):
+        registers, shared = entries.get(name, (0, 0))
+        rows.append({"function": name, "entry": name in entries, "registers": registers, "shared": shared,
+                     "stack": int(stack), "spill_stores": int(stores), "spill_loads": int(loads)})
+    missing = set(entries) - {r["function"] for r in rows}
+    if missing:
+        raise RuntimeError(f"datadiet.ptxas: no properties in the ptxas log for {sorted(missing)}")
     return rows
 
 
@@ -77,10 +85,9 @@ def cuda_module_rows(module: str) -> list[dict]:
             found = re.search(r":\s*(\S+\.ptx)\s*(.*)$", line)
             if not found:
                 continue
-            name, flags = found.groups()
+            name, flags = found.groups()  # the options the build handed ptxas, e.g. -arch=sm_90 --fmad false
             arch = int(re.search(r"-arch=sm_(\d+)", flags).group(1))
-            options = [f"--gpu-name=sm_{arch}"] + (["--fmad=false"] if "--fmad false" in flags else [])
-            for row in usage(os.path.join(tmp, name), options, assembler):
+            for row in usage(os.path.join(tmp, name), flags.split(), assembler):
                 rows.append({"kernel": _readable(row.pop("function")), "arch": arch, **row})
     return rows
 

@@ -193,27 +193,42 @@ class _contiguous:
 def _average_triton(dst: list[torch.Tensor], sources: list[torch.Tensor], weights: list[float]) -> None:
     from datadiet.kernels import merge as kernel
 
-    _check_average_op(dst, sources, weights)
-    kernel.average_(dst, sources, weights)
-
-
-def _check_average_op(dst: list[torch.Tensor], sources: list[torch.Tensor], weights: list[float]) -> None:
-    """The compiled op's model-count rules (``check_average_args`` in ``csrc/ops/merge/merge.h``)."""
-    T = len(dst)
-    if (len(sources) % T if T else len(sources)) != 0:
-        raise ValueError(f"datadiet.average_: sources must hold whole models of {T} tensors, got {len(sources)}")
-    models = len(sources) // T if T else len(weights)
+    _check_layout("average_", dst, sources, "sources")
+    models = len(sources) // len(dst) if dst else len(weights)
     if len(weights) != models:
         raise ValueError(f"datadiet.average_: got {len(weights)} weights for {models} models")
-    if T and models == 0:
-        raise ValueError(f"datadiet.average_: needs at least one source model for {T} destination tensors, got none")
+    if dst and models == 0:
+        raise ValueError(f"datadiet.average_: needs at least one source model for {len(dst)} destination tensors, "
+                         "got none")
+    kernel.average_(dst, sources, weights)
 
 
 @torch.library.custom_op("datadiet::lerp_triton", mutates_args=("dst",))
 def _lerp_triton(dst: list[torch.Tensor], other: list[torch.Tensor], alpha: float) -> None:
     from datadiet.kernels import merge as kernel
 
+    _check_layout("lerp_", dst, other, "other")
+    if len(other) != len(dst):
+        raise ValueError(f"datadiet.lerp_: other must hold one model of {len(dst)} tensors, got {len(other)}")
     kernel.lerp_(dst, other, alpha)
+
+
+def _check_layout(op: str, dst: list[torch.Tensor], other: list[torch.Tensor], name: str) -> None:
+    """The compiled ops' layout rules (``check_same_layout`` in ``csrc/ops/merge/merge.h``): the
+    Triton kernels read raw pointers, so a mismatched tensor would be read out of bounds."""
+    for label, ts in (("dst", dst), (name, other)):
+        for i, t in enumerate(ts):
+            if t.dtype not in _KERNEL_DTYPES or not t.is_contiguous():
+                raise ValueError(f"datadiet.{op}: {label}[{i}] must be a contiguous float32, float16 or bfloat16 "
+                                 f"tensor, got {t.dtype}{'' if t.is_contiguous() else ' (non-contiguous)'}")
+    T = len(dst)
+    if (len(other) % T if T else len(other)) != 0:
+        raise ValueError(f"datadiet.{op}: {name} must hold whole models of {T} tensors, got {len(other)}")
+    for i, o in enumerate(other):
+        d = dst[i % T]
+        if o.shape != d.shape or o.dtype != d.dtype or o.device != d.device:
+            raise ValueError(f"datadiet.{op}: {name}[{i}] (model {i // T}, tensor {i % T}) is {tuple(o.shape)} "
+                             f"{o.dtype} on {o.device} but dst[{i % T}] is {tuple(d.shape)} {d.dtype} on {d.device}")
 
 
 @torch.library.custom_op("datadiet::magnitude_prune_triton", mutates_args=("tensors", "masks"))

@@ -33,7 +33,12 @@ def selective_backprop_keep_(
         losses: ``[n]`` float32 per-sample losses of the current batch (NaN is never kept
             and never counts as below another loss).
         history: ``[R]`` float32 ring buffer; ``state``: int64 ``[2]`` = (next write position,
-            filled count), ``[0, 0]`` at the start. Both on ``losses``' device.
+            filled count), ``[0, 0]`` at the start. Both on ``losses``' device. An invalid state
+            (a corrupt checkpoint: position outside ``[0, R)``, filled outside ``[0, R]``, or the
+            two unequal before the ring is full) raises on CPU; on CUDA and Triton, where raising
+            would cost a host synchronisation, it is detected on the device: history and state
+            are left as they are and every loss comes back not kept with a NaN percentile.
+            ``SelectiveBackpropSelector.load_state_dict`` validates on the host.
         beta: selectivity β >= 0 (expected kept fraction 1/(β+1) once the history is full);
             β = 0 keeps everything.
         seed, step: the coins of batch ``step`` under ``seed``; pass a new step per batch.
