@@ -51,8 +51,7 @@ class Variant:
         return {p: "constexpr" if p in dict(self.constexprs) else next(types) for p in _parameters(self.kernel)}
 
     def key(self) -> tuple:
-        return (self.name, tuple("int" if t in _INTS else t for t in self.types), self.constexprs, self.num_warps,
-                self.enable_fp_fusion)
+        return _key(self.name, self.types, self.constexprs, self.num_warps, self.enable_fp_fusion)
 
     def label(self) -> str:
         consts = " ".join(f"{k}={_show(v)}" for k, v in self.constexprs)
@@ -71,8 +70,7 @@ def variant(kernel, types: str, *, num_warps: int = 4, enable_fp_fusion: bool = 
     typed = tuple(types.split())
     if len(typed) != len(runtime):
         raise ValueError(f"{_name(kernel)}: {len(typed)} types for the runtime parameters {runtime}")
-    ordered = tuple((p, constexprs[p]) for p in _parameters(kernel) if p in constexprs)
-    return Variant(kernel, typed, ordered, num_warps, enable_fp_fusion)
+    return Variant(kernel, typed, _ordered(kernel, constexprs), num_warps, enable_fp_fusion)
 
 
 def launch(kernel, grid, *args, num_warps: int = 4, enable_fp_fusion: bool = True, **constexprs) -> None:
@@ -103,21 +101,30 @@ def _device_of(kernel, args) -> torch.device | None:
 
 
 _CHECK = os.environ.get("DATADIET_CHECK_LAUNCHES", "0") not in ("", "0")
-_TABLE: dict[tuple, Variant] = {}
+_TABLE: set[tuple] = set()
 
 
 def _check_in_table(kernel, args, num_warps, enable_fp_fusion, constexprs) -> None:
     from triton.runtime.jit import mangle_type
 
-    types = tuple("int" if (t := mangle_type(a)) in _INTS else t for a in args)
-    ordered = tuple((p, constexprs[p]) for p in _parameters(kernel) if p in constexprs)
-    key = (_name(kernel), types, ordered, num_warps, enable_fp_fusion)
+    types = tuple(mangle_type(a) for a in args)
+    ordered = _ordered(kernel, constexprs)
     if not _TABLE:
-        _TABLE.update((v.key(), v) for v in all_variants())
-    if key not in _TABLE:
+        _TABLE.update(v.key() for v in all_variants())
+    if _key(_name(kernel), types, ordered, num_warps, enable_fp_fusion) not in _TABLE:
         raise AssertionError(f"{_name(kernel)} launched with types {types}, constexprs "
                              f"{dict(ordered)}, num_warps={num_warps}, enable_fp_fusion={enable_fp_fusion}: not in "
                              "its module's variants(), so never compiled ahead of time; add it there")
+
+
+def _key(name: str, types, constexprs: tuple, num_warps: int, enable_fp_fusion: bool) -> tuple:
+    """What the check compares: integer widths are left out (Triton picks them from the value)."""
+    return name, tuple("int" if t in _INTS else t for t in types), constexprs, num_warps, enable_fp_fusion
+
+
+def _ordered(kernel, constexprs: dict) -> tuple:
+    """Constexpr (name, value) pairs in parameter order."""
+    return tuple((p, constexprs[p]) for p in _parameters(kernel) if p in constexprs)
 
 
 def _name(kernel) -> str:

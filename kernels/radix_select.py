@@ -30,12 +30,12 @@ def _count_below(keys_ptr, start, n, bound, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _select_kernel(keys_ptr, starts_ptr, lengths_ptr, ks_ptr, out_starts_ptr, out_ptr, BLOCK: tl.constexpr):
-    g = tl.program_id(0)
-    start = tl.load(starts_ptr + g)
-    n = tl.load(lengths_ptr + g)
-    k = tl.load(ks_ptr + g)
-    out_at = tl.load(out_starts_ptr + g)
+def _select_kernel(keys_ptr, table_ptr, out_ptr, BLOCK: tl.constexpr):
+    row = table_ptr + 4 * tl.program_id(0).to(tl.int64)  # start, length, k, first output slot
+    start = tl.load(row)
+    n = tl.load(row + 1)
+    k = tl.load(row + 2)
+    out_at = tl.load(row + 3)
     threshold = start * 0
     half = start * 0 + 2147483648
     for _ in range(32):
@@ -71,14 +71,12 @@ def select_smallest(keys: torch.Tensor, offsets: list[int], ks: list[int]) -> to
     out_starts = [0]
     for k in ks[:-1]:
         out_starts.append(out_starts[-1] + k)
-    columns = [[offsets[g] for g in live], [offsets[g + 1] - offsets[g] for g in live], [ks[g] for g in live],
-               [out_starts[g] for g in live]]
-    table = upload(columns, device)
-    launch(_select_kernel, (len(live),), keys, table[0], table[1], table[2], table[3], out, BLOCK=_BLOCK)
+    table = upload([[offsets[g], offsets[g + 1] - offsets[g], ks[g], out_starts[g]] for g in live], device)
+    launch(_select_kernel, (len(live),), keys, table, out, BLOCK=_BLOCK)
     segment = torch.repeat_interleave(torch.arange(len(ks), device=device), upload(ks, device), output_size=total)
     order = torch.sort(segment * (1 << 32) + keys[out], stable=True).indices
     return out[order]
 
 
 def variants():
-    yield variant(_select_kernel, "*i64 *i64 *i64 *i64 *i64 *i64", BLOCK=_BLOCK)
+    yield variant(_select_kernel, "*i64 *i64 *i64", BLOCK=_BLOCK)

@@ -27,7 +27,7 @@ SPILL_BUDGET = 256  # bytes of spill stores, and of spill loads, a kernel may ha
 
 
 def tool(name: str) -> str:
-    """Triton's bundled NVIDIA tool (ptxas, cuobjdump): present wherever triton is installed."""
+    """Triton's bundled NVIDIA tool (cuobjdump): present wherever triton is installed."""
     import triton
 
     path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
@@ -47,11 +47,11 @@ def toolkit_ptxas() -> str:
     return found
 
 
-def usage(ptx_path: str, options: list[str], assembler: str | None = None) -> list[dict]:
-    """``ptxas -v`` over one PTX file (``assembler``: default Triton's ptxas): a row per function
-    with properties, entry functions (kernels, ``entry`` True) and any non-inlined callee."""
+def usage(ptx_path: str, options: list[str], assembler: str) -> list[dict]:
+    """``assembler -v`` (a ptxas) over one PTX file: a row per function with properties, entry
+    functions (kernels, ``entry`` True) and any non-inlined callee."""
     with tempfile.TemporaryDirectory() as tmp:
-        run = subprocess.run([assembler or tool("ptxas"), "-v", *options, ptx_path, "-o", os.path.join(tmp, "k.o")],
+        run = subprocess.run([assembler, "-v", *options, ptx_path, "-o", os.path.join(tmp, "k.o")],
                              capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError(f"datadiet.ptxas: ptxas failed on {ptx_path}: {run.stderr[-2000:]}")
