@@ -1,4 +1,5 @@
-"""The reference training loop's building blocks (data plumbing first; the trainer builds on it)."""
+"""The reference training loop's building blocks: data plumbing (``data``) and checkpoints
+(``checkpoint``); the trainer builds on them."""
 
 from datadiet.train.data import IndexedDataset, Selection, SelectionSampler
 
