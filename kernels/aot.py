@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -35,18 +36,21 @@ ARCHS = (80, 90)
 _USAGE_FILE = "datadiet_ptxas_usage.v2.json"  # the version changes with what ptxas.usage returns
 
 
-def compiled_variants() -> list:
-    """Every variant of every module, then one wide (all-int64) twin per kernel."""
+@functools.lru_cache(maxsize=None)
+def compiled_variants() -> tuple:
+    """Every variant of every module, then one wide (all-int64) twin per kernel (built once per
+    process: each compile worker indexes it)."""
     from datadiet.kernels._launch import all_variants
 
-    variants = list(all_variants())
+    variants = tuple(all_variants())
+    listed = set(variants)
     wide, seen = [], set()
     for v in variants:
         twin = dataclasses.replace(v, types=tuple("i64" if t == "i32" else t for t in v.types))
-        if v.name not in seen and "i32" in v.types and twin not in variants:
+        if v.name not in seen and "i32" in v.types and twin not in listed:
             seen.add(v.name)
             wide.append(twin)
-    return variants + wide
+    return variants + tuple(wide)
 
 
 def compile_variant(index: int, arch: int) -> dict:

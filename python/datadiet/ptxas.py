@@ -88,18 +88,26 @@ def cuda_module_rows(module: str) -> list[dict]:
             name, flags = found.groups()  # the options the build handed ptxas, e.g. -arch=sm_90 --fmad false
             arch = int(re.search(r"-arch=sm_(\d+)", flags).group(1))
             for row in usage(os.path.join(tmp, name), flags.split(), assembler):
-                rows.append({"kernel": _readable(row.pop("function")), "arch": arch, **row})
+                rows.append({"kernel": row.pop("function"), "arch": arch, **row})
+    for row, name in zip(rows, _readable([r["kernel"] for r in rows])):
+        row["kernel"] = name
     return rows
 
 
-def _readable(mangled: str) -> str:
-    """The demangled name without its parameter list and anonymous-namespace noise."""
+def _readable(mangled: list[str]) -> list[str]:
+    """Demangled names (one c++filt call) without parameter lists and anonymous-namespace noise."""
     try:
-        name = subprocess.run(["c++filt", mangled], capture_output=True, text=True, check=True).stdout.strip()
+        names = subprocess.run(["c++filt"], input="\n".join(mangled), capture_output=True, text=True,
+                               check=True).stdout.splitlines()
     except (OSError, subprocess.CalledProcessError):
         return mangled
-    name = re.sub(r"\(anonymous namespace\)::", "", name)
-    return name.split("(")[0] if not name.startswith("void ") else name[5:].split("(")[0]
+    if len(names) != len(mangled):
+        return mangled
+    out = []
+    for name in names:
+        name = re.sub(r"\(anonymous namespace\)::", "", name)
+        out.append(name[5:].split("(")[0] if name.startswith("void ") else name.split("(")[0])
+    return out
 
 
 def problems(rows: list[dict]) -> list[str]:
