@@ -14,14 +14,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
 import torch
 from torch.utils.data import Dataset, Sampler
 
-_MASK64 = (1 << 64) - 1
-
+from datadiet._seeds import derive_seed
+from datadiet.select.selection import Selection
 
 class IndexedDataset(Dataset):
     """``dataset[i] = (input, target)`` → ``(input, target, i)``."""
@@ -35,53 +34,6 @@ class IndexedDataset(Dataset):
     def __getitem__(self, i: int):
         x, y = self.dataset[i]
         return x, y, i
-
-
-@dataclass(frozen=True)
-class Selection:
-    """A subset of a dataset of ``n`` samples: ``indices`` int64 ``[k]`` (unique, in ``[0, n)``)
-    and ``weights`` float32 ``[k]`` (positive, finite; None: every weight 1)."""
-
-    indices: torch.Tensor
-    weights: Optional[torch.Tensor] = None
-
-    @classmethod
-    def full(cls, n: int) -> "Selection":
-        return cls(torch.arange(n, dtype=torch.int64))
-
-    def __len__(self) -> int:
-        return int(self.indices.numel())
-
-    def validate(self, n: int) -> "Selection":
-        """Itself, on CPU with canonical dtypes, after checking it against a dataset of ``n``."""
-        idx = self.indices
-        if not isinstance(idx, torch.Tensor) or idx.dim() != 1 or idx.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"Selection: indices must be a 1-D integer tensor, got "
-                             f"{getattr(idx, 'dtype', type(idx).__name__)} of shape {tuple(getattr(idx, 'shape', ()))}")
-        idx = idx.to("cpu", torch.int64)
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
-            bad = int(idx[(idx < 0) | (idx >= n)][0])
-            raise ValueError(f"Selection: index {bad} is outside the dataset of {n} samples")
-        if torch.unique(idx).numel() != idx.numel():
-            raise ValueError("Selection: indices must be unique (a repeated sample would count twice)")
-        weights = self.weights
-        if weights is not None:
-            if not isinstance(weights, torch.Tensor) or weights.shape != idx.shape:
-                raise ValueError(f"Selection: weights must be a tensor of shape {tuple(idx.shape)}, got "
-                                 f"{tuple(getattr(weights, 'shape', ()))}")
-            weights = weights.to("cpu", torch.float32)
-            bad = ~(torch.isfinite(weights) & (weights > 0))
-            if bool(bad.any()):
-                i = int(bad.nonzero()[0])
-                raise ValueError(f"Selection: weights must be finite and > 0, got weights[{i}] = {float(weights[i])} "
-                                 f"for sample {int(idx[i])}")
-        return Selection(idx, weights)
-
-    def weight_table(self, n: int) -> torch.Tensor:
-        """float32 ``[n]``: each selected sample's weight, 0 elsewhere."""
-        table = torch.zeros(n, dtype=torch.float32)
-        table[self.indices] = 1.0 if self.weights is None else self.weights
-        return table
 
 
 class SelectionSampler(Sampler[int]):
@@ -119,7 +71,7 @@ class SelectionSampler(Sampler[int]):
         """This epoch's indices for this rank (before any resume offset)."""
         idx = self.selection.indices
         if self.shuffle and idx.numel():
-            g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+            g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
             idx = idx[torch.randperm(idx.numel(), generator=g)]
         total = len(self) * self.num_replicas
         if total > idx.numel():
@@ -142,11 +94,3 @@ class SelectionSampler(Sampler[int]):
                                  f"{getattr(self, key)!r}")
         self.selection = Selection(state["indices"], state["weights"]).validate(self.n)
         self.epoch = int(state["epoch"])
-
-
-def _mix(seed: int, epoch: int) -> int:
-    """splitmix64 of (seed, epoch): well-separated generator seeds for consecutive epochs."""
-    z = (seed * 0x9E3779B97F4A7C15 + epoch + 1) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return (z ^ (z >> 31)) & ((1 << 63) - 1)

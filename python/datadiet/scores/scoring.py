@@ -1,0 +1,150 @@
+"""The scoring pass: one no-grad, eval-mode pass of a classifier over a dataset gives every
+per-sample score of ``ce_scores`` in dataset order, with the final ``nn.Linear``'s inputs
+(penultimate features) captured by a forward pre-hook in the same pass.
+
+``score_dataset(model, dataset, head=...)`` takes an index-aware dataset (``ds[i] -> (x, y, i)``):
+each row of the table is the sample whose index the loader returned, so shuffled, sharded or
+distributed passes fill the same table. Under ``torch.distributed`` each rank scores its shard
+(``rank::world``) and the shards are gathered, so every rank holds the full table. The model's
+train/eval modes are restored afterwards; BatchNorm statistics never move.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, fields
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from datadiet._dist import world as dist_world
+from datadiet._dist import gather_rows
+from datadiet.ops.ce_scores import ce_scores
+
+
+@dataclass
+class ScoreTable:
+    """Per-sample scores of a dataset of ``n`` samples, row i = sample i (see ``ce_scores``).
+    ``labels`` int64; ``features`` [n, D] and ``errors`` (p − onehot, [n, C]) when asked for;
+    ``logits`` [n, C] when asked for."""
+
+    loss: torch.Tensor
+    el2n: torch.Tensor
+    grad_norm: torch.Tensor
+    confidence: torch.Tensor
+    margin: torch.Tensor
+    entropy: torch.Tensor
+    correct: torch.Tensor
+    labels: torch.Tensor
+    errors: Optional[torch.Tensor] = None
+    features: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor] = None
+
+    def __len__(self) -> int:
+        return int(self.loss.numel())
+
+    def to(self, device) -> "ScoreTable":
+        return ScoreTable(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                             for f in fields(self)})
+
+
+def final_linear(model: nn.Module, name: Optional[str] = None) -> nn.Linear:
+    """The model's classification layer: the module called ``name``, or else the last
+    ``nn.Linear`` in ``model.modules()`` order (torchvision's ``fc`` / ``classifier[-1]`` / ``head``)."""
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    if name is not None:
+        modules = dict(model.named_modules())
+        if name not in modules:
+            raise ValueError(f"final_linear: the model has no module named {name!r}")
+        if not isinstance(modules[name], nn.Linear):
+            raise ValueError(f"final_linear: module {name!r} is a {type(modules[name]).__name__}, not an nn.Linear")
+        return modules[name]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"final_linear: the model ({type(model).__name__}) has no nn.Linear layer; this strategy "
+                         "needs the classification layer's inputs (name it with head=... / --head, or use a "
+                         "strategy that needs no features)")
+    return linears[-1]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Eval mode (BatchNorm uses its running statistics, dropout off) and no grad, restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def score_dataset(model: nn.Module, dataset, *, head: Optional[nn.Linear] = None, features: bool = False,
+                  errors: bool = False, logits: bool = False, batch_size: int = 256, device=None, workers: int = 0,
+                  autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
+                  progress=None) -> ScoreTable:
+    """Scores every sample of ``dataset`` (index-aware: ``ds[i] -> (x, y, i)``) with ``model``.
+
+    ``features``/``errors`` need the classification layer (``head``, found with ``final_linear``
+    when omitted); its inputs' squared norms always feed ``grad_norm`` (last-layer GraNd) when a
+    head is known. ``progress`` wraps the batch iterator (e.g. a tqdm factory)."""
+    model = getattr(model, "module", model)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    n = len(dataset)
+    world, rank = dist_world()
+    if world > n:
+        raise ValueError(f"score_dataset: {n} samples cannot be sharded over {world} ranks")
+    shard = list(range(rank, n, world))
+    loader = DataLoader(Subset(dataset, shard), batch_size=batch_size, shuffle=False, num_workers=workers)
+    if head is None and (features or errors):
+        head = final_linear(model)
+    captured = []
+    hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0])) if head is not None else None
+    parts: dict[str, list[torch.Tensor]] = {}
+    order = []
+    try:
+        with eval_mode(model):
+            for x, y, i in (progress(loader) if progress else loader):
+                x = x.to(device, non_blocking=True)
+                if channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y = torch.as_tensor(y).to(device, torch.int64)
+                captured.clear()
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    z = model(x)
+                z = z.float()
+                h = captured[-1].float().flatten(1) if captured else None
+                s = ce_scores(z, y, feature_sqnorm=None if h is None else h.pow(2).sum(1), return_embedding=errors)
+                row = {name: getattr(s, name) for name in ("loss", "el2n", "grad_norm", "confidence", "margin",
+                                                           "entropy", "correct")}
+                row["labels"] = y
+                if errors:
+                    row["errors"] = s.embedding
+                if features:
+                    row["features"] = h
+                if logits:
+                    row["logits"] = z
+                for name, value in row.items():
+                    parts.setdefault(name, []).append(value)
+                order.append(torch.as_tensor(i, dtype=torch.int64))
+    finally:
+        if hook is not None:
+            hook.remove()
+    local = {name: torch.cat(values) for name, values in parts.items()}
+    index = torch.cat(order) if order else torch.zeros(0, dtype=torch.int64)
+    if world > 1:
+        local = gather_rows({**local, "__index__": index}, device)
+        index = local.pop("__index__")
+    table = {}
+    for name, value in local.items():
+        full = value.new_empty((n, *value.shape[1:]))
+        full[index.to(value.device)] = value
+        table[name] = full
+    if not table:
+        empty = torch.zeros(0, device=device)
+        table = {name: empty for name in ("loss", "el2n", "grad_norm", "confidence", "margin", "entropy")}
+        table.update(correct=empty.bool(), labels=empty.long())
+    return ScoreTable(**table)

@@ -1,0 +1,48 @@
+"""Selection strategies behind one interface (``base.Strategy``), each reachable by its name:
+``make("gradmatch", fraction=0.1, every=5)``; ``parameters(name)`` lists what one takes."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from datadiet.strategies.adaptive import GradMatch, Glister
+from datadiet.strategies.base import Context, Periodic, Strategy
+from datadiet.strategies.batch import SelectiveBackprop
+from datadiet.strategies.static import (EL2N, Entropy, Forgetting, Full, GraNd, LeastConfidence, Loss, Margin,
+                                        Random, RandomOnline, ScoreBased)
+
+STRATEGIES: dict[str, type] = {cls.name: cls for cls in (
+    Full, Random, RandomOnline, Loss, EL2N, GraNd, LeastConfidence, Margin, Entropy, Forgetting, GradMatch, Glister,
+    SelectiveBackprop)}
+
+
+def parameters(name: str) -> dict[str, Any]:
+    """The strategy's parameters and their defaults."""
+    cls = _lookup(name)
+    if not dataclasses.is_dataclass(cls):
+        return {}
+    return {f.name: (f.default if f.default is not dataclasses.MISSING else None)
+            for f in dataclasses.fields(cls) if f.init}
+
+
+def make(name: str, **params) -> Strategy:
+    """The strategy called ``name`` with ``params``; unknown names or parameters are refused."""
+    cls = _lookup(name)
+    allowed = parameters(name)
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(f"strategy {name!r} has no parameter {', '.join(map(repr, unknown))}; it takes "
+                         f"{', '.join(sorted(allowed)) or 'none'}")
+    return cls(**params)
+
+
+def _lookup(name: str) -> type:
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]
+
+
+__all__ = ["Context", "EL2N", "Entropy", "Forgetting", "Full", "Glister", "GradMatch", "GraNd", "LeastConfidence",
+           "Loss", "Margin", "Periodic", "Random", "RandomOnline", "STRATEGIES", "ScoreBased", "SelectiveBackprop",
+           "Strategy", "make", "parameters"]

@@ -1,0 +1,149 @@
+"""The one strategy interface every selection method implements, and the four regimes.
+
+A training loop drives a strategy through five calls; it never asks what the strategy is:
+
+- ``setup(context)`` once, with the run's facts and the scoring hooks (``Context``);
+- ``select(epoch)`` at each epoch start: a new ``Selection`` (indices and weights the epoch
+  trains on) or None to keep the current one;
+- ``observe(indices, losses, correct)`` after each training forward pass, when the strategy
+  sets ``observes`` (per-sample losses and correctness from training, no extra pass);
+- ``batch_mask(progress, batch_losses)`` before each backward pass: None (train on the whole
+  batch) or a bool keep mask; ``batch_losses(scale)`` runs the eval-mode, no-grad selection
+  forward pass only when called;
+- ``state_dict()`` / ``load_state_dict()``: everything a resumed run needs.
+
+The regimes are compositions of these calls:
+
+1. one-shot: ``Periodic`` with ``every=None`` selects once (after ``warm`` epochs), optionally
+   from separately trained proxy models (``Context.proxy_scores``);
+2. every R epochs: ``Periodic`` with ``every=R``, CORDS' warm start (``warm`` = kappa: the
+   first ``ceil(kappa · epochs · fraction)`` epochs train on full data);
+3. per epoch from training losses: ``observes = True`` and ``select`` every epoch from the
+   table ``observe`` filled;
+4. per batch: ``batch_mask``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+from datadiet.scores.scoring import ScoreTable
+from datadiet.select.selection import Selection
+
+
+@dataclass
+class Context:
+    """What the loop tells a strategy. ``score(split=..., features=, errors=, logits=)`` scores the
+    current model over the training pool (``split="train"``) or the held-out selection split
+    (``"val"``); ``proxy_scores(epochs, init)`` trains a fresh model from initialisation
+    ``init`` for ``epochs`` epochs on the full pool and scores the pool with it."""
+
+    n: int
+    labels: torch.Tensor
+    num_classes: int
+    epochs: int
+    seed: int
+    batch_size: int
+    lr: float
+    device: torch.device = torch.device("cpu")
+    rank: int = 0
+    world_size: int = 1
+    score: Callable[..., ScoreTable] = None
+    proxy_scores: Callable[..., ScoreTable] = None
+    has_val: bool = False
+
+
+class Strategy:
+    """Base: trains on the full pool, never filters a batch. Subclasses override what they need."""
+
+    name = "full"
+    observes = False
+    needs_head = False
+
+    def setup(self, context: Context) -> None:
+        self.context = context
+
+    def planned_size(self, epoch: int) -> int:
+        """How many samples epoch ``epoch`` is expected to train on (sizes the lr schedule)."""
+        return self.context.n
+
+    def select(self, epoch: int) -> Optional[Selection]:
+        return Selection.full(self.context.n) if epoch == 0 else None
+
+    def observe(self, indices: torch.Tensor, losses: torch.Tensor, correct: torch.Tensor) -> None:
+        pass
+
+    def batch_mask(self, progress: float, batch_losses: Callable[[float], torch.Tensor]) -> Optional[torch.Tensor]:
+        return None
+
+    def report(self) -> dict[str, Any]:
+        """Facts about the last selection for the run's metrics (sizes, solver residuals, ...)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def check_fraction(name: str, fraction: float) -> float:
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < float(fraction) <= 1.0:
+        raise ValueError(f"{name}: fraction must be in (0, 1], got {fraction!r}")
+    return float(fraction)
+
+
+@dataclass
+class Periodic(Strategy):
+    """Selects ``fraction`` of the pool at epoch ``warm_epochs`` and, with ``every = R``, again at
+    every R-th epoch after it; the warm epochs train on the full pool. ``choose(epoch)``
+    (subclasses) returns the selection."""
+
+    fraction: float = 0.1
+    every: Optional[int] = None
+    warm: float = 0.0
+    _last: dict = field(default_factory=dict, init=False, repr=False)
+
+    def setup(self, context: Context) -> None:
+        super().setup(context)
+        label = type(self).name
+        self.fraction = check_fraction(label, self.fraction)
+        if self.every is not None and (isinstance(self.every, bool) or not isinstance(self.every, int)
+                                       or self.every < 1):
+            raise ValueError(f"{label}: every must be an int >= 1 (epochs between selections) or None (one-shot), "
+                             f"got {self.every!r}")
+        if not 0.0 <= float(self.warm) < 1.0:
+            raise ValueError(f"{label}: warm must be in [0, 1) (CORDS' kappa), got {self.warm!r}")
+        self.warm_epochs = math.ceil(self.warm * context.epochs * self.fraction) if self.warm else 0
+        if self.warm_epochs >= context.epochs:
+            raise ValueError(f"{label}: warm = {self.warm} gives {self.warm_epochs} full-data epochs of "
+                             f"{context.epochs}, leaving none to select for")
+        self.budget = max(1, math.ceil(self.fraction * context.n))
+
+    def selects_at(self, epoch: int) -> bool:
+        start = self.warm_epochs
+        return epoch == start or (self.every is not None and epoch > start and (epoch - start) % self.every == 0)
+
+    def planned_size(self, epoch: int) -> int:
+        return self.context.n if epoch < self.warm_epochs else self.budget
+
+    def select(self, epoch: int) -> Optional[Selection]:
+        if epoch < self.warm_epochs:
+            return Selection.full(self.context.n) if epoch == 0 else None
+        if not self.selects_at(epoch):
+            return None
+        return self.choose(epoch)
+
+    def choose(self, epoch: int) -> Selection:
+        raise NotImplementedError
+
+    def round(self, epoch: int) -> int:
+        """0 for the first selection, 1 for the next, ..."""
+        return 0 if self.every is None else (epoch - self.warm_epochs) // self.every
+
+    def report(self) -> dict[str, Any]:
+        return dict(self._last)

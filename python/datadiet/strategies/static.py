@@ -1,0 +1,258 @@
+"""Score-based and random subsets: ``full``, ``random`` / ``random_online``, the ``ce_scores``
+family (``loss``, ``el2n``, ``grand``, ``least_confidence``, ``margin``, ``entropy``) and
+``forgetting``. Each is one-shot (``every=None``) or re-selected every R epochs (``Periodic``).
+
+Keeping: ``keep="hard"`` the highest difficulty (DeepCore's default), ``"easy"`` the lowest,
+``"middle"`` the band centred on the median; ``per_class=True`` gives each class
+``ceil(k · n_c / n)`` (at most ``n_c``) of the budget, ``False`` one global ranking.
+Difficulty is oriented so that larger is harder for every score (low confidence, small margin).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from datadiet._seeds import derive_seed
+from datadiet.ops.topk_select import topk_select
+from datadiet.ops.weighted_sample import weighted_sample
+from datadiet.scores.forgetting import ForgettingCounter
+from datadiet.select.selection import Selection
+from datadiet.strategies.base import Periodic, Strategy
+
+KEEP = ("hard", "easy", "middle")
+SOURCES = ("pass", "training")
+
+
+class Full(Strategy):
+    """Every sample, every epoch: the baseline."""
+
+    name = "full"
+
+
+@dataclass
+class Random(Periodic):
+    """A uniform random subset drawn with its own seeded generator (``every=None``: fixed)."""
+
+    name = "random"
+
+    def choose(self, epoch: int) -> Selection:
+        ones = torch.ones(self.context.n)
+        picks = weighted_sample(ones, self.budget, seed=derive_seed(self.context.seed, 1, self.round(epoch)))
+        self._last = {"round": self.round(epoch), "size": self.budget}
+        return Selection(picks)
+
+
+@dataclass
+class RandomOnline(Random):
+    """A fresh uniform random subset every ``every`` epochs."""
+
+    name = "random_online"
+    every: Optional[int] = 1
+
+
+def rank_select(difficulty: torch.Tensor, budget: int, keep: str, labels: Optional[torch.Tensor]) -> torch.Tensor:
+    """Indices of ``budget`` samples by difficulty (see the module docstring); NaN counts as the
+    hardest. ``labels`` None: one global ranking."""
+    n = difficulty.numel()
+    if labels is None:
+        groups, counts, offsets = None, [n], [0, n]
+    else:
+        counts = torch.bincount(labels.long().cpu()).tolist()
+        offsets = [0]
+        for c in counts:
+            offsets.append(offsets[-1] + c)
+        groups = labels.long().to(difficulty.device)
+    ks = [min(c, math.ceil(budget * c / n)) for c in counts] if groups is not None else [budget]
+    # Each group hardest first (NaN first too): a per-group full ordering from the radix select.
+    ordered = topk_select(torch.nan_to_num(difficulty.float(), nan=float("inf")), counts, largest=True,
+                          groups=groups) if groups is not None else \
+        topk_select(torch.nan_to_num(difficulty.float(), nan=float("inf")), n, largest=True)
+    picks = []
+    for g, (c, k) in enumerate(zip(counts, ks)):
+        block = ordered[offsets[g]:offsets[g] + c]
+        start = {"hard": 0, "easy": c - k, "middle": (c - k) // 2}[keep]
+        picks.append(block[start:start + k])
+    return torch.cat(picks).cpu()
+
+
+def difficulty(table, score: str) -> torch.Tensor:
+    """Larger = harder for every score name."""
+    if score == "grand":
+        return table.grad_norm
+    if score == "least_confidence":
+        return 1.0 - table.confidence
+    if score == "margin":
+        return -table.margin
+    return getattr(table, score)
+
+
+@dataclass
+class ScoreBased(Periodic):
+    """Keeps samples by a ``ce_scores`` difficulty of the current model (one scoring pass), or, with
+    ``pretrain_epochs`` / ``repeats``, the mean over ``repeats`` fresh models each trained
+    ``pretrain_epochs`` epochs on the full pool (DeepCore's separate selection run; GraNd/EL2N's
+    average over initialisations). ``source="training"`` (``loss`` only) ranks by each sample's
+    last training loss instead: no extra pass, selection every ``every`` epochs (default 1)
+    once every sample has a loss — the per-epoch regime."""
+
+    name = "score"
+    score: str = "loss"
+    keep: str = "hard"
+    per_class: bool = True
+    pretrain_epochs: int = 0
+    repeats: int = 1
+    source: str = "pass"
+    _table: Optional[torch.Tensor] = field(default=None, init=False, repr=False)
+
+    @property
+    def needs_head(self) -> bool:
+        return self.score == "grand"
+
+    @property
+    def observes(self) -> bool:
+        return self.source == "training"
+
+    def setup(self, context) -> None:
+        super().setup(context)
+        label = type(self).name
+        if self.keep not in KEEP:
+            raise ValueError(f"{label}: keep must be one of {KEEP}, got {self.keep!r}")
+        if self.source not in SOURCES:
+            raise ValueError(f"{label}: source must be one of {SOURCES}, got {self.source!r}")
+        if self.source == "training" and self.score != "loss":
+            raise ValueError(f"{label}: source='training' records training losses; it needs score='loss', got "
+                             f"{self.score!r}")
+        for key in ("pretrain_epochs", "repeats"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "repeats" else 0):
+                raise ValueError(f"{label}: {key} must be an int >= {1 if key == 'repeats' else 0}, got {value!r}")
+        if (self.pretrain_epochs or self.repeats > 1) and (self.every is not None or self.source == "training"):
+            raise ValueError(f"{label}: pretrain_epochs / repeats score separately trained models once; they need "
+                             "every=None (one-shot) and source='pass'")
+        if self.source == "training":
+            if self.every is None:
+                self.every = 1
+            self._table = torch.full((context.n,), float("nan"), device=context.device)
+
+    def observe(self, indices, losses, correct) -> None:
+        self._table[indices.to(self._table.device)] = losses.float().to(self._table.device)
+
+    def selects_at(self, epoch: int) -> bool:
+        if self.source == "training" and bool(torch.isnan(self._table).any()):
+            return False  # not every sample has a training loss yet: keep training on the full pool
+        return super().selects_at(epoch)
+
+    def planned_size(self, epoch: int) -> int:
+        return self.context.n if epoch == 0 and self.source == "training" else super().planned_size(epoch)
+
+    def scores(self) -> torch.Tensor:
+        if self.source == "training":
+            return self._table.clone()
+        ctx = self.context
+        if self.pretrain_epochs or self.repeats > 1:
+            tables = [difficulty(ctx.proxy_scores(self.pretrain_epochs, init), self.score) for init in
+                      range(self.repeats)]
+            return torch.stack(tables).mean(0)
+        return difficulty(ctx.score(), self.score)
+
+    def choose(self, epoch: int) -> Selection:
+        d = self.scores()
+        picks = rank_select(d, self.budget, self.keep, self.context.labels if self.per_class else None)
+        self._last = {"size": int(picks.numel()), "score_mean": float(torch.nanmean(d.float()))}
+        return Selection(picks)
+
+    def state_dict(self) -> dict:
+        return {"table": None if self._table is None else self._table.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("table") is not None:
+            self._table.copy_(state["table"])
+
+
+@dataclass
+class Loss(ScoreBased):
+    """Keeps by per-sample cross-entropy loss."""
+
+    name = "loss"
+    score: str = field(default="loss", init=False)
+
+
+@dataclass
+class EL2N(ScoreBased):
+    """Keeps by EL2N, ‖softmax − onehot‖ (Paul et al. 2021)."""
+
+    name = "el2n"
+    score: str = field(default="el2n", init=False)
+
+
+@dataclass
+class GraNd(ScoreBased):
+    """Keeps by last-layer GraNd, the exact norm of ∂ℓ/∂(W, b) of the final Linear."""
+
+    name = "grand"
+    score: str = field(default="grand", init=False)
+
+
+@dataclass
+class LeastConfidence(ScoreBased):
+    """Keeps by 1 − max softmax (DeepCore's uncertainty)."""
+
+    name = "least_confidence"
+    score: str = field(default="least_confidence", init=False)
+
+
+@dataclass
+class Margin(ScoreBased):
+    """Keeps by the top-2 softmax margin (small = hard)."""
+
+    name = "margin"
+    score: str = field(default="margin", init=False)
+
+
+@dataclass
+class Entropy(ScoreBased):
+    """Keeps by softmax entropy."""
+
+    name = "entropy"
+    score: str = field(default="entropy", init=False)
+
+
+@dataclass
+class Forgetting(Periodic):
+    """Keeps by forgetting events (Toneva et al.) counted on the training forward passes of the run
+    itself; needs ``warm`` epochs (or an earlier selection round) for the counts to mean anything:
+    selecting before every sample has been presented twice is refused."""
+
+    name = "forgetting"
+    observes = True
+    keep: str = "hard"
+    per_class: bool = True
+    _counter: Optional[ForgettingCounter] = field(default=None, init=False, repr=False)
+
+    def setup(self, context) -> None:
+        super().setup(context)
+        if self.keep not in KEEP:
+            raise ValueError(f"forgetting: keep must be one of {KEEP}, got {self.keep!r}")
+        if self.warm_epochs < 2:
+            raise ValueError(f"forgetting: counts need at least two full-data epochs before the first selection; "
+                             f"warm = {self.warm} gives {self.warm_epochs} (raise warm)")
+        self._counter = ForgettingCounter(context.n, context.device)
+
+    def observe(self, indices, losses, correct) -> None:
+        self._counter.update(indices, correct)
+
+    def choose(self, epoch: int) -> Selection:
+        d = self._counter.scores()
+        picks = rank_select(d, self.budget, self.keep, self.context.labels if self.per_class else None)
+        self._last = {"size": int(picks.numel()), "forgetting_mean": float(d.float().mean())}
+        return Selection(picks)
+
+    def state_dict(self) -> dict:
+        return {"counter": self._counter.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._counter.load_state_dict(state["counter"])

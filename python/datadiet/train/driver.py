@@ -1,0 +1,193 @@
+"""``Driver``: a strategy driving any training loop — the Trainer's and a user's own.
+
+It owns what selection needs between the loop and the strategy: the index-aware dataset, the
+sampler over the current selection (seeded, sharded, resumable), the per-sample weight table,
+and the ``Context`` the strategy scores through. A user's loop needs five lines::
+
+    driver = Driver(make("el2n", fraction=0.3), model, train_set, labels, num_classes=10, epochs=10)
+    for epoch in range(10):
+        for x, y, i, w in driver.batches(epoch):      # re-selection at the epoch start, batch masks
+            losses = F.cross_entropy(model(x), y, reduction="none")
+            driver.loss(losses, i, w).backward(); opt.step(); opt.zero_grad()
+
+``batches`` selects when the strategy's regime says so, shuffles the selection by (seed,
+epoch), applies per-batch keep masks (the selection pass is eval-mode, no grad), and yields
+inputs, targets, dataset indices and weights on the device; ``loss`` reports the per-sample
+losses to a strategy that observes them and returns ``Σ w ℓ / Σ w``. Nothing in torch is
+patched and the strategy never sees the loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from datadiet._dist import gather_rows, world
+from datadiet._seeds import derive_seed
+from datadiet.scores.scoring import ScoreTable, eval_mode, final_linear, score_dataset
+from datadiet.select.selection import Selection
+from datadiet.strategies.base import Context, Strategy
+from datadiet.train.data import IndexedDataset, SelectionSampler
+
+
+class Driver:
+    def __init__(self, strategy: Strategy, model: nn.Module, train_set, labels: torch.Tensor, *, num_classes: int,
+                 epochs: int, batch_size: int = 64, seed: int = 0, lr: float = 0.1, device="cpu", workers: int = 0,
+                 val_set=None, head: Optional[str] = None, score_batch_size: int = 256,
+                 proxy_scores: Optional[Callable[[int, int], ScoreTable]] = None,
+                 autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False, progress=None):
+        self.strategy, self.model, self.device = strategy, model, torch.device(device)
+        self.train_set = train_set if isinstance(train_set, IndexedDataset) else IndexedDataset(train_set)
+        self.val_set = None if val_set is None or isinstance(val_set, IndexedDataset) else IndexedDataset(val_set)
+        n = len(self.train_set)
+        if labels.shape != (n,):
+            raise ValueError(f"Driver: labels must have shape [{n}] (one per training sample), got {tuple(labels.shape)}")
+        self.epochs, self.batch_size, self.seed, self.workers = epochs, batch_size, seed, workers
+        self.world_size, self.rank = world()
+        self.head = final_linear(model, head) if (head is not None or strategy.needs_head) else _maybe_head(model)
+        self._score_kwargs = dict(batch_size=score_batch_size, device=self.device, workers=workers,
+                                  autocast_dtype=autocast_dtype, channels_last=channels_last, progress=progress)
+        self.times = {"selection": 0.0, "scoring": 0.0}
+        strategy.setup(Context(n=n, labels=labels.cpu().long(), num_classes=num_classes, epochs=epochs, seed=seed,
+                               batch_size=batch_size, lr=lr, device=self.device, rank=self.rank,
+                               world_size=self.world_size, score=self._score, proxy_scores=self._proxy(proxy_scores),
+                               has_val=self.val_set is not None))
+        self.sampler = SelectionSampler(Selection.full(n), n, seed=derive_seed(seed, 5),
+                                        num_replicas=self.world_size, rank=self.rank)
+        self.weights = torch.ones(n, device=self.device)
+        self.selections: list[dict] = []
+        self._epoch, self._batch = 0, 0
+
+    # -- selection -----------------------------------------------------------------------------
+    def _score(self, split: str = "train", **wanted) -> ScoreTable:
+        if split not in ("train", "val"):
+            raise ValueError(f"Context.score: split must be 'train' or 'val', got {split!r}")
+        if split == "val" and self.val_set is None:
+            raise ValueError("Context.score: this run has no held-out selection split (val_fraction = 0)")
+        start = time.perf_counter()
+        table = score_dataset(self.model, self.train_set if split == "train" else self.val_set, head=self.head,
+                              **wanted, **self._score_kwargs)
+        self.times["scoring"] += time.perf_counter() - start
+        return table
+
+    def _proxy(self, proxy_scores):
+        def timed(epochs: int, init: int) -> ScoreTable:
+            if proxy_scores is None:
+                raise ValueError("this strategy trains proxy models (pretrain_epochs / repeats), which needs the "
+                                 "Trainer (or a proxy_scores callable given to the Driver)")
+            start = time.perf_counter()
+            table = proxy_scores(epochs, init)
+            self.times["scoring"] += time.perf_counter() - start
+            return table
+        return timed
+
+    def planned_steps(self) -> int:
+        """Optimisation steps of the whole run as the strategy plans it (sizes the lr schedule)."""
+        return sum(math.ceil(math.ceil(self.strategy.planned_size(e) / self.world_size) / self.batch_size)
+                   for e in range(self.epochs))
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Asks the strategy for this epoch's selection (all ranks compute it; rank 0's is used)."""
+        start, scoring = time.perf_counter(), self.times["scoring"]
+        selection = self.strategy.select(epoch)
+        if selection is not None:
+            if self.world_size > 1:
+                box = [selection]
+                torch.distributed.broadcast_object_list(box, src=0)
+                selection = box[0]
+            self.set_selection(selection)
+            self.selections.append({"epoch": epoch, "size": len(self.sampler.selection),
+                                    "weighted": selection.weights is not None, **self.strategy.report()})
+        self.times["selection"] += time.perf_counter() - start - (self.times["scoring"] - scoring)
+        self.sampler.set_epoch(epoch)
+        self._epoch, self._batch = epoch, 0
+
+    def set_selection(self, selection: Selection) -> None:
+        self.sampler.set_selection(selection)
+        self.weights = self.sampler.selection.weight_table(self.sampler.n).to(self.device)
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    # -- batches -------------------------------------------------------------------------------
+    def loader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=self.sampler, num_workers=self.workers,
+                          pin_memory=self.device.type == "cuda", drop_last=False,
+                          generator=torch.Generator().manual_seed(derive_seed(self.seed, 7, self._epoch)))
+
+    def batches(self, epoch: Optional[int] = None) -> Iterator[tuple]:
+        """(x, y, indices, weights) on the device for the epoch (``begin_epoch`` first when given)."""
+        if epoch is not None:
+            self.begin_epoch(epoch)
+        for x, y, i in self.loader():
+            yield self.prepare(x, y, i)
+
+    def prepare(self, x, y, i, channels_last: bool = False) -> tuple:
+        """Moves a batch to the device, looks its weights up and applies the strategy's batch mask."""
+        x = x.to(self.device, non_blocking=True)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.as_tensor(y).to(self.device, non_blocking=True)
+        i = torch.as_tensor(i).to(self.device, non_blocking=True)
+        progress = (self._epoch + self._batch / max(1, self.steps_per_epoch())) / self.epochs
+        self._batch += 1
+        mask = self.strategy.batch_mask(progress, lambda scale: self._batch_losses(x, y, scale))
+        if mask is not None:
+            if not bool(mask.any()):  # nothing kept: one sample with weight 0 keeps DDP's ranks in step
+                mask = torch.zeros_like(mask)
+                mask[0] = True
+                return x[mask], y[mask], i[mask], torch.zeros(1, device=self.device)
+            x, y, i = x[mask], y[mask], i[mask]
+        return x, y, i, self.weights[i]
+
+    def _batch_losses(self, x, y, scale: float) -> torch.Tensor:
+        model = getattr(self.model, "module", self.model)
+        if scale < 1.0 and x.dim() == 4:
+            x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+        with eval_mode(model):
+            return F.cross_entropy(model(x).float(), y, reduction="none")
+
+    def loss(self, losses: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor,
+             correct: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``Σ w ℓ / Σ w`` over the batch; the per-sample losses (and ``correct``) go to a strategy
+        that observes training (gathered over ranks first)."""
+        if losses.shape != indices.shape:
+            raise ValueError(f"Driver.loss: losses must be per-sample, shape {tuple(indices.shape)}, got "
+                             f"{tuple(losses.shape)}")
+        if self.strategy.observes:
+            if correct is None:
+                correct = torch.zeros_like(indices, dtype=torch.bool)
+            seen = {"i": indices, "loss": losses.detach().float(), "correct": correct, "w": weights}
+            if self.world_size > 1:
+                seen = gather_rows(seen, self.device)
+            real = seen["w"] > 0  # a weight-0 placeholder row was not trained on
+            self.strategy.observe(seen["i"][real], seen["loss"][real], seen["correct"][real])
+        return (weights * losses).sum() / weights.sum().clamp_min(1e-12)
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict(), "strategy": self.strategy.state_dict(),
+                "times": dict(self.times), "selections": list(self.selections), "epoch": self._epoch,
+                "batch": self._batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.weights = self.sampler.selection.weight_table(self.sampler.n).to(self.device)
+        self.strategy.load_state_dict(state["strategy"])
+        self.times.update(state["times"])
+        self.selections = list(state["selections"])
+        self._epoch, self._batch = int(state["epoch"]), int(state["batch"])
+
+
+def _maybe_head(model: nn.Module):
+    try:
+        return final_linear(model)
+    except ValueError:
+        return None
+

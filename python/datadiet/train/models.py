@@ -1,0 +1,49 @@
+"""Models by name: ``mlp`` and ``cnn`` (small, for the embedded dataset and tests), any torchvision
+classification model (``resnet18``, ``resnet50``, ``mobilenet_v3_small``, ...; randomly
+initialised with ``num_classes``), or ``module:callable`` (called with ``num_classes=`` and
+``input_shape=``). The classification layer is found by ``datadiet.scores.final_linear``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+from torch import nn
+
+
+def mlp(num_classes: int, input_shape: tuple, width: int = 128) -> nn.Module:
+    d = math.prod(input_shape)
+    return nn.Sequential(nn.Flatten(), nn.Linear(d, width), nn.ReLU(), nn.Linear(width, width // 2), nn.ReLU(),
+                         nn.Linear(width // 2, num_classes))
+
+
+def cnn(num_classes: int, input_shape: tuple, width: int = 32) -> nn.Module:
+    c = input_shape[0]
+    return nn.Sequential(
+        nn.Conv2d(c, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+        nn.Conv2d(width, 2 * width, 3, padding=1, stride=2, bias=False), nn.BatchNorm2d(2 * width),
+        nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes))
+
+
+def build(name: str, num_classes: int, input_shape: tuple, width: int = 0) -> nn.Module:
+    if name in ("mlp", "cnn"):
+        if len(input_shape) != 3 and name == "cnn":
+            raise ValueError(f"model 'cnn' needs image inputs [C, H, W], got input shape {input_shape}")
+        return (mlp if name == "mlp" else cnn)(num_classes, input_shape, **({"width": width} if width else {}))
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"model {name!r}: cannot import {attr} from {module_name} ({exc})") from exc
+        model = factory(num_classes=num_classes, input_shape=input_shape)
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model {name!r}: the callable returned {type(model).__name__}, not an nn.Module")
+        return model
+    import torchvision
+
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise ValueError(f"unknown model {name!r}; use mlp, cnn, a torchvision classification model (resnet18, "
+                         "resnet50, ...) or module:callable")
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)

@@ -1,0 +1,296 @@
+"""``Trainer``: the reference training loop. One strategy interface for every selection regime
+(the ``Driver`` asks the strategy; the loop never names one), SGD / AdamW with step-based
+schedules sized from the strategy's planned subset sizes, the weighted loss ``Σ w ℓ / Σ w``,
+AMP, ``channels_last``, ``torch.compile``, DDP under torchrun, JSONL metrics, tqdm progress and
+exact resume.
+
+Resume: ``out/checkpoint.pt`` (``datadiet.train.checkpoint``: atomic, checksummed, refused when
+from another configuration) holds the model, optimiser, scheduler, scaler, epoch and step, the
+driver (sampler with the current subset and weights, the strategy's state) and the global RNG,
+written at every epoch end and every ``checkpoint_every`` steps. A killed run resumed with
+``resume=out`` continues mid-epoch where the checkpoint was taken and, on CPU, ends with the
+parameters of the run never stopped (loader workers with random augmentation are re-seeded per
+epoch, so a mid-epoch resume with ``workers > 0`` and random transforms draws other augmentations).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import sys
+import time
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from datadiet import strategies as strategy_registry
+from datadiet._dist import world
+from datadiet._seeds import derive_seed
+from datadiet.scores.scoring import final_linear, score_dataset
+from datadiet.strategies.base import Strategy
+from datadiet.train import checkpoint, datasets, models
+from datadiet.train.config import TrainConfig
+from datadiet.train.data import IndexedDataset
+from datadiet.train.driver import Driver
+from datadiet.train.schedules import schedule
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, strategy: Optional[Strategy] = None):
+        self.config = config = config.validate()
+        if config.resume and config.out is None:
+            config.out = config.resume
+        self.device = self._init_distributed()
+        self.world_size, self.rank = world()
+        if config.amp == "fp16" and self.device.type != "cuda":
+            raise ValueError(f"config amp = 'fp16': float16 autocast needs a CUDA device, this run uses "
+                             f"{self.device} (use bf16)")
+        self.autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp]
+        bundle = datasets.load(config.dataset, config.image_size)
+        self.num_classes, self.input_shape = bundle.num_classes, bundle.input_shape
+        pool, held_out = _split(len(bundle.train), config.val_fraction)
+        self.train_set = Subset(bundle.train, pool.tolist())
+        val_set = Subset(bundle.train, held_out.tolist()) if held_out.numel() else None
+        self.test_set = IndexedDataset(bundle.test)
+        torch.manual_seed(config.seed)
+        self.model = self._build_model()
+        if strategy is None:
+            params = config.strategy_kwargs(strategy_registry.parameters(config.strategy))
+            strategy = strategy_registry.make(config.strategy, **params)
+        self.driver = Driver(strategy, self.model, self.train_set, bundle.labels[pool], num_classes=self.num_classes,
+                             epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, lr=config.lr,
+                             device=self.device, workers=config.workers, val_set=val_set, head=config.head,
+                             score_batch_size=config.eval_batch_size, proxy_scores=self._proxy_scores,
+                             autocast_dtype=self.autocast_dtype, channels_last=config.channels_last,
+                             progress=self._bar("scoring"))
+        net = self.model
+        if self.world_size > 1:
+            net = torch.nn.parallel.DistributedDataParallel(
+                net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.net = torch.compile(net) if config.compile else net
+        self.optimizer = self._optimizer(self.model)
+        self.total_steps = max(1, self.driver.planned_steps())
+        self.scheduler = schedule(self.optimizer, config.schedule, self.total_steps,
+                                  min(config.warmup_steps, self.total_steps - 1))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
+        self.epoch, self.step, self.elapsed = 0, 0, 0.0
+        self.history: list[dict] = []
+        self._partial: Optional[dict] = None  # the running epoch's sums, saved with a mid-epoch checkpoint
+        if config.resume:
+            self._load(os.path.join(config.resume, CHECKPOINT))
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _init_distributed(self) -> torch.device:
+        cfg = self.config
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+        device = torch.device(cfg.device)
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(f"config device = {cfg.device!r}: no CUDA device is available")
+            if size > 1:
+                device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist = torch.distributed
+        if size > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                    timeout=datetime.timedelta(seconds=cfg.dist_timeout))
+        return device
+
+    def _build_model(self) -> torch.nn.Module:
+        model = models.build(self.config.model, self.num_classes, self.input_shape, self.config.width).to(self.device)
+        if self.config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def _optimizer(self, model) -> torch.optim.Optimizer:
+        cfg = self.config
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                                   weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def _bar(self, desc: str):
+        show = self.config.progress and self.rank == 0 and sys.stderr.isatty()
+        return lambda iterable, **kw: tqdm(iterable, desc=desc, leave=False, disable=not show, **kw)
+
+    def _proxy_scores(self, epochs: int, init: int):
+        """A fresh model (initialisation ``init``) trained ``epochs`` epochs on the full pool, scored.
+        Under DDP every rank trains the same proxy on the whole pool (no communication)."""
+        cfg = self.config
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(derive_seed(cfg.seed, 6, init))
+            model = self._build_model()
+            if epochs:
+                opt = self._optimizer(model)
+                loader = DataLoader(IndexedDataset(self.train_set), batch_size=cfg.batch_size, shuffle=True,
+                                    num_workers=cfg.workers,
+                                    generator=torch.Generator().manual_seed(derive_seed(cfg.seed, 8, init)))
+                sched = schedule(opt, cfg.schedule, epochs * len(loader))
+                for _ in range(epochs):
+                    for x, y, _i in self._bar(f"proxy {init}")(loader):
+                        with torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                                            enabled=self.autocast_dtype is not None):
+                            out = model(x.to(self.device))
+                        loss = F.cross_entropy(out.float(), y.to(self.device))
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                        sched.step()
+            head = final_linear(model, cfg.head) if self.driver.head is not None else None
+            return score_dataset(model, self.driver.train_set, head=head, batch_size=cfg.eval_batch_size,
+                                 device=self.device, workers=cfg.workers, autocast_dtype=self.autocast_dtype)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg, drv = self.config, self.driver
+        for epoch in range(self.epoch, cfg.epochs):
+            started = time.perf_counter()
+            times0 = dict(drv.times)
+            if self._partial is None:
+                drv.begin_epoch(epoch)
+                self._partial = {"loss": 0.0, "samples": 0, "steps": 0, "training": 0.0, "selection_log": len(
+                    drv.selections)}
+            self.epoch = epoch
+            self._train_epoch()
+            t_eval = time.perf_counter()
+            test = score_dataset(self.model, self.test_set, batch_size=cfg.eval_batch_size, device=self.device,
+                                 workers=cfg.workers, autocast_dtype=self.autocast_dtype,
+                                 channels_last=cfg.channels_last)
+            evaluation = time.perf_counter() - t_eval
+            part = self._partial
+            samples = self._sum(part["samples"])
+            record = {"epoch": epoch, "train_loss": self._sum(part["loss"]) / max(1, samples),
+                      "test_acc": float(test.correct.float().mean()), "test_loss": float(test.loss.mean()),
+                      "subset_size": len(drv.sampler.selection), "samples": int(samples), "steps": part["steps"],
+                      "lr": self.optimizer.param_groups[0]["lr"],
+                      "time": {"selection": drv.times["selection"] - times0["selection"],
+                               "scoring": drv.times["scoring"] - times0["scoring"],
+                               "training": part["training"], "evaluation": evaluation},
+                      "selections": drv.selections[part["selection_log"]:]}
+            self.elapsed += time.perf_counter() - started
+            record["wall"] = self.elapsed
+            self.history.append(record)
+            self.epoch, self._partial = epoch + 1, None
+            self._write_metrics()
+            self._save()
+        summary = self._summary()
+        if cfg.out and self.rank == 0:
+            _write_json(os.path.join(cfg.out, "summary.json"), summary)
+        return summary
+
+    def _train_epoch(self) -> None:
+        cfg, drv, part = self.config, self.driver, self._partial
+        self.net.train()
+        start = time.perf_counter()
+        loss_sum = torch.zeros((), device=self.device)
+        steps = drv.steps_per_epoch()
+        bar = self._bar(f"epoch {self.epoch}")(drv.loader(), total=steps - part["steps"])
+        for x, y, i in bar:
+            x, y, i, w = drv.prepare(x, y, i, cfg.channels_last)
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                logits = self.net(x)
+            losses = F.cross_entropy(logits.float(), y, reduction="none")
+            correct = logits.argmax(1) == y if drv.strategy.observes else None
+            loss = drv.loss(losses, i, w, correct)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.step += 1
+            part["steps"] += 1
+            loss_sum += losses.detach().sum()
+            part["samples"] += int(i.numel())
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and part["steps"] < steps:
+                part["loss"] += float(loss_sum)
+                loss_sum.zero_()
+                part["training"] += time.perf_counter() - start
+                start = time.perf_counter()
+                self._save()
+        part["loss"] += float(loss_sum)
+        part["training"] += time.perf_counter() - start
+
+    def _sum(self, value: float) -> float:
+        if self.world_size == 1:
+            return float(value)
+        t = torch.tensor([float(value)], dtype=torch.float64,
+                         device=self.device if self.device.type == "cuda" else "cpu")
+        torch.distributed.all_reduce(t)
+        return float(t)
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "epoch": self.epoch, "step": self.step, "elapsed": self.elapsed, "history": self.history,
+                "partial": self._partial, "driver": self.driver.state_dict(), "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+                "world_size": self.world_size}
+
+    def _save(self) -> None:
+        if not self.config.out:
+            return
+        if self.rank == 0:
+            checkpoint.save(os.path.join(self.config.out, CHECKPOINT), self.state_dict(), self.config.identity())
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+    def _load(self, path: str) -> None:
+        state = checkpoint.load(path, self.config.identity())
+        if state["world_size"] != self.world_size:
+            raise checkpoint.CheckpointError(f"checkpoint {path}: written by {state['world_size']} ranks, this run "
+                                             f"has {self.world_size}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step, self.elapsed = int(state["epoch"]), int(state["step"]), float(state["elapsed"])
+        self.history, self._partial = list(state["history"]), state["partial"]
+        self.driver.load_state_dict(state["driver"])
+        if self._partial is not None:
+            self.driver.sampler.resume_at(self._partial["steps"] * self.config.batch_size)
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+
+    def _write_metrics(self) -> None:
+        """The JSONL of every finished epoch, rewritten whole (so a resumed run never repeats a line)."""
+        if self.config.out and self.rank == 0:
+            os.makedirs(self.config.out, exist_ok=True)
+            path = os.path.join(self.config.out, "metrics.jsonl")
+            with open(path + ".tmp", "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in self.history)
+            os.replace(path + ".tmp", path)
+
+    def _summary(self) -> dict:
+        totals = {k: sum(r["time"][k] for r in self.history) for k in ("selection", "scoring", "training",
+                                                                        "evaluation")}
+        last = self.history[-1] if self.history else {}
+        return {"config": self.config.identity(), "strategy": self.config.strategy, "epochs": len(self.history),
+                "steps": self.step, "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
+                "best_test_acc": max((r["test_acc"] for r in self.history), default=None), "wall": self.elapsed,
+                "time": totals, "samples": sum(r["samples"] for r in self.history),
+                "curve": [(r["wall"], r["test_acc"]) for r in self.history],
+                "selections": self.driver.selections, "world_size": self.world_size}
+
+
+def _split(n: int, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training pool, held-out selection split): a fixed permutation (seed 0), the same for every
+    run seed and strategy, so a comparison trains every strategy on the same pool."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    m = math.floor(val_fraction * n)
+    return perm[m:].sort().values, perm[:m].sort().values
+
+
+def _write_json(path: str, data: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(path + ".tmp", path)
