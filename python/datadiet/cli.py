@@ -1,17 +1,37 @@
-"""``datadiet`` / ``python -m datadiet``: the demo (default) and build information."""
+"""``datadiet`` / ``python -m datadiet``: ``compare`` (default, the main job), ``train``, ``demo``
+and ``info``. Argument parsing only; the work is in ``datadiet.train`` and ``datadiet.demo``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
 def main(argv=None) -> int:
+    from datadiet.train import compare as compare_module
+    from datadiet.train.options import add_train_options, config_from_args, parse_params
+
     parser = argparse.ArgumentParser(prog="datadiet", description="datadiet command line")
     sub = parser.add_subparsers(dest="command")
-    demo = sub.add_parser("demo", help="train on scikit-learn digits, score every sample, retrain on selected subsets, "
-                               "merge soups (default)")
+    train = sub.add_parser("train", help="train one model with a selection strategy")
+    add_train_options(train)
+    compare = sub.add_parser("compare", help="strategies x fractions x seeds on the same data and model (default)")
+    add_train_options(compare, skip=("strategy", "fraction", "seed", "resume"))
+    compare.add_argument("--strategies", default=",".join(compare_module.DEFAULT_STRATEGIES))
+    compare.add_argument("--fractions", type=_floats, default=[0.1, 0.3])
+    compare.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    compare.set_defaults(out="compare_out")
+    demo = sub.add_parser("demo", help="score digits, retrain on selected subsets, merge soups")
     demo.add_argument("--epochs", type=int, default=15)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--label-noise", type=float, default=0.05, help="fraction of training labels to flip")
@@ -22,17 +42,41 @@ def main(argv=None) -> int:
     demo.add_argument("--density", type=float, default=0.9, help="fraction of the soup's weights pruning keeps")
     sub.add_parser("info", help="print datadiet.build_info() as JSON")
     args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["compare", *(argv or [])])
+    try:
+        return _run(args, compare_module, config_from_args, parse_params)
+    except ValueError as exc:  # a bad option, dataset, model, strategy or checkpoint: one clear line
+        print(f"datadiet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args, compare_module, config_from_args, parse_params) -> int:
     if args.command == "info":
         import datadiet
 
         print(json.dumps(datadiet.build_info(), indent=1))
         return 0
-    from datadiet import demo as demo_module
+    if args.command == "demo":
+        from datadiet import demo as demo_module
 
-    if args.command is None:
-        args = demo.parse_args([])
-    demo_module.main(args.epochs, args.seed, args.label_noise, args.top, args.out, args.keep, args.members,
-                     args.density)
+        demo_module.main(args.epochs, args.seed, args.label_noise, args.top, args.out, args.keep, args.members,
+                         args.density)
+        return 0
+    config = config_from_args(args, strategy_params=parse_params(args.param))
+    if args.command == "train":
+        from datadiet.train.trainer import Trainer
+
+        summary = Trainer(config).fit()
+        if summary["world_size"] == 1 or int(os.environ.get("RANK", "0")) == 0:
+            print(json.dumps({k: summary[k] for k in ("strategy", "epochs", "steps", "test_acc", "wall", "time")}))
+        return 0
+    names = [s for s in args.strategies.split(",") if s]
+    print(f"datadiet compare: {', '.join(names)} at fractions {args.fractions}, seeds {args.seeds}, "
+          f"{config.epochs} epochs of {config.model} on {config.dataset}")
+    rows = compare_module.run(config, names, args.fractions, args.seeds, config.out)
+    print(compare_module.format_table(rows))
+    print(f"wrote {config.out}/compare.csv, compare.json, compare.png")
     return 0
 
 

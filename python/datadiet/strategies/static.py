@@ -95,15 +95,18 @@ class ScoreBased(Periodic):
     """Keeps samples by a ``ce_scores`` difficulty of the current model (one scoring pass), or, with
     ``pretrain_epochs`` / ``repeats``, the mean over ``repeats`` fresh models each trained
     ``pretrain_epochs`` epochs on the full pool (DeepCore's separate selection run; GraNd/EL2N's
-    average over initialisations). ``source="training"`` (``loss`` only) ranks by each sample's
-    last training loss instead: no extra pass, selection every ``every`` epochs (default 1)
-    once every sample has a loss — the per-epoch regime."""
+    average over initialisations). One-shot from a scoring pass defaults to a proxy trained
+    ``ceil(0.2 · epochs)`` epochs (DeepCore's 40 of 200), since scores of an untrained model say
+    little; ``pretrain_epochs=0`` scores the run's own model at the selection epoch.
+    ``source="training"`` (``loss`` only) ranks by each sample's last training loss instead: no
+    extra pass, selection every ``every`` epochs (default 1) once every sample has a loss — the
+    per-epoch regime."""
 
     name = "score"
     score: str = "loss"
     keep: str = "hard"
     per_class: bool = True
-    pretrain_epochs: int = 0
+    pretrain_epochs: Optional[int] = None
     repeats: int = 1
     source: str = "pass"
     _table: Optional[torch.Tensor] = field(default=None, init=False, repr=False)
@@ -126,6 +129,9 @@ class ScoreBased(Periodic):
         if self.source == "training" and self.score != "loss":
             raise ValueError(f"{label}: source='training' records training losses; it needs score='loss', got "
                              f"{self.score!r}")
+        if self.pretrain_epochs is None:
+            one_shot = self.every is None and self.source == "pass"
+            self.pretrain_epochs = math.ceil(0.2 * context.epochs) if one_shot and not self.warm_epochs else 0
         for key in ("pretrain_epochs", "repeats"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "repeats" else 0):

@@ -20,6 +20,7 @@ dataset's ``targets`` without decoding images).
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 
 import torch
@@ -92,6 +93,14 @@ def _cifar10(path: str) -> DataBundle:
             return all(os.path.isfile(os.path.join(self.root, self.base_folder, name))
                        for name, _ in self.train_list + self.test_list)
 
+        def _load_meta(self) -> None:  # the same, for batches.meta
+            meta = os.path.join(self.root, self.base_folder, self.meta["filename"])
+            if not os.path.isfile(meta):
+                raise RuntimeError(f"{meta} not found")
+            with open(meta, "rb") as f:
+                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+
     normalize = transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
     train_tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                                    transforms.ToTensor(), normalize])
@@ -101,5 +110,5 @@ def _cifar10(path: str) -> DataBundle:
         test = LocalCIFAR10(path, train=False, transform=test_tf, download=False)
     except RuntimeError as exc:
         raise ValueError(f"dataset cifar10:{path}: needs {os.path.join(path, 'cifar-10-batches-py')} with "
-                         f"data_batch_1..5 and test_batch ({exc})") from exc
+                         f"data_batch_1..5 and test_batch, batches.meta ({exc})") from exc
     return DataBundle(train, test, 10, (3, 32, 32), torch.tensor(train.targets, dtype=torch.int64))

@@ -46,4 +46,7 @@ def build(name: str, num_classes: int, input_shape: tuple, width: int = 0) -> nn
     if name not in torchvision.models.list_models(module=torchvision.models):
         raise ValueError(f"unknown model {name!r}; use mlp, cnn, a torchvision classification model (resnet18, "
                          "resnet50, ...) or module:callable")
+    if len(input_shape) != 3 or input_shape[0] != 3:
+        raise ValueError(f"model {name!r}: torchvision classification models expect 3-channel images; the dataset "
+                         f"has {input_shape[0] if len(input_shape) == 3 else input_shape} (use mlp or cnn)")
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes)

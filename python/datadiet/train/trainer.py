@@ -15,6 +15,7 @@ epoch, so a mid-epoch resume with ``workers > 0`` and random transforms draws ot
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -85,6 +86,8 @@ class Trainer:
         self._partial: Optional[dict] = None  # the running epoch's sums, saved with a mid-epoch checkpoint
         if config.resume:
             self._load(os.path.join(config.resume, CHECKPOINT))
+        elif config.out and self.rank == 0:
+            _write_json(os.path.join(config.out, "config.json"), dataclasses.asdict(config))
 
     # -- setup ---------------------------------------------------------------------------------
     def _init_distributed(self) -> torch.device:

@@ -1,0 +1,80 @@
+"""Command-line options of ``datadiet train`` / ``compare``, derived from ``TrainConfig``'s fields
+(``batch_size`` → ``--batch-size``), layered: defaults < ``--config run.toml`` < flags.
+``--param KEY=VALUE`` sets a strategy parameter (``compare``: ``STRATEGY.KEY=VALUE`` for one
+strategy); values are read as Python literals (``5``, ``0.5``, ``True``, ``None``) or else
+strings."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import os
+import typing
+
+from datadiet.train.config import TrainConfig, from_toml
+
+_HELP = {
+    "dataset": "digits (default), imagefolder:PATH or cifar10:PATH", "model": "mlp, cnn, a torchvision model "
+    "name or module:callable", "strategy": "selection strategy (datadiet.strategies.STRATEGIES)",
+    "fraction": "subset fraction in (0, 1]", "every": "re-select every R epochs", "warm": "CORDS' kappa: "
+    "fraction of the budget on full data first", "resume": "continue the run whose checkpoint is in DIR",
+    "out": "folder for metrics.jsonl, summary.json, checkpoint.pt", "val_fraction": "held-out selection split "
+    "(GLISTER, GradMatch target=val), carved from the training data", "checkpoint_every": "also checkpoint "
+    "every N optimisation steps (0: epoch ends only)", "head": "name of the final nn.Linear (default: found)",
+    "amp": "none, bf16 or fp16 (CUDA)", "batch_size": "per-rank batch size",
+}
+
+
+def add_train_options(parser: argparse.ArgumentParser, *, skip: tuple = ()) -> None:
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip or f.name == "strategy_params":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = typing.get_args(hints[f.name])[0] if typing.get_origin(hints[f.name]) is typing.Union \
+            else hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        text = _HELP.get(f.name, "") + f" (default {default})"
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+        else:
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text,
+                                metavar="DIR" if f.name in ("out", "resume") else None)
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a strategy parameter (repeatable)")
+    parser.add_argument("--config", default=None, help="TOML file of options (flags override it)")
+
+
+def parse_params(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = text
+    return out
+
+
+def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
+    values: dict = {}
+    resume = getattr(args, "resume", None)
+    if resume:
+        saved = os.path.join(resume, "config.json")
+        if not os.path.isfile(saved):
+            raise ValueError(f"--resume {resume}: no config.json there (not a datadiet run folder)")
+        with open(saved) as f:
+            values.update(json.load(f))
+    if args.config:
+        values.update(from_toml(args.config))
+    flags = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+    values.update(flags)
+    params = dict(values.get("strategy_params") or {})
+    params.update(overrides.pop("strategy_params", {}))
+    values.update(overrides)
+    values["strategy_params"] = params
+    return TrainConfig(**values).validate()

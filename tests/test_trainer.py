@@ -1,0 +1,149 @@
+"""The reference loop end to end: every strategy trains through the Trainer on the embedded
+dataset; ImageFolder and CIFAR-format folders built on the fly train a CNN; the weighted loss is
+the formula; bad configurations fail with the key or path named; checkpoints of another
+configuration are refused; the comparison writes its table, CSV, JSON and plot."""
+
+import json
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from datadiet import strategies
+from datadiet.cli import main as cli
+from datadiet.train import checkpoint
+from datadiet.train.config import TrainConfig
+from datadiet.train.driver import Driver
+from datadiet.train.trainer import Trainer
+from tests.train_fixtures import cifar10, image_folder
+
+TINY = dict(epochs=3, batch_size=64, progress=False)
+
+
+def _params(name):
+    return {"forgetting": {"warm": 0.99}, "gradmatch": {"every": 1}, "glister": {"every": 2},
+            "random_online": {"every": 1}, "selective_backprop": {"start": 0.0}}.get(name, {})
+
+
+@pytest.mark.parametrize("name", list(strategies.STRATEGIES))
+def test_every_strategy_trains_end_to_end(name, tmp_path):
+    fraction = 0.3 if "fraction" in strategies.parameters(name) else None
+    epochs = 4 if name == "forgetting" else 3  # two full-data epochs of counts first (warm 0.99 → ceil(0.99·4·0.3))
+    config = TrainConfig(strategy=name, fraction=fraction, strategy_params=_params(name), out=str(tmp_path),
+                         **{**TINY, "epochs": epochs})
+    trainer = Trainer(config)
+    summary = trainer.fit()
+    assert summary["epochs"] == epochs and 0.0 <= summary["test_acc"] <= 1.0
+    lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["epoch"] for r in lines] == list(range(epochs))
+    assert set(lines[0]["time"]) == {"selection", "scoring", "training", "evaluation"}
+    if fraction is not None:
+        n = trainer.driver.sampler.n
+        assert min(r["subset_size"] for r in lines) <= -(-3 * n // 10) + 10  # the budget (+1 per class at most)
+    assert json.load(open(tmp_path / "summary.json"))["steps"] == summary["steps"]
+
+
+def test_schedule_follows_the_planned_subset_steps():
+    trainer = Trainer(TrainConfig(strategy="random", fraction=0.25, schedule="cosine", **TINY))
+    per_epoch = -(-trainer.driver.strategy.budget // 64)
+    assert trainer.total_steps == 3 * per_epoch
+    trainer.fit()
+    assert trainer.step == trainer.total_steps
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # the cosine reached its end
+
+
+def test_weighted_loss_is_the_formula():
+    model = nn.Linear(3, 2)
+    x = torch.randn(10, 3)
+    ds = torch.utils.data.TensorDataset(x, torch.zeros(10, dtype=torch.long))
+    driver = Driver(strategies.make("full"), model, ds, torch.zeros(10, dtype=torch.long), num_classes=2, epochs=1)
+    losses, w, i = torch.rand(5), torch.tensor([0.5, 2.0, 1.0, 3.0, 0.25]), torch.arange(5)
+    assert torch.allclose(driver.loss(losses, i, w), (w * losses).sum() / w.sum())
+
+
+def test_image_folder_and_cifar_folders_train(tmp_path):
+    folder = image_folder(tmp_path / "imnet")
+    s = Trainer(TrainConfig(dataset=f"imagefolder:{folder}", model="cnn", image_size=16, strategy="el2n",
+                            fraction=0.5, val_fraction=0.0, batch_size=4, epochs=2, progress=False)).fit()
+    assert s["epochs"] == 2
+    root = cifar10(tmp_path / "cifar")
+    trainer = Trainer(TrainConfig(dataset=f"cifar10:{root}", model="cnn", strategy="gradmatch", fraction=0.5,
+                                  batch_size=16, epochs=1, progress=False))
+    assert len(trainer.test_set) == 20 and trainer.num_classes == 10
+    trainer.fit()
+
+
+def test_torchvision_model_by_name(tmp_path):
+    folder = image_folder(tmp_path / "imnet")
+    trainer = Trainer(TrainConfig(dataset=f"imagefolder:{folder}", model="resnet18", image_size=32, strategy="grand",
+                                  fraction=0.5, epochs=1, batch_size=3, val_fraction=0.0, progress=False,
+                                  channels_last=True, strategy_params={"pretrain_epochs": 0}))
+    assert trainer.driver.head is trainer.model.fc
+    assert trainer.fit()["selections"][0]["size"] == 9
+
+
+@pytest.mark.parametrize("config, message", [
+    (dict(strategy="nope"), "unknown strategy 'nope'"),
+    (dict(dataset="mnist"), "unknown dataset 'mnist'"),
+    (dict(dataset="imagefolder:/does/not/exist"), "folder '/does/not/exist' does not exist"),
+    (dict(dataset="cifar10:/does/not/exist"), "does not exist"),
+    (dict(strategy="random", fraction=1.5), r"config fraction = 1.5: must be in \(0, 1\]"),
+    (dict(strategy="random", fraction=0.0), r"fraction = 0.0: must be in \(0, 1\]"),
+    (dict(strategy="random_online", fraction=0.5, every=0), "config every = 0: must be an int >= 1"),
+    (dict(model="nope"), "unknown model 'nope'"),
+    (dict(model="resnet18"), "expect 3-channel images; the dataset has 1"),
+    (dict(optimizer="lbfgs"), "config optimizer = 'lbfgs'"),
+    (dict(amp="fp16"), "float16 autocast needs a CUDA device"),
+    (dict(strategy="gradmatch", fraction=0.3, model="tests.test_trainer:no_linear"), "has no nn.Linear layer"),
+])
+def test_bad_configurations_fail_clearly(config, message):
+    with pytest.raises(ValueError, match=message):
+        Trainer(TrainConfig(**config, progress=False))
+
+
+def no_linear(num_classes, input_shape):
+    return nn.Sequential(nn.Conv2d(1, num_classes, 8), nn.Flatten())
+
+
+def test_cli_errors_name_the_problem(capsys):
+    assert cli(["train", "--strategy", "nope"]) == 2
+    assert "unknown strategy 'nope'" in capsys.readouterr().err
+    assert cli(["train", "--param", "colour=1", "--strategy", "random", "--fraction", "0.5"]) == 2
+    assert "has no parameter 'colour'" in capsys.readouterr().err
+    assert cli(["train", "--resume", "/does/not/exist"]) == 2
+    assert "no config.json" in capsys.readouterr().err
+
+
+def test_resume_of_another_configuration_is_refused(tmp_path):
+    Trainer(TrainConfig(strategy="random", fraction=0.5, epochs=1, out=str(tmp_path), progress=False)).fit()
+    other = TrainConfig(strategy="random", fraction=0.5, epochs=1, lr=0.2, resume=str(tmp_path), progress=False)
+    with pytest.raises(checkpoint.CheckpointError, match="lr: checkpoint 0.05, this run 0.2"):
+        Trainer(other)
+
+
+def test_toml_config_and_flags(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('strategy = "gradmatch"\nfraction = 0.2\nepochs = 2\n[strategy_params]\nmode = "global"\n'
+                    'embedding = "full"\n')
+    out = tmp_path / "out"
+    assert cli(["train", "--config", str(path), "--epochs", "1", "--out", str(out), "--param", "every=1",
+                "--no-progress"]) == 0
+    saved = json.load(open(out / "config.json"))
+    assert saved["epochs"] == 1 and saved["strategy_params"] == {"mode": "global", "embedding": "full", "every": 1}
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochz = 3\n")
+    assert cli(["train", "--config", str(bad)]) == 2
+
+
+def test_compare_writes_table_csv_json_plot(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert cli(["compare", "--strategies", "full,random,selective_backprop", "--fractions", "0.2,0.5", "--seeds",
+                "0,1", "--epochs", "2", "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "speed-up" in text and "random" in text
+    rows = json.load(open(out / "compare.json"))["rows"]
+    assert [(r["strategy"], r["fraction"]) for r in rows] == [("full", 1.0), ("random", 0.2), ("random", 0.5),
+                                                              ("selective_backprop", 1.0)]
+    assert all(r["seeds"] == 2 for r in rows) and rows[0]["speedup_vs_full"] == pytest.approx(1.0)
+    assert os.path.getsize(out / "compare.png") > 1000 and (out / "compare.csv").read_text().count("\n") == 5
