@@ -147,3 +147,29 @@ def test_compare_writes_table_csv_json_plot(tmp_path, capsys):
                                                               ("selective_backprop", 1.0)]
     assert all(r["seeds"] == 2 for r in rows) and rows[0]["speedup_vs_full"] == pytest.approx(1.0)
     assert os.path.getsize(out / "compare.png") > 1000 and (out / "compare.csv").read_text().count("\n") == 5
+
+
+def test_a_strategy_drives_a_users_own_loop():
+    """The README's five lines, with a per-batch and an every-R strategy."""
+    import torch.nn.functional as F
+
+    from datadiet.strategies import make
+    from datadiet.train import Driver
+    from datadiet.train.datasets import load
+
+    bundle = load("digits")
+    for strategy in (make("gradmatch", fraction=0.3, every=2), make("selective_backprop", start=0.0)):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        driver = Driver(strategy, model, bundle.train, bundle.labels, num_classes=10, epochs=4)
+        seen = []
+        for epoch in range(4):
+            for x, y, i, w in driver.batches(epoch):
+                loss = driver.loss(F.cross_entropy(model(x), y, reduction="none"), i, w)
+                opt.zero_grad(); loss.backward(); opt.step()  # noqa: E702
+                seen.append(i.numel())
+        if strategy.name == "gradmatch":
+            assert [s["epoch"] for s in driver.selections] == [0, 2] and sum(seen) < 4 * len(bundle.train)
+        else:
+            assert sum(seen) < 4 * len(bundle.train)  # masks dropped samples before the backward pass

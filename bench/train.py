@@ -1,0 +1,99 @@
+"""The training loop's cost on CPU, in one run:
+
+(a) ``Trainer`` at ``strategy=full`` against a hand-written PyTorch loop on the same model, data,
+    seed, optimiser, schedule and per-epoch evaluation — the overhead ratio (target ≤ 1.05×);
+(b) per strategy at each fraction: time per selection (scoring pass + solve) as a fraction of the
+    training time between selections (GradMatch per class at 10% with every = 20: target ≤ 5%).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from bench.harness import Rows
+from datadiet.train import datasets, models
+from datadiet.train.config import TrainConfig
+from datadiet.train.schedules import schedule
+from datadiet.train.trainer import Trainer, _split
+
+STRATEGIES = {"random": {}, "el2n": {}, "gradmatch": {"every": 20}, "glister": {"every": 20},
+              "random_online": {"every": 20}, "forgetting": {"warm": 0.99}, "selective_backprop": {}}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", default="cnn")
+    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=10, help="epochs of the overhead comparison")
+    p.add_argument("--repeats", type=int, default=7, help="timed runs of each loop in (a)")
+    p.add_argument("--fractions", default="0.1,0.3")
+    p.add_argument("--strategies", default=",".join(STRATEGIES))
+
+
+def plain_loop(model_name: str, width: int, epochs: int, seed: int = 0) -> float:
+    """What a user writes by hand: shuffled DataLoader, mean loss, SGD, cosine per step, eval;
+    timed from loading the data, as the Trainer is."""
+    start = time.perf_counter()
+    bundle = datasets.load("digits")
+    pool, _ = _split(len(bundle.train), 0.1)
+    train = torch.utils.data.Subset(bundle.train, pool.tolist())
+    cfg = TrainConfig()
+    torch.manual_seed(seed)
+    model = models.build(model_name, 10, bundle.input_shape, width)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    test = DataLoader(bundle.test, batch_size=cfg.eval_batch_size)
+    sched = schedule(opt, "cosine", epochs * len(loader))
+    for _ in range(epochs):
+        model.train()
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        model.eval()
+        with torch.no_grad():
+            correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in test)
+        assert 0 <= correct <= len(bundle.test)
+    return time.perf_counter() - start
+
+
+def run(args) -> list[dict]:
+    rows = Rows(args.device)
+    case = f"{args.epochs} epochs of {args.model} (width {args.width}) on digits, strategy=full"
+    config = TrainConfig(model=args.model, width=args.width, epochs=args.epochs, progress=False,
+                         device=str(args.device))
+    plain, ours = [], []
+    for _ in range(args.repeats + 1):  # alternated, so machine noise hits both alike; the first pair warms up
+        plain.append(plain_loop(args.model, args.width, args.epochs))
+        start = time.perf_counter()
+        Trainer(config).fit()
+        ours.append(time.perf_counter() - start)
+    for method, times, floor in (("plain PyTorch loop", plain, None), ("datadiet Trainer", ours,
+                                                                        "plain PyTorch loop")):
+        rows.append({"case": case, "method": method, "seconds": statistics.median(times[1:]), "bytes": None,
+                     "baselines": [], "floor": floor, "note": f"median of {args.repeats}"})
+    for fraction in [float(f) for f in args.fractions.split(",") if f]:
+        for name in [s for s in args.strategies.split(",") if s]:
+            params = dict(STRATEGIES.get(name, {}))
+            every = params.get("every", 20)
+            epochs = every if name != "forgetting" else math.ceil(2 / (0.99 * fraction)) + every
+            cfg = TrainConfig(model=args.model, width=args.width, epochs=epochs, strategy=name,
+                              fraction=None if name == "selective_backprop" else fraction, strategy_params=params,
+                              progress=False, device=str(args.device))
+            summary = Trainer(cfg).fit()
+            selecting = summary["time"]["selection"] + summary["time"]["scoring"]
+            rounds = max(1, sum(1 for s in summary["selections"] if s["size"] < summary["selections"][0]["size"] or
+                                len(summary["selections"]) == 1))
+            training = summary["time"]["training"]
+            rows.append({"case": f"selection cost at fraction {fraction} over {epochs} epochs", "method": name,
+                         "seconds": selecting / rounds, "bytes": None, "baselines": [], "floor": None,
+                         "note": f"{100 * selecting / training:.1f}% of the {training:.2f} s training time "
+                                 f"(test acc {summary['test_acc']:.3f})"})
+    return rows
