@@ -173,3 +173,13 @@ def test_a_strategy_drives_a_users_own_loop():
             assert [s["epoch"] for s in driver.selections] == [0, 2] and sum(seen) < 4 * len(bundle.train)
         else:
             assert sum(seen) < 4 * len(bundle.train)  # masks dropped samples before the backward pass
+
+
+def test_bf16_autocast_channels_last_and_compile():
+    cnn = Trainer(TrainConfig(model="cnn", amp="bf16", channels_last=True, strategy="gradmatch", fraction=0.3,
+                              epochs=1, progress=False))
+    assert cnn.fit()["test_acc"] is not None
+    compiled = Trainer(TrainConfig(compile=True, strategy="selective_backprop", epochs=1, progress=False,
+                                   strategy_params={"start": 0.0}))
+    assert compiled.net is not compiled.model  # the training forward runs the compiled module
+    assert compiled.fit()["samples"] < len(compiled.train_set)

@@ -43,7 +43,6 @@ class SelectiveBackprop(Strategy):
     scale_factor: float = 1.0
     _selector: Optional[SelectiveBackpropSelector] = field(default=None, init=False, repr=False)
     _batches: int = field(default=0, init=False, repr=False)
-    _kept: list = field(default_factory=lambda: [0, 0], init=False, repr=False)
 
     def setup(self, context) -> None:
         super().setup(context)
@@ -71,20 +70,11 @@ class SelectiveBackprop(Strategy):
             return None
         if self.interrupt and self._batches % self.interrupt == 0:
             return None
-        mask = self._selector.keep_mask(batch_losses(self.scale_factor))
-        self._kept[0] += int(mask.sum())
-        self._kept[1] += mask.numel()
-        return mask
-
-    def report(self) -> dict:
-        kept, seen = self._kept
-        self._kept = [0, 0]
-        return {"kept_fraction": kept / seen if seen else 1.0, "filtered_samples": seen}
+        return self._selector.keep_mask(batch_losses(self.scale_factor))
 
     def state_dict(self) -> dict:
-        return {"selector": self._selector.state_dict(), "batches": self._batches, "kept": list(self._kept)}
+        return {"selector": self._selector.state_dict(), "batches": self._batches}
 
     def load_state_dict(self, state: dict) -> None:
         self._selector.load_state_dict(state["selector"])
         self._batches = int(state["batches"])
-        self._kept = list(state["kept"])
