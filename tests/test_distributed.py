@@ -1,12 +1,16 @@
 """torch.distributed with 2 gloo processes on CPU (torchrun): distributed scoring equals the
-single-process table, 2 ranks select the same subset as 1 rank, a short DDP run trains, and a
-DDP resume of another configuration is refused on every rank."""
+single-process table, 2 ranks select the same subset as 1 rank, a short DDP run trains (with the
+training losses and correctness gathered over ranks), a 2-rank run killed with SIGKILL resumes to
+the parameters of the run never stopped (each rank's Selective-Backprop history and RNG restored),
+and a DDP resume of another configuration is refused on every rank."""
 
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -18,10 +22,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 300
 
 
+def _env():
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), REPO) if p))
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+
+
 def _torchrun(*args):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), REPO) if p))
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           *args], env=env, timeout=TIMEOUT, capture_output=True, text=True)
+    done = subprocess.run([*TORCHRUN, *args], env=_env(), timeout=TIMEOUT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -43,8 +52,7 @@ def _train(out, *extra, ranks=2):
     args = ["-m", "datadiet", "train", "--strategy", "gradmatch", "--fraction", "0.3", "--epochs", "2", "--out",
             out, "--no-progress", "--dist-timeout", "120", *extra]
     if ranks == 1:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), REPO) if p))
-        subprocess.run([sys.executable, *args], env=env, check=True, timeout=TIMEOUT, capture_output=True)
+        subprocess.run([sys.executable, *args], env=_env(), check=True, timeout=TIMEOUT, capture_output=True)
         return ""
     return _torchrun(*args)
 
@@ -64,14 +72,39 @@ def test_two_ranks_select_what_one_rank_selects_and_train(tmp_path):
 
 def test_ddp_resume_of_another_configuration_is_refused(tmp_path):
     out = str(tmp_path / "run")
-    _train(out, "--strategy", "selective_backprop", "--epochs", "1")
+    _train(out, "--strategy", "forgetting", "--epochs", "3", "--param", "count_epochs=2")  # gathers correctness
     with open(os.path.join(out, "config.json")) as f:
         config = json.load(f)
-    config["epochs"] = 2  # a longer run is another configuration: refused
+    config["epochs"] = 4  # a longer run is another configuration: refused
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(config, f)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), REPO) if p))
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "datadiet", "train", "--resume", out, "--no-progress"], env=env, timeout=TIMEOUT,
-                          capture_output=True, text=True)
-    assert done.returncode != 0 and "epochs: checkpoint 1, this run 2" in done.stderr
+    done = subprocess.run([*TORCHRUN, "-m", "datadiet", "train", "--resume", out, "--no-progress"], env=_env(),
+                          timeout=TIMEOUT, capture_output=True, text=True)
+    assert done.returncode != 0 and "epochs: checkpoint 3, this run 4" in done.stderr
+
+
+def _sb(out):
+    return ["-m", "datadiet", "train", "--strategy", "selective_backprop", "--param", "rule=jiang", "--param",
+            "start=0.0", "--epochs", "30", "--checkpoint-every", "3", "--out", out, "--no-progress",
+            "--dist-timeout", "120"]
+
+
+def test_ddp_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path):
+    whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
+    _torchrun(*_sb(whole))
+    proc = subprocess.Popen([*TORCHRUN, *_sb(killed)], env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + TIMEOUT
+    while not os.path.exists(os.path.join(killed, "checkpoint.pt")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
+    proc.wait(timeout=60)
+    assert not os.path.exists(os.path.join(killed, "summary.json")), "the run ended before it could be killed"
+    state = checkpoint.load(os.path.join(killed, "checkpoint.pt"))
+    assert state["epoch"] < 30 and len(state["ranks"]) == 2
+    history = [r["strategy"]["selector"]["history"] for r in state["ranks"]]
+    assert not torch.equal(history[0], history[1])  # each rank's own losses, both kept
+    _torchrun("-m", "datadiet", "train", "--resume", killed, "--no-progress")
+    expected, got = (checkpoint.load(os.path.join(d, "checkpoint.pt"))["model"] for d in (whole, killed))
+    assert all(torch.equal(expected[k], got[k]) for k in expected)

@@ -51,7 +51,7 @@ def test_resume_from_every_checkpoint_is_bit_identical(case, tmp_path, monkeypat
     Trainer(TrainConfig(out=whole, **base)).fit()
     monkeypatch.setattr(trainer_module.checkpoint, "save", real_save)
     expected = _final_model(whole)
-    mid = [c for c in copies if checkpoint.load(c)["partial"] is not None]
+    mid = [c for c in copies if checkpoint.load(c)["ranks"][0]["partial"] is not None]
     assert mid, "no mid-epoch checkpoint was written"
     for source in (mid[0], mid[len(mid) // 2], copies[len(copies) // 2]):
         run = str(tmp_path / "resumed")

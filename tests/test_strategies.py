@@ -40,8 +40,6 @@ def _make(name, seed=0, **params):
     allowed = strategies.parameters(name)
     if "fraction" in allowed:
         params.setdefault("fraction", 0.25)
-    if name == "forgetting":
-        params.setdefault("warm", 0.9)
     s = strategies.make(name, **params)
     s.setup(context(seed))
     return s
@@ -125,7 +123,7 @@ def test_one_shot_and_every_r_timing():
 def test_training_loss_regime_waits_for_every_sample():
     s = strategies.make("loss", fraction=0.5, source="training")
     s.setup(context())
-    assert s.observes and s.select(0) is None
+    assert s.observes and len(s.select(0)) == N  # epoch 0 trains on the full pool to fill the table
     s.observe(torch.arange(N // 2), torch.rand(N // 2), torch.zeros(N // 2, dtype=torch.bool))
     assert s.select(1) is None  # half the pool has no loss yet
     losses = torch.rand(N, generator=torch.Generator().manual_seed(0))
@@ -155,9 +153,13 @@ def test_forgetting_counts_match_plain_python():
     assert counter.scores().tolist() == expected
 
 
-def test_forgetting_strategy_needs_warm_epochs():
-    with pytest.raises(ValueError, match="forgetting: counts need at least two full-data epochs"):
-        _make("forgetting", warm=0.0)
+def test_forgetting_counts_two_epochs_then_selects():
+    s = _make("forgetting", warm=0.0)
+    assert s.warm_epochs == 2 and len(s.select(0)) == N and s.select(1) is None and len(s.select(2)) < N
+    with pytest.raises(ValueError, match="count_epochs must be an int >= 2"):
+        _make("forgetting", count_epochs=1)
+    with pytest.raises(ValueError, match="leave none of the 10"):
+        _make("forgetting", count_epochs=10)
 
 
 def test_selective_backprop_window_and_interrupt():

@@ -68,3 +68,18 @@ def test_a_resumed_scheduler_continues_on_the_same_curve():
 def test_bad_arguments_are_named(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         schedule(sgd(), **kwargs)
+
+
+def test_resize_keeps_the_warmup_and_ends_on_the_new_last_step():
+    opt = sgd()
+    sched = schedule(opt, "cosine", 20, warmup_steps=2)
+    head = lrs(sched, opt, 5)
+    sched.resize(30)
+    tail = lrs(sched, opt, 25)
+    expected = factor("cosine", 30, 2)
+    assert head == pytest.approx([0.4 * factor("cosine", 20, 2)(t) for t in range(5)])
+    assert tail == pytest.approx([0.4 * expected(t) for t in range(5, 30)])
+    opt2 = sgd()
+    again = schedule(opt2, "cosine", 20, warmup_steps=2)
+    again.load_state_dict(sched.state_dict())  # the plan travels with the state
+    assert again.total_steps == 30 and again.get_last_lr() == sched.get_last_lr()

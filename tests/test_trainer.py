@@ -13,7 +13,9 @@ from torch import nn
 from datadiet import strategies
 from datadiet.cli import main as cli
 from datadiet.train import checkpoint
+from datadiet.select import Selection
 from datadiet.train.config import TrainConfig
+from datadiet.train.datasets import load
 from datadiet.train.driver import Driver
 from datadiet.train.trainer import Trainer
 from tests.train_fixtures import cifar10, image_folder
@@ -41,16 +43,39 @@ def test_every_strategy_trains_end_to_end(name, tmp_path):
     if fraction is not None:
         n = trainer.driver.sampler.n
         assert min(r["subset_size"] for r in lines) <= -(-3 * n // 10) + 10  # the budget (+1 per class at most)
+    assert [s["epoch"] for s in summary["selections"]] == SELECTION_EPOCHS[name]
     assert json.load(open(tmp_path / "summary.json"))["steps"] == summary["steps"]
+    # the lr schedule, sized from the strategy's plan and re-sized per selection, ends on the last step
+    assert trainer.scheduler.last_epoch == trainer.scheduler.total_steps == summary["steps"]
+
+
+SELECTION_EPOCHS = {"full": [0], "random": [0], "random_online": [0, 1, 2], "loss": [0], "el2n": [0], "grand": [0],
+                    "least_confidence": [0], "margin": [0], "entropy": [0], "forgetting": [0, 2],
+                    "gradmatch": [0, 1, 2], "glister": [0, 2], "selective_backprop": [0]}
 
 
 def test_schedule_follows_the_planned_subset_steps():
     trainer = Trainer(TrainConfig(strategy="random", fraction=0.25, schedule="cosine", **TINY))
     per_epoch = -(-trainer.driver.strategy.budget // 64)
-    assert trainer.total_steps == 3 * per_epoch
+    assert trainer.scheduler.total_steps == 3 * per_epoch
     trainer.fit()
-    assert trainer.step == trainer.total_steps
+    assert trainer.step == trainer.scheduler.total_steps
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # the cosine reached its end
+
+
+def test_selection_weights_reach_the_batches():
+    model = nn.Linear(64, 10)
+    bundle = load("digits")
+    driver = Driver(strategies.make("full"), nn.Sequential(nn.Flatten(), model), bundle.train, bundle.labels,
+                    num_classes=10, epochs=1, batch_size=50)
+    idx = torch.arange(0, 300, 3)
+    w = torch.linspace(0.5, 2.0, idx.numel())
+    driver.set_selection(Selection(idx, w))
+    table = dict(zip(idx.tolist(), w.tolist()))
+    got = {}
+    for _x, _y, i, weights in driver.batches():
+        got.update(zip(i.tolist(), weights.tolist()))
+    assert got == pytest.approx(table)
 
 
 def test_weighted_loss_is_the_formula():
@@ -115,6 +140,27 @@ def test_cli_errors_name_the_problem(capsys):
     assert "no config.json" in capsys.readouterr().err
 
 
+def test_options_a_strategy_does_not_take_are_refused(capsys):
+    assert cli(["train", "--strategy", "selective_backprop", "--fraction", "0.3"]) == 2
+    assert "fraction = 0.3: strategy 'selective_backprop' takes no fraction" in capsys.readouterr().err
+    assert cli(["train", "--strategy", "random", "--fraction", "0.3", "--param", "fraction=0.2"]) == 2
+    assert "fraction is given twice" in capsys.readouterr().err
+    assert cli(["compare", "--param", "fraction=0.2"]) == 2
+    assert "set by --fractions" in capsys.readouterr().err
+
+
+def test_user_loops_get_clear_errors_for_what_they_must_supply():
+    bundle = load("digits")
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with pytest.raises(ValueError, match="gives no proxy_scores: pass pretrain_epochs=0"):
+        Driver(strategies.make("el2n", fraction=0.3), model, bundle.train, bundle.labels, num_classes=10, epochs=5)
+    driver = Driver(strategies.make("forgetting", fraction=0.3), model, bundle.train, bundle.labels, num_classes=10,
+                    epochs=5)
+    x, y, i, w = next(driver.batches(0))
+    with pytest.raises(ValueError, match="pass correct="):
+        driver.loss(torch.nn.functional.cross_entropy(model(x), y, reduction="none"), i, w)
+
+
 def test_resume_of_another_configuration_is_refused(tmp_path):
     Trainer(TrainConfig(strategy="random", fraction=0.5, epochs=1, out=str(tmp_path), progress=False)).fit()
     other = TrainConfig(strategy="random", fraction=0.5, epochs=1, lr=0.2, resume=str(tmp_path), progress=False)
@@ -155,7 +201,6 @@ def test_a_strategy_drives_a_users_own_loop():
 
     from datadiet.strategies import make
     from datadiet.train import Driver
-    from datadiet.train.datasets import load
 
     bundle = load("digits")
     for strategy in (make("gradmatch", fraction=0.3, every=2), make("selective_backprop", start=0.0)):
@@ -181,5 +226,4 @@ def test_bf16_autocast_channels_last_and_compile():
     assert cnn.fit()["test_acc"] is not None
     compiled = Trainer(TrainConfig(compile=True, strategy="selective_backprop", epochs=1, progress=False,
                                    strategy_params={"start": 0.0}))
-    assert compiled.net is not compiled.model  # the training forward runs the compiled module
     assert compiled.fit()["samples"] < len(compiled.train_set)

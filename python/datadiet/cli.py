@@ -75,8 +75,9 @@ def _run(args, compare_module, config_from_args, parse_params) -> int:
     print(f"datadiet compare: {', '.join(names)} at fractions {args.fractions}, seeds {args.seeds}, "
           f"{config.epochs} epochs of {config.model} on {config.dataset}")
     rows = compare_module.run(config, names, args.fractions, args.seeds, config.out)
-    print(compare_module.format_table(rows))
-    print(f"wrote {config.out}/compare.csv, compare.json, compare.png")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(compare_module.format_table(rows))
+        print(f"wrote {config.out}/compare.csv, compare.json, compare.png")
     return 0
 
 

@@ -30,9 +30,6 @@ class ForgettingCounter:
         self.learned[idx] = self.learned[idx] | (now == 1)
         self.last[idx] = now
 
-    def seen(self) -> torch.Tensor:
-        return self.last >= 0
-
     def scores(self) -> torch.Tensor:
         """float32 [n]: forgetting events; never-learned samples get ``never_learned`` (the
         maximum count + 1, so they rank above every sample that was learned at least once)."""

@@ -1,4 +1,5 @@
-"""The subset size of a selection strategy, from a fraction or an explicit budget."""
+"""The subset size of a selection strategy, from a fraction or an explicit budget, and its split
+over classes."""
 
 from __future__ import annotations
 
@@ -17,3 +18,10 @@ def subset_size(n: int, fraction: Optional[float], budget: Optional[int], op: st
     if isinstance(budget, bool) or not isinstance(budget, int) or not 0 < budget <= n:
         raise ValueError(f"datadiet.{op}: budget must be an int in [1, {n}], got {budget!r}")
     return budget
+
+
+def class_budgets(counts: list[int], k: int) -> list[int]:
+    """Per-class shares of a budget ``k``: ``min(n_c, ceil(k · n_c / n))`` (at most one more than
+    k in total per class, never more than a class holds)."""
+    n = sum(counts)
+    return [min(c, math.ceil(k * c / n)) for c in counts] if n else [0 for _ in counts]

@@ -26,7 +26,7 @@ import torch
 
 from datadiet.ops.omp import STOP_REASONS, omp, omp_factored
 from datadiet.ops.weighted_sample import weighted_sample
-from datadiet.select._budget import subset_size
+from datadiet.select._budget import class_budgets, subset_size
 
 MODES = ("per_class", "per_batch", "global")
 EMBEDDINGS = ("bias", "per_class", "full")
@@ -158,7 +158,7 @@ def _per_class(embedding, errors, features, labels, k, lam, tol, positive, val_e
     offsets = [0]
     for c in counts:
         offsets.append(offsets[-1] + c)
-    budgets = [min(cnt, math.ceil(k * cnt / n)) for cnt in counts]
+    budgets = class_budgets(counts, k)
     if has_val:
         m = (val_embedding if dense else val_errors).shape[0]
         v_order, v_sorted = _group(val_labels, m, "val_labels")

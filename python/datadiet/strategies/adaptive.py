@@ -71,6 +71,8 @@ class GradMatch(Periodic):
             self.lam = 0.0 if self.mode == "per_batch" else 0.5
         if self.batch_size is None:
             self.batch_size = context.batch_size
+        if self.mode == "per_class":
+            self.size = self.per_class_size()  # an upper bound: OMP may stop short, the fill tops up to k
 
     def _embed(self, table):
         if self.embedding == "full":

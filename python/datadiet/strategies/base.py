@@ -32,6 +32,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from datadiet.scores.scoring import ScoreTable
+from datadiet.select._budget import class_budgets
 from datadiet.select.selection import Selection
 
 
@@ -61,7 +62,8 @@ class Strategy:
     """Base: trains on the full pool, never filters a batch. Subclasses override what they need."""
 
     name = "full"
-    observes = False
+    observes = False  # observe() wants each training forward's per-sample losses ...
+    observes_correct = False  # ... and whether each sample was classified correctly
     needs_head = False
 
     def setup(self, context: Context) -> None:
@@ -123,13 +125,18 @@ class Periodic(Strategy):
             raise ValueError(f"{label}: warm = {self.warm} gives {self.warm_epochs} full-data epochs of "
                              f"{context.epochs}, leaving none to select for")
         self.budget = max(1, math.ceil(self.fraction * context.n))
+        self.size = self.budget  # what a selection holds; per-class strategies round up per class
+
+    def per_class_size(self) -> int:
+        return sum(class_budgets(torch.bincount(self.context.labels, minlength=self.context.num_classes).tolist(),
+                                 self.budget))
 
     def selects_at(self, epoch: int) -> bool:
         start = self.warm_epochs
         return epoch == start or (self.every is not None and epoch > start and (epoch - start) % self.every == 0)
 
     def planned_size(self, epoch: int) -> int:
-        return self.context.n if epoch < self.warm_epochs else self.budget
+        return self.context.n if epoch < self.warm_epochs else self.size
 
     def select(self, epoch: int) -> Optional[Selection]:
         if epoch < self.warm_epochs:

@@ -7,6 +7,10 @@ downsampled by ``scale_factor``) and keeps the batch's high-loss samples with
 ``SelectiveBackpropSelector`` (seeded draws on the device, no host numpy); the loop then
 forwards and backpropagates only the kept samples. Outside that window no selection pass runs.
 The selector's loss history and step counter are part of the checkpoint.
+
+Both rules train on the kept part of each batch at once, as Composer does; Jiang et al. instead
+queue kept samples until a full batch is ready. The expected gradient is the same, the batches
+are smaller (about B/(β+1) for the Jiang rule at the same learning rate).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ _DEFAULTS = {"composer": {"start": 0.5, "end": 0.9, "interrupt": 2},
 @dataclass
 class SelectiveBackprop(Strategy):
     """``rule="composer"``: exactly ``int(keep · B)`` samples by rank weights, from ``start=0.5`` to
-    ``end=0.9`` of training, every ``interrupt=2``-nd batch left whole. ``rule="jiang"``: each
+    ``end=0.9`` of training, every ``interrupt=2``-nd batch of each epoch left whole. ``rule="jiang"``: each
     sample kept with probability percentile^``beta`` among the last ``history`` losses, from the
     second epoch (``start=None``) to the end. ``scale_factor`` < 1 downsamples image inputs for
     the selection pass (Composer's option)."""
@@ -63,6 +67,10 @@ class SelectiveBackprop(Strategy):
         self._selector = SelectiveBackpropSelector(self.rule, beta=self.beta, history_size=self.history,
                                                    keep=self.keep, seed=derive_seed(context.seed, 4, context.rank),
                                                    device=context.device)
+
+    def select(self, epoch: int):
+        self._batches = 0  # Composer counts interrupts by the batch's position in its epoch
+        return super().select(epoch)
 
     def batch_mask(self, progress: float, batch_losses: Callable[[float], torch.Tensor]) -> Optional[torch.Tensor]:
         self._batches += 1

@@ -20,6 +20,7 @@ from datadiet._seeds import derive_seed
 from datadiet.ops.topk_select import topk_select
 from datadiet.ops.weighted_sample import weighted_sample
 from datadiet.scores.forgetting import ForgettingCounter
+from datadiet.select._budget import class_budgets
 from datadiet.select.selection import Selection
 from datadiet.strategies.base import Periodic, Strategy
 
@@ -66,7 +67,7 @@ def rank_select(difficulty: torch.Tensor, budget: int, keep: str, labels: Option
         for c in counts:
             offsets.append(offsets[-1] + c)
         groups = labels.long().to(difficulty.device)
-    ks = [min(c, math.ceil(budget * c / n)) for c in counts] if groups is not None else [budget]
+    ks = class_budgets(counts, budget) if groups is not None else [budget]
     # Each group hardest first (NaN first too): a per-group full ordering from the radix select.
     ordered = topk_select(torch.nan_to_num(difficulty.float(), nan=float("inf")), counts, largest=True,
                           groups=groups) if groups is not None else \
@@ -139,10 +140,18 @@ class ScoreBased(Periodic):
         if (self.pretrain_epochs or self.repeats > 1) and (self.every is not None or self.source == "training"):
             raise ValueError(f"{label}: pretrain_epochs / repeats score separately trained models once; they need "
                              "every=None (one-shot) and source='pass'")
+        if (self.pretrain_epochs or self.repeats > 1) and context.proxy_scores is None:
+            raise ValueError(f"{label}: one-shot scores come from proxy models (pretrain_epochs = "
+                             f"{self.pretrain_epochs}, repeats = {self.repeats}; one-shot defaults to ceil(0.2 · "
+                             "epochs)), and this loop gives no proxy_scores: pass pretrain_epochs=0 (score the run's "
+                             "own model; warm= trains it on the full pool first) or a proxy_scores callable")
         if self.source == "training":
             if self.every is None:
                 self.every = 1
+            self.warm_epochs = max(self.warm_epochs, 1)  # epoch 0 trains on everything to fill the table
             self._table = torch.full((context.n,), float("nan"), device=context.device)
+        if self.per_class:
+            self.size = self.per_class_size()
 
     def observe(self, indices, losses, correct) -> None:
         self._table[indices.to(self._table.device)] = losses.float().to(self._table.device)
@@ -151,9 +160,6 @@ class ScoreBased(Periodic):
         if self.source == "training" and bool(torch.isnan(self._table).any()):
             return False  # not every sample has a training loss yet: keep training on the full pool
         return super().selects_at(epoch)
-
-    def planned_size(self, epoch: int) -> int:
-        return self.context.n if epoch == 0 and self.source == "training" else super().planned_size(epoch)
 
     def scores(self) -> torch.Tensor:
         if self.source == "training":
@@ -230,22 +236,31 @@ class Entropy(ScoreBased):
 @dataclass
 class Forgetting(Periodic):
     """Keeps by forgetting events (Toneva et al.) counted on the training forward passes of the run
-    itself; needs ``warm`` epochs (or an earlier selection round) for the counts to mean anything:
-    selecting before every sample has been presented twice is refused."""
+    itself: the first ``count_epochs`` epochs (at least 2, so every sample is presented twice;
+    more when CORDS' ``warm`` asks for more) train on the full pool, then the subset is chosen, and
+    with ``every`` re-chosen from the counts gathered on the subsets since."""
 
     name = "forgetting"
     observes = True
+    observes_correct = True
     keep: str = "hard"
     per_class: bool = True
+    count_epochs: int = 2
     _counter: Optional[ForgettingCounter] = field(default=None, init=False, repr=False)
 
     def setup(self, context) -> None:
         super().setup(context)
         if self.keep not in KEEP:
             raise ValueError(f"forgetting: keep must be one of {KEEP}, got {self.keep!r}")
-        if self.warm_epochs < 2:
-            raise ValueError(f"forgetting: counts need at least two full-data epochs before the first selection; "
-                             f"warm = {self.warm} gives {self.warm_epochs} (raise warm)")
+        if isinstance(self.count_epochs, bool) or not isinstance(self.count_epochs, int) or self.count_epochs < 2:
+            raise ValueError(f"forgetting: count_epochs must be an int >= 2 (a forgetting event needs two "
+                             f"presentations), got {self.count_epochs!r}")
+        self.warm_epochs = max(self.warm_epochs, self.count_epochs)
+        if self.warm_epochs >= context.epochs:
+            raise ValueError(f"forgetting: {self.warm_epochs} counting epochs leave none of the {context.epochs} to "
+                             "train on the subset")
+        if self.per_class:
+            self.size = self.per_class_size()
         self._counter = ForgettingCounter(context.n, context.device)
 
     def observe(self, indices, losses, correct) -> None:

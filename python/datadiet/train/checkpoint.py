@@ -75,7 +75,7 @@ def load(path: str, config: Optional[Mapping[str, Any]] = None) -> dict[str, Any
                               f"says {length})")
     if hashlib.sha256(payload).digest() != digest:
         raise CheckpointError(f"checkpoint {path}: checksum mismatch (the file is corrupted)")
-    saved = torch.load(io.BytesIO(payload), weights_only=True)
+    saved = torch.load(io.BytesIO(payload), weights_only=True, map_location="cpu")  # any device resumes it
     if config is not None:
         differences = _differences(saved["config"], dict(config))
         if differences:

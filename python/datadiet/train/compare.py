@@ -14,6 +14,7 @@ import statistics
 from typing import Optional
 
 from datadiet import strategies
+from datadiet._dist import world
 from datadiet.train.config import TrainConfig
 from datadiet.train.trainer import Trainer
 
@@ -25,6 +26,8 @@ def split_params(params: dict, names: list[str]) -> dict[str, dict]:
     out = {name: {} for name in names}
     for key, value in params.items():
         target, _, name = key.rpartition(".")
+        if name == "fraction":
+            raise ValueError(f"--param {key}: the fractions compared are set by --fractions")
         if target and target not in out:
             raise ValueError(f"--param {key}: {target!r} is not among the compared strategies {names}")
         takers = [s for s in ([target] if target else names) if name in strategies.parameters(s)]
@@ -43,10 +46,12 @@ def run(base: TrainConfig, names: list[str], fractions: list[float], seeds: list
     runs = []
     for seed in seeds:
         for name in names:
-            takes_fraction = "fraction" in strategies.parameters(name)
-            for fraction in (fractions if takes_fraction else [1.0]):
-                config = dataclasses.replace(base, strategy=name, fraction=fraction if takes_fraction else None,
-                                             seed=seed, strategy_params=params[name], out=None, resume=None)
+            takes = strategies.parameters(name)
+            common = {key: getattr(base, key) if key in takes else None for key in ("every", "warm")}
+            for fraction in (fractions if "fraction" in takes else [1.0]):
+                config = dataclasses.replace(base, strategy=name, fraction=fraction if "fraction" in takes else None,
+                                             seed=seed, strategy_params=params[name], out=None, resume=None,
+                                             **common)
                 summary = Trainer(config).fit()
                 runs.append({"strategy": name, "fraction": fraction, "seed": seed, "test_acc": summary["test_acc"],
                              "wall": summary["wall"], "samples": summary["samples"], "time": summary["time"],
@@ -54,6 +59,8 @@ def run(base: TrainConfig, names: list[str], fractions: list[float], seeds: list
                 log(f"  {name:>20} fraction {fraction:<5} seed {seed}: test acc {summary['test_acc']:.4f} "
                     f"in {summary['wall']:.2f} s")
     rows = table(runs)
+    if world()[1] != 0:
+        return rows  # under torchrun every rank trains; rank 0 writes
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "compare.json"), "w") as f:
         json.dump({"config": base.identity(), "rows": rows, "runs": runs}, f, indent=1)

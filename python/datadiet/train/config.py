@@ -82,11 +82,19 @@ class TrainConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_IDENTITY}
 
     def strategy_kwargs(self, accepted: dict) -> dict[str, Any]:
-        """``strategy_params`` plus ``fraction`` / ``every`` / ``warm`` where the strategy takes them."""
+        """``strategy_params`` plus ``fraction`` / ``every`` / ``warm``; one the strategy does not
+        take, or one given twice, is refused (never silently dropped)."""
         out = dict(self.strategy_params)
         for key in ("fraction", "every", "warm"):
-            if getattr(self, key) is not None and key in accepted:
-                out.setdefault(key, getattr(self, key))
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if key not in accepted:
+                raise ValueError(f"config {key} = {value!r}: strategy {self.strategy!r} takes no {key} (it takes "
+                                 f"{', '.join(sorted(accepted)) or 'no parameters'})")
+            if key in out:
+                raise ValueError(f"config {key} is given twice: {value!r} and strategy_params {out[key]!r}")
+            out[key] = value
         return out
 
 

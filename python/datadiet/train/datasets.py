@@ -13,8 +13,9 @@
   loads too; a missing or unreadable folder is an error naming the path.
 
 ``load(spec, image_size=224)`` returns a ``DataBundle``: train and test datasets of
-``(input, target)``, the class count, the input shape and the training labels (read from the
-dataset's ``targets`` without decoding images).
+``(input, target)``, ``train_eval`` (the training samples with the evaluation transforms, for
+scoring passes and held-out splits: no random augmentation there), the class count, the input
+shape and the training labels (read from the dataset's ``targets`` without decoding images).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 @dataclass
 class DataBundle:
     train: Dataset
+    train_eval: Dataset
     test: Dataset
     num_classes: int
     input_shape: tuple
@@ -61,7 +63,8 @@ def _digits() -> DataBundle:
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     n_test = len(y) // 5
     test, train = perm[:n_test], perm[n_test:]
-    return DataBundle(TensorDataset(x[train], y[train]), TensorDataset(x[test], y[test]), 10, (1, 8, 8), y[train])
+    train_set = TensorDataset(x[train], y[train])
+    return DataBundle(train_set, train_set, TensorDataset(x[test], y[test]), 10, (1, 8, 8), y[train])
 
 
 def _imagefolder(path: str, image_size: int) -> DataBundle:
@@ -77,11 +80,12 @@ def _imagefolder(path: str, image_size: int) -> DataBundle:
     test_tf = transforms.Compose([transforms.Resize(round(image_size * 8 / 7)), transforms.CenterCrop(image_size),
                                   transforms.ToTensor(), normalize])
     train = datasets.ImageFolder(os.path.join(path, "train"), transform=train_tf)
+    train_eval = datasets.ImageFolder(os.path.join(path, "train"), transform=test_tf)
     test = datasets.ImageFolder(os.path.join(path, "val"), transform=test_tf)
     if train.classes != test.classes:
         raise ValueError(f"dataset imagefolder:{path}: train and val hold different classes "
                          f"({len(train.classes)} vs {len(test.classes)})")
-    return DataBundle(train, test, len(train.classes), (3, image_size, image_size),
+    return DataBundle(train, train_eval, test, len(train.classes), (3, image_size, image_size),
                       torch.tensor(train.targets, dtype=torch.int64))
 
 
@@ -107,8 +111,9 @@ def _cifar10(path: str) -> DataBundle:
     test_tf = transforms.Compose([transforms.ToTensor(), normalize])
     try:
         train = LocalCIFAR10(path, train=True, transform=train_tf, download=False)
+        train_eval = LocalCIFAR10(path, train=True, transform=test_tf, download=False)
         test = LocalCIFAR10(path, train=False, transform=test_tf, download=False)
     except RuntimeError as exc:
         raise ValueError(f"dataset cifar10:{path}: needs {os.path.join(path, 'cifar-10-batches-py')} with "
                          f"data_batch_1..5 and test_batch, batches.meta ({exc})") from exc
-    return DataBundle(train, test, 10, (3, 32, 32), torch.tensor(train.targets, dtype=torch.int64))
+    return DataBundle(train, train_eval, test, 10, (3, 32, 32), torch.tensor(train.targets, dtype=torch.int64))

@@ -4,7 +4,7 @@ It owns what selection needs between the loop and the strategy: the index-aware 
 sampler over the current selection (seeded, sharded, resumable), the per-sample weight table,
 and the ``Context`` the strategy scores through. A user's loop needs five lines::
 
-    driver = Driver(make("el2n", fraction=0.3), model, train_set, labels, num_classes=10, epochs=10)
+    driver = Driver(make("gradmatch", fraction=0.3, every=5), model, train_set, labels, num_classes=10, epochs=10)
     for epoch in range(10):
         for x, y, i, w in driver.batches(epoch):      # re-selection at the epoch start, batch masks
             losses = F.cross_entropy(model(x), y, reduction="none")
@@ -13,8 +13,10 @@ and the ``Context`` the strategy scores through. A user's loop needs five lines:
 ``batches`` selects when the strategy's regime says so, shuffles the selection by (seed,
 epoch), applies per-batch keep masks (the selection pass is eval-mode, no grad), and yields
 inputs, targets, dataset indices and weights on the device; ``loss`` reports the per-sample
-losses to a strategy that observes them and returns ``Σ w ℓ / Σ w``. Nothing in torch is
-patched and the strategy never sees the loop.
+losses to a strategy that observes them and returns ``Σ w ℓ / Σ w`` (under DDP, Σ w over all
+ranks' batches, so the averaged gradient is that of the global weighted loss). Scoring passes
+read ``score_set`` (the training samples with evaluation transforms; default ``train_set``).
+Nothing in torch is patched and the strategy never sees the loop.
 """
 
 from __future__ import annotations
@@ -39,13 +41,18 @@ from datadiet.train.data import IndexedDataset, SelectionSampler
 class Driver:
     def __init__(self, strategy: Strategy, model: nn.Module, train_set, labels: torch.Tensor, *, num_classes: int,
                  epochs: int, batch_size: int = 64, seed: int = 0, lr: float = 0.1, device="cpu", workers: int = 0,
-                 val_set=None, head: Optional[str] = None, score_batch_size: int = 256,
+                 val_set=None, score_set=None, head: Optional[str] = None, score_batch_size: int = 256,
                  proxy_scores: Optional[Callable[[int, int], ScoreTable]] = None,
                  autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False, progress=None):
         self.strategy, self.model, self.device = strategy, model, torch.device(device)
         self.train_set = train_set if isinstance(train_set, IndexedDataset) else IndexedDataset(train_set)
         self.val_set = None if val_set is None or isinstance(val_set, IndexedDataset) else IndexedDataset(val_set)
+        self.score_set = self.train_set if score_set is None else (
+            score_set if isinstance(score_set, IndexedDataset) else IndexedDataset(score_set))
         n = len(self.train_set)
+        if len(self.score_set) != n:
+            raise ValueError(f"Driver: score_set has {len(self.score_set)} samples, train_set {n}: they must be the "
+                             "same samples (the scoring view only changes transforms)")
         if labels.shape != (n,):
             raise ValueError(f"Driver: labels must have shape [{n}] (one per training sample), got {tuple(labels.shape)}")
         self.epochs, self.batch_size, self.seed, self.workers = epochs, batch_size, seed, workers
@@ -56,7 +63,8 @@ class Driver:
         self.times = {"selection": 0.0, "scoring": 0.0}
         strategy.setup(Context(n=n, labels=labels.cpu().long(), num_classes=num_classes, epochs=epochs, seed=seed,
                                batch_size=batch_size, lr=lr, device=self.device, rank=self.rank,
-                               world_size=self.world_size, score=self._score, proxy_scores=self._proxy(proxy_scores),
+                               world_size=self.world_size, score=self._score,
+                               proxy_scores=None if proxy_scores is None else self._timed(proxy_scores),
                                has_val=self.val_set is not None))
         self.sampler = SelectionSampler(Selection.full(n), n, seed=derive_seed(seed, 5),
                                         num_replicas=self.world_size, rank=self.rank)
@@ -71,26 +79,26 @@ class Driver:
         if split == "val" and self.val_set is None:
             raise ValueError("Context.score: this run has no held-out selection split (val_fraction = 0)")
         start = time.perf_counter()
-        table = score_dataset(self.model, self.train_set if split == "train" else self.val_set, head=self.head,
+        table = score_dataset(self.model, self.score_set if split == "train" else self.val_set, head=self.head,
                               **wanted, **self._score_kwargs)
         self.times["scoring"] += time.perf_counter() - start
         return table
 
-    def _proxy(self, proxy_scores):
+    def _timed(self, proxy_scores):
         def timed(epochs: int, init: int) -> ScoreTable:
-            if proxy_scores is None:
-                raise ValueError("this strategy trains proxy models (pretrain_epochs / repeats), which needs the "
-                                 "Trainer (or a proxy_scores callable given to the Driver)")
             start = time.perf_counter()
             table = proxy_scores(epochs, init)
             self.times["scoring"] += time.perf_counter() - start
             return table
         return timed
 
+    def steps_for(self, size: int) -> int:
+        """Optimisation steps of an epoch over ``size`` samples (this rank's shard)."""
+        return math.ceil(math.ceil(size / self.world_size) / self.batch_size)
+
     def planned_steps(self) -> int:
         """Optimisation steps of the whole run as the strategy plans it (sizes the lr schedule)."""
-        return sum(math.ceil(math.ceil(self.strategy.planned_size(e) / self.world_size) / self.batch_size)
-                   for e in range(self.epochs))
+        return sum(self.steps_for(self.strategy.planned_size(e)) for e in range(self.epochs))
 
     def begin_epoch(self, epoch: int) -> None:
         """Asks the strategy for this epoch's selection (all ranks compute it; rank 0's is used)."""
@@ -162,13 +170,21 @@ class Driver:
                              f"{tuple(losses.shape)}")
         if self.strategy.observes:
             if correct is None:
+                if self.strategy.observes_correct:
+                    raise ValueError(f"Driver.loss: strategy {self.strategy.name!r} counts correct classifications; "
+                                     "pass correct=(logits.argmax(1) == targets)")
                 correct = torch.zeros_like(indices, dtype=torch.bool)
             seen = {"i": indices, "loss": losses.detach().float(), "correct": correct, "w": weights}
             if self.world_size > 1:
                 seen = gather_rows(seen, self.device)
             real = seen["w"] > 0  # a weight-0 placeholder row was not trained on
             self.strategy.observe(seen["i"][real], seen["loss"][real], seen["correct"][real])
-        return (weights * losses).sum() / weights.sum().clamp_min(1e-12)
+        total = weights.sum()
+        if self.world_size > 1:  # DDP averages gradients over ranks: normalise by the mean Σ w
+            total = total.detach().clone()
+            torch.distributed.all_reduce(total)
+            total = total / self.world_size
+        return (weights * losses).sum() / total.clamp_min(1e-12)
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:

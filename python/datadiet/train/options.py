@@ -73,6 +73,8 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
         values.update(from_toml(args.config))
     flags = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
     values.update(flags)
+    if resume and "out" not in flags:
+        values["out"] = resume  # a resumed run writes where its checkpoint is, even if the folder moved
     params = dict(values.get("strategy_params") or {})
     params.update(overrides.pop("strategy_params", {}))
     values.update(overrides)

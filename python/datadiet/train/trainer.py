@@ -58,16 +58,18 @@ class Trainer:
         self.num_classes, self.input_shape = bundle.num_classes, bundle.input_shape
         pool, held_out = _split(len(bundle.train), config.val_fraction)
         self.train_set = Subset(bundle.train, pool.tolist())
-        val_set = Subset(bundle.train, held_out.tolist()) if held_out.numel() else None
+        val_set = Subset(bundle.train_eval, held_out.tolist()) if held_out.numel() else None
         self.test_set = IndexedDataset(bundle.test)
         torch.manual_seed(config.seed)
         self.model = self._build_model()
         if strategy is None:
             params = config.strategy_kwargs(strategy_registry.parameters(config.strategy))
             strategy = strategy_registry.make(config.strategy, **params)
+        self.identity = {**config.identity(), "strategy_object": repr(strategy)}
         self.driver = Driver(strategy, self.model, self.train_set, bundle.labels[pool], num_classes=self.num_classes,
                              epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, lr=config.lr,
-                             device=self.device, workers=config.workers, val_set=val_set, head=config.head,
+                             device=self.device, workers=config.workers, val_set=val_set,
+                             score_set=Subset(bundle.train_eval, pool.tolist()), head=config.head,
                              score_batch_size=config.eval_batch_size, proxy_scores=self._proxy_scores,
                              autocast_dtype=self.autocast_dtype, channels_last=config.channels_last,
                              progress=self._bar("scoring"))
@@ -77,9 +79,8 @@ class Trainer:
                 net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.net = torch.compile(net) if config.compile else net
         self.optimizer = self._optimizer(self.model)
-        self.total_steps = max(1, self.driver.planned_steps())
-        self.scheduler = schedule(self.optimizer, config.schedule, self.total_steps,
-                                  min(config.warmup_steps, self.total_steps - 1))
+        planned = max(1, self.driver.planned_steps())
+        self.scheduler = schedule(self.optimizer, config.schedule, planned, min(config.warmup_steps, planned - 1))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
         self.history: list[dict] = []
@@ -153,14 +154,16 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> dict:
         cfg, drv = self.config, self.driver
+        self._clock = time.perf_counter()
         for epoch in range(self.epoch, cfg.epochs):
-            started = time.perf_counter()
-            times0 = dict(drv.times)
             if self._partial is None:
+                times0 = dict(drv.times)
                 drv.begin_epoch(epoch)
-                self._partial = {"loss": 0.0, "samples": 0, "steps": 0, "training": 0.0, "selection_log": len(
-                    drv.selections)}
+                self._partial = {"loss": 0.0, "samples": 0, "steps": 0, "training": 0.0, "times0": times0,
+                                 "selection_log": len(drv.selections)}
+                self._replan(epoch)
             self.epoch = epoch
+            times0 = self._partial["times0"]
             self._train_epoch()
             t_eval = time.perf_counter()
             test = score_dataset(self.model, self.test_set, batch_size=cfg.eval_batch_size, device=self.device,
@@ -177,7 +180,7 @@ class Trainer:
                                "scoring": drv.times["scoring"] - times0["scoring"],
                                "training": part["training"], "evaluation": evaluation},
                       "selections": drv.selections[part["selection_log"]:]}
-            self.elapsed += time.perf_counter() - started
+            self._tick()
             record["wall"] = self.elapsed
             self.history.append(record)
             self.epoch, self._partial = epoch + 1, None
@@ -187,6 +190,20 @@ class Trainer:
         if cfg.out and self.rank == 0:
             _write_json(os.path.join(cfg.out, "summary.json"), summary)
         return summary
+
+    def _replan(self, epoch: int) -> None:
+        """Re-sizes the lr schedule once an epoch's subset is known: the steps done, this epoch's
+        steps and the strategy's plan for the rest (equal to the first plan when sizes are exact)."""
+        drv, cfg = self.driver, self.config
+        later = sum(drv.steps_for(drv.strategy.planned_size(e)) for e in range(epoch + 1, cfg.epochs))
+        total = self.step + drv.steps_per_epoch() + later
+        if total != self.scheduler.total_steps:
+            self.scheduler.resize(total)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.elapsed += now - self._clock
+        self._clock = now
 
     def _train_epoch(self) -> None:
         cfg, drv, part = self.config, self.driver, self._partial
@@ -229,39 +246,54 @@ class Trainer:
         return float(t)
 
     # -- state ---------------------------------------------------------------------------------
+    def _rank_state(self) -> dict:
+        """What differs between ranks: the RNG, the running epoch's sums, the strategy's state
+        (a per-batch selector's history holds this rank's losses)."""
+        return _to_cpu({"rng": torch.get_rng_state(), "partial": self._partial,
+                        "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+                        "strategy": self.driver.strategy.state_dict()})
+
     def state_dict(self) -> dict:
+        """The whole run; ``ranks`` holds every rank's ``_rank_state`` (gathered under DDP)."""
+        ranks = [self._rank_state()]
+        if self.world_size > 1:
+            ranks = [None] * self.world_size
+            torch.distributed.all_gather_object(ranks, self._rank_state())
+        driver = self.driver.state_dict()
+        driver.pop("strategy")
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": self.epoch, "step": self.step, "elapsed": self.elapsed, "history": self.history,
-                "partial": self._partial, "driver": self.driver.state_dict(), "rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-                "world_size": self.world_size}
+                "driver": driver, "ranks": ranks, "world_size": self.world_size}
 
     def _save(self) -> None:
         if not self.config.out:
             return
+        self._tick()
+        state = self.state_dict()
         if self.rank == 0:
-            checkpoint.save(os.path.join(self.config.out, CHECKPOINT), self.state_dict(), self.config.identity())
+            checkpoint.save(os.path.join(self.config.out, CHECKPOINT), state, self.identity)
         if self.world_size > 1:
             torch.distributed.barrier()
 
     def _load(self, path: str) -> None:
-        state = checkpoint.load(path, self.config.identity())
+        state = checkpoint.load(path, self.identity)
         if state["world_size"] != self.world_size:
             raise checkpoint.CheckpointError(f"checkpoint {path}: written by {state['world_size']} ranks, this run "
                                              f"has {self.world_size}")
+        mine = state["ranks"][self.rank]
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.elapsed = int(state["epoch"]), int(state["step"]), float(state["elapsed"])
-        self.history, self._partial = list(state["history"]), state["partial"]
-        self.driver.load_state_dict(state["driver"])
+        self.history, self._partial = list(state["history"]), mine["partial"]
+        self.driver.load_state_dict({**state["driver"], "strategy": mine["strategy"]})
         if self._partial is not None:
             self.driver.sampler.resume_at(self._partial["steps"] * self.config.batch_size)
-        torch.set_rng_state(state["rng"])
-        if state["cuda_rng"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        torch.set_rng_state(mine["rng"])
+        if mine["cuda_rng"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(mine["cuda_rng"], self.device)
 
     def _write_metrics(self) -> None:
         """The JSONL of every finished epoch, rewritten whole (so a resumed run never repeats a line)."""
@@ -276,12 +308,22 @@ class Trainer:
         totals = {k: sum(r["time"][k] for r in self.history) for k in ("selection", "scoring", "training",
                                                                         "evaluation")}
         last = self.history[-1] if self.history else {}
-        return {"config": self.config.identity(), "strategy": self.config.strategy, "epochs": len(self.history),
+        return {"config": self.identity, "strategy": self.config.strategy, "epochs": len(self.history),
                 "steps": self.step, "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
                 "best_test_acc": max((r["test_acc"] for r in self.history), default=None), "wall": self.elapsed,
                 "time": totals, "samples": sum(r["samples"] for r in self.history),
                 "curve": [(r["wall"], r["test_acc"]) for r in self.history],
                 "selections": self.driver.selections, "world_size": self.world_size}
+
+
+def _to_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
 
 
 def _split(n: int, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
