@@ -114,3 +114,15 @@ def test_bad_sampler_arguments():
     with pytest.raises(TypeError, match=r"seed must be an int"):
         SelectionSampler(Selection.full(5), 5, seed=1.5)
     assert len(SelectionSampler(Selection(torch.zeros(0, dtype=torch.int64)), 5, seed=0)) == 0
+
+
+def test_batched_fetch_equals_one_sample_at_a_time():
+    data = TensorDataset(torch.arange(20.0).reshape(10, 2), torch.arange(10) % 3)
+    for inner in (data, torch.utils.data.Subset(data, [9, 3, 4, 0, 7])):
+        ds = IndexedDataset(inner)
+        indices = [4, 0, 2] if len(inner) == 5 else [9, 1, 5, 5]
+        batched = ds.__getitems__(indices)
+        single = [ds[i] for i in indices]
+        assert len(batched) == len(single)
+        for (x, y, i), (x1, y1, i1) in zip(batched, single):
+            assert torch.equal(x, x1) and torch.equal(y, y1) and i == i1

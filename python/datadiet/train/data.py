@@ -35,6 +35,12 @@ class IndexedDataset(Dataset):
         x, y = self.dataset[i]
         return x, y, i
 
+    def __getitems__(self, indices: list) -> list:
+        """A whole batch at once (the DataLoader's batched fetch; one call instead of one per sample)."""
+        fetch = getattr(self.dataset, "__getitems__", None)
+        samples = fetch(indices) if fetch is not None else [self.dataset[i] for i in indices]
+        return [(x, y, i) for (x, y), i in zip(samples, indices)]
+
 
 class SelectionSampler(Sampler[int]):
     """The selection's indices, one epoch at a time (see the module docstring). ``set_epoch``

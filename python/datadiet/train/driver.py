@@ -12,7 +12,7 @@ and the ``Context`` the strategy scores through. A user's loop needs five lines:
 
 ``batches`` selects when the strategy's regime says so, shuffles the selection by (seed,
 epoch), applies per-batch keep masks (the selection pass is eval-mode, no grad), and yields
-inputs, targets, dataset indices and weights on the device; ``loss`` reports the per-sample
+inputs, targets, dataset indices and weights on the device (None when every weight is 1); ``loss`` reports the per-sample
 losses to a strategy that observes them and returns ``Σ w ℓ / Σ w`` (under DDP, Σ w over all
 ranks' batches, so the averaged gradient is that of the global weighted loss). Scoring passes
 read ``score_set`` (the training samples with evaluation transforms; default ``train_set``).
@@ -152,6 +152,8 @@ class Driver:
                 mask[0] = True
                 return x[mask], y[mask], i[mask], torch.zeros(1, device=self.device)
             x, y, i = x[mask], y[mask], i[mask]
+        elif self.sampler.selection.weights is None:
+            return x, y, i, None  # every weight 1 and the batch whole: the plain mean, no lookup
         return x, y, i, self.weights[i]
 
     def _batch_losses(self, x, y, scale: float) -> torch.Tensor:
@@ -161,10 +163,11 @@ class Driver:
         with eval_mode(model):
             return F.cross_entropy(model(x).float(), y, reduction="none")
 
-    def loss(self, losses: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor,
+    def loss(self, losses: torch.Tensor, indices: torch.Tensor, weights: Optional[torch.Tensor],
              correct: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``Σ w ℓ / Σ w`` over the batch; the per-sample losses (and ``correct``) go to a strategy
-        that observes training (gathered over ranks first)."""
+        """``Σ w ℓ / Σ w`` over the batch (``weights`` None: every weight 1, the plain mean; every
+        rank's batch then has the same size); the per-sample losses (and ``correct``) go to a
+        strategy that observes training (gathered over ranks first)."""
         if losses.shape != indices.shape:
             raise ValueError(f"Driver.loss: losses must be per-sample, shape {tuple(indices.shape)}, got "
                              f"{tuple(losses.shape)}")
@@ -174,11 +177,14 @@ class Driver:
                     raise ValueError(f"Driver.loss: strategy {self.strategy.name!r} counts correct classifications; "
                                      "pass correct=(logits.argmax(1) == targets)")
                 correct = torch.zeros_like(indices, dtype=torch.bool)
-            seen = {"i": indices, "loss": losses.detach().float(), "correct": correct, "w": weights}
+            seen = {"i": indices, "loss": losses.detach().float(), "correct": correct,
+                    "w": torch.ones_like(losses, dtype=torch.float32) if weights is None else weights}
             if self.world_size > 1:
                 seen = gather_rows(seen, self.device)
             real = seen["w"] > 0  # a weight-0 placeholder row was not trained on
             self.strategy.observe(seen["i"][real], seen["loss"][real], seen["correct"][real])
+        if weights is None:
+            return losses.mean()
         total = weights.sum()
         if self.world_size > 1:  # DDP averages gradients over ranks: normalise by the mean Σ w
             total = total.detach().clone()

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from datadiet import strategies as strategy_registry
 from datadiet._dist import world
 from datadiet._seeds import derive_seed
-from datadiet.scores.scoring import final_linear, score_dataset
+from datadiet.scores.scoring import eval_mode, final_linear, score_dataset
 from datadiet.strategies.base import Strategy
 from datadiet.train import checkpoint, datasets, models
 from datadiet.train.config import TrainConfig
@@ -59,7 +59,9 @@ class Trainer:
         pool, held_out = _split(len(bundle.train), config.val_fraction)
         self.train_set = Subset(bundle.train, pool.tolist())
         val_set = Subset(bundle.train_eval, held_out.tolist()) if held_out.numel() else None
-        self.test_set = IndexedDataset(bundle.test)
+        self.test_set = bundle.test
+        self.test_loader = DataLoader(Subset(bundle.test, list(range(self.rank, len(bundle.test), self.world_size))),
+                                      batch_size=config.eval_batch_size, num_workers=config.workers)
         torch.manual_seed(config.seed)
         self.model = self._build_model()
         if strategy is None:
@@ -121,8 +123,10 @@ class Trainer:
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def _bar(self, desc: str):
-        show = self.config.progress and self.rank == 0 and sys.stderr.isatty()
-        return lambda iterable, **kw: tqdm(iterable, desc=desc, leave=False, disable=not show, **kw)
+        """A tqdm wrapper on rank 0 when stderr is a terminal; otherwise the iterable itself."""
+        if not (self.config.progress and self.rank == 0 and sys.stderr.isatty()):
+            return lambda iterable, **kw: iterable
+        return lambda iterable, **kw: tqdm(iterable, desc=desc, leave=False, **kw)
 
     def _proxy_scores(self, epochs: int, init: int):
         """A fresh model (initialisation ``init``) trained ``epochs`` epochs on the full pool, scored.
@@ -166,14 +170,12 @@ class Trainer:
             times0 = self._partial["times0"]
             self._train_epoch()
             t_eval = time.perf_counter()
-            test = score_dataset(self.model, self.test_set, batch_size=cfg.eval_batch_size, device=self.device,
-                                 workers=cfg.workers, autocast_dtype=self.autocast_dtype,
-                                 channels_last=cfg.channels_last)
+            test_acc, test_loss = self._evaluate()
             evaluation = time.perf_counter() - t_eval
             part = self._partial
             samples = self._sum(part["samples"])
             record = {"epoch": epoch, "train_loss": self._sum(part["loss"]) / max(1, samples),
-                      "test_acc": float(test.correct.float().mean()), "test_loss": float(test.loss.mean()),
+                      "test_acc": test_acc, "test_loss": test_loss,
                       "subset_size": len(drv.sampler.selection), "samples": int(samples), "steps": part["steps"],
                       "lr": self.optimizer.param_groups[0]["lr"],
                       "time": {"selection": drv.times["selection"] - times0["selection"],
@@ -236,6 +238,25 @@ class Trainer:
                 self._save()
         part["loss"] += float(loss_sum)
         part["training"] += time.perf_counter() - start
+
+    def _evaluate(self) -> tuple[float, float]:
+        """Accuracy and mean loss on the test split (each rank its shard, summed over ranks)."""
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        with eval_mode(self.model):
+            for x, y in self.test_loader:
+                x, y = x.to(self.device, non_blocking=True), torch.as_tensor(y).to(self.device, non_blocking=True)
+                if self.config.channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                                    enabled=self.autocast_dtype is not None):
+                    logits = self.model(x).float()
+                sums[0] += (logits.argmax(1) == y).sum()
+                sums[1] += F.cross_entropy(logits, y, reduction="sum")
+                sums[2] += y.numel()
+        if self.world_size > 1:
+            torch.distributed.all_reduce(sums)
+        correct, loss, count = sums.tolist()
+        return correct / max(count, 1.0), loss / max(count, 1.0)
 
     def _sum(self, value: float) -> float:
         if self.world_size == 1:
