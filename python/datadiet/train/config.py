@@ -10,7 +10,6 @@ loader workers or progress bars).
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -99,6 +98,10 @@ class TrainConfig:
 
 
 def from_toml(path: str) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError as exc:  # Python 3.10
+        raise ValueError(f"config file {path!r}: reading TOML needs Python 3.11 or newer") from exc
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
