@@ -22,6 +22,7 @@ from datadiet.train.trainer import Trainer
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CASES = {
+    "full": dict(strategy="full"),
     "gradmatch": dict(strategy="gradmatch", fraction=0.3, strategy_params={"every": 2}),
     "selective_backprop": dict(strategy="selective_backprop", strategy_params={"rule": "jiang", "start": 0.0}),
     "loss_training": dict(strategy="loss", fraction=0.4, strategy_params={"source": "training"}),
@@ -106,3 +107,13 @@ def test_damaged_checkpoint_is_refused_on_resume(tmp_path):
     open(path, "wb").write(bytes(data[:100]))
     with pytest.raises(checkpoint.CheckpointError, match="truncated"):
         Trainer(TrainConfig(strategy="random", fraction=0.5, epochs=1, resume=out, progress=False))
+
+
+def test_checkpoint_identity_names_the_strategy_without_object_addresses():
+    from datadiet import strategies
+    from datadiet.train.trainer import _describe
+
+    assert _describe(strategies.make("full")) == _describe(strategies.make("full")) == \
+        "datadiet.strategies.static.Full"
+    assert "fraction=0.3" in _describe(strategies.make("gradmatch", fraction=0.3)) and "0x" not in \
+        _describe(strategies.make("gradmatch", fraction=0.3))

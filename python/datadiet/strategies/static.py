@@ -149,6 +149,9 @@ class ScoreBased(Periodic):
             if self.every is None:
                 self.every = 1
             self.warm_epochs = max(self.warm_epochs, 1)  # epoch 0 trains on everything to fill the table
+            if self.warm_epochs >= context.epochs:
+                raise ValueError(f"{label}: source='training' fills its loss table on a full-data epoch first; "
+                                 f"{context.epochs} epoch(s) leave none to select for")
             self._table = torch.full((context.n,), float("nan"), device=context.device)
         if self.per_class:
             self.size = self.per_class_size()

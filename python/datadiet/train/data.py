@@ -39,7 +39,7 @@ class IndexedDataset(Dataset):
         """A whole batch at once (the DataLoader's batched fetch; one call instead of one per sample)."""
         fetch = getattr(self.dataset, "__getitems__", None)
         samples = fetch(indices) if fetch is not None else [self.dataset[i] for i in indices]
-        return [(x, y, i) for (x, y), i in zip(samples, indices)]
+        return [(x, y, i) for (x, y), i in zip(samples, indices, strict=True)]
 
 
 class SelectionSampler(Sampler[int]):

@@ -20,6 +20,7 @@ shape and the training labels (read from the dataset's ``targets`` without decod
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 from dataclasses import dataclass
@@ -54,6 +55,17 @@ def load(spec: str, image_size: int = 224) -> DataBundle:
     raise ValueError(f"unknown dataset {spec!r}; choose one of {', '.join(NAMES)}")
 
 
+def torchvision(what: str):
+    """torchvision, or a clear error: it may be absent, or built for another torch (its C ops then
+    fail to register at import)."""
+    try:
+        import torchvision as tv
+    except Exception as exc:
+        raise ValueError(f"{what} needs torchvision, which cannot be imported here ({type(exc).__name__}: {exc}); "
+                         "pip install 'datadiet[train]'") from exc
+    return tv
+
+
 def _digits() -> DataBundle:
     from sklearn.datasets import load_digits
 
@@ -68,7 +80,8 @@ def _digits() -> DataBundle:
 
 
 def _imagefolder(path: str, image_size: int) -> DataBundle:
-    from torchvision import datasets, transforms
+    tv = torchvision(f"dataset imagefolder:{path}")
+    datasets, transforms = tv.datasets, tv.transforms
 
     for split in ("train", "val"):
         if not os.path.isdir(os.path.join(path, split)):
@@ -80,7 +93,7 @@ def _imagefolder(path: str, image_size: int) -> DataBundle:
     test_tf = transforms.Compose([transforms.Resize(round(image_size * 8 / 7)), transforms.CenterCrop(image_size),
                                   transforms.ToTensor(), normalize])
     train = datasets.ImageFolder(os.path.join(path, "train"), transform=train_tf)
-    train_eval = datasets.ImageFolder(os.path.join(path, "train"), transform=test_tf)
+    train_eval = _with_transform(train, test_tf)
     test = datasets.ImageFolder(os.path.join(path, "val"), transform=test_tf)
     if train.classes != test.classes:
         raise ValueError(f"dataset imagefolder:{path}: train and val hold different classes "
@@ -89,8 +102,17 @@ def _imagefolder(path: str, image_size: int) -> DataBundle:
                       torch.tensor(train.targets, dtype=torch.int64))
 
 
+def _with_transform(dataset, transform):
+    """The same samples (no second folder scan or file read) seen through other transforms."""
+    view = copy.copy(dataset)
+    view.transform = transform
+    view.transforms = type(dataset.transforms)(transform, dataset.target_transform)
+    return view
+
+
 def _cifar10(path: str) -> DataBundle:
-    from torchvision import datasets, transforms
+    tv = torchvision(f"dataset cifar10:{path}")
+    datasets, transforms = tv.datasets, tv.transforms
 
     class LocalCIFAR10(datasets.CIFAR10):
         def _check_integrity(self) -> bool:  # no MD5 against the official archive: any local copy
@@ -111,7 +133,7 @@ def _cifar10(path: str) -> DataBundle:
     test_tf = transforms.Compose([transforms.ToTensor(), normalize])
     try:
         train = LocalCIFAR10(path, train=True, transform=train_tf, download=False)
-        train_eval = LocalCIFAR10(path, train=True, transform=test_tf, download=False)
+        train_eval = _with_transform(train, test_tf)
         test = LocalCIFAR10(path, train=False, transform=test_tf, download=False)
     except RuntimeError as exc:
         raise ValueError(f"dataset cifar10:{path}: needs {os.path.join(path, 'cifar-10-batches-py')} with "

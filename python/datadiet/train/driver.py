@@ -68,7 +68,7 @@ class Driver:
                                has_val=self.val_set is not None))
         self.sampler = SelectionSampler(Selection.full(n), n, seed=derive_seed(seed, 5),
                                         num_replicas=self.world_size, rank=self.rank)
-        self.weights = torch.ones(n, device=self.device)
+        self.set_selection(self.sampler.selection)
         self.selections: list[dict] = []
         self._epoch, self._batch = 0, 0
 
@@ -119,6 +119,10 @@ class Driver:
     def set_selection(self, selection: Selection) -> None:
         self.sampler.set_selection(selection)
         self.weights = self.sampler.selection.weight_table(self.sampler.n).to(self.device)
+        # The plain mean only when no batch can carry weights or a mask — a fact every rank shares,
+        # so under DDP all ranks take the same loss path (and the same collectives).
+        self._uniform = (self.sampler.selection.weights is None
+                         and type(self.strategy).batch_mask is Strategy.batch_mask)
 
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)
@@ -152,8 +156,8 @@ class Driver:
                 mask[0] = True
                 return x[mask], y[mask], i[mask], torch.zeros(1, device=self.device)
             x, y, i = x[mask], y[mask], i[mask]
-        elif self.sampler.selection.weights is None:
-            return x, y, i, None  # every weight 1 and the batch whole: the plain mean, no lookup
+        elif self._uniform:
+            return x, y, i, None  # every weight 1 and never a mask: the plain mean, no lookup
         return x, y, i, self.weights[i]
 
     def _batch_losses(self, x, y, scale: float) -> torch.Tensor:
@@ -193,15 +197,19 @@ class Driver:
         return (weights * losses).sum() / total.clamp_min(1e-12)
 
     # -- state ---------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {"sampler": self.sampler.state_dict(), "strategy": self.strategy.state_dict(),
-                "times": dict(self.times), "selections": list(self.selections), "epoch": self._epoch,
-                "batch": self._batch}
+    def state_dict(self, with_strategy: bool = True) -> dict:
+        """The sampler (subset, weights, epoch), timings, selection log, position in the epoch and,
+        unless the caller keeps it apart (per rank), the strategy's state."""
+        state = {"sampler": self.sampler.state_dict(), "times": dict(self.times), "selections": list(self.selections),
+                 "epoch": self._epoch, "batch": self._batch}
+        if with_strategy:
+            state["strategy"] = self.strategy.state_dict()
+        return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, strategy: Optional[dict] = None) -> None:
         self.sampler.load_state_dict(state["sampler"])
-        self.weights = self.sampler.selection.weight_table(self.sampler.n).to(self.device)
-        self.strategy.load_state_dict(state["strategy"])
+        self.set_selection(self.sampler.selection)
+        self.strategy.load_state_dict(state["strategy"] if strategy is None else strategy)
         self.times.update(state["times"])
         self.selections = list(state["selections"])
         self._epoch, self._batch = int(state["epoch"]), int(state["batch"])

@@ -11,6 +11,8 @@ import math
 
 from torch import nn
 
+from datadiet.train.datasets import torchvision
+
 
 def mlp(num_classes: int, input_shape: tuple, width: int = 128) -> nn.Module:
     d = math.prod(input_shape)
@@ -41,12 +43,11 @@ def build(name: str, num_classes: int, input_shape: tuple, width: int = 0) -> nn
         if not isinstance(model, nn.Module):
             raise ValueError(f"model {name!r}: the callable returned {type(model).__name__}, not an nn.Module")
         return model
-    import torchvision
-
-    if name not in torchvision.models.list_models(module=torchvision.models):
+    tv = torchvision(f"unknown model {name!r}: not mlp, cnn or module:callable, and a torchvision model")
+    if name not in tv.models.list_models(module=tv.models):
         raise ValueError(f"unknown model {name!r}; use mlp, cnn, a torchvision classification model (resnet18, "
                          "resnet50, ...) or module:callable")
     if len(input_shape) != 3 or input_shape[0] != 3:
         raise ValueError(f"model {name!r}: torchvision classification models expect 3-channel images; the dataset "
                          f"has {input_shape[0] if len(input_shape) == 3 else input_shape} (use mlp or cnn)")
-    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    return tv.models.get_model(name, weights=None, num_classes=num_classes)

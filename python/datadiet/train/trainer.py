@@ -67,7 +67,7 @@ class Trainer:
         if strategy is None:
             params = config.strategy_kwargs(strategy_registry.parameters(config.strategy))
             strategy = strategy_registry.make(config.strategy, **params)
-        self.identity = {**config.identity(), "strategy_object": repr(strategy)}
+        self.identity = {**config.identity(), "strategy_object": _describe(strategy)}
         self.driver = Driver(strategy, self.model, self.train_set, bundle.labels[pool], num_classes=self.num_classes,
                              epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, lr=config.lr,
                              device=self.device, workers=config.workers, val_set=val_set,
@@ -152,8 +152,9 @@ class Trainer:
                         opt.step()
                         sched.step()
             head = final_linear(model, cfg.head) if self.driver.head is not None else None
-            return score_dataset(model, self.driver.train_set, head=head, batch_size=cfg.eval_batch_size,
-                                 device=self.device, workers=cfg.workers, autocast_dtype=self.autocast_dtype)
+            return score_dataset(model, self.driver.score_set, head=head, batch_size=cfg.eval_batch_size,
+                                 device=self.device, workers=cfg.workers, autocast_dtype=self.autocast_dtype,
+                                 channels_last=cfg.channels_last, progress=self._bar(f"scoring proxy {init}"))
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -170,6 +171,7 @@ class Trainer:
             times0 = self._partial["times0"]
             self._train_epoch()
             t_eval = time.perf_counter()
+            self._sync_buffers()
             test_acc, test_loss = self._evaluate()
             evaluation = time.perf_counter() - t_eval
             part = self._partial
@@ -197,7 +199,10 @@ class Trainer:
         """Re-sizes the lr schedule once an epoch's subset is known: the steps done, this epoch's
         steps and the strategy's plan for the rest (equal to the first plan when sizes are exact)."""
         drv, cfg = self.driver, self.config
-        later = sum(drv.steps_for(drv.strategy.planned_size(e)) for e in range(epoch + 1, cfg.epochs))
+        plan, actual = drv.strategy.planned_size(epoch), len(drv.sampler.selection)
+        # Later epochs of the same plan keep this selection's real size until a new one is made.
+        later = sum(drv.steps_for(actual if drv.strategy.planned_size(e) == plan else drv.strategy.planned_size(e))
+                    for e in range(epoch + 1, cfg.epochs))
         total = self.step + drv.steps_per_epoch() + later
         if total != self.scheduler.total_steps:
             self.scheduler.resize(total)
@@ -239,6 +244,14 @@ class Trainer:
         part["loss"] += float(loss_sum)
         part["training"] += time.perf_counter() - start
 
+    def _sync_buffers(self) -> None:
+        """Rank 0's buffers (BatchNorm statistics) on every rank before evaluating and scoring: DDP
+        broadcasts them only at the start of each training forward, so the last step's update
+        differs by rank."""
+        if self.world_size > 1:
+            for buffer in self.model.buffers():
+                torch.distributed.broadcast(buffer, 0)
+
     def _evaluate(self) -> tuple[float, float]:
         """Accuracy and mean loss on the test split (each rank its shard, summed over ranks)."""
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
@@ -277,11 +290,11 @@ class Trainer:
     def state_dict(self) -> dict:
         """The whole run; ``ranks`` holds every rank's ``_rank_state`` (gathered under DDP)."""
         ranks = [self._rank_state()]
-        if self.world_size > 1:
-            ranks = [None] * self.world_size
-            torch.distributed.all_gather_object(ranks, self._rank_state())
-        driver = self.driver.state_dict()
-        driver.pop("strategy")
+        if self.world_size > 1:  # rank 0 writes the checkpoint: it alone receives the others' states
+            gathered = [None] * self.world_size if self.rank == 0 else None
+            torch.distributed.gather_object(ranks[0], gathered, dst=0)
+            ranks = gathered
+        driver = self.driver.state_dict(with_strategy=False)
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": self.epoch, "step": self.step, "elapsed": self.elapsed, "history": self.history,
@@ -309,7 +322,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.elapsed = int(state["epoch"]), int(state["step"]), float(state["elapsed"])
         self.history, self._partial = list(state["history"]), mine["partial"]
-        self.driver.load_state_dict({**state["driver"], "strategy": mine["strategy"]})
+        self.driver.load_state_dict(state["driver"], strategy=mine["strategy"])
         if self._partial is not None:
             self.driver.sampler.resume_at(self._partial["steps"] * self.config.batch_size)
         torch.set_rng_state(mine["rng"])
@@ -335,6 +348,15 @@ class Trainer:
                 "time": totals, "samples": sum(r["samples"] for r in self.history),
                 "curve": [(r["wall"], r["test_acc"]) for r in self.history],
                 "selections": self.driver.selections, "world_size": self.world_size}
+
+
+def _describe(strategy: Strategy) -> str:
+    """The strategy's class and constructor parameters (a checkpoint must match them)."""
+    name = f"{type(strategy).__module__}.{type(strategy).__qualname__}"
+    if not dataclasses.is_dataclass(strategy):
+        return name
+    params = {f.name: getattr(strategy, f.name) for f in dataclasses.fields(strategy) if f.init}
+    return f"{name}({', '.join(f'{k}={v!r}' for k, v in params.items())})"
 
 
 def _to_cpu(value):
