@@ -1,5 +1,5 @@
-"""``datadiet`` / ``python -m datadiet``: ``compare`` (default, the main job), ``train``, ``demo``
-and ``info``. Argument parsing only; the work is in ``datadiet.train`` and ``datadiet.demo``."""
+"""``datadiet`` / ``python -m datadiet``: ``compare`` (default, the main job), ``train``,
+``ensemble``, ``demo`` and ``info``. Argument parsing only; the work is in ``datadiet.train`` and ``datadiet.demo``."""
 
 from __future__ import annotations
 
@@ -31,6 +31,19 @@ def main(argv=None) -> int:
     compare.add_argument("--fractions", type=_floats, default=[0.1, 0.3])
     compare.add_argument("--seeds", type=_ints, default=[0, 1, 2])
     compare.set_defaults(out="compare_out")
+    ens = sub.add_parser("ensemble", help="seed 000: ensembles on difficulty subsets (or --no-ensemble baseline)")
+    add_train_options(ens, skip=("strategy", "every", "warm", "resume", "checkpoint_every"))
+    ens.add_argument("--phases", type=int, default=2)
+    ens.add_argument("--members", type=int, default=3, help="ensemble size, one GraNd difficulty stratum each")
+    ens.add_argument("--warmup-epochs", type=int, default=5, help="full-data epochs with a rising lr first")
+    ens.add_argument("--base", choices=("random", "grand"), default="random", help="the base subset of each phase")
+    ens.add_argument("--bn", choices=("average", "reestimate"), default="average", help="BatchNorm buffers of the merge")
+    ens.add_argument("--ensemble", action=argparse.BooleanOptionalAction, default=True,
+                     help="--no-ensemble: continue the base model on its subset with the same budget")
+    ens.add_argument("--grand-inits", type=int, default=0,
+                     help="strata from GraNd averaged over this many fresh initialisations (0: the base model)")
+    ens.add_argument("--grand-epochs", type=int, default=1, help="full-data epochs of each such initialisation")
+    ens.set_defaults(epochs=60, fraction=0.3, out="ensemble_out")
     demo = sub.add_parser("demo", help="score digits, retrain on selected subsets, merge soups")
     demo.add_argument("--epochs", type=int, default=15)
     demo.add_argument("--seed", type=int, default=0)
@@ -64,6 +77,14 @@ def _run(args, compare_module, config_from_args, parse_params) -> int:
                          args.density)
         return 0
     config = config_from_args(args, strategy_params=parse_params(args.param))
+    if args.command == "ensemble":
+        from datadiet.pipelines import ensemble
+
+        summary = ensemble(config, phases=args.phases, n_models=args.members, warmup_epochs=args.warmup_epochs,
+                           base=args.base, bn=args.bn, ensemble=args.ensemble, grand_inits=args.grand_inits,
+                           grand_epochs=args.grand_epochs)
+        print(json.dumps({k: summary[k] for k in ("ensemble", "test_acc", "wall")}))
+        return 0
     if args.command == "train":
         from datadiet.train.trainer import Trainer
 

@@ -9,7 +9,7 @@ from typing import Any
 from datadiet.strategies.adaptive import GradMatch, Glister
 from datadiet.strategies.base import Context, Periodic, Strategy
 from datadiet.strategies.batch import SelectiveBackprop
-from datadiet.strategies.static import (EL2N, Entropy, Forgetting, Full, GraNd, LeastConfidence, Loss, Margin,
+from datadiet.strategies.static import (EL2N, Entropy, FixedSubset, Forgetting, Full, GraNd, LeastConfidence, Loss, Margin,
                                         Random, RandomOnline, ScoreBased)
 
 STRATEGIES: dict[str, type] = {cls.name: cls for cls in (
@@ -43,6 +43,6 @@ def _lookup(name: str) -> type:
     return STRATEGIES[name]
 
 
-__all__ = ["Context", "EL2N", "Entropy", "Forgetting", "Full", "Glister", "GradMatch", "GraNd", "LeastConfidence",
+__all__ = ["Context", "EL2N", "Entropy", "FixedSubset", "Forgetting", "Full", "Glister", "GradMatch", "GraNd", "LeastConfidence",
            "Loss", "Margin", "Periodic", "Random", "RandomOnline", "STRATEGIES", "ScoreBased", "SelectiveBackprop",
            "Strategy", "make", "parameters"]

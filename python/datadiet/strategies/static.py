@@ -35,6 +35,26 @@ class Full(Strategy):
 
 
 @dataclass
+class FixedSubset(Strategy):
+    """A given subset (pool indices, optional weights) from the first epoch on: the building block
+    of pipelines that choose subsets themselves (seed 000's base and member stages)."""
+
+    name = "fixed"
+    indices: torch.Tensor = None
+    weights: Optional[torch.Tensor] = None
+
+    def setup(self, context) -> None:
+        super().setup(context)
+        self.selection = Selection(self.indices, self.weights).validate(context.n)
+
+    def planned_size(self, epoch: int) -> int:
+        return len(self.selection)
+
+    def select(self, epoch: int) -> Optional[Selection]:
+        return self.selection if epoch == 0 else None
+
+
+@dataclass
 class Random(Periodic):
     """A uniform random subset drawn with its own seeded generator (``every=None``: fixed)."""
 

@@ -41,6 +41,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "cosine"
     warmup_steps: int = 0
+    final_lr: float = 0.0
     amp: str = "none"
     channels_last: bool = False
     compile: bool = False
@@ -73,6 +74,7 @@ class TrainConfig:
         need(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {OPTIMIZERS}")
         need(self.amp in AMP, "amp", f"must be one of {AMP}")
         need(self.lr > 0, "lr", "must be > 0")
+        need(0.0 <= self.final_lr <= 1.0, "final_lr", "must be in [0, 1] (a fraction of lr at the schedule's end)")
         need(self.dist_timeout > 0, "dist_timeout", "must be > 0 seconds")
         need(isinstance(self.strategy_params, dict), "strategy_params", "must be a table of strategy parameters")
         return self

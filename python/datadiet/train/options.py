@@ -24,6 +24,7 @@ _HELP = {
     "(GLISTER, GradMatch target=val), carved from the training data", "checkpoint_every": "also checkpoint "
     "every N optimisation steps (0: epoch ends only)", "head": "name of the final nn.Linear (default: found)",
     "amp": "none, bf16 or fp16 (CUDA)", "batch_size": "per-rank batch size",
+    "final_lr": "the cosine / one-cycle schedule's last lr, a fraction of --lr",
 }
 
 

@@ -44,7 +44,11 @@ CHECKPOINT = "checkpoint.pt"
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, strategy: Optional[Strategy] = None):
+    def __init__(self, config: TrainConfig, strategy: Optional[Strategy] = None, *,
+                 data: Optional[datasets.DataBundle] = None, initial_state: Optional[dict] = None):
+        """``strategy``: an object instead of ``config.strategy``; ``data``: an already loaded
+        ``DataBundle`` for ``config.dataset``; ``initial_state``: model weights to start from
+        (pipelines continue a model in stages)."""
         self.config = config = config.validate()
         if config.resume and config.out is None:
             config.out = config.resume
@@ -54,7 +58,7 @@ class Trainer:
             raise ValueError(f"config amp = 'fp16': float16 autocast needs a CUDA device, this run uses "
                              f"{self.device} (use bf16)")
         self.autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp]
-        bundle = datasets.load(config.dataset, config.image_size)
+        bundle = data if data is not None else datasets.load(config.dataset, config.image_size)
         self.num_classes, self.input_shape = bundle.num_classes, bundle.input_shape
         pool, held_out = _split(len(bundle.train), config.val_fraction)
         self.train_set = Subset(bundle.train, pool.tolist())
@@ -64,6 +68,8 @@ class Trainer:
                                       batch_size=config.eval_batch_size, num_workers=config.workers)
         torch.manual_seed(config.seed)
         self.model = self._build_model()
+        if initial_state is not None:
+            self.model.load_state_dict(initial_state)
         if strategy is None:
             params = config.strategy_kwargs(strategy_registry.parameters(config.strategy))
             strategy = strategy_registry.make(config.strategy, **params)
@@ -72,7 +78,7 @@ class Trainer:
                              epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, lr=config.lr,
                              device=self.device, workers=config.workers, val_set=val_set,
                              score_set=Subset(bundle.train_eval, pool.tolist()), head=config.head,
-                             score_batch_size=config.eval_batch_size, proxy_scores=self._proxy_scores,
+                             score_batch_size=config.eval_batch_size, proxy_scores=self.proxy_scores,
                              autocast_dtype=self.autocast_dtype, channels_last=config.channels_last,
                              progress=self._bar("scoring"))
         net = self.model
@@ -82,7 +88,8 @@ class Trainer:
         self.net = torch.compile(net) if config.compile else net
         self.optimizer = self._optimizer(self.model)
         planned = max(1, self.driver.planned_steps())
-        self.scheduler = schedule(self.optimizer, config.schedule, planned, min(config.warmup_steps, planned - 1))
+        self.scheduler = schedule(self.optimizer, config.schedule, planned, min(config.warmup_steps, planned - 1),
+                                  final=config.final_lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
         self.history: list[dict] = []
@@ -128,7 +135,7 @@ class Trainer:
             return lambda iterable, **kw: iterable
         return lambda iterable, **kw: tqdm(iterable, desc=desc, leave=False, **kw)
 
-    def _proxy_scores(self, epochs: int, init: int):
+    def proxy_scores(self, epochs: int, init: int):
         """A fresh model (initialisation ``init``) trained ``epochs`` epochs on the full pool, scored.
         Under DDP every rank trains the same proxy on the whole pool (no communication)."""
         cfg = self.config
@@ -172,7 +179,7 @@ class Trainer:
             self._train_epoch()
             t_eval = time.perf_counter()
             self._sync_buffers()
-            test_acc, test_loss = self._evaluate()
+            test_acc, test_loss = self.evaluate()
             evaluation = time.perf_counter() - t_eval
             part = self._partial
             samples = self._sum(part["samples"])
@@ -252,17 +259,19 @@ class Trainer:
             for buffer in self.model.buffers():
                 torch.distributed.broadcast(buffer, 0)
 
-    def _evaluate(self) -> tuple[float, float]:
-        """Accuracy and mean loss on the test split (each rank its shard, summed over ranks)."""
+    def evaluate(self, model: Optional[torch.nn.Module] = None) -> tuple[float, float]:
+        """Accuracy and mean loss of ``model`` (default: the trained one) on the test split (each
+        rank its shard, summed over ranks)."""
+        model = self.model if model is None else model
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
-        with eval_mode(self.model):
+        with eval_mode(model):
             for x, y in self.test_loader:
                 x, y = x.to(self.device, non_blocking=True), torch.as_tensor(y).to(self.device, non_blocking=True)
                 if self.config.channels_last and x.dim() == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype,
                                     enabled=self.autocast_dtype is not None):
-                    logits = self.model(x).float()
+                    logits = model(x).float()
                 sums[0] += (logits.argmax(1) == y).sum()
                 sums[1] += F.cross_entropy(logits, y, reduction="sum")
                 sums[2] += y.numel()
