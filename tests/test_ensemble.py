@@ -81,6 +81,14 @@ def test_members_start_from_the_base_and_merge_to_their_mean(monkeypatch):
                 assert torch.allclose(merged[k], torch.stack([f[k] for f in finals]).mean(0), atol=1e-6)
 
 
+def test_without_warmup_the_base_starts_from_the_scored_initialisation(monkeypatch):
+    spy = _Spy(monkeypatch)
+    ensemble_module.ensemble(TrainConfig(epochs=4, fraction=0.3, progress=False), phases=1, n_models=2,
+                             warmup_epochs=0, base="grand", log=lambda *a: None)
+    probe, base = spy.stages[0], spy.stages[1]
+    assert all(torch.equal(probe[1][k], base[1][k]) for k in probe[1])
+
+
 def test_baseline_spends_the_same_sample_budget(monkeypatch):
     spy = _Spy(monkeypatch)
     config = TrainConfig(epochs=9, fraction=0.3, progress=False)

@@ -120,6 +120,8 @@ def ensemble(config: TrainConfig, *, phases: int = 2, n_models: int = 3, warmup_
         base_epochs, member_epochs = schedule.base_epochs[p], schedule.member_epochs[p]
         tick = time.perf_counter()
         probe = Trainer(stage, Full(), data=data, initial_state=state)
+        if state is None:  # no warm-up: every stage descends from this one initialisation
+            state = probe.model.state_dict()
         n = probe.driver.sampler.n
         k = max(1, math.ceil(fraction * n))
         if base == "random":
