@@ -1,5 +1,5 @@
 """``datadiet`` / ``python -m datadiet``: ``compare`` (default, the main job), ``train``,
-``ensemble``, ``demo`` and ``info``. Argument parsing only; the work is in ``datadiet.train`` and ``datadiet.demo``."""
+``ensemble``, ``reproduce``, ``demo`` and ``info``. Argument parsing only; the work is in ``datadiet.train`` and ``datadiet.demo``."""
 
 from __future__ import annotations
 
@@ -44,6 +44,12 @@ def main(argv=None) -> int:
                      help="strata from GraNd averaged over this many fresh initialisations (0: the base model)")
     ens.add_argument("--grand-epochs", type=int, default=1, help="full-data epochs of each such initialisation")
     ens.set_defaults(epochs=60, fraction=0.3, out="ensemble_out")
+    rep = sub.add_parser("reproduce", help="a miniature reproduction of a seed's claim")
+    rep.add_argument("claim", choices=("ensemble-fractions",))
+    add_train_options(rep, skip=("strategy", "fraction", "every", "warm", "resume", "checkpoint_every", "seed"))
+    rep.add_argument("--fractions", type=_floats, default=[0.01, 0.05, 0.1, 0.3])
+    rep.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    rep.set_defaults(epochs=60, out="reproduce_out")
     demo = sub.add_parser("demo", help="score digits, retrain on selected subsets, merge soups")
     demo.add_argument("--epochs", type=int, default=15)
     demo.add_argument("--seed", type=int, default=0)
@@ -84,6 +90,13 @@ def _run(args, compare_module, config_from_args, parse_params) -> int:
                            base=args.base, bn=args.bn, ensemble=args.ensemble, grand_inits=args.grand_inits,
                            grand_epochs=args.grand_epochs)
         print(json.dumps({k: summary[k] for k in ("ensemble", "test_acc", "wall")}))
+        return 0
+    if args.command == "reproduce":
+        from datadiet.reproduce import ensemble_fractions
+
+        print(f"datadiet reproduce {args.claim}: fractions {args.fractions}, seeds {args.seeds}")
+        ensemble_fractions.run(config, fractions=args.fractions, seeds=args.seeds, out=config.out)
+        print(f"wrote {config.out}/{args.claim}.csv, .json, .png")
         return 0
     if args.command == "train":
         from datadiet.train.trainer import Trainer
