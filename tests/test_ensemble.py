@@ -141,7 +141,7 @@ def test_under_torchrun_every_stage_is_a_ddp_run(tmp_path):
 def test_reproduction_reports_what_it_observes(tmp_path, capsys):
     out = tmp_path / "rep"
     assert cli(["reproduce", "ensemble-fractions", "--fractions", "0.1,0.3", "--seeds", "0,1", "--epochs", "6",
-                "--out", str(out), "--no-progress"]) == 0
+                "--warmup-epochs", "1", "--out", str(out), "--no-progress"]) == 0
     rows = json.load(open(out / "ensemble-fractions.json"))["rows"]
     assert [r["fraction"] for r in rows] == [0.1, 0.3] and all(r["seeds"] == 2 for r in rows)
     assert all(r["gain"] == pytest.approx(r["ensemble_mean"] - r["no_ensemble_mean"]) for r in rows)

@@ -49,6 +49,9 @@ def main(argv=None) -> int:
     add_train_options(rep, skip=("strategy", "fraction", "every", "warm", "resume", "checkpoint_every", "seed"))
     rep.add_argument("--fractions", type=_floats, default=[0.01, 0.05, 0.1, 0.3])
     rep.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    rep.add_argument("--phases", type=int, default=2)
+    rep.add_argument("--members", type=int, default=3)
+    rep.add_argument("--warmup-epochs", type=int, default=5)
     rep.set_defaults(epochs=60, out="reproduce_out")
     demo = sub.add_parser("demo", help="score digits, retrain on selected subsets, merge soups")
     demo.add_argument("--epochs", type=int, default=15)
@@ -95,7 +98,8 @@ def _run(args, compare_module, config_from_args, parse_params) -> int:
         from datadiet.reproduce import ensemble_fractions
 
         print(f"datadiet reproduce {args.claim}: fractions {args.fractions}, seeds {args.seeds}")
-        ensemble_fractions.run(config, fractions=args.fractions, seeds=args.seeds, out=config.out)
+        ensemble_fractions.run(config, fractions=args.fractions, seeds=args.seeds, phases=args.phases,
+                               n_models=args.members, warmup_epochs=args.warmup_epochs, out=config.out)
         print(f"wrote {config.out}/{args.claim}.csv, .json, .png")
         return 0
     if args.command == "train":
