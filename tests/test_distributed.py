@@ -17,20 +17,13 @@ import torch
 from datadiet.scores import score_dataset
 from datadiet.train import checkpoint, datasets, models
 from datadiet.train.data import IndexedDataset
+from tests.subprocesses import REPO, TORCHRUN, env
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 300
 
 
-def _env():
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), REPO) if p))
-
-
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-
-
 def _torchrun(*args):
-    done = subprocess.run([*TORCHRUN, *args], env=_env(), timeout=TIMEOUT, capture_output=True, text=True)
+    done = subprocess.run([*TORCHRUN, *args], env=env(), timeout=TIMEOUT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -52,7 +45,7 @@ def _train(out, *extra, ranks=2):
     args = ["-m", "datadiet", "train", "--strategy", "gradmatch", "--fraction", "0.3", "--epochs", "2", "--out",
             out, "--no-progress", "--dist-timeout", "120", *extra]
     if ranks == 1:
-        subprocess.run([sys.executable, *args], env=_env(), check=True, timeout=TIMEOUT, capture_output=True)
+        subprocess.run([sys.executable, *args], env=env(), check=True, timeout=TIMEOUT, capture_output=True)
         return ""
     return _torchrun(*args)
 
@@ -78,7 +71,7 @@ def test_ddp_resume_of_another_configuration_is_refused(tmp_path):
     config["epochs"] = 4  # a longer run is another configuration: refused
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(config, f)
-    done = subprocess.run([*TORCHRUN, "-m", "datadiet", "train", "--resume", out, "--no-progress"], env=_env(),
+    done = subprocess.run([*TORCHRUN, "-m", "datadiet", "train", "--resume", out, "--no-progress"], env=env(),
                           timeout=TIMEOUT, capture_output=True, text=True)
     assert done.returncode != 0 and "epochs: checkpoint 3, this run 4" in done.stderr
 
@@ -92,7 +85,7 @@ def _sb(out):
 def test_ddp_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path):
     whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
     _torchrun(*_sb(whole))
-    proc = subprocess.Popen([*TORCHRUN, *_sb(killed)], env=_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([*TORCHRUN, *_sb(killed)], env=env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + TIMEOUT
     while not os.path.exists(os.path.join(killed, "checkpoint.pt")) and proc.poll() is None and time.time() < deadline:

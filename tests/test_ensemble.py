@@ -122,17 +122,14 @@ def test_command_with_batchnorm_reestimated(tmp_path, capsys):
 
 
 def test_under_torchrun_every_stage_is_a_ddp_run(tmp_path):
-    import os
     import subprocess
-    import sys
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), repo) if p))
+    from tests.subprocesses import TORCHRUN, env
+
     out = tmp_path / "ddp"
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "datadiet", "ensemble", "--epochs", "5", "--warmup-epochs", "1", "--phases", "1",
+    done = subprocess.run([*TORCHRUN, "-m", "datadiet", "ensemble", "--epochs", "5", "--warmup-epochs", "1", "--phases", "1",
                            "--members", "2", "--out", str(out), "--no-progress", "--dist-timeout", "120"],
-                          env=env, timeout=300, capture_output=True, text=True)
+                          env=env(), timeout=300, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     saved = json.load(open(out / "ensemble.json"))
     assert len(saved["phases"][0]["member_accs"]) == 2 and 0.0 <= saved["test_acc"] <= 1.0

@@ -18,8 +18,8 @@ from datadiet.train import checkpoint
 from datadiet.train import trainer as trainer_module
 from datadiet.train.config import TrainConfig
 from datadiet.train.trainer import Trainer
+from tests import subprocesses
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CASES = {
     "full": dict(strategy="full"),
@@ -74,7 +74,7 @@ def _train_command(out, *extra):
 
 
 def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), REPO) if p))
+    env = subprocesses.env()
     whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
     subprocess.run(_train_command(whole), check=True, env=env, timeout=300, capture_output=True)
     proc = subprocess.Popen(_train_command(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
