@@ -11,7 +11,7 @@ import torch
 
 from bench import harness
 
-BENCHMARKS = ("ce_scores", "ensemble", "merge", "omp", "selective_backprop", "topk_select", "train", "weighted_sample")
+BENCHMARKS = ("ce_scores", "ensemble", "lipt", "merge", "omp", "selective_backprop", "topk_select", "train", "weighted_sample")
 
 
 def main(argv=None) -> int:

@@ -88,7 +88,7 @@ def run(args) -> list[dict]:
                               fraction=None if name == "selective_backprop" else fraction, strategy_params=params,
                               progress=False, device=str(args.device))
             summary = Trainer(cfg).fit()
-            selecting = summary["time"]["selection"] + summary["time"]["scoring"]
+            selecting = sum(summary["time"][k] for k in ("selection", "scoring", "pretraining"))
             rounds = max(1, sum(1 for s in summary["selections"] if s["size"] < summary["selections"][0]["size"] or
                                 len(summary["selections"]) == 1))
             training = summary["time"]["training"]

@@ -50,7 +50,7 @@ def test_every_strategy_trains_end_to_end(name, tmp_path):
     assert summary["epochs"] == epochs and 0.0 <= summary["test_acc"] <= 1.0
     lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [r["epoch"] for r in lines] == list(range(epochs))
-    assert set(lines[0]["time"]) == {"selection", "scoring", "training", "evaluation"}
+    assert set(lines[0]["time"]) == {"pretraining", "selection", "scoring", "training", "evaluation"}
     if fraction is not None:
         n = trainer.driver.sampler.n
         assert min(r["subset_size"] for r in lines) <= -(-3 * n // 10) + 10  # the budget (+1 per class at most)

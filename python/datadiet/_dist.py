@@ -1,9 +1,30 @@
-"""torch.distributed helpers shared by the scoring pass and the training loop (no-ops in a
-single process): the world, and gathering rows of uneven per-rank length."""
+"""torch.distributed helpers shared by the scoring pass, the training loop and the pipelines
+(no-ops in a single process): joining torchrun's process group, the world, and gathering rows of
+uneven per-rank length."""
 
 from __future__ import annotations
 
+import datetime
+import os
+
 import torch
+
+
+def init(device: str, timeout: float) -> torch.device:
+    """This process's device; under torchrun (``WORLD_SIZE`` > 1) joins the process group (NCCL
+    on CUDA, gloo on CPU) and takes the ``LOCAL_RANK``-th GPU."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"config device = {device!r}: no CUDA device is available")
+        if size > 1:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    dist = torch.distributed
+    if size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(seconds=timeout))
+    return dev
 
 
 def world() -> tuple[int, int]:

@@ -1,5 +1,5 @@
 """``datadiet`` / ``python -m datadiet``: ``compare`` (default, the main job), ``train``,
-``ensemble``, ``reproduce``, ``demo`` and ``info``. Argument parsing only; the work is in ``datadiet.train`` and ``datadiet.demo``."""
+``ensemble``, ``lipt``, ``reproduce``, ``demo`` and ``info``. Argument parsing only; the work is in ``datadiet.train`` and ``datadiet.demo``."""
 
 from __future__ import annotations
 
@@ -44,14 +44,28 @@ def main(argv=None) -> int:
                      help="strata from GraNd averaged over this many fresh initialisations (0: the base model)")
     ens.add_argument("--grand-epochs", type=int, default=1, help="full-data epochs of each such initialisation")
     ens.set_defaults(epochs=60, fraction=0.3, out="ensemble_out")
+    lip = sub.add_parser("lipt", help="seed 001: LiPT pre-training by merged jigsaw workers, then selection and "
+                         "training on the subset")
+    add_train_options(lip, skip=("resume", "checkpoint_every"))
+    _add_lipt_options(lip)
+    lip.add_argument("--against-usual", action="store_true",
+                     help="also run the strategy with its own full-data pre-training (GraNd's proxy models) and "
+                     "print both time breakdowns (the seed's Table 1)")
+    lip.add_argument("--usual-param", action="append", default=[], metavar="KEY=VALUE",
+                     help="a strategy parameter of that run only (e.g. repeats=10)")
+    lip.set_defaults(strategy="grand", fraction=0.1, epochs=30, out="lipt_out")
     rep = sub.add_parser("reproduce", help="a miniature reproduction of a seed's claim")
-    rep.add_argument("claim", choices=("ensemble-fractions",))
+    rep.add_argument("claim", choices=("ensemble-fractions", "lipt-grand"))
     add_train_options(rep, skip=("strategy", "fraction", "every", "warm", "resume", "checkpoint_every", "seed"))
-    rep.add_argument("--fractions", type=_floats, default=[0.01, 0.05, 0.1, 0.3])
+    rep.add_argument("--fractions", type=_floats, default=None,
+                     help="default 0.01,0.05,0.1,0.3 (ensemble-fractions), 0.05,0.1,0.3,0.5 (lipt-grand)")
     rep.add_argument("--seeds", type=_ints, default=[0, 1, 2])
     rep.add_argument("--phases", type=int, default=2)
     rep.add_argument("--members", type=int, default=3)
     rep.add_argument("--warmup-epochs", type=int, default=5)
+    _add_lipt_options(rep)
+    rep.add_argument("--usual-param", action="append", default=[], metavar="KEY=VALUE",
+                     help="lipt-grand: a parameter of the GraNd run with its own pre-training (e.g. repeats=3)")
     rep.set_defaults(epochs=60, out="reproduce_out")
     demo = sub.add_parser("demo", help="score digits, retrain on selected subsets, merge soups")
     demo.add_argument("--epochs", type=int, default=15)
@@ -94,12 +108,21 @@ def _run(args, compare_module, config_from_args, parse_params) -> int:
                            grand_epochs=args.grand_epochs)
         print(json.dumps({k: summary[k] for k in ("ensemble", "test_acc", "wall")}))
         return 0
+    if args.command == "lipt":
+        return _lipt(args, config, parse_params)
     if args.command == "reproduce":
         from datadiet.reproduce import ensemble_fractions
 
-        print(f"datadiet reproduce {args.claim}: fractions {args.fractions}, seeds {args.seeds}")
-        ensemble_fractions.run(config, fractions=args.fractions, seeds=args.seeds, phases=args.phases,
-                               n_models=args.members, warmup_epochs=args.warmup_epochs, out=config.out)
+        print(f"datadiet reproduce {args.claim}: fractions {args.fractions or 'default'}, seeds {args.seeds}")
+        if args.claim == "lipt-grand":
+            from datadiet.reproduce import lipt_grand
+
+            lipt_grand.run(config, _lipt_options(args), fractions=args.fractions or (0.05, 0.1, 0.3, 0.5),
+                           seeds=args.seeds, grand_params=parse_params(args.usual_param), out=config.out)
+        else:
+            ensemble_fractions.run(config, fractions=args.fractions or (0.01, 0.05, 0.1, 0.3), seeds=args.seeds,
+                                   phases=args.phases, n_models=args.members, warmup_epochs=args.warmup_epochs,
+                                   out=config.out)
         print(f"wrote {config.out}/{args.claim}.csv, .json, .png")
         return 0
     if args.command == "train":
@@ -116,6 +139,57 @@ def _run(args, compare_module, config_from_args, parse_params) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(compare_module.format_table(rows))
         print(f"wrote {config.out}/compare.csv, compare.json, compare.png")
+    return 0
+
+
+def _add_lipt_options(parser) -> None:
+    """A flag per ``LiptOptions`` field (``head_iters`` → ``--head-iters``); pairs and grids as
+    comma lists."""
+    import dataclasses
+    import typing
+
+    from datadiet.pipelines.lightweight_pretraining import LiptOptions
+
+    hints = typing.get_type_hints(LiptOptions)
+    for f in dataclasses.fields(LiptOptions):
+        kind = hints[f.name]
+        kind = typing.get_args(kind)[0] if typing.get_origin(kind) is typing.Union else kind
+        parse = (lambda text: tuple(_floats(text))) if kind is tuple else kind
+        parser.add_argument("--" + f.name.replace("_", "-"), dest="lipt_" + f.name, type=parse, default=f.default,
+                            help=f"(default {f.default})")
+
+
+def _lipt_options(args):
+    import dataclasses
+
+    from datadiet.pipelines.lightweight_pretraining import LiptOptions
+
+    return LiptOptions(**{f.name: getattr(args, "lipt_" + f.name) for f in dataclasses.fields(LiptOptions)})
+
+
+def _lipt(args, config, parse_params) -> int:
+    import dataclasses
+
+    from datadiet.pipelines import lightweight_pretraining as lipt_module
+
+    try:
+        result = lipt_module.lipt(config, _lipt_options(args))
+    except lipt_module.NoWorkerLeft as exc:
+        print(f"datadiet lipt: error: {exc}", file=sys.stderr)
+        return 1
+    rows = [("lipt", result)]
+    if args.against_usual:
+        usual = lipt_module.usual_pretraining(dataclasses.replace(config, out=None), **parse_params(args.usual_param))
+        rows.append((f"{config.strategy} (own pre-training)", usual))
+    if int(os.environ.get("RANK", "0")) == 0:
+        keys = ("pretraining", "selection", "main_training", "total")
+        print(f"{'run':<28} {'test acc':>8} " + " ".join(f"{k + ' s':>16}" for k in keys))
+        for name, r in rows:
+            print(f"{name:<28} {r['test_acc']:>8.4f} " + " ".join(f"{r['time'][k]:>16.2f}" for k in keys))
+        if len(rows) == 2:
+            own, ours = rows[1][1]["time"], result["time"]
+            print(f"pre-training ratio (own / lipt): {own['pretraining'] / max(ours['pretraining'], 1e-9):.2f}x, "
+                  f"total {own['total'] / max(ours['total'], 1e-9):.2f}x")
     return 0
 
 

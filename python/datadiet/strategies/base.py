@@ -82,6 +82,11 @@ class Strategy:
     def batch_mask(self, progress: float, batch_losses: Callable[[float], torch.Tensor]) -> Optional[torch.Tensor]:
         return None
 
+    @property
+    def filters_batches(self) -> bool:
+        """Whether ``batch_mask`` can drop samples (the loop then weighs every batch)."""
+        return type(self).batch_mask is not Strategy.batch_mask
+
     def report(self) -> dict[str, Any]:
         """Facts about the last selection for the run's metrics (sizes, solver residuals, ...)."""
         return {}

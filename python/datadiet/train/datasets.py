@@ -2,7 +2,8 @@
 
 - ``digits``: scikit-learn's handwritten digits (1,797 8×8 grey images, 10 classes; shipped inside
   the package, the embedded default), as ``[1, 8, 8]`` float tensors in [0, 1]; a fixed 20% test
-  split;
+  split; ``digits:xN`` repeats every training image N times (the copies with seeded pixel noise,
+  σ = 0.1), a larger pool for timing and reproductions, the same test split;
 - ``imagefolder:PATH``: the ImageNet layout ``PATH/train/<class>/...`` and ``PATH/val/<class>/...``
   through ``torchvision.datasets.ImageFolder`` (grey or colour images, read as RGB), with the
   standard transforms at ``image_size``: RandomResizedCrop + horizontal flip for training,
@@ -24,11 +25,12 @@ import copy
 import os
 import pickle
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-NAMES = ("digits", "imagefolder:PATH", "cifar10:PATH")
+NAMES = ("digits", "digits:xN", "imagefolder:PATH", "cifar10:PATH")
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -40,12 +42,15 @@ class DataBundle:
     num_classes: int
     input_shape: tuple
     labels: torch.Tensor  # int64 [len(train)]
+    normalization: Optional[tuple] = None  # (mean, std) per channel the transforms applied; None: inputs in [0, 1]
 
 
 def load(spec: str, image_size: int = 224) -> DataBundle:
     name, _, path = spec.partition(":")
     if name == "digits" and not path:
         return _digits()
+    if name == "digits" and path.startswith("x") and path[1:].isdigit() and int(path[1:]) >= 1:
+        return _digits(int(path[1:]))
     if name in ("imagefolder", "cifar10"):
         if not path:
             raise ValueError(f"dataset {spec!r}: give a folder, {name}:PATH")
@@ -66,7 +71,7 @@ def torchvision(what: str):
     return tv
 
 
-def _digits() -> DataBundle:
+def _digits(factor: int = 1) -> DataBundle:
     from sklearn.datasets import load_digits
 
     data = load_digits()
@@ -75,8 +80,13 @@ def _digits() -> DataBundle:
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     n_test = len(y) // 5
     test, train = perm[:n_test], perm[n_test:]
-    train_set = TensorDataset(x[train], y[train])
-    return DataBundle(train_set, train_set, TensorDataset(x[test], y[test]), 10, (1, 8, 8), y[train])
+    xt, yt = x[train], y[train]
+    if factor > 1:  # every training image ``factor`` times, copies after the first with seeded pixel noise
+        noise = 0.1 * torch.randn((factor - 1, *xt.shape), generator=torch.Generator().manual_seed(1))
+        xt = torch.cat([xt, (xt.unsqueeze(0) + noise).clamp(0, 1).flatten(0, 1)])
+        yt = yt.repeat(factor)
+    train_set = TensorDataset(xt, yt)
+    return DataBundle(train_set, train_set, TensorDataset(x[test], y[test]), 10, (1, 8, 8), yt)
 
 
 def _imagefolder(path: str, image_size: int) -> DataBundle:
@@ -99,7 +109,7 @@ def _imagefolder(path: str, image_size: int) -> DataBundle:
         raise ValueError(f"dataset imagefolder:{path}: train and val hold different classes "
                          f"({len(train.classes)} vs {len(test.classes)})")
     return DataBundle(train, train_eval, test, len(train.classes), (3, image_size, image_size),
-                      torch.tensor(train.targets, dtype=torch.int64))
+                      torch.tensor(train.targets, dtype=torch.int64), (_MEAN, _STD))
 
 
 def _with_transform(dataset, transform):
@@ -127,7 +137,8 @@ def _cifar10(path: str) -> DataBundle:
                 self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
             self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
 
-    normalize = transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    normalize = transforms.Normalize(mean, std)
     train_tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                                    transforms.ToTensor(), normalize])
     test_tf = transforms.Compose([transforms.ToTensor(), normalize])
@@ -138,4 +149,5 @@ def _cifar10(path: str) -> DataBundle:
     except RuntimeError as exc:
         raise ValueError(f"dataset cifar10:{path}: needs {os.path.join(path, 'cifar-10-batches-py')} with "
                          f"data_batch_1..5 and test_batch, batches.meta ({exc})") from exc
-    return DataBundle(train, train_eval, test, 10, (3, 32, 32), torch.tensor(train.targets, dtype=torch.int64))
+    return DataBundle(train, train_eval, test, 10, (3, 32, 32), torch.tensor(train.targets, dtype=torch.int64),
+                      (mean, std))

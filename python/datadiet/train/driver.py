@@ -60,7 +60,7 @@ class Driver:
         self.head = final_linear(model, head) if (head is not None or strategy.needs_head) else _maybe_head(model)
         self._score_kwargs = dict(batch_size=score_batch_size, device=self.device, workers=workers,
                                   autocast_dtype=autocast_dtype, channels_last=channels_last, progress=progress)
-        self.times = {"selection": 0.0, "scoring": 0.0}
+        self.times = {"pretraining": 0.0, "selection": 0.0, "scoring": 0.0}
         strategy.setup(Context(n=n, labels=labels.cpu().long(), num_classes=num_classes, epochs=epochs, seed=seed,
                                batch_size=batch_size, lr=lr, device=self.device, rank=self.rank,
                                world_size=self.world_size, score=self._score,
@@ -73,22 +73,34 @@ class Driver:
         self._epoch, self._batch = 0, 0
 
     # -- selection -----------------------------------------------------------------------------
-    def _score(self, split: str = "train", **wanted) -> ScoreTable:
+    def _score(self, split: str = "train", model: Optional[nn.Module] = None, **wanted) -> ScoreTable:
         if split not in ("train", "val"):
             raise ValueError(f"Context.score: split must be 'train' or 'val', got {split!r}")
         if split == "val" and self.val_set is None:
             raise ValueError("Context.score: this run has no held-out selection split (val_fraction = 0)")
         start = time.perf_counter()
-        table = score_dataset(self.model, self.score_set if split == "train" else self.val_set, head=self.head,
+        head = self.head if model is None else self._same_head(model)
+        table = score_dataset(self.model if model is None else model,
+                              self.score_set if split == "train" else self.val_set, head=head,
                               **wanted, **self._score_kwargs)
         self.times["scoring"] += time.perf_counter() - start
         return table
 
+    def _same_head(self, model: nn.Module) -> Optional[nn.Linear]:
+        """The module of ``model`` at the path the training model's head has (another model of
+        the same architecture, e.g. a pre-trained scorer)."""
+        if self.head is None:
+            return None
+        own = getattr(self.model, "module", self.model)
+        name = next(n for n, m in own.named_modules() if m is self.head)
+        return final_linear(model, name)
+
     def _timed(self, proxy_scores):
+        """Proxy models' training and scoring, booked as pre-training (the tax LiPT cuts)."""
         def timed(epochs: int, init: int) -> ScoreTable:
             start = time.perf_counter()
             table = proxy_scores(epochs, init)
-            self.times["scoring"] += time.perf_counter() - start
+            self.times["pretraining"] += time.perf_counter() - start
             return table
         return timed
 
@@ -102,7 +114,7 @@ class Driver:
 
     def begin_epoch(self, epoch: int) -> None:
         """Asks the strategy for this epoch's selection (all ranks compute it; rank 0's is used)."""
-        start, scoring = time.perf_counter(), self.times["scoring"]
+        start, scoring = time.perf_counter(), self.times["scoring"] + self.times["pretraining"]
         selection = self.strategy.select(epoch)
         if selection is not None:
             if self.world_size > 1:
@@ -112,7 +124,8 @@ class Driver:
             self.set_selection(selection)
             self.selections.append({"epoch": epoch, "size": len(self.sampler.selection),
                                     "weighted": selection.weights is not None, **self.strategy.report()})
-        self.times["selection"] += time.perf_counter() - start - (self.times["scoring"] - scoring)
+        self.times["selection"] += (time.perf_counter() - start
+                                    - (self.times["scoring"] + self.times["pretraining"] - scoring))
         self.sampler.set_epoch(epoch)
         self._epoch, self._batch = epoch, 0
 
@@ -121,8 +134,7 @@ class Driver:
         self.weights = self.sampler.selection.weight_table(self.sampler.n).to(self.device)
         # The plain mean only when no batch can carry weights or a mask — a fact every rank shares,
         # so under DDP all ranks take the same loss path (and the same collectives).
-        self._uniform = (self.sampler.selection.weights is None
-                         and type(self.strategy).batch_mask is Strategy.batch_mask)
+        self._uniform = self.sampler.selection.weights is None and not self.strategy.filters_batches
 
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)
@@ -210,7 +222,7 @@ class Driver:
         self.sampler.load_state_dict(state["sampler"])
         self.set_selection(self.sampler.selection)
         self.strategy.load_state_dict(state["strategy"] if strategy is None else strategy)
-        self.times.update(state["times"])
+        self.times.update(state["times"])  # a checkpoint from before "pretraining" keeps it at 0
         self.selections = list(state["selections"])
         self._epoch, self._batch = int(state["epoch"]), int(state["batch"])
 

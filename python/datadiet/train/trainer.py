@@ -16,7 +16,6 @@ epoch, so a mid-epoch resume with ``workers > 0`` and random transforms draws ot
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import math
 import os
@@ -30,6 +29,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from datadiet import strategies as strategy_registry
+from datadiet._dist import init as dist_init
 from datadiet._dist import world
 from datadiet._seeds import derive_seed
 from datadiet.scores.scoring import eval_mode, final_linear, score_dataset
@@ -52,7 +52,7 @@ class Trainer:
         self.config = config = config.validate()
         if config.resume and config.out is None:
             config.out = config.resume
-        self.device = self._init_distributed()
+        self.device = dist_init(config.device, config.dist_timeout)
         self.world_size, self.rank = world()
         if config.amp == "fp16" and self.device.type != "cuda":
             raise ValueError(f"config amp = 'fp16': float16 autocast needs a CUDA device, this run uses "
@@ -60,7 +60,7 @@ class Trainer:
         self.autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp]
         bundle = data if data is not None else datasets.load(config.dataset, config.image_size)
         self.num_classes, self.input_shape = bundle.num_classes, bundle.input_shape
-        pool, held_out = _split(len(bundle.train), config.val_fraction)
+        pool, held_out = pool_split(len(bundle.train), config.val_fraction)
         self.train_set = Subset(bundle.train, pool.tolist())
         val_set = Subset(bundle.train_eval, held_out.tolist()) if held_out.numel() else None
         self.test_set = bundle.test
@@ -100,22 +100,6 @@ class Trainer:
             _write_json(os.path.join(config.out, "config.json"), dataclasses.asdict(config))
 
     # -- setup ---------------------------------------------------------------------------------
-    def _init_distributed(self) -> torch.device:
-        cfg = self.config
-        size = int(os.environ.get("WORLD_SIZE", "1"))
-        device = torch.device(cfg.device)
-        if device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise ValueError(f"config device = {cfg.device!r}: no CUDA device is available")
-            if size > 1:
-                device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        dist = torch.distributed
-        if size > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                    timeout=datetime.timedelta(seconds=cfg.dist_timeout))
-        return device
-
     def _build_model(self) -> torch.nn.Module:
         model = models.build(self.config.model, self.num_classes, self.input_shape, self.config.width).to(self.device)
         if self.config.channels_last:
@@ -187,7 +171,8 @@ class Trainer:
                       "test_acc": test_acc, "test_loss": test_loss,
                       "subset_size": len(drv.sampler.selection), "samples": int(samples), "steps": part["steps"],
                       "lr": self.optimizer.param_groups[0]["lr"],
-                      "time": {"selection": drv.times["selection"] - times0["selection"],
+                      "time": {"pretraining": drv.times["pretraining"] - times0.get("pretraining", 0.0),
+                               "selection": drv.times["selection"] - times0["selection"],
                                "scoring": drv.times["scoring"] - times0["scoring"],
                                "training": part["training"], "evaluation": evaluation},
                       "selections": drv.selections[part["selection_log"]:]}
@@ -348,8 +333,8 @@ class Trainer:
             os.replace(path + ".tmp", path)
 
     def _summary(self) -> dict:
-        totals = {k: sum(r["time"][k] for r in self.history) for k in ("selection", "scoring", "training",
-                                                                        "evaluation")}
+        totals = {k: sum(r["time"][k] for r in self.history) for k in ("pretraining", "selection", "scoring",
+                                                                        "training", "evaluation")}
         last = self.history[-1] if self.history else {}
         return {"config": self.identity, "strategy": self.config.strategy, "epochs": len(self.history),
                 "steps": self.step, "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
@@ -362,9 +347,9 @@ class Trainer:
 def _describe(strategy: Strategy) -> str:
     """The strategy's class and constructor parameters (a checkpoint must match them)."""
     name = f"{type(strategy).__module__}.{type(strategy).__qualname__}"
-    if not dataclasses.is_dataclass(strategy):
-        return name
-    params = {f.name: getattr(strategy, f.name) for f in dataclasses.fields(strategy) if f.init}
+    if not dataclasses.is_dataclass(strategy):  # a wrapper describes itself, or only its class counts
+        return f"{name}: {strategy!r}" if type(strategy).__repr__ is not object.__repr__ else name
+    params = {f.name: getattr(strategy, f.name) for f in dataclasses.fields(strategy) if f.repr}
     return f"{name}({', '.join(f'{k}={v!r}' for k, v in params.items())})"
 
 
@@ -378,7 +363,7 @@ def _to_cpu(value):
     return value
 
 
-def _split(n: int, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+def pool_split(n: int, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(training pool, held-out selection split): a fixed permutation (seed 0), the same for every
     run seed and strategy, so a comparison trains every strategy on the same pool."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
