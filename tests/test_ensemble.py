@@ -128,11 +128,33 @@ def test_under_torchrun_every_stage_is_a_ddp_run(tmp_path):
 
     out = tmp_path / "ddp"
     done = subprocess.run([*TORCHRUN, "-m", "datadiet", "ensemble", "--epochs", "5", "--warmup-epochs", "1", "--phases", "1",
-                           "--members", "2", "--out", str(out), "--no-progress", "--dist-timeout", "120"],
+                           "--members", "2", "--no-member-ranks", "--out", str(out), "--no-progress", "--dist-timeout", "120"],
                           env=env(), timeout=300, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     saved = json.load(open(out / "ensemble.json"))
     assert len(saved["phases"][0]["member_accs"]) == 2 and 0.0 <= saved["test_acc"] <= 1.0
+
+
+def test_one_member_per_rank_merged_by_one_collective(tmp_path):
+    import os
+    import subprocess
+
+    from tests.subprocesses import REPO, TORCHRUN, env
+
+    done = subprocess.run([*TORCHRUN, os.path.join(REPO, "tests", "ensemble_ranks.py"), str(tmp_path)], env=env(),
+                          timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = json.load(open(tmp_path / "ensemble.json"))["phases"][0]
+    assert saved["member_ranks"] == [0, 1, 0] and len(saved["member_accs"]) == 3
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert [len(r["members"]) for r in ranks] == [2, 1]
+    members = ranks[0]["members"] + ranks[1]["members"]
+    assert not torch.equal(members[0]["0.weight"], members[2]["0.weight"])  # members trained apart
+    for key, merged in ranks[0]["merged"].items():
+        assert torch.equal(merged, ranks[1]["merged"][key])  # every rank holds the same merge
+        stack = torch.stack([m[key].double() for m in members])
+        expected = stack.mean(0) if merged.dtype.is_floating_point else stack.mean(0).round()
+        assert torch.allclose(merged.double(), expected, atol=1e-6), key
 
 
 def test_reproduction_reports_what_it_observes(tmp_path, capsys):

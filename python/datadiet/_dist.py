@@ -4,10 +4,13 @@ uneven per-rank length."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 
 import torch
+
+_alone = 0  # > 0 inside ``alone()``
 
 
 def init(device: str, timeout: float) -> torch.device:
@@ -27,10 +30,23 @@ def init(device: str, timeout: float) -> torch.device:
     return dev
 
 
+@contextlib.contextmanager
+def alone():
+    """Inside, this process acts as a run of its own (``world()`` is (1, 0)) although a process
+    group exists: no DDP, no sharding, no collectives — one rank training its own model (seed
+    000's members, one per rank)."""
+    global _alone
+    _alone += 1
+    try:
+        yield
+    finally:
+        _alone -= 1
+
+
 def world() -> tuple[int, int]:
-    """(world size, rank); (1, 0) without an initialised process group."""
+    """(world size, rank); (1, 0) without an initialised process group or inside ``alone()``."""
     dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
+    if not _alone and dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
     return 1, 0
 

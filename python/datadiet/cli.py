@@ -43,6 +43,9 @@ def main(argv=None) -> int:
     ens.add_argument("--grand-inits", type=int, default=0,
                      help="strata from GraNd averaged over this many fresh initialisations (0: the base model)")
     ens.add_argument("--grand-epochs", type=int, default=1, help="full-data epochs of each such initialisation")
+    ens.add_argument("--member-ranks", action=argparse.BooleanOptionalAction, default=True,
+                     help="under torchrun: one member per rank, merged by one all_reduce (--no-member-ranks: "
+                     "members one after another, each a DDP run)")
     ens.set_defaults(epochs=60, fraction=0.3, out="ensemble_out")
     lip = sub.add_parser("lipt", help="seed 001: LiPT pre-training by merged jigsaw workers, then selection and "
                          "training on the subset")
@@ -105,7 +108,7 @@ def _run(args, compare_module, config_from_args, parse_params) -> int:
 
         summary = ensemble(config, phases=args.phases, n_models=args.members, warmup_epochs=args.warmup_epochs,
                            base=args.base, bn=args.bn, ensemble=args.ensemble, grand_inits=args.grand_inits,
-                           grand_epochs=args.grand_epochs)
+                           grand_epochs=args.grand_epochs, member_ranks=args.member_ranks)
         print(json.dumps({k: summary[k] for k in ("ensemble", "test_acc", "wall")}))
         return 0
     if args.command == "lipt":

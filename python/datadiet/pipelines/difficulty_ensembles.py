@@ -21,6 +21,8 @@ process (one member per torchrun rank is not built yet).
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from datadiet._dist import world
+from datadiet._dist import alone, world
 from datadiet._seeds import derive_seed
 from datadiet.ops.stratified_select import stratified_select
 from datadiet.ops.topk_select import topk_select
@@ -81,7 +83,7 @@ def _cosine(t: float) -> float:
 
 def ensemble(config: TrainConfig, *, phases: int = 2, n_models: int = 3, warmup_epochs: int = 1,
              base: str = "random", bn: str = "average", ensemble: bool = True, grand_inits: int = 0,
-             grand_epochs: int = 1, log=print) -> dict:
+             grand_epochs: int = 1, member_ranks: bool = True, log=print) -> dict:
     """Runs seed 000's schedule (module docstring) with ``config``'s data, model, optimiser, seed
     and ``fraction`` (default 0.3); returns (and with ``config.out`` writes ``ensemble.json``) the
     accuracy and wall time of every phase. ``grand_inits`` > 0: the strata come from GraNd averaged
@@ -148,21 +150,36 @@ def ensemble(config: TrainConfig, *, phases: int = 2, n_models: int = 3, warmup_
                  for i in range(grand_inits)]).mean(0)
             strata = stratified_select(scores, n_models, fraction, seed=derive_seed(config.seed, 21, p))
             clock["scoring"] = time.perf_counter() - tick
+            size, rank = world()
+            spread = member_ranks and size > 1
+            mine = [m for m in range(n_models) if not spread or m % size == rank]
             members, clock["members"] = [], 0.0
-            for m, subset in enumerate(strata):
-                member = _run(stage, FixedSubset(subset.cpu()), data, base_state, member_epochs, lr=lr, final=final,
-                              seed=(p, 2 + m))
+            for m in mine:
+                with alone() if spread else contextlib.nullcontext():
+                    member = _run(stage, FixedSubset(strata[m].cpu()), data, base_state, member_epochs, lr=lr,
+                                  final=final, seed=(p, 2 + m))
                 clock["members"] += member.elapsed
                 members.append(member)
             tick = time.perf_counter()
             bn_loader = None
             if bn == "reestimate":
                 bn_loader = DataLoader(Subset(trainer.train_set, base_idx.tolist()), batch_size=config.eval_batch_size)
-            soup = uniform_soup([mb.model for mb in members], bn_loader=bn_loader, device=trainer.device)
-            state, acc = soup.state_dict(), members[0].evaluate(soup)[0]
+            if spread:
+                soup = copy.deepcopy(trainer.model)
+                soup.load_state_dict(mean_across_ranks([mb.model for mb in members], trainer.model, n_models))
+                if bn_loader is not None:
+                    torch.optim.swa_utils.update_bn(bn_loader, soup, device=trainer.device)
+                    for buffer in soup.buffers():  # every rank re-estimates; rank 0's statistics count
+                        torch.distributed.broadcast(buffer, 0)
+                member_accs = _gather_by_member({m: mb.history[-1]["test_acc"] for m, mb in zip(mine, members)})
+                clock["members"] = _max_over_ranks(clock["members"], trainer.device)
+            else:
+                soup = uniform_soup([mb.model for mb in members], bn_loader=bn_loader, device=trainer.device)
+                member_accs = [mb.history[-1]["test_acc"] for mb in members]
+            state, acc = soup.state_dict(), trainer.evaluate(soup)[0]
             clock["merge"] = time.perf_counter() - tick
-            record.update(member_accs=[mb.history[-1]["test_acc"] for mb in members],
-                          member_sizes=[int(s.numel()) for s in strata])
+            record.update(member_accs=member_accs, member_sizes=[int(s.numel()) for s in strata],
+                          member_ranks=[m % size if spread else None for m in range(n_models)])
         t += member_epochs
         training = clock["base"] + clock["members"]
         record.update(acc=acc, time=clock, overhead=(clock.get("scoring", 0.0) + clock.get("merge", 0.0)) / training)
@@ -177,6 +194,43 @@ def ensemble(config: TrainConfig, *, phases: int = 2, n_models: int = 3, warmup_
         with open(os.path.join(config.out, "ensemble.json"), "w") as f:
             json.dump(summary, f, indent=1)
     return summary
+
+
+def mean_across_ranks(models: list, template: torch.nn.Module, n_models: int) -> dict:
+    """The mean state of ``n_models`` models spread over the ranks (each rank passes its own; a
+    rank may have none), by one all_reduce of the float64 sums; ``template`` gives the layout."""
+    dist = torch.distributed
+    keys = list(template.state_dict().keys())
+    like = template.state_dict()
+    comm = torch.device("cpu") if dist.get_backend() == "gloo" else next(template.parameters()).device
+    total = torch.zeros(sum(like[k].numel() for k in keys), dtype=torch.float64, device=comm)
+    for model in models:
+        state = model.state_dict()
+        total += torch.cat([state[k].detach().reshape(-1).to(comm, torch.float64) for k in keys])
+    dist.all_reduce(total)
+    total /= n_models
+    out, offset = {}, 0
+    for k in keys:
+        v = like[k]
+        chunk = total[offset:offset + v.numel()].view(v.shape)
+        out[k] = (chunk if v.dtype.is_floating_point else chunk.round()).to(v.device, v.dtype)
+        offset += v.numel()
+    return out
+
+
+def _gather_by_member(mine: dict) -> list:
+    everyone = [None] * world()[0]
+    torch.distributed.all_gather_object(everyone, mine)
+    merged = {m: acc for part in everyone for m, acc in part.items()}
+    return [merged[m] for m in sorted(merged)]
+
+
+def _max_over_ranks(value: float, device) -> float:
+    dist = torch.distributed
+    comm = torch.device("cpu") if dist.get_backend() == "gloo" else device
+    t = torch.tensor([value], dtype=torch.float64, device=comm)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
 
 
 def _run(stage: TrainConfig, strategy, data, state, epochs: int, *, lr: float, final: float = 0.0,
