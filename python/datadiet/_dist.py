@@ -4,9 +4,11 @@ uneven per-rank length."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import os
+import time
 
 import torch
 
@@ -23,11 +25,26 @@ def init(device: str, timeout: float) -> torch.device:
             raise ValueError(f"config device = {device!r}: no CUDA device is available")
         if size > 1:
             dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        elif dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(dev)
     dist = torch.distributed
     if size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(seconds=timeout))
+        atexit.register(_leave)
     return dev
+
+
+def _leave() -> None:
+    """At exit, while Python is still whole: a gloo worker thread that finished a collective may
+    still be waiting for the GIL to drop the op's tensors; were the interpreter to finalise first,
+    that thread would be killed inside a C++ destructor ("terminate called without an active
+    exception", SIGABRT, about one exit in ten). Releasing the GIL for a moment lets it finish; then
+    the group is left."""
+    time.sleep(0.05)
+    dist = torch.distributed
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @contextlib.contextmanager
