@@ -92,7 +92,7 @@ def test_without_warmup_the_base_starts_from_the_scored_initialisation(monkeypat
 def test_baseline_spends_the_same_sample_budget(monkeypatch):
     spy = _Spy(monkeypatch)
     config = TrainConfig(epochs=9, fraction=0.3, progress=False)
-    ens = ensemble_module.ensemble(config, phases=1, n_models=3, warmup_epochs=1, log=lambda *a: None)
+    ensemble_module.ensemble(config, phases=1, n_models=3, warmup_epochs=1, log=lambda *a: None)
     samples_ens = sum(sum(r["samples"] for r in t.history) for _, _, t in spy.stages)
     spy.stages.clear()
     base = ensemble_module.ensemble(config, phases=1, n_models=3, warmup_epochs=1, ensemble=False,

@@ -160,12 +160,32 @@ def test_lipt_runs_end_to_end(tmp_path, monkeypatch):
     lo, hi = LiptOptions().density
     densities = [w["density"] for w in out["workers"]]
     assert all(lo <= d <= hi for d in densities) and len(set(densities)) == 3
-    assert densities == [w["density"] for w in lipt(_config(), LiptOptions(**TINY), log=lambda *a: None)["workers"]]
+    assert densities == module.prune.worker_densities(3, lo, hi, seed=module.derive_seed(0, 34))
+    assert densities != module.prune.worker_densities(3, lo, hi, seed=module.derive_seed(1, 34))
     assert out["merge"]["accepted"] and not out["merge"]["left_out"]
     assert out["selections"][0]["scored_by"] == "pretrained"
-    for key in ("pretraining", "selection", "main_training", "total"):
-        assert out["time"][key] >= 0
+    t = out["time"]  # Table 1's parts add up
+    assert t["pretraining"] >= t["setup_and_workers"] + t["merge"] + t["head"] > 0
+    assert t["total"] >= t["pretraining"] + t["selection"] + t["main_training"] + t["evaluation"]
     assert json.load(open(tmp_path / "lipt.json"))["test_acc"] == out["test_acc"]
+
+
+def dropout_mlp(num_classes: int, input_shape: tuple) -> torch.nn.Module:
+    """A model that draws from the global RNG while training (``--model tests.test_lipt:dropout_mlp``)."""
+    n = int(torch.tensor(input_shape).prod())
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(n, 32), torch.nn.ReLU(), torch.nn.Dropout(0.5),
+                               torch.nn.Linear(32, num_classes))
+
+
+def test_workers_draw_their_own_dropout_whatever_the_global_rng():
+    runs = []
+    for outside in (1, 2):
+        torch.manual_seed(outside)
+        out = lipt(_config(model="tests.test_lipt:dropout_mlp"), LiptOptions(**TINY, augment_ops=0),
+                   log=lambda *a: None)
+        runs.append(([w["losses"] for w in out["workers"]], out["merge"]))
+    assert runs[0] == runs[1]
+    assert len({tuple(w) for w in runs[0][0]}) == 3  # every worker its own draws
 
 
 def test_pruned_workers_keep_the_drawn_density(monkeypatch):

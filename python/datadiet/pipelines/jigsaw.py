@@ -5,7 +5,8 @@ model's classification layer for another head on the same features.
 
 The permutation set follows Noroozi & Favaro (2016): all ``(grid²)!`` orders when ``count`` reaches
 that many, otherwise a greedy maximal-Hamming-distance set (each next permutation the one
-farthest, in minimum Hamming distance, from those chosen), started from a seeded random one.
+farthest, in minimum Hamming distance, from those chosen), started from a seeded random one, among
+every order (up to 7 tiles) or a seeded pool of 100,000 random orders (a 3 × 3 grid: 9! orders).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from typing import Optional
 import torch
 from torch import nn
 
+from datadiet._seeds import seeded_global_rng
 from datadiet.scores.scoring import final_linear
 
-_ENUMERATE = 10 ** 6  # up to this many orders are enumerated; beyond, a seeded candidate pool
+_ENUMERATE = 5040  # up to this many orders (7 tiles) are enumerated; beyond, a seeded candidate pool
 _POOL = 100_000
 
 
@@ -38,9 +40,8 @@ def permutation_set(grid: int, count: int, *, seed: int = 0) -> torch.Tensor:
         candidates = torch.tensor(list(itertools.permutations(range(tiles))), dtype=torch.int8)
         if count >= total:
             return candidates.long()
-    else:
-        candidates = torch.stack([torch.randperm(tiles, generator=g) for _ in range(_POOL)]).to(torch.int8)
-        candidates = torch.unique(candidates, dim=0)
+    else:  # random orders as argsorts of uniforms: one vectorised draw
+        candidates = torch.unique(torch.rand(_POOL, tiles, generator=g).argsort(1).to(torch.int8), dim=0)
     first = int(torch.randint(len(candidates), (1,), generator=g))
     chosen = [first]
     distance = (candidates != candidates[first]).sum(1)
@@ -100,8 +101,7 @@ def randaugment(x: torch.Tensor, *, num_ops: int, magnitude: int, seed: int,
         std = torch.tensor(normalization[1], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         x = x * std + mean
     images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
-    with torch.random.fork_rng(devices=[]):  # v2 transforms draw from the global generator
-        torch.manual_seed(seed)
+    with seeded_global_rng(seed):  # v2 transforms draw from the global generator
         out = torch.stack([augment(img) for img in images]).to(x.dtype) / 255
     if normalization is not None:
         out = (out - mean) / std
@@ -128,8 +128,7 @@ def with_head(model: nn.Module, path: str, out_features: int, *, seed: int) -> n
     """A copy of ``model`` whose layer at ``path`` (an ``nn.Linear``) is a fresh ``nn.Linear`` with
     the same inputs and ``out_features`` outputs, initialised from ``seed``."""
     old = model.get_submodule(path)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_global_rng(seed):
         new = nn.Linear(old.in_features, out_features, bias=old.bias is not None)
     model = copy.deepcopy(model)
     model.set_submodule(path, new.to(old.weight.device, old.weight.dtype))

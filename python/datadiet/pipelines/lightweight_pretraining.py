@@ -46,13 +46,12 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
 
 from datadiet import prune
 from datadiet import strategies as strategy_registry
 from datadiet._dist import init as dist_init
 from datadiet._dist import world
-from datadiet._seeds import derive_seed
+from datadiet._seeds import derive_seed, seeded_global_rng
 from datadiet.pipelines import jigsaw as jig
 from datadiet.scores.scoring import eval_mode
 from datadiet.soup import greedy_soup, uniform_soup
@@ -96,6 +95,14 @@ class LiptOptions:
         if self.scorer_head == "keep" and self.task != "supervised":
             raise ValueError("lipt: scorer_head='keep' keeps a classifier, which only task='supervised' trains; "
                              "the jigsaw head predicts permutations (use scorer_head='fit')")
+        for key in ("worker_batch_size", "worker_lr"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
+                                      or (key == "worker_batch_size" and not isinstance(value, int))):
+                raise ValueError(f"lipt: {key} must be {'an int' if key == 'worker_batch_size' else 'a number'} "
+                                 f"> 0 or None (the run's own), got {value!r}")
+        if len(self.density) != 2:
+            raise ValueError(f"lipt: density must be a pair (low, high), got {self.density!r}")
         lo, hi = self.density
         if not 0.0 < lo <= hi <= 1.0:
             raise ValueError(f"lipt: density must be (low, high) with 0 < low <= high <= 1, got {self.density}")
@@ -135,6 +142,7 @@ def lipt(config: TrainConfig, options: LiptOptions = LiptOptions(), *, data: Opt
     and the time breakdown (pre-training, selection, main training, total)."""
     options = options.validate()
     config = config.validate()
+    strategy = _strategy(config)  # a bad strategy configuration fails before any pre-training
     if options.augment_ops:
         jig.transforms_v2()  # a missing torchvision is the run's error, not every worker's
     device = dist_init(config.device, config.dist_timeout)
@@ -154,10 +162,9 @@ def lipt(config: TrainConfig, options: LiptOptions = LiptOptions(), *, data: Opt
     grid = options.grid or jig.default_grid(data.input_shape)
     perm_set = jig.permutation_set(grid, options.permutations, seed=derive_seed(config.seed, 31)) \
         if options.task == "jigsaw" else None
-    path = jig.head_path(models.build(config.model, data.num_classes, data.input_shape, config.width), config.head)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(config.seed, 32))
+    with seeded_global_rng(derive_seed(config.seed, 32)):
         theta = models.build(config.model, data.num_classes, data.input_shape, config.width)
+    path = jig.head_path(theta, config.head)
     if perm_set is not None:
         theta = jig.with_head(theta, path, len(perm_set), seed=derive_seed(config.seed, 33))
     densities = prune.worker_densities(options.n_workers, *options.density, seed=derive_seed(config.seed, 34))
@@ -165,26 +172,20 @@ def lipt(config: TrainConfig, options: LiptOptions = LiptOptions(), *, data: Opt
     mine = [job.run(w, theta, shipped[w]) for w in range(rank, options.n_workers, size)]
     reports = _gather(mine, size, rank)  # the one gather; rank 0 holds every worker's model
     t_workers = time.perf_counter()
-    merged = None
-    if rank == 0:
+    outcome = None
+    if rank == 0:  # the merge and the head on rank 0 alone; every rank receives the scorer
         try:
-            merged = job.merge(reports, theta, held_out, shipped, log)
+            outcome = job.merge_and_fit(reports, theta, path, held_out, shipped, log)
         except Exception as exc:  # every rank must learn of it, or the others wait in the broadcast
-            merged = exc
-    merged = _broadcast(merged, size)
-    if isinstance(merged, Exception):
-        raise merged
-    soup_state, merge_report = merged
-    t_merge = time.perf_counter()
-    scorer = copy.deepcopy(theta)
-    scorer.load_state_dict(soup_state)
-    if options.scorer_head == "fit":
-        scorer = job.fit_head(scorer, path, shipped.flatten(), seed=derive_seed(config.seed, 35))
-        if size > 1:  # L-BFGS on a GPU need not agree bit for bit across ranks: rank 0's head
-            for p in scorer.get_submodule(path).parameters():
-                torch.distributed.broadcast(p.data, 0)
+            outcome = exc
+    outcome = _broadcast(outcome, size)
+    if isinstance(outcome, Exception):
+        raise outcome
+    scorer_state, merge_report, times = outcome
+    scorer = jig.with_head(theta, path, data.num_classes, seed=0) if options.scorer_head == "fit" \
+        else copy.deepcopy(theta)
+    scorer.load_state_dict(scorer_state)
     pretraining = time.perf_counter() - started
-    strategy = _strategy(config)
     trainer = Trainer(config, FromModel(strategy, scorer), data=data)
     summary = trainer.fit()
     selection = summary["time"]["selection"] + summary["time"]["scoring"]
@@ -193,14 +194,15 @@ def lipt(config: TrainConfig, options: LiptOptions = LiptOptions(), *, data: Opt
            "permutations": 0 if perm_set is None else len(perm_set), "world_size": size,
            "workers": [{k: v for k, v in r.items() if k != "state"} for r in reports] if rank == 0 else None,
            "merge": merge_report, "time": {
-               "pretraining": pretraining, "setup_and_workers": t_workers - started, "merge": t_merge - t_workers,
-               "head": pretraining - (t_merge - started), "selection": selection,
+               "pretraining": pretraining, "setup_and_workers": t_workers - started, "merge": times["merge"],
+               "head": times["head"], "selection": selection,
                "main_training": summary["time"]["training"], "evaluation": summary["time"]["evaluation"],
                "total": pretraining + summary["wall"]},
            "selections": summary["selections"]}
-    log(f"lipt: {len(merge_report['accepted'])} of {options.n_workers} workers merged "
-        f"(held-out {merge_report['score']:.4f}); {config.strategy} at {config.fraction}: test acc "
-        f"{summary['test_acc']:.4f}; pre-training {pretraining:.1f}s, total {out['time']['total']:.1f}s")
+    if rank == 0:
+        log(f"lipt: {len(merge_report['accepted'])} of {options.n_workers} workers merged "
+            f"(held-out {merge_report['score']:.4f}); {config.strategy} at {config.fraction}: test acc "
+            f"{summary['test_acc']:.4f}; pre-training {pretraining:.1f}s, total {out['time']['total']:.1f}s")
     if config.out and rank == 0:
         os.makedirs(config.out, exist_ok=True)
         with open(os.path.join(config.out, "lipt.json.tmp"), "w") as f:
@@ -245,6 +247,8 @@ def _gather(mine: list, size: int, rank: int) -> Optional[list]:
 def _broadcast(value, size: int):
     if size == 1:
         return value
+    if isinstance(value, Exception) and type(value) not in (NoWorkerLeft, ValueError, RuntimeError):
+        value = RuntimeError(f"{type(value).__name__}: {value}")  # it might not pickle; its message does
     box = [value]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
@@ -305,6 +309,18 @@ class _Job:
             return correct / max(total, 1)
         return score
 
+    def merge_and_fit(self, reports: list, theta, path: str, held_out: torch.Tensor, shipped: torch.Tensor,
+                      log) -> tuple:
+        """Rank 0's part: the soup, then (``scorer_head="fit"``) its fresh classification layer;
+        returns the scorer's CPU state, the merge report and the two steps' seconds."""
+        start = time.perf_counter()
+        soup, report = self.merge(reports, theta, held_out, shipped, log)
+        merged = time.perf_counter()
+        if self.options.scorer_head == "fit":
+            soup = self.fit_head(soup, path, shipped.flatten(), seed=derive_seed(self.config.seed, 35))
+        state = {k: v.detach().cpu() for k, v in soup.state_dict().items()}
+        return state, report, {"merge": merged - start, "head": time.perf_counter() - merged}
+
     def merge(self, reports: list, theta, held_out: torch.Tensor, shipped: torch.Tensor, log) -> tuple:
         alive = [r for r in reports if r["status"] == "ok"]
         for r in reports:
@@ -320,11 +336,7 @@ class _Job:
             m = copy.deepcopy(theta).to(self.device)
             m.load_state_dict(r["state"])
             modules.append(m)
-        bn_loader = None
-        if self.options.bn == "reestimate":
-            g = torch.Generator().manual_seed(derive_seed(self.config.seed, 37))
-            bn_loader = [self._inputs(*self._load(part), g)[0] for part in
-                         shipped.flatten().split(self.config.eval_batch_size)]
+        bn_loader = _ShippedImages(self, shipped.flatten()) if self.options.bn == "reestimate" else None
         if self.options.merge == "greedy":
             result = greedy_soup(modules, score, alphas=self.options.alphas, bn_loader=bn_loader, device=self.device)
             soup, best = result.soup, result.score
@@ -337,8 +349,7 @@ class _Job:
         singles = {r["worker"]: score(m) for r, m in zip(alive, modules)}
         log(f"lipt: merged workers {accepted} ({self.options.merge}); held-out {best:.4f} (best single "
             f"{max(singles.values()):.4f})")
-        state = {k: v.detach().cpu() for k, v in soup.state_dict().items()}
-        return state, {"accepted": accepted, "score": best, "single_scores": singles, "history": history,
+        return soup, {"accepted": accepted, "score": best, "single_scores": singles, "history": history,
                        "left_out": [r["worker"] for r in reports if r["status"] != "ok"]}
 
     def fit_head(self, model, path: str, indices: torch.Tensor, *, seed: int):
@@ -376,26 +387,40 @@ def _train_worker(job: _Job, w: int, theta, indices: torch.Tensor) -> tuple[dict
     model = copy.deepcopy(theta).to(job.device)
     model.train()
     lr = opt_.worker_lr or cfg.lr
-    params = model.parameters()
+    params = list(model.parameters())
     optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay) \
         if cfg.optimizer == "sgd" else torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     minibatches = [job._load(part) for part in indices]
     g = torch.Generator().manual_seed(derive_seed(cfg.seed, 38, w))
     losses = []
-    for step in range(opt_.worker_steps):
-        x, y = minibatches[step % len(minibatches)]
-        if opt_.augment_ops:
-            x = jig.randaugment(x, num_ops=opt_.augment_ops, magnitude=opt_.magnitude,
-                                seed=derive_seed(cfg.seed, 39, w, step), normalization=job.data.normalization)
-        x, y = job._inputs(x, y, g)
-        loss = F.cross_entropy(model(x.to(job.device)).float(), y.to(job.device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        if deadline is not None and time.perf_counter() > deadline:
-            raise WorkerTimeout(f"past worker_timeout = {opt_.worker_timeout}s after {step + 1} of "
-                                f"{opt_.worker_steps} steps")
+    with seeded_global_rng(derive_seed(cfg.seed, 40, w)):  # dropout, stochastic depth: worker w's own draws
+        for step in range(opt_.worker_steps):
+            if deadline is not None and time.perf_counter() > deadline:
+                raise WorkerTimeout(f"past worker_timeout = {opt_.worker_timeout}s after {step} of "
+                                    f"{opt_.worker_steps} steps")
+            x, y = minibatches[step % len(minibatches)]
+            if opt_.augment_ops:
+                x = jig.randaugment(x, num_ops=opt_.augment_ops, magnitude=opt_.magnitude,
+                                    seed=derive_seed(cfg.seed, 39, w, step), normalization=job.data.normalization)
+            x, y = job._inputs(x, y, g)
+            loss = F.cross_entropy(model(x.to(job.device)).float(), y.to(job.device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
     prune.magnitude(model, job.densities[w])
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}, losses
 
+
+
+class _ShippedImages:
+    """The workers' samples as the task's inputs, batch by batch, loaded afresh on every pass (BatchNorm
+    re-estimation of each evaluated soup) with the same jigsaw draws, never all held at once."""
+
+    def __init__(self, job: _Job, indices: torch.Tensor):
+        self.job, self.indices = job, indices
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(derive_seed(self.job.config.seed, 37))
+        for part in self.indices.split(self.job.config.eval_batch_size):
+            yield self.job._inputs(*self.job._load(part), g)[0]

@@ -25,6 +25,7 @@ The regimes are compositions of these calls:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -86,6 +87,15 @@ class Strategy:
     def filters_batches(self) -> bool:
         """Whether ``batch_mask`` can drop samples (the loop then weighs every batch)."""
         return type(self).batch_mask is not Strategy.batch_mask
+
+    def describe(self) -> str:
+        """The class and its constructor parameters: what a checkpoint must match to resume the run
+        (no object addresses)."""
+        name = f"{type(self).__module__}.{type(self).__qualname__}"
+        if not dataclasses.is_dataclass(self):
+            return name
+        return f"{name}(" + ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                                      if f.init) + ")"
 
     def report(self) -> dict[str, Any]:
         """Facts about the last selection for the run's metrics (sizes, solver residuals, ...)."""

@@ -7,7 +7,6 @@ initialisation. Later re-selections (``every`` R epochs) score the training mode
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 from typing import Any, Optional
 
@@ -46,11 +45,10 @@ class FromModel(Strategy):
     needs_head = property(lambda self: self.inner.needs_head)
     filters_batches = property(lambda self: self.inner.filters_batches)
 
-    def __repr__(self) -> str:
-        inner = (f"{type(self.inner).__qualname__}(" + ", ".join(
-            f"{f.name}={getattr(self.inner, f.name)!r}" for f in dataclasses.fields(self.inner) if f.repr) + ")"
-            if dataclasses.is_dataclass(self.inner) else type(self.inner).__qualname__)
-        return f"FromModel({inner}, model={self.fingerprint}, rounds={self.rounds})"
+    def describe(self) -> str:
+        return f"{super().describe()}({self.inner.describe()}, model={self.fingerprint}, rounds={self.rounds})"
+
+    __repr__ = describe
 
     def setup(self, context: Context) -> None:
         super().setup(context)

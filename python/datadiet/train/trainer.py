@@ -31,8 +31,8 @@ from tqdm import tqdm
 from datadiet import strategies as strategy_registry
 from datadiet._dist import init as dist_init
 from datadiet._dist import world
-from datadiet._seeds import derive_seed
-from datadiet.scores.scoring import eval_mode, final_linear, score_dataset
+from datadiet._seeds import derive_seed, seeded_global_rng
+from datadiet.scores.scoring import eval_mode
 from datadiet.strategies.base import Strategy
 from datadiet.train import checkpoint, datasets, models
 from datadiet.train.config import TrainConfig
@@ -73,7 +73,7 @@ class Trainer:
         if strategy is None:
             params = config.strategy_kwargs(strategy_registry.parameters(config.strategy))
             strategy = strategy_registry.make(config.strategy, **params)
-        self.identity = {**config.identity(), "strategy_object": _describe(strategy)}
+        self.identity = {**config.identity(), "strategy_object": strategy.describe()}
         self.driver = Driver(strategy, self.model, self.train_set, bundle.labels[pool], num_classes=self.num_classes,
                              epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, lr=config.lr,
                              device=self.device, workers=config.workers, val_set=val_set,
@@ -123,8 +123,7 @@ class Trainer:
         """A fresh model (initialisation ``init``) trained ``epochs`` epochs on the full pool, scored.
         Under DDP every rank trains the same proxy on the whole pool (no communication)."""
         cfg = self.config
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(derive_seed(cfg.seed, 6, init))
+        with seeded_global_rng(derive_seed(cfg.seed, 6, init)):
             model = self._build_model()
             if epochs:
                 opt = self._optimizer(model)
@@ -142,10 +141,7 @@ class Trainer:
                         loss.backward()
                         opt.step()
                         sched.step()
-            head = final_linear(model, cfg.head) if self.driver.head is not None else None
-            return score_dataset(model, self.driver.score_set, head=head, batch_size=cfg.eval_batch_size,
-                                 device=self.device, workers=cfg.workers, autocast_dtype=self.autocast_dtype,
-                                 channels_last=cfg.channels_last, progress=self._bar(f"scoring proxy {init}"))
+            return self.driver.score(model=model)
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -342,15 +338,6 @@ class Trainer:
                 "time": totals, "samples": sum(r["samples"] for r in self.history),
                 "curve": [(r["wall"], r["test_acc"]) for r in self.history],
                 "selections": self.driver.selections, "world_size": self.world_size}
-
-
-def _describe(strategy: Strategy) -> str:
-    """The strategy's class and constructor parameters (a checkpoint must match them)."""
-    name = f"{type(strategy).__module__}.{type(strategy).__qualname__}"
-    if not dataclasses.is_dataclass(strategy):  # a wrapper describes itself, or only its class counts
-        return f"{name}: {strategy!r}" if type(strategy).__repr__ is not object.__repr__ else name
-    params = {f.name: getattr(strategy, f.name) for f in dataclasses.fields(strategy) if f.repr}
-    return f"{name}({', '.join(f'{k}={v!r}' for k, v in params.items())})"
 
 
 def _to_cpu(value):
