@@ -3,26 +3,39 @@
 (a) ``Trainer`` at ``strategy=full`` against a hand-written PyTorch loop on the same model, data,
     seed, optimiser, schedule and per-epoch evaluation — the overhead ratio (target ≤ 1.05×);
 (b) per strategy at each fraction: time per selection (scoring pass + solve) as a fraction of the
-    training time between selections (GradMatch per class at 10% with every = 20: target ≤ 5%).
+    training time between selections (GradMatch per class at 10% with every = 20: target ≤ 5%;
+    Cached-GradMatch replays the rounds the GradMatch run recorded: target 0);
+(c) per-batch selection (Selective-Backprop, AdaSelection): the decision on a batch's losses, on top
+    of the no-grad forward pass it needs, as a fraction of one training step (target ≤ 3%).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
+import tempfile
 import time
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from bench.harness import Rows
+from bench.harness import Rows, timeit
+from datadiet.select.adaselection import METHODS, AdaSelector
+from datadiet.select.selective_backprop import SelectiveBackpropSelector
 from datadiet.train import datasets, models
 from datadiet.train.config import TrainConfig
 from datadiet.train.schedules import schedule
 from datadiet.train.trainer import Trainer, _split
 
-STRATEGIES = {"random": {}, "el2n": {}, "gradmatch": {"every": 20}, "glister": {"every": 20},
-              "random_online": {"every": 20}, "forgetting": {"every": 20}, "selective_backprop": {}}
+STRATEGIES = {"random": {}, "el2n": {}, "gradmatch": {"every": 20}, "cached_gradmatch": {"every": 20},
+              "glister": {"every": 20}, "random_online": {"every": 20}, "random_pb": {"every": 20},
+              "forgetting": {"every": 20}, "infobatch": {}, "selective_backprop": {}, "adaselection": {}}
+PER_BATCH = {"selective_backprop composer": lambda dev: SelectiveBackpropSelector("composer", keep=0.5, device=dev),
+             "selective_backprop jiang": lambda dev: SelectiveBackpropSelector("jiang", device=dev),
+             "adaselection (3 methods)": lambda dev: AdaSelector(keep=0.5),
+             "adaselection (all 7, drawn)": lambda dev: AdaSelector(METHODS, keep=0.5, lam=0.5, draw=True)}
+NO_FRACTION = ("selective_backprop", "infobatch", "adaselection")
 
 
 def add_arguments(p) -> None:
@@ -79,13 +92,21 @@ def run(args) -> list[dict]:
         rows.append({"case": case, "method": method, "seconds": min(times[1:]), "bytes": None, "baselines": [],
                      "floor": floor, "note": f"best of {args.repeats} (interference only adds time); median "
                                              f"{statistics.median(times[1:]) * 1e3:.0f} ms"})
+    cache_folder = tempfile.mkdtemp(prefix="datadiet-bench-")
     for fraction in [float(f) for f in args.fractions.split(",") if f]:
-        for name in [s for s in args.strategies.split(",") if s]:
+        cache = os.path.join(cache_folder, f"gradmatch-{fraction}.cache")  # gradmatch records, cached_gradmatch replays
+        names = [s for s in args.strategies.split(",") if s]
+        if "cached_gradmatch" in names and "gradmatch" in names:
+            names.remove("gradmatch")
+            names.insert(names.index("cached_gradmatch"), "gradmatch")
+        for name in names:
             params = dict(STRATEGIES.get(name, {}))
+            if name in ("gradmatch", "cached_gradmatch"):
+                params["cache"] = cache
             every = params.get("every", 20)
             epochs = every + (2 if name == "forgetting" else 0)  # forgetting counts 2 full-data epochs first
             cfg = TrainConfig(model=args.model, width=args.width, epochs=epochs, strategy=name,
-                              fraction=None if name == "selective_backprop" else fraction, strategy_params=params,
+                              fraction=None if name in NO_FRACTION else fraction, strategy_params=params,
                               progress=False, device=str(args.device))
             summary = Trainer(cfg).fit()
             selecting = sum(summary["time"][k] for k in ("selection", "scoring", "pretraining"))
@@ -96,4 +117,43 @@ def run(args) -> list[dict]:
                          "seconds": selecting / rounds, "bytes": None, "baselines": [], "floor": None,
                          "note": f"{100 * selecting / training:.1f}% of the {training:.2f} s training time "
                                  f"(test acc {summary['test_acc']:.3f})"})
+    rows.extend(per_batch_rows(args))
+    return rows
+
+
+def per_batch_rows(args) -> list[dict]:
+    """(c): one training step of the model on a batch of 64 digits, and each per-batch rule's decision
+    on that batch's losses (the no-grad forward that gives them is the strategy's stated cost)."""
+    device = torch.device(args.device)
+    bundle = datasets.load("digits")
+    x = torch.stack([bundle.train[i][0] for i in range(64)]).to(device)
+    y = torch.as_tensor([bundle.train[i][1] for i in range(64)]).to(device)
+    model = models.build(args.model, 10, bundle.input_shape, args.width).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def forward():
+        with torch.no_grad():
+            return F.cross_entropy(model(x), y, reduction="none")
+    rows = Rows(args.device)
+    case = f"per-batch selection on 64 digits, {args.model} (width {args.width})"
+    t_step, t_forward = timeit(step, device, repeat=50), timeit(forward, device, repeat=50)
+    rows.append({"case": case, "method": "training step (forward + backward + SGD)", "seconds": t_step,
+                 "bytes": None, "baselines": [], "floor": None, "note": ""})
+    rows.append({"case": case, "method": "no-grad selection forward", "seconds": t_forward, "bytes": None,
+                 "baselines": [], "floor": None, "note": f"{100 * t_forward / t_step:.1f}% of a step"})
+    losses = forward()
+    correct = torch.zeros_like(y, dtype=torch.bool)
+    for method, make in PER_BATCH.items():
+        selector = make(device)
+        decide = (lambda s=selector: s.keep_mask(losses)) if isinstance(selector, SelectiveBackpropSelector) else \
+            (lambda s=selector: s.select(losses, 0.5, grad_norm=losses.sqrt(), wrong=~correct))
+        t = timeit(decide, device, repeat=200)
+        rows.append({"case": case, "method": method, "seconds": t, "bytes": None, "baselines": [], "floor": None,
+                     "note": f"{100 * t / t_step:.2f}% of a step (target <= 3%)"})
     return rows

@@ -28,6 +28,9 @@ CASES = {
     "loss_training": dict(strategy="loss", fraction=0.4, strategy_params={"source": "training"}),
     "forgetting": dict(strategy="forgetting", fraction=0.5, epochs=5, strategy_params={"warm": 0.9}),
     "random_online": dict(strategy="random_online", fraction=0.3, strategy_params={"every": 1}),
+    "infobatch": dict(strategy="infobatch", strategy_params={"anneal": 0.25}),
+    "adaselection": dict(strategy="adaselection", strategy_params={"lam": 0.5, "draw": True, "methods": "big_loss,"
+                                                                   "small_loss,grad_norm,adaboost,coreset1"}),
 }
 
 

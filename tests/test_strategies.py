@@ -60,18 +60,42 @@ def _first_selection(s, epochs=10):
 
 
 @pytest.mark.parametrize("name", SUBSET_STRATEGIES)
-def test_subset_contract(name):
-    epoch, sel = _first_selection(_make(name))
+def test_subset_contract(name, tmp_path):
+    params = {}
+    if name == "cached_gradmatch":  # replays what a gradmatch run recorded
+        params["cache"] = str(tmp_path / "gm.cache")
+        _first_selection(_make("gradmatch", cache=params["cache"]))
+    epoch, sel = _first_selection(_make(name, **params))
     sel = sel.validate(N)
     k = math.ceil(0.25 * N)
-    assert k <= len(sel) <= k + C  # per-class budgets round up by at most one per class
+    # per-class budgets round up by at most one per class; whole batches by less than one batch
+    assert k <= len(sel) <= k + (C if name != "random_pb" else 15)
     if sel.weights is not None:
         assert bool((sel.weights > 0).all())
-    _, again = _first_selection(_make(name))
+    _, again = _first_selection(_make(name, **params))
     assert torch.equal(sel.indices, again.indices)  # one seed, one subset
 
 
-@pytest.mark.parametrize("name", ["random", "random_online"])
+@pytest.mark.parametrize("batch", [16, 7])
+def test_random_pb_draws_whole_batches(batch):
+    s = strategies.make("random_pb", fraction=0.25, every=2, batch_size=batch)
+    s.setup(context(epochs=6))
+    rounds = [s.select(e) for e in range(6)]
+    assert [e for e, r in enumerate(rounds) if r is not None] == [0, 2, 4]
+    budget = math.ceil(0.25 * N)
+    for r in filter(None, rounds):
+        idx = r.validate(N).indices
+        ids = (idx // batch).unique()
+        assert ids.numel() == math.ceil(budget / batch) and r.weights is None
+        whole = torch.cat([torch.arange(b * batch, min(N, (b + 1) * batch)) for b in ids.tolist()])
+        assert torch.equal(idx, whole)  # each chosen batch complete, nothing else
+    assert not torch.equal(rounds[0].indices, rounds[2].indices)  # re-drawn every R epochs
+    again = strategies.make("random_pb", fraction=0.25, every=2, batch_size=batch)
+    again.setup(context(epochs=6))
+    assert torch.equal(again.select(0).indices, rounds[0].indices)
+
+
+@pytest.mark.parametrize("name", ["random", "random_online", "random_pb"])
 def test_other_seed_other_subset(name):
     _, a = _first_selection(_make(name, seed=0))
     _, b = _first_selection(_make(name, seed=1))
@@ -203,6 +227,10 @@ def test_selective_backprop_state_resumes_the_same_draws():
     ("el2n", {"fraction": 0.5, "keep": "most"}, "keep must be one of"),
     ("el2n", {"fraction": 0.5, "colour": 1}, "has no parameter 'colour'"),
     ("selective_backprop", {"start": 0.9, "end": 0.1}, "need 0 <= start <= end <= 1"),
+    ("random_pb", {"fraction": 0.5, "batch_size": 0}, "batch_size must be an int >= 1"),
+    ("adaselection", {"methods": "big_loss,tiny_loss"}, "methods must be distinct names"),
+    ("adaselection", {"start": 1.0}, r"start must be in \[0, 1\)"),
+    ("infobatch", {"prune": -0.5}, r"prune must be in \[0, 1\)"),
 ])
 def test_bad_parameters_are_named(name, params, message):
     with pytest.raises(ValueError, match=message):

@@ -36,14 +36,22 @@ requires_torchvision = pytest.mark.skipif(not _has_torchvision(), reason="torchv
 
 def _params(name):
     return {"forgetting": {"warm": 0.99}, "gradmatch": {"every": 1}, "glister": {"every": 2},
-            "random_online": {"every": 1}, "selective_backprop": {"start": 0.0}}.get(name, {})
+            "random_online": {"every": 1}, "selective_backprop": {"start": 0.0}, "random_pb": {"batch_size": 8},
+            "cached_gradmatch": {"every": 1}}.get(name, {})
 
 
 @pytest.mark.parametrize("name", list(strategies.STRATEGIES))
 def test_every_strategy_trains_end_to_end(name, tmp_path):
     fraction = 0.3 if "fraction" in strategies.parameters(name) else None
     epochs = 4 if name == "forgetting" else 3  # two full-data epochs of counts first (warm 0.99 → ceil(0.99·4·0.3))
-    config = TrainConfig(strategy=name, fraction=fraction, strategy_params=_params(name), out=str(tmp_path),
+    if name == "cached_gradmatch":  # replays the rounds a gradmatch run of the same setting recorded
+        cache = str(tmp_path / "gm.cache")
+        Trainer(TrainConfig(strategy="gradmatch", fraction=fraction, strategy_params={"every": 1, "cache": cache},
+                            **{**TINY, "epochs": epochs})).fit()
+        params = {**_params(name), "cache": cache}
+    else:
+        params = _params(name)
+    config = TrainConfig(strategy=name, fraction=fraction, strategy_params=params, out=str(tmp_path),
                          **{**TINY, "epochs": epochs})
     trainer = Trainer(config)
     summary = trainer.fit()
@@ -62,7 +70,8 @@ def test_every_strategy_trains_end_to_end(name, tmp_path):
 
 SELECTION_EPOCHS = {"full": [0], "random": [0], "random_online": [0, 1, 2], "loss": [0], "el2n": [0], "grand": [0],
                     "least_confidence": [0], "margin": [0], "entropy": [0], "forgetting": [0, 2],
-                    "gradmatch": [0, 1, 2], "glister": [0, 2], "selective_backprop": [0]}
+                    "gradmatch": [0, 1, 2], "glister": [0, 2], "selective_backprop": [0], "random_pb": [0],
+                    "cached_gradmatch": [0, 1, 2], "infobatch": [0, 1, 2], "adaselection": [0]}
 
 
 def test_schedule_follows_the_planned_subset_steps():

@@ -9,6 +9,31 @@ import os
 import sys
 
 
+def _reproduce(args, config, parse_params) -> int:
+    import importlib
+
+    from datadiet.reproduce import CLAIMS
+
+    module = importlib.import_module(CLAIMS[args.claim])
+    print(f"datadiet reproduce {args.claim}: seeds {args.seeds}, {config.epochs} epochs")
+    common = dict(seeds=args.seeds, out=config.out)
+    if args.claim == "lipt-grand":
+        module.run(config, _lipt_options(args), fractions=args.fractions or (0.05, 0.1, 0.3, 0.5),
+                   grand_params=parse_params(args.usual_param), **common)
+    elif args.claim == "ensemble-fractions":
+        module.run(config, fractions=args.fractions or (0.01, 0.05, 0.1, 0.3), phases=args.phases,
+                   n_models=args.members, warmup_epochs=args.warmup_epochs, **common)
+    elif args.claim == "adaselection-ranks":
+        module.run(config, rates=args.rates, params=parse_params(args.param) or None, **common)
+    elif args.claim == "cached-gradmatch":
+        module.run(config, fraction=(args.fractions or [0.1])[0], lrs=args.lrs,
+                   replay_model=args.replay_model, **common)
+    else:
+        module.run(config, prunes=args.prunes, **common)
+    print(f"wrote {config.out}/{args.claim}.csv, .json, .png")
+    return 0
+
+
 def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v]
 
@@ -18,6 +43,7 @@ def _ints(text: str) -> list[int]:
 
 
 def main(argv=None) -> int:
+    from datadiet.reproduce import CLAIMS
     from datadiet.train import compare as compare_module
     from datadiet.train.options import add_train_options, config_from_args, parse_params
 
@@ -25,6 +51,9 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command")
     train = sub.add_parser("train", help="train one model with a selection strategy")
     add_train_options(train)
+    train.add_argument("--cache", default=None, metavar="PATH",
+                       help="gradmatch: record every selection round to PATH; cached_gradmatch: replay them "
+                       "(= --param cache=PATH)")
     compare = sub.add_parser("compare", help="strategies x fractions x seeds on the same data and model (default)")
     add_train_options(compare, skip=("strategy", "fraction", "seed", "resume"))
     compare.add_argument("--strategies", default=",".join(compare_module.DEFAULT_STRATEGIES))
@@ -58,7 +87,7 @@ def main(argv=None) -> int:
                      help="a strategy parameter of that run only (e.g. repeats=10)")
     lip.set_defaults(strategy="grand", fraction=0.1, epochs=30, out="lipt_out")
     rep = sub.add_parser("reproduce", help="a miniature reproduction of a seed's claim")
-    rep.add_argument("claim", choices=("ensemble-fractions", "lipt-grand"))
+    rep.add_argument("claim", choices=tuple(CLAIMS))
     add_train_options(rep, skip=("strategy", "fraction", "every", "warm", "resume", "checkpoint_every", "seed"))
     rep.add_argument("--fractions", type=_floats, default=None,
                      help="default 0.01,0.05,0.1,0.3 (ensemble-fractions), 0.05,0.1,0.3,0.5 (lipt-grand)")
@@ -69,6 +98,11 @@ def main(argv=None) -> int:
     _add_lipt_options(rep)
     rep.add_argument("--usual-param", action="append", default=[], metavar="KEY=VALUE",
                      help="lipt-grand: a parameter of the GraNd run with its own pre-training (e.g. repeats=3)")
+    rep.add_argument("--rates", type=_floats, default=[0.1, 0.2, 0.3, 0.5], help="adaselection-ranks: sampling rates")
+    rep.add_argument("--prunes", type=_floats, default=[0.3, 0.5, 0.7], help="infobatch: prune ratios r")
+    rep.add_argument("--lrs", type=_floats, default=[0.02, 0.1, 0.2],
+                     help="cached-gradmatch: learning rates the cache (made at --lr) is replayed at")
+    rep.add_argument("--replay-model", default="cnn", help="cached-gradmatch: the architecture it is replayed on")
     rep.set_defaults(epochs=60, out="reproduce_out")
     demo = sub.add_parser("demo", help="score digits, retrain on selected subsets, merge soups")
     demo.add_argument("--epochs", type=int, default=15)
@@ -102,7 +136,10 @@ def _run(args, compare_module, config_from_args, parse_params) -> int:
         demo_module.main(args.epochs, args.seed, args.label_noise, args.top, args.out, args.keep, args.members,
                          args.density)
         return 0
-    config = config_from_args(args, strategy_params=parse_params(args.param))
+    params = parse_params(args.param)
+    if getattr(args, "cache", None):
+        params["cache"] = args.cache
+    config = config_from_args(args, strategy_params=params)
     if args.command == "ensemble":
         from datadiet.pipelines import ensemble
 
@@ -114,20 +151,7 @@ def _run(args, compare_module, config_from_args, parse_params) -> int:
     if args.command == "lipt":
         return _lipt(args, config, parse_params)
     if args.command == "reproduce":
-        from datadiet.reproduce import ensemble_fractions
-
-        print(f"datadiet reproduce {args.claim}: fractions {args.fractions or 'default'}, seeds {args.seeds}")
-        if args.claim == "lipt-grand":
-            from datadiet.reproduce import lipt_grand
-
-            lipt_grand.run(config, _lipt_options(args), fractions=args.fractions or (0.05, 0.1, 0.3, 0.5),
-                           seeds=args.seeds, grand_params=parse_params(args.usual_param), out=config.out)
-        else:
-            ensemble_fractions.run(config, fractions=args.fractions or (0.01, 0.05, 0.1, 0.3), seeds=args.seeds,
-                                   phases=args.phases, n_models=args.members, warmup_epochs=args.warmup_epochs,
-                                   out=config.out)
-        print(f"wrote {config.out}/{args.claim}.csv, .json, .png")
-        return 0
+        return _reproduce(args, config, parse_params)
     if args.command == "train":
         from datadiet.train.trainer import Trainer
 

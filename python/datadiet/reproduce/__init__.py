@@ -1,10 +1,14 @@
 """Miniature reproductions of the seeds' claims: each runs the real pipeline, prints and saves
 what it observes (mean ± std over seeds, CSV, JSON, a plot) and never asserts the paper's
-numbers."""
+numbers. ``CLAIMS``: claim name → the module whose ``run`` reproduces it (imported on use)."""
 
-from datadiet.reproduce.ensemble_fractions import CLAIM as ENSEMBLE_FRACTIONS
-from datadiet.reproduce.lipt_grand import CLAIM as LIPT_GRAND
-
-CLAIMS = {ENSEMBLE_FRACTIONS: "datadiet.reproduce.ensemble_fractions", LIPT_GRAND: "datadiet.reproduce.lipt_grand"}
+CLAIMS = {
+    "ensemble-fractions": "datadiet.reproduce.ensemble_fractions",  # seed 000
+    "lipt-grand": "datadiet.reproduce.lipt_grand",  # seed 001
+    "adaselection-ranks": "datadiet.reproduce.adaselection_ranks",  # seed 002
+    "cached-gradmatch": "datadiet.reproduce.cached_gradmatch",  # seed 003
+    "sb-detection": "datadiet.reproduce.sb_detection",  # seed 003
+    "infobatch": "datadiet.reproduce.infobatch_savings",
+}
 
 __all__ = ["CLAIMS"]

@@ -13,19 +13,23 @@ def mean_std(values: list) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def write(out: str, claim: str, setting: dict, rows: list[dict], series: list[tuple[str, str]], ylabel: str) -> None:
-    """``series``: (row key prefix with ``_mean`` / ``_std`` columns, legend label) to plot."""
+def write(out: str, claim: str, setting: dict, rows: list[dict], series: list[tuple[str, str]], ylabel: str,
+          plot=None, xlabel: str = "subset fraction (%)") -> None:
+    """``series``: (row key prefix with ``_mean`` / ``_std`` columns, legend label) to plot against
+    the rows' ``fraction``; ``plot(path)`` draws a claim's own figure instead. The CSV has every
+    key any row has."""
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, f"{claim}.json"), "w") as f:
         json.dump({"claim": claim, **setting, "rows": rows}, f, indent=1)
     with open(os.path.join(out, f"{claim}.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
         writer.writeheader()
         writer.writerows(rows)
-    _plot(rows, os.path.join(out, f"{claim}.png"), series, ylabel)
+    path = os.path.join(out, f"{claim}.png")
+    plot(path) if plot is not None else _plot(rows, path, series, ylabel, xlabel)
 
 
-def _plot(rows: list[dict], path: str, series, ylabel: str) -> None:
+def _plot(rows: list[dict], path: str, series, ylabel: str, xlabel: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,7 +41,7 @@ def _plot(rows: list[dict], path: str, series, ylabel: str) -> None:
         ax.errorbar(xs, [r[f"{key}_mean"] for r in rows], yerr=[r[f"{key}_std"] for r in rows], marker="o",
                     capsize=3, label=label)
     ax.set_xscale("log")
-    ax.set_xlabel("subset fraction (%)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()

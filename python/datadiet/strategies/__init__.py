@@ -8,13 +8,15 @@ from typing import Any
 
 from datadiet.strategies.adaptive import GradMatch, Glister
 from datadiet.strategies.base import Context, Periodic, Strategy
-from datadiet.strategies.batch import SelectiveBackprop
+from datadiet.strategies.batch import AdaSelection, SelectiveBackprop
+from datadiet.strategies.cached import CachedGradMatch
+from datadiet.strategies.loss_pruning import InfoBatch
 from datadiet.strategies.static import (EL2N, Entropy, FixedSubset, Forgetting, Full, GraNd, LeastConfidence, Loss, Margin,
-                                        Random, RandomOnline, ScoreBased)
+                                        Random, RandomOnline, RandomPB, ScoreBased)
 
 STRATEGIES: dict[str, type] = {cls.name: cls for cls in (
-    Full, Random, RandomOnline, Loss, EL2N, GraNd, LeastConfidence, Margin, Entropy, Forgetting, GradMatch, Glister,
-    SelectiveBackprop)}
+    Full, Random, RandomOnline, RandomPB, Loss, EL2N, GraNd, LeastConfidence, Margin, Entropy, Forgetting, GradMatch,
+    CachedGradMatch, Glister, InfoBatch, SelectiveBackprop, AdaSelection)}
 
 
 def parameters(name: str) -> dict[str, Any]:
@@ -43,6 +45,6 @@ def _lookup(name: str) -> type:
     return STRATEGIES[name]
 
 
-__all__ = ["Context", "EL2N", "Entropy", "FixedSubset", "Forgetting", "Full", "Glister", "GradMatch", "GraNd", "LeastConfidence",
-           "Loss", "Margin", "Periodic", "Random", "RandomOnline", "STRATEGIES", "ScoreBased", "SelectiveBackprop",
+__all__ = ["AdaSelection", "CachedGradMatch", "Context", "EL2N", "Entropy", "FixedSubset", "Forgetting", "Full", "Glister", "GradMatch", "GraNd", "InfoBatch", "LeastConfidence",
+           "Loss", "Margin", "Periodic", "Random", "RandomOnline", "RandomPB", "STRATEGIES", "ScoreBased", "SelectiveBackprop",
            "Strategy", "make", "parameters"]

@@ -6,7 +6,7 @@ pass (the final ``nn.Linear``'s inputs captured by a hook, ``ce_scores``' p − 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from datadiet._seeds import derive_seed
@@ -14,6 +14,7 @@ from datadiet.select.glister import VARIANTS, glister
 from datadiet.select.gradmatch import EMBEDDINGS, MODES, gradmatch, last_layer_embedding
 from datadiet.select.selection import Selection
 from datadiet.strategies.base import Periodic
+from datadiet.strategies.cached import SelectionRecorder
 
 TARGETS = ("train", "val")
 
@@ -34,6 +35,9 @@ class GradMatch(Periodic):
 
     ``target="val"`` matches the held-out selection split's gradient instead of the training
     sum. ``lam`` defaults to CORDS' 0.5 (per class, global) and 0 (per batch).
+
+    ``cache=PATH`` records every round to a selection cache that ``cached_gradmatch`` replays
+    (seed 003's Cached-GradMatch, ``strategies.cached``).
     """
 
     name = "gradmatch"
@@ -45,9 +49,12 @@ class GradMatch(Periodic):
     lam: Optional[float] = None
     batch_size: Optional[int] = None
     tol: float = 0.0
+    cache: Optional[str] = None
+    _recorder: Optional[SelectionRecorder] = field(default=None, init=False, repr=False)
 
     def setup(self, context) -> None:
         super().setup(context)
+        self._recorder = SelectionRecorder(self.cache, self) if self.cache else None
         if self.mode not in MODES:
             raise ValueError(f"gradmatch: mode must be one of {MODES}, got {self.mode!r}")
         if self.embedding is None:
@@ -93,7 +100,18 @@ class GradMatch(Periodic):
         self._last = {"round": self.round(epoch), "size": int(result.indices.numel()), "filled": int(result.filled),
                       "residual_max": float(result.residual.max()) if result.residual.numel() else 0.0,
                       "fill_reasons": result.fill_reasons}
-        return Selection(result.indices.cpu(), result.weights.cpu().clamp_min(1e-12))
+        selection = Selection(result.indices.cpu(), result.weights.cpu().clamp_min(1e-12))
+        if self._recorder is not None:
+            self._recorder.add(epoch, ctx.epochs if self.every is None else min(epoch + self.every, ctx.epochs),
+                               selection)
+        return selection
+
+    def state_dict(self) -> dict:
+        return {"recorded": self._recorder.rounds} if self._recorder is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self._recorder is not None:
+            self._recorder.rounds = list(state.get("recorded", []))
 
 
 @dataclass

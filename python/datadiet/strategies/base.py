@@ -9,7 +9,8 @@ A training loop drives a strategy through five calls; it never asks what the str
   sets ``observes`` (per-sample losses and correctness from training, no extra pass);
 - ``batch_mask(progress, batch_losses)`` before each backward pass: None (train on the whole
   batch) or a bool keep mask; ``batch_losses(scale)`` runs the eval-mode, no-grad selection
-  forward pass only when called;
+  forward pass only when called (``batch_losses(scale, details=True)``: the losses, the output
+  gradient norms ‖p − y‖ and whether each sample is classified correctly);
 - ``state_dict()`` / ``load_state_dict()``: everything a resumed run needs.
 
 The regimes are compositions of these calls:
@@ -42,7 +43,8 @@ class Context:
     """What the loop tells a strategy. ``score(split=..., features=, errors=, logits=)`` scores the
     current model over the training pool (``split="train"``) or the held-out selection split
     (``"val"``); ``proxy_scores(epochs, init)`` trains a fresh model from initialisation
-    ``init`` for ``epochs`` epochs on the full pool and scores the pool with it."""
+    ``init`` for ``epochs`` epochs on the full pool and scores the pool with it. ``run`` describes
+    the run (the ``Trainer``'s configuration) for files a strategy writes."""
 
     n: int
     labels: torch.Tensor
@@ -57,6 +59,7 @@ class Context:
     score: Callable[..., ScoreTable] = None
     proxy_scores: Callable[..., ScoreTable] = None
     has_val: bool = False
+    run: dict = field(default_factory=dict)  # the run's configuration, for files a strategy writes
 
 
 class Strategy:
@@ -66,6 +69,7 @@ class Strategy:
     observes = False  # observe() wants each training forward's per-sample losses ...
     observes_correct = False  # ... and whether each sample was classified correctly
     needs_head = False
+    rescales_loss = False  # the loss is Σ w ℓ / n (weights rescale gradients), not Σ w ℓ / Σ w
 
     def setup(self, context: Context) -> None:
         self.context = context
@@ -99,6 +103,11 @@ class Strategy:
 
     def report(self) -> dict[str, Any]:
         """Facts about the last selection for the run's metrics (sizes, solver residuals, ...)."""
+        return {}
+
+    def log(self) -> dict[str, Any]:
+        """What the strategy learned so far, logged with every epoch's metrics (AdaSelection's
+        method weights); empty for most."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:

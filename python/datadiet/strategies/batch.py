@@ -1,4 +1,5 @@
-"""Per-batch selection: ``selective_backprop`` (Jiang et al. 2019; MosaicML Composer's rule).
+"""Per-batch selection: ``selective_backprop`` (Jiang et al. 2019; MosaicML Composer's rule) and
+``adaselection`` (seed 002; ``datadiet.select.adaselection``, a reconstruction).
 
 Before each backward pass the loop may ask for a keep mask. Between ``start`` and ``end`` (fractions
 of training) and except every ``interrupt``-th batch, the strategy runs the selection pass
@@ -16,11 +17,12 @@ are smaller (about B/(β+1) for the Jiang rule at the same learning rate).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
 from datadiet._seeds import derive_seed
+from datadiet.select.adaselection import AdaSelector
 from datadiet.select.selective_backprop import METHODS, SelectiveBackpropSelector
 from datadiet.strategies.base import Strategy
 
@@ -86,3 +88,55 @@ class SelectiveBackprop(Strategy):
     def load_state_dict(self, state: dict) -> None:
         self._selector.load_state_dict(state["selector"])
         self._batches = int(state["batches"])
+
+
+@dataclass
+class AdaSelection(Strategy):
+    """AdaSelection (seed 002; a RECONSTRUCTION, see ``datadiet.select.adaselection``): each batch
+    after ``start`` (a fraction of training) keeps ``ceil(keep · B)`` samples by the method-weighted
+    importance of ``methods`` (a tuple or a comma-separated string of ``uniform``, ``big_loss``,
+    ``small_loss``, ``grad_norm``, ``adaboost``, ``coreset1``, ``coreset2``); the method weights
+    learn from the loss decrease (``eta``, ``ema``) and the curriculum term (``lam``); ``tau``
+    tempers the loss softmaxes, ``delta`` clips AdaBoost's error; ``draw=True`` samples instead of
+    taking the top k. The weights are in the checkpoint and in every epoch's metrics."""
+
+    name = "adaselection"
+    methods: Any = ("big_loss", "small_loss", "uniform")
+    keep: float = 0.5
+    eta: float = 0.1
+    tau: float = 1.0
+    lam: float = 0.0
+    ema: float = 0.9
+    delta: float = 1e-3
+    draw: bool = False
+    start: float = 0.0
+    _selector: Optional[AdaSelector] = field(default=None, init=False, repr=False)
+
+    def setup(self, context) -> None:
+        super().setup(context)
+        if isinstance(self.methods, str):
+            self.methods = tuple(m.strip() for m in self.methods.split(",") if m.strip())
+        self.methods = tuple(self.methods)
+        if not 0.0 <= float(self.start) < 1.0:
+            raise ValueError(f"adaselection: start must be in [0, 1) (a fraction of training), got {self.start!r}")
+        self._selector = AdaSelector(self.methods, keep=self.keep, eta=self.eta, tau=self.tau, lam=self.lam,
+                                     ema=self.ema, delta=self.delta, draw=self.draw, num_classes=context.num_classes,
+                                     seed=derive_seed(context.seed, 11, context.rank))
+
+    def batch_mask(self, progress: float, batch_losses: Callable[..., Any]) -> Optional[torch.Tensor]:
+        if progress < self.start:
+            return None
+        losses, grad_norm, correct = batch_losses(1.0, details=True)
+        picks = self._selector.select(losses, progress, grad_norm=grad_norm, wrong=~correct)
+        mask = torch.zeros(losses.numel(), dtype=torch.bool, device=losses.device)
+        mask[picks] = True
+        return mask
+
+    def log(self) -> dict:
+        return {"method_weights": dict(zip(self.methods, self._selector.weights.tolist()))}
+
+    def state_dict(self) -> dict:
+        return {"selector": self._selector.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._selector.load_state_dict(state["selector"])

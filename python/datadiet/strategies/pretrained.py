@@ -44,6 +44,7 @@ class FromModel(Strategy):
     observes_correct = property(lambda self: self.inner.observes_correct)
     needs_head = property(lambda self: self.inner.needs_head)
     filters_batches = property(lambda self: self.inner.filters_batches)
+    rescales_loss = property(lambda self: self.inner.rescales_loss)
 
     def describe(self) -> str:
         return f"{super().describe()}({self.inner.describe()}, model={self.fingerprint}, rounds={self.rounds})"
@@ -79,6 +80,9 @@ class FromModel(Strategy):
 
     def batch_mask(self, progress, batch_losses):
         return self.inner.batch_mask(progress, batch_losses)
+
+    def log(self) -> dict[str, Any]:
+        return self.inner.log()
 
     def report(self) -> dict[str, Any]:
         return {**self.inner.report(), **({"scored_by": self._by} if self._by else {})}

@@ -75,6 +75,36 @@ class RandomOnline(Random):
     every: Optional[int] = 1
 
 
+@dataclass
+class RandomPB(Periodic):
+    """Seed 003's RandomPB: the pool cut into fixed consecutive batches of ``batch_size`` (default
+    the run's; the last one may be ragged) and ``ceil(budget / batch_size)`` whole batches drawn
+    uniformly at random, re-drawn every ``every`` epochs (CORDS' default 20) — the random twin of
+    ``gradmatch`` with ``mode="per_batch"``."""
+
+    name = "random_pb"
+    every: Optional[int] = 20
+    batch_size: Optional[int] = None
+
+    def setup(self, context) -> None:
+        super().setup(context)
+        if self.batch_size is None:
+            self.batch_size = context.batch_size
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"random_pb: batch_size must be an int >= 1, got {self.batch_size!r}")
+        self.batches = math.ceil(context.n / self.batch_size)
+        self.picks = min(self.batches, math.ceil(self.budget / self.batch_size))
+        self.size = min(context.n, self.picks * self.batch_size)
+
+    def choose(self, epoch: int) -> Selection:
+        n, size = self.context.n, self.batch_size
+        chosen = weighted_sample(torch.ones(self.batches), self.picks,
+                                 seed=derive_seed(self.context.seed, 9, self.round(epoch))).sort().values
+        picks = torch.cat([torch.arange(b * size, min(n, (b + 1) * size)) for b in chosen.tolist()])
+        self._last = {"round": self.round(epoch), "size": int(picks.numel()), "batches": self.picks}
+        return Selection(picks)
+
+
 def rank_select(difficulty: torch.Tensor, budget: int, keep: str, labels: Optional[torch.Tensor]) -> torch.Tensor:
     """Indices of ``budget`` samples by difficulty (see the module docstring); NaN counts as the
     hardest. ``labels`` None: one global ranking."""

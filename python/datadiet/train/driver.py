@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from datadiet._dist import gather_rows, world
 from datadiet._seeds import derive_seed
+from datadiet.ops.ce_scores import ce_scores
 from datadiet.scores.scoring import ScoreTable, eval_mode, final_linear, score_dataset
 from datadiet.select.selection import Selection
 from datadiet.strategies.base import Context, Strategy
@@ -43,7 +44,8 @@ class Driver:
                  epochs: int, batch_size: int = 64, seed: int = 0, lr: float = 0.1, device="cpu", workers: int = 0,
                  val_set=None, score_set=None, head: Optional[str] = None, score_batch_size: int = 256,
                  proxy_scores: Optional[Callable[[int, int], ScoreTable]] = None,
-                 autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False, progress=None):
+                 autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False, progress=None,
+                 run: Optional[dict] = None):
         self.strategy, self.model, self.device = strategy, model, torch.device(device)
         self.train_set = train_set if isinstance(train_set, IndexedDataset) else IndexedDataset(train_set)
         self.val_set = None if val_set is None or isinstance(val_set, IndexedDataset) else IndexedDataset(val_set)
@@ -65,7 +67,7 @@ class Driver:
                                batch_size=batch_size, lr=lr, device=self.device, rank=self.rank,
                                world_size=self.world_size, score=self.score,
                                proxy_scores=None if proxy_scores is None else self._timed(proxy_scores),
-                               has_val=self.val_set is not None))
+                               has_val=self.val_set is not None, run=dict(run or {})))
         self.sampler = SelectionSampler(Selection.full(n), n, seed=derive_seed(seed, 5),
                                         num_replicas=self.world_size, rank=self.rank)
         self.set_selection(self.sampler.selection)
@@ -165,7 +167,7 @@ class Driver:
         i = torch.as_tensor(i).to(self.device, non_blocking=True)
         progress = (self._epoch + self._batch / max(1, self.steps_per_epoch())) / self.epochs
         self._batch += 1
-        mask = self.strategy.batch_mask(progress, lambda scale: self._batch_losses(x, y, scale))
+        mask = self.strategy.batch_mask(progress, lambda scale, details=False: self._batch_losses(x, y, scale, details))
         if mask is not None:
             if not bool(mask.any()):  # nothing kept: one sample with weight 0 keeps DDP's ranks in step
                 mask = torch.zeros_like(mask)
@@ -176,17 +178,23 @@ class Driver:
             return x, y, i, None  # every weight 1 and never a mask: the plain mean, no lookup
         return x, y, i, self.weights[i]
 
-    def _batch_losses(self, x, y, scale: float) -> torch.Tensor:
+    def _batch_losses(self, x, y, scale: float, details: bool = False):
+        """The selection pass: per-sample losses, or with ``details`` (losses, ‖p − y‖, correct)."""
         model = getattr(self.model, "module", self.model)
         if scale < 1.0 and x.dim() == 4:
             x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
         with eval_mode(model):
-            return F.cross_entropy(model(x).float(), y, reduction="none")
+            logits = model(x).float()
+        if not details:
+            return F.cross_entropy(logits, y, reduction="none")
+        s = ce_scores(logits, y)
+        return s.loss, s.el2n, s.correct
 
     def loss(self, losses: torch.Tensor, indices: torch.Tensor, weights: Optional[torch.Tensor],
              correct: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``Σ w ℓ / Σ w`` over the batch (``weights`` None: every weight 1, the plain mean; every
-        rank's batch then has the same size); the per-sample losses (and ``correct``) go to a
+        """``Σ w ℓ / Σ w`` over the batch, or ``Σ w ℓ / n`` for a strategy whose weights rescale the
+        loss (``rescales_loss``) (``weights`` None: every weight 1, the plain mean; every rank's batch
+        then has the same size); the per-sample losses (and ``correct``) go to a
         strategy that observes training (gathered over ranks first)."""
         if losses.shape != indices.shape:
             raise ValueError(f"Driver.loss: losses must be per-sample, shape {tuple(indices.shape)}, got "
@@ -205,7 +213,8 @@ class Driver:
             self.strategy.observe(seen["i"][real], seen["loss"][real], seen["correct"][real])
         if weights is None:
             return losses.mean()
-        total = weights.sum()
+        total = weights.sum() if not self.strategy.rescales_loss else torch.full((), float(weights.numel()),
+                                                                                 device=weights.device)
         if self.world_size > 1:  # DDP averages gradients over ranks: normalise by the mean Σ w
             total = total.detach().clone()
             torch.distributed.all_reduce(total)

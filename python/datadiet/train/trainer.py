@@ -80,7 +80,7 @@ class Trainer:
                              score_set=Subset(bundle.train_eval, pool.tolist()), head=config.head,
                              score_batch_size=config.eval_batch_size, proxy_scores=self.proxy_scores,
                              autocast_dtype=self.autocast_dtype, channels_last=config.channels_last,
-                             progress=self._bar("scoring"))
+                             progress=self._bar("scoring"), run=config.identity())
         net = self.model
         if self.world_size > 1:
             net = torch.nn.parallel.DistributedDataParallel(
@@ -172,6 +172,8 @@ class Trainer:
                                "scoring": drv.times["scoring"] - times0["scoring"],
                                "training": part["training"], "evaluation": evaluation},
                       "selections": drv.selections[part["selection_log"]:]}
+            if drv.strategy.log():
+                record["strategy"] = drv.strategy.log()
             self._tick()
             record["wall"] = self.elapsed
             self.history.append(record)
