@@ -25,10 +25,13 @@ def _reproduce(args, config, parse_params) -> int:
                    n_models=args.members, warmup_epochs=args.warmup_epochs, **common)
     elif args.claim == "adaselection-ranks":
         module.run(config, rates=args.rates, params=parse_params(args.param) or None, **common)
+    elif args.claim == "sb-detection":  # its own model and data: none of the train options but --seeds, --out
+        module.run(keeps=args.keeps, start=args.sb_start, end=args.sb_end, interrupt=args.interrupt,
+                   **parse_params(args.detection_param), **common)
     elif args.claim == "cached-gradmatch":
         module.run(config, fraction=(args.fractions or [0.1])[0], lrs=args.lrs,
                    replay_model=args.replay_model, **common)
-    else:
+    elif args.claim == "infobatch":
         module.run(config, prunes=args.prunes, **common)
     print(f"wrote {config.out}/{args.claim}.csv, .json, .png")
     return 0
@@ -103,6 +106,13 @@ def main(argv=None) -> int:
     rep.add_argument("--lrs", type=_floats, default=[0.02, 0.1, 0.2],
                      help="cached-gradmatch: learning rates the cache (made at --lr) is replayed at")
     rep.add_argument("--replay-model", default="cnn", help="cached-gradmatch: the architecture it is replayed on")
+    rep.add_argument("--keeps", type=_floats, default=[1.0, 0.5],
+                     help="sb-detection: Selective-Backprop keep fractions (1.0: without it)")
+    rep.add_argument("--sb-start", type=float, default=0.5, help="sb-detection: SB from this fraction of training")
+    rep.add_argument("--sb-end", type=float, default=0.9, help="sb-detection: ... to this one")
+    rep.add_argument("--interrupt", type=int, default=2, help="sb-detection: every N-th batch trains whole (0: none)")
+    rep.add_argument("--detection-param", action="append", default=[], metavar="KEY=VALUE",
+                     help="sb-detection: a train_detection argument (epochs=20, n_train=192, architecture=ssdlite)")
     rep.set_defaults(epochs=60, out="reproduce_out")
     demo = sub.add_parser("demo", help="score digits, retrain on selected subsets, merge soups")
     demo.add_argument("--epochs", type=int, default=15)
