@@ -92,9 +92,9 @@ def run(args) -> list[dict]:
         rows.append({"case": case, "method": method, "seconds": min(times[1:]), "bytes": None, "baselines": [],
                      "floor": floor, "note": f"best of {args.repeats} (interference only adds time); median "
                                              f"{statistics.median(times[1:]) * 1e3:.0f} ms"})
-    cache_folder = tempfile.mkdtemp(prefix="datadiet-bench-")
+    cache_folder = tempfile.TemporaryDirectory(prefix="datadiet-bench-")  # removed when run() returns
     for fraction in [float(f) for f in args.fractions.split(",") if f]:
-        cache = os.path.join(cache_folder, f"gradmatch-{fraction}.cache")  # gradmatch records, cached_gradmatch replays
+        cache = os.path.join(cache_folder.name, f"gradmatch-{fraction}.cache")  # gradmatch records, cached_gradmatch replays
         names = [s for s in args.strategies.split(",") if s]
         if "cached_gradmatch" in names and "gradmatch" in names:
             names.remove("gradmatch")

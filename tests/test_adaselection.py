@@ -121,12 +121,24 @@ def test_draws_are_seeded():
 @pytest.mark.parametrize("kwargs, message", [
     ({"methods": ()}, "methods must be distinct names"), ({"methods": ("big_loss", "huge")}, "distinct names"),
     ({"keep": 0.0}, r"keep must be in \(0.0, 1.0\]"), ({"eta": -1}, "eta must be in"),
-    ({"ema": 1.5}, "ema must be in"), ({"tau": 0}, "tau must be in")])
+    ({"ema": 1.5}, "ema must be in"), ({"tau": 0}, "tau must be in"), ({"draw": "false"}, "draw must be True or")])
 def test_bad_settings_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         AdaSelector(**kwargs)
     with pytest.raises(ValueError, match="non-empty 1-D"):
         AdaSelector().select(torch.zeros(0))
+
+
+def test_non_finite_losses_rank_as_the_largest_finite_one():
+    sel = AdaSelector(("big_loss", "small_loss"), keep=0.5, eta=1.0)
+    sel.select(torch.tensor([0.1, float("nan"), float("inf"), 0.2, 0.05, 0.3]))
+    assert sel.mean_loss == pytest.approx((0.1 + 0.3 + 0.3 + 0.2 + 0.05 + 0.3) / 6)
+    sel.select(torch.tensor([float("-inf"), 1.0, 0.5, 0.2, 0.1, 0.4]))
+    assert torch.isfinite(sel.weights).all() and sel.weights.sum().item() == pytest.approx(1.0)
+    big = importance("big_loss", torch.tensor([0.1, 0.3, 0.3, 0.2, 0.05, 0.3]), 3)
+    only_big = AdaSelector(("big_loss",), keep=0.5)
+    assert sorted(only_big.select(torch.tensor([0.1, float("nan"), float("inf"), 0.2, 0.05, 0.3])).tolist()) == \
+        sorted(big.topk(3).indices.tolist()) == [1, 2, 5]
 
 
 def test_regression_on_diabetes_beats_the_mean_predictor():

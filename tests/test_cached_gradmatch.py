@@ -105,3 +105,14 @@ def test_reproduction_at_tiny_scale(tmp_path):
     for r in rows:
         assert r["cached_gradmatch_selection_s"] < r["gradmatch_selection_s"]
         assert r["full_speedup"] == pytest.approx(1.0)
+
+
+def test_a_resume_refuses_a_re_recorded_cache_and_a_bad_path_fails_early(tmp_path):
+    path = tmp_path / "gm.cache"
+    _record(path)
+    state = _replay(path).state_dict()
+    _record(path, lam=0.1)  # the same setting (pool, fraction, R), another run: other rounds
+    with pytest.raises(CacheError, match="changed since this run's checkpoint"):
+        _replay(path).load_state_dict(state)
+    with pytest.raises(ValueError, match="cannot be written"):
+        _record(tmp_path)  # a folder

@@ -101,3 +101,31 @@ def test_ddp_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path):
     _torchrun("-m", "datadiet", "train", "--resume", killed, "--no-progress")
     expected, got = (checkpoint.load(os.path.join(d, "checkpoint.pt"))["model"] for d in (whole, killed))
     assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_issue_14_strategies_under_two_ranks(tmp_path):
+    """InfoBatch's table holds both ranks' losses (the same on each), a GradMatch cache written once
+    is replayed by two ranks, AdaSelection keeps each rank's own weights in its checkpoint state."""
+    common = ["-m", "datadiet", "train", "--epochs", "3", "--no-progress", "--dist-timeout", "120"]
+    info = str(tmp_path / "infobatch")
+    _torchrun(*common, "--strategy", "infobatch", "--out", info)
+    ranks = checkpoint.load(os.path.join(info, "checkpoint.pt"))["ranks"]
+    tables = [r["strategy"] for r in ranks]
+    assert all(bool(t["seen"].all()) for t in tables)
+    assert torch.equal(tables[0]["scores"], tables[1]["scores"])
+    pruned = json.load(open(os.path.join(info, "summary.json")))["selections"]
+    assert pruned[1]["pruned"] > 0 and pruned[1]["size"] < pruned[0]["size"]
+    cache = str(tmp_path / "gm.cache")
+    _torchrun(*common, "--strategy", "gradmatch", "--fraction", "0.3", "--every", "1", "--cache", cache,
+              "--out", str(tmp_path / "gm"))
+    _torchrun(*common, "--strategy", "cached_gradmatch", "--fraction", "0.3", "--every", "1", "--cache", cache,
+              "--out", str(tmp_path / "replay"))
+    recorded = checkpoint.load(os.path.join(tmp_path, "gm", "checkpoint.pt"))["driver"]["sampler"]
+    replayed = checkpoint.load(os.path.join(tmp_path, "replay", "checkpoint.pt"))["driver"]["sampler"]
+    assert torch.equal(recorded["indices"], replayed["indices"])
+    assert torch.equal(recorded["weights"], replayed["weights"])
+    assert sorted(os.listdir(tmp_path)) == ["gm", "gm.cache", "infobatch", "replay"]  # one cache, no leftovers
+    ada = str(tmp_path / "ada")
+    _torchrun(*common, "--strategy", "adaselection", "--param", "keep=0.3", "--out", ada)
+    states = [r["strategy"]["selector"] for r in checkpoint.load(os.path.join(ada, "checkpoint.pt"))["ranks"]]
+    assert all(s["steps"] > 0 for s in states) and not torch.equal(states[0]["weights"], states[1]["weights"])

@@ -50,6 +50,17 @@ def test_prunes_below_mean_and_rescales(prune):
     assert not torch.equal(s.select(2).indices, sel.indices)  # a fresh draw each epoch
 
 
+def test_a_non_finite_loss_keeps_its_sample_and_pruning_on():
+    s = _infobatch()
+    losses = _observe(s, 4)
+    s.observe(torch.tensor([7, 9]), torch.tensor([float("nan"), float("inf")]), torch.zeros(2, dtype=torch.bool))
+    sel = s.select(1)
+    assert len(sel) < N and {7, 9} <= set(sel.indices.tolist())
+    finite = torch.ones(N, dtype=torch.bool)
+    finite[[7, 9]] = False
+    assert s.report()["threshold"] == pytest.approx(float(losses[finite].mean()))
+
+
 def test_annealing_epochs_train_on_everything():
     s = _infobatch(epochs=8, anneal=0.25)  # prunes in epochs < 6
     _observe(s, 2)

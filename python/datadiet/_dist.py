@@ -31,12 +31,13 @@ def init(device: str, timeout: float) -> torch.device:
     dist = torch.distributed
     if size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(seconds=timeout))
-        atexit.register(_leave)
+        if dev.type != "cuda":
+            atexit.register(_leave)
     return dev
 
 
 def _leave() -> None:
-    """At exit, while Python is still whole: a gloo worker thread that finished a collective may
+    """At exit (gloo groups), while Python is still whole: a gloo worker thread that finished a collective may
     still be waiting for the GIL to drop the op's tensors; were the interpreter to finalise first,
     that thread would be killed inside a C++ destructor ("terminate called without an active
     exception", SIGABRT, about one exit in ten). Releasing the GIL for a moment lets it finish; then

@@ -26,7 +26,8 @@ def seeded_global_rng(seed: int):
     draw from them: module initialisation, dropout, torchvision's v2 transforms) and every global
     generator is restored afterwards. Only CUDA devices already initialised are seeded — and
     restored — so a lazily queued seed cannot leak out (``torch.manual_seed`` inside
-    ``fork_rng(devices=[])`` would re-seed every GPU for good)."""
+    ``fork_rng(devices=[])`` would re-seed every GPU for good). Callers on a GPU initialise CUDA
+    first (the model is on the device), or GPU draws inside the body are neither seeded nor restored."""
     import torch
 
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []

@@ -83,6 +83,14 @@ def load(path: str, identity: Optional[Mapping[str, Any]] = None, *, magic: byte
     return saved["state"], saved["config"]
 
 
+def digest(path: str) -> str:
+    """The SHA-256 of a record's payload, from its header (what changes when the file is rewritten
+    with other contents)."""
+    with open(path, "rb") as f:
+        header = f.read(_HEADER.size)
+    return _HEADER.unpack(header)[3].hex()
+
+
 def _differences(saved: dict, current: dict, what: str) -> list[str]:
     out = []
     for key in sorted(set(saved) | set(current)):

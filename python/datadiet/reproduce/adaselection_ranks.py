@@ -45,7 +45,8 @@ def _regression(methods: tuple, rate: float, seed: int, params: dict, epochs: in
         model.weight.normal_(0, 0.1, generator=g)
         model.bias.zero_()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    selector = AdaSelector(methods, keep=rate, seed=seed, **params)
+    accepted = ("eta", "tau", "lam", "ema", "delta", "draw")  # the strategy's own keys (start) have no loop here
+    selector = AdaSelector(methods, keep=rate, seed=seed, **{k: v for k, v in params.items() if k in accepted})
     for epoch in range(epochs):
         for batch in torch.randperm(len(ys), generator=g).split(32):
             with torch.no_grad():

@@ -22,7 +22,14 @@ def run(config: TrainConfig, *, fraction: float = 0.1, every: int = 5, lrs=(0.02
         seeds=(0, 1, 2), out: str = "reproduce_out", log=print) -> list[dict]:
     """``config`` is the recording setting (its model and lr); the replays change the lr to each of
     ``lrs`` on the same model, then the model to ``replay_model`` at the recording lr."""
-    folder = tempfile.mkdtemp(prefix="datadiet-caches-")
+    with tempfile.TemporaryDirectory(prefix="datadiet-caches-") as folder:
+        rows = _compare(config, fraction, every, lrs, replay_model, seeds, folder, log)
+    write(out, CLAIM, {"config": config.identity(), "lrs": list(lrs), "replay_model": replay_model}, rows, [], "",
+          plot=lambda path: _plot(rows, path))
+    return rows
+
+
+def _compare(config, fraction, every, lrs, replay_model, seeds, folder, log) -> list[dict]:
     caches = {}
     for seed in seeds:
         caches[seed] = os.path.join(folder, f"seed{seed}.cache")
@@ -48,8 +55,6 @@ def run(config: TrainConfig, *, fraction: float = 0.1, every: int = 5, lrs=(0.02
             row[f"{method}_speedup"] = row["full_wall"] / max(row[f"{method}_wall"], 1e-9)
         rows.append(row)
         log(f"  {label}: " + ", ".join(f"{m} {row[m + '_mean']:.4f} ({row[m + '_speedup']:.2f}x)" for m in METHODS))
-    write(out, CLAIM, {"config": config.identity(), "lrs": list(lrs), "replay_model": replay_model}, rows, [], "",
-          plot=lambda path: _plot(rows, path))
     return rows
 
 

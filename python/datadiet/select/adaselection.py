@@ -21,6 +21,8 @@ the reconstruction in ``../shared/notes/algorithms.md`` §6, and every constant 
 - Exponentiated gradient: w_m ← w_m · exp(η r~_m), renormalised; w starts uniform.
 - Eq. 5–6: π = Σ_m w_m s_m; keep the top k = ceil(ρ n) of π (ties to the lower index) or, with
   ``draw=True``, k drawn without replacement ∝ π from a seeded counter-based generator.
+
+A non-finite loss (a diverged sample) counts as the batch's largest finite one.
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ class AdaSelector:
             raise ValueError(f"AdaSelection: methods must be distinct names from {METHODS}, got {list(methods)}")
         checks = (("keep", keep, 0.0, 1.0, False), ("eta", eta, 0.0, math.inf, True), ("tau", tau, 0.0, math.inf, False),
                   ("lam", lam, 0.0, math.inf, True), ("ema", ema, 0.0, 1.0, True), ("delta", delta, 0.0, 0.5, False))
+        if not isinstance(draw, bool):
+            raise ValueError(f"AdaSelection: draw must be True or False, got {draw!r}")
         for name, value, lo, hi, closed in checks:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
                     (lo <= value if closed else lo < value) and value <= hi):
@@ -110,9 +114,14 @@ class AdaSelector:
         if losses.dim() != 1 or losses.numel() == 0:
             raise ValueError(f"AdaSelection: losses must be a non-empty 1-D per-sample vector, got shape "
                              f"{tuple(losses.shape)}")
+        losses = losses.float()
+        finite = torch.isfinite(losses)
+        if not bool(finite.all()):  # a diverged sample ranks as the batch's hardest
+            top = float(losses[finite].max()) if bool(finite.any()) else 0.0
+            losses = torch.nan_to_num(losses, nan=top, posinf=top, neginf=0.0)
         n = losses.numel()
         k = max(1, math.ceil(self.keep * n))
-        batch_mean = float(losses.float().mean())
+        batch_mean = float(losses.mean())
         previous = self.mean_loss
         self.mean_loss = batch_mean if previous is None else self.ema * previous + (1 - self.ema) * batch_mean
         scores = torch.stack([importance(m, losses, k, grad_norm=grad_norm, wrong=wrong, num_classes=self.num_classes,

@@ -98,7 +98,9 @@ class AdaSelection(Strategy):
     ``small_loss``, ``grad_norm``, ``adaboost``, ``coreset1``, ``coreset2``); the method weights
     learn from the loss decrease (``eta``, ``ema``) and the curriculum term (``lam``); ``tau``
     tempers the loss softmaxes, ``delta`` clips AdaBoost's error; ``draw=True`` samples instead of
-    taking the top k. The weights are in the checkpoint and in every epoch's metrics."""
+    taking the top k. The weights are in the checkpoint and in every epoch's metrics. Under torchrun
+    each rank selects within its own batches and learns its own weights (its checkpoint state);
+    the metrics show rank 0's."""
 
     name = "adaselection"
     methods: Any = ("big_loss", "small_loss", "uniform")
@@ -117,7 +119,7 @@ class AdaSelection(Strategy):
         if isinstance(self.methods, str):
             self.methods = tuple(m.strip() for m in self.methods.split(",") if m.strip())
         self.methods = tuple(self.methods)
-        if not 0.0 <= float(self.start) < 1.0:
+        if isinstance(self.start, bool) or not isinstance(self.start, (int, float)) or not 0.0 <= self.start < 1.0:
             raise ValueError(f"adaselection: start must be in [0, 1) (a fraction of training), got {self.start!r}")
         self._selector = AdaSelector(self.methods, keep=self.keep, eta=self.eta, tau=self.tau, lam=self.lam,
                                      ema=self.ema, delta=self.delta, draw=self.draw, num_classes=context.num_classes,

@@ -12,6 +12,7 @@ the rounds made so far; a replay that needs a round the cache lacks is refused a
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -49,6 +50,9 @@ class SelectionRecorder:
         self.producer = {"strategy": strategy.describe(), "run": dict(strategy.context.run)}
         self.write = strategy.context.rank == 0  # every rank selects the same; rank 0's file
         self.rounds: list[dict] = []
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path) or (os.path.isdir(folder) and not os.access(folder, os.W_OK)):
+            raise ValueError(f"gradmatch: cache = {path!r} cannot be written (a folder, or in a read-only one)")
 
     def add(self, epoch: int, end: int, selection: Selection) -> None:
         self.rounds = [r for r in self.rounds if r["start"] < epoch]  # a resumed run re-records from here
@@ -81,6 +85,7 @@ class CachedGradMatch(Periodic):
         if not self.cache:
             raise ValueError("cached_gradmatch: cache must name the file a gradmatch run recorded (--cache PATH)")
         rounds, self.producer = read_cache(self.cache, cache_identity(self))
+        self.digest = records.digest(self.cache)
         self._rounds = {int(r["start"]): r for r in rounds}
         needed = [e for e in range(self.warm_epochs, context.epochs) if self.selects_at(e)]
         missing = [e for e in needed if e not in self._rounds]
@@ -89,7 +94,20 @@ class CachedGradMatch(Periodic):
                              f"rounds at {sorted(self._rounds)} (missing {missing}; was the recording run shorter "
                              f"or killed?)")
         for r in self._rounds.values():
-            Selection(r["indices"], r["weights"]).validate(context.n)
+            try:
+                Selection(r["indices"], r["weights"]).validate(context.n)
+            except ValueError as exc:
+                raise CacheError(f"selection cache {self.cache}: the round at epoch {r['start']} is invalid ({exc})") \
+                    from exc
+
+    def state_dict(self) -> dict:
+        return {"cache_digest": self.digest}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["cache_digest"] != self.digest:  # the file was re-recorded since the checkpoint
+            raise CacheError(f"selection cache {self.cache} changed since this run's checkpoint (SHA-256 "
+                             f"{state['cache_digest'][:16]}... then, {self.digest[:16]}... now): resuming would "
+                             "replay other rounds")
 
     def choose(self, epoch: int) -> Selection:
         r = self._rounds[epoch]

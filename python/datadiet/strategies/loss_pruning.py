@@ -52,6 +52,7 @@ class InfoBatch(Strategy):
                              f"{self.anneal!r}")
         self.stop = (1.0 - self.anneal) * context.epochs  # prunes in epochs e < stop
         self._scores = torch.full((context.n,), float("nan"), device=context.device)
+        self._seen = torch.zeros(context.n, dtype=torch.bool, device=context.device)
 
     def prunes_in(self, epoch: int) -> bool:
         return epoch < self.stop
@@ -62,16 +63,19 @@ class InfoBatch(Strategy):
         return n - math.floor(self.prune * n / 2) if epoch > 0 and self.prunes_in(epoch) else n
 
     def observe(self, indices: torch.Tensor, losses: torch.Tensor, correct: torch.Tensor) -> None:
-        self._scores[indices.to(self._scores.device)] = losses.to(self._scores.device, torch.float32)
+        indices = indices.to(self._scores.device)
+        self._scores[indices] = losses.to(self._scores.device, torch.float32)
+        self._seen[indices] = True
 
     def select(self, epoch: int) -> Optional[Selection]:
-        scores = self._scores.cpu()
-        n = self.context.n
-        if not self.prunes_in(epoch) or self.prune == 0.0 or bool(torch.isnan(scores).any()):
+        scores, n = self._scores.cpu(), self.context.n
+        finite = torch.isfinite(scores)
+        if not self.prunes_in(epoch) or self.prune == 0.0 or not bool(self._seen.all()) or not bool(finite.any()):
             self._last = {"pruned": 0, "well_learned": 0, "reason": "annealing" if not self.prunes_in(epoch)
                           else "no pruning" if self.prune == 0.0 else "scores incomplete"}
             return Selection.full(n)
-        well = (scores < scores.mean()).nonzero().flatten()
+        mean = scores[finite].mean()  # a non-finite loss is no well-learned sample: it always trains
+        well = (finite & (scores < mean)).nonzero().flatten()
         drop = math.floor(self.prune * well.numel())
         weights = torch.ones(n)
         weights[well] = 1.0 / (1.0 - self.prune)
@@ -80,14 +84,15 @@ class InfoBatch(Strategy):
             out = weighted_sample(torch.ones(well.numel()), drop, seed=derive_seed(self.context.seed, 10, epoch))
             keep[well[out]] = False
         indices = keep.nonzero().flatten()
-        self._last = {"pruned": drop, "well_learned": int(well.numel()), "threshold": float(scores.mean())}
+        self._last = {"pruned": drop, "well_learned": int(well.numel()), "threshold": float(mean)}
         return Selection(indices, weights[indices])
 
     def report(self) -> dict[str, Any]:
         return dict(self._last)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scores": self._scores.cpu()}
+        return {"scores": self._scores.cpu(), "seen": self._seen.cpu()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._scores = state["scores"].to(self._scores.device)
+        self._seen = state["seen"].to(self._seen.device)

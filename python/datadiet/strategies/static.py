@@ -78,8 +78,9 @@ class RandomOnline(Random):
 @dataclass
 class RandomPB(Periodic):
     """Seed 003's RandomPB: the pool cut into fixed consecutive batches of ``batch_size`` (default
-    the run's; the last one may be ragged) and ``ceil(budget / batch_size)`` whole batches drawn
-    uniformly at random, re-drawn every ``every`` epochs (CORDS' default 20) — the random twin of
+    the run's; the last one may be ragged) and whole batches taken in a seeded random order until
+    they hold the budget (``ceil(budget / batch_size)`` batches, one more when the ragged one is
+    among them), re-drawn every ``every`` epochs (CORDS' default 20) — the random twin of
     ``gradmatch`` with ``mode="per_batch"``."""
 
     name = "random_pb"
@@ -93,15 +94,17 @@ class RandomPB(Periodic):
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"random_pb: batch_size must be an int >= 1, got {self.batch_size!r}")
         self.batches = math.ceil(context.n / self.batch_size)
-        self.picks = min(self.batches, math.ceil(self.budget / self.batch_size))
-        self.size = min(context.n, self.picks * self.batch_size)
+        self.size = min(context.n, math.ceil(self.budget / self.batch_size) * self.batch_size)
 
     def choose(self, epoch: int) -> Selection:
         n, size = self.context.n, self.batch_size
-        chosen = weighted_sample(torch.ones(self.batches), self.picks,
-                                 seed=derive_seed(self.context.seed, 9, self.round(epoch))).sort().values
-        picks = torch.cat([torch.arange(b * size, min(n, (b + 1) * size)) for b in chosen.tolist()])
-        self._last = {"round": self.round(epoch), "size": int(picks.numel()), "batches": self.picks}
+        order = weighted_sample(torch.ones(self.batches), self.batches,
+                                seed=derive_seed(self.context.seed, 9, self.round(epoch))).tolist()
+        lengths = [min(n, (b + 1) * size) - b * size for b in order]
+        taken = next(i + 1 for i in range(len(order)) if sum(lengths[:i + 1]) >= self.budget)
+        chosen = sorted(order[:taken])
+        picks = torch.cat([torch.arange(b * size, min(n, (b + 1) * size)) for b in chosen])
+        self._last = {"round": self.round(epoch), "size": int(picks.numel()), "batches": taken}
         return Selection(picks)
 
 
