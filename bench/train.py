@@ -26,7 +26,7 @@ from datadiet.select.selective_backprop import SelectiveBackpropSelector
 from datadiet.train import datasets, models
 from datadiet.train.config import TrainConfig
 from datadiet.train.schedules import schedule
-from datadiet.train.trainer import Trainer, _split
+from datadiet.train.trainer import Trainer, pool_split
 
 STRATEGIES = {"random": {}, "el2n": {}, "gradmatch": {"every": 20}, "cached_gradmatch": {"every": 20},
               "glister": {"every": 20}, "random_online": {"every": 20}, "random_pb": {"every": 20},
@@ -52,7 +52,7 @@ def plain_loop(model_name: str, width: int, epochs: int, seed: int = 0) -> float
     timed from loading the data, as the Trainer is."""
     start = time.perf_counter()
     bundle = datasets.load("digits")
-    pool, _ = _split(len(bundle.train), 0.1)
+    pool, _ = pool_split(len(bundle.train), 0.1)
     train = torch.utils.data.Subset(bundle.train, pool.tolist())
     cfg = TrainConfig()
     torch.manual_seed(seed)

@@ -15,7 +15,8 @@ def _reproduce(args, config, parse_params) -> int:
     from datadiet.reproduce import CLAIMS
 
     module = importlib.import_module(CLAIMS[args.claim])
-    print(f"datadiet reproduce {args.claim}: seeds {args.seeds}, {config.epochs} epochs")
+    epochs = "" if args.claim == "sb-detection" else f", {config.epochs} epochs"  # detection has its own settings
+    print(f"datadiet reproduce {args.claim}: seeds {args.seeds}{epochs}")
     common = dict(seeds=args.seeds, out=config.out)
     if args.claim == "lipt-grand":
         module.run(config, _lipt_options(args), fractions=args.fractions or (0.05, 0.1, 0.3, 0.5),
