@@ -209,3 +209,28 @@ def test_reproduction_reports_ranks_at_tiny_scale(tmp_path):
         assert sum(ranks) == pytest.approx(36.0) and ranks[0] >= 1 and ranks[-1] <= 8
     averages = [r for r in rows if r["fraction"] == "average rank"]
     assert len(averages) == 16 and (tmp_path / "adaselection-ranks.png").stat().st_size > 1000
+
+
+def test_a_regression_run_through_the_trainer(tmp_path):
+    """``--dataset diabetes`` (the squared error per sample) with AdaSelection from the command
+    line: the test MSE beats the mean predictor's, the method weights are in every epoch's metrics;
+    InfoBatch trains on it too; a strategy that needs classification scores is refused by name."""
+    import json
+
+    from datadiet.cli import main as cli
+    from datadiet.train.config import TrainConfig
+    from datadiet.train.trainer import Trainer
+
+    out = tmp_path / "ada"
+    assert cli(["train", "--dataset", "diabetes", "--strategy", "adaselection", "--param", "keep=0.5", "--epochs",
+                "30", "--batch-size", "32", "--lr", "0.02", "--out", str(out), "--no-progress"]) == 0
+    summary = json.load(open(out / "summary.json"))
+    assert summary["test_acc"] is None and summary["test_loss"] < 0.8  # standardised target: the mean predictor ≈ 1
+    lines = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert all(set(r["strategy"]["method_weights"]) == {"big_loss", "small_loss", "uniform"} for r in lines)
+    info = Trainer(TrainConfig(dataset="diabetes", strategy="infobatch", epochs=4, batch_size=32, lr=0.02,
+                               progress=False)).fit()
+    assert info["samples"] < 4 * info["selections"][0]["size"] and info["test_loss"] < 1.5
+    with pytest.raises(ValueError, match="scores samples with classification scores"):
+        Trainer(TrainConfig(dataset="diabetes", strategy="el2n", fraction=0.3, epochs=2, progress=False)).fit()
+    assert cli(["compare", "--dataset", "diabetes", "--epochs", "1", "--no-progress"]) == 2

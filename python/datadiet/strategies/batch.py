@@ -129,7 +129,8 @@ class AdaSelection(Strategy):
         if progress < self.start:
             return None
         losses, grad_norm, correct = batch_losses(1.0, details=True)
-        picks = self._selector.select(losses, progress, grad_norm=grad_norm, wrong=~correct)
+        picks = self._selector.select(losses, progress, grad_norm=grad_norm,
+                                      wrong=None if correct is None else ~correct)  # None: a regression
         mask = torch.zeros(losses.numel(), dtype=torch.bool, device=losses.device)
         mask[picks] = True
         return mask

@@ -15,6 +15,7 @@ from typing import Optional
 
 from datadiet import strategies
 from datadiet._dist import world
+from datadiet.train import datasets
 from datadiet.train.config import TrainConfig
 from datadiet.train.trainer import Trainer
 
@@ -40,6 +41,7 @@ def split_params(params: dict, names: list[str]) -> dict[str, dict]:
 
 def run(base: TrainConfig, names: list[str], fractions: list[float], seeds: list[int], out: str,
         log=print) -> list[dict]:
+    datasets.require_classification(base.dataset, "compare (it ranks test accuracy)")
     for name in names:
         strategies.parameters(name)  # unknown names fail before anything trains
     params = split_params(base.strategy_params, names)

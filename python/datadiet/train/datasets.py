@@ -1,5 +1,8 @@
 """Datasets by name, as a user would load them:
 
+- ``diabetes``: scikit-learn's diabetes regression (442 patients, 10 standardised features, the
+  disease progression standardised; a fixed 20% test split): ``task = "regression"``, one output,
+  the squared error per sample;
 - ``digits``: scikit-learn's handwritten digits (1,797 8×8 grey images, 10 classes; shipped inside
   the package, the embedded default), as ``[1, 8, 8]`` float tensors in [0, 1]; a fixed 20% test
   split; ``digits:xN`` repeats every training image N times (the copies with seeded pixel noise,
@@ -28,9 +31,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-NAMES = ("digits", "digits:xN", "imagefolder:PATH", "cifar10:PATH")
+NAMES = ("digits", "digits:xN", "diabetes", "imagefolder:PATH", "cifar10:PATH")
+TASKS = ("classification", "regression")
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -41,14 +46,34 @@ class DataBundle:
     test: Dataset
     num_classes: int
     input_shape: tuple
-    labels: torch.Tensor  # int64 [len(train)]
+    labels: torch.Tensor  # int64 [len(train)] (a regression: all 0, one group)
     normalization: Optional[tuple] = None  # (mean, std) per channel the transforms applied; None: inputs in [0, 1]
+    task: str = "classification"
+
+
+def task_of(spec: str) -> str:
+    """The task of dataset ``spec`` without loading it."""
+    return "regression" if spec == "diabetes" else "classification"
+
+
+def require_classification(spec: str, what: str) -> None:
+    if task_of(spec) != "classification":
+        raise ValueError(f"{what} needs a classification dataset; dataset {spec!r} is a regression")
+
+
+def per_sample_loss(task: str):
+    """``loss(outputs, targets) -> [B]`` float32: cross-entropy, or the squared error of one output."""
+    if task == "regression":
+        return lambda out, y: (out.float().reshape(len(y)) - y.float()) ** 2
+    return lambda out, y: F.cross_entropy(out.float(), y, reduction="none")
 
 
 def load(spec: str, image_size: int = 224) -> DataBundle:
     name, _, path = spec.partition(":")
     if name == "digits" and not path:
         return _digits()
+    if spec == "diabetes":
+        return _diabetes()
     if name == "digits" and path.startswith("x") and path[1:].isdigit() and int(path[1:]) >= 1:
         return _digits(int(path[1:]))
     if name in ("imagefolder", "cifar10"):
@@ -87,6 +112,20 @@ def _digits(factor: int = 1) -> DataBundle:
         yt = yt.repeat(factor)
     train_set = TensorDataset(xt, yt)
     return DataBundle(train_set, train_set, TensorDataset(x[test], y[test]), 10, (1, 8, 8), yt)
+
+
+def _diabetes() -> DataBundle:
+    from sklearn.datasets import load_diabetes
+
+    x, y = (torch.tensor(a, dtype=torch.float32) for a in load_diabetes(return_X_y=True))
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    test, train = perm[:len(y) // 5], perm[len(y) // 5:]
+    mean, std = x[train].mean(0), x[train].std(0)
+    x = (x - mean) / std
+    y = (y - y[train].mean()) / y[train].std()
+    train_set = TensorDataset(x[train], y[train])
+    return DataBundle(train_set, train_set, TensorDataset(x[test], y[test]), 1, (x.shape[1],),
+                      torch.zeros(len(train), dtype=torch.int64), task="regression")
 
 
 def _imagefolder(path: str, image_size: int) -> DataBundle:

@@ -37,6 +37,7 @@ from datadiet.scores.scoring import ScoreTable, eval_mode, final_linear, score_d
 from datadiet.select.selection import Selection
 from datadiet.strategies.base import Context, Strategy
 from datadiet.train.data import IndexedDataset, SelectionSampler
+from datadiet.train.datasets import per_sample_loss
 
 
 class Driver:
@@ -45,8 +46,9 @@ class Driver:
                  val_set=None, score_set=None, head: Optional[str] = None, score_batch_size: int = 256,
                  proxy_scores: Optional[Callable[[int, int], ScoreTable]] = None,
                  autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False, progress=None,
-                 run: Optional[dict] = None):
+                 run: Optional[dict] = None, task: str = "classification"):
         self.strategy, self.model, self.device = strategy, model, torch.device(device)
+        self.task, self.per_sample_loss = task, per_sample_loss(task)
         self.train_set = train_set if isinstance(train_set, IndexedDataset) else IndexedDataset(train_set)
         self.val_set = None if val_set is None or isinstance(val_set, IndexedDataset) else IndexedDataset(val_set)
         self.score_set = self.train_set if score_set is None else (
@@ -81,6 +83,10 @@ class Driver:
         is booked as scoring."""
         if split not in ("train", "val"):
             raise ValueError(f"Context.score: split must be 'train' or 'val', got {split!r}")
+        if self.task != "classification":
+            raise ValueError(f"strategy {self.strategy.name!r} scores samples with classification scores (ce_scores); "
+                             f"this run is a {self.task}: use full, random, random_online, random_pb, infobatch or "
+                             "adaselection")
         if split == "val" and self.val_set is None:
             raise ValueError("Context.score: this run has no held-out selection split (val_fraction = 0)")
         start = time.perf_counter()
@@ -179,14 +185,18 @@ class Driver:
         return x, y, i, self.weights[i]
 
     def _batch_losses(self, x, y, scale: float, details: bool = False):
-        """The selection pass: per-sample losses, or with ``details`` (losses, ‖p − y‖, correct)."""
+        """The selection pass: per-sample losses, or with ``details`` (losses, ‖p − y‖, correct;
+        a regression: losses, √ℓ, None)."""
         model = getattr(self.model, "module", self.model)
         if scale < 1.0 and x.dim() == 4:
             x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
         with eval_mode(model):
             logits = model(x).float()
         if not details:
-            return F.cross_entropy(logits, y, reduction="none")
+            return self.per_sample_loss(logits, y)
+        if self.task == "regression":  # the output gradient of the squared error is 2|ŷ − y|: ∝ √ℓ
+            losses = self.per_sample_loss(logits, y)
+            return losses, losses.sqrt(), None
         s = ce_scores(logits, y)
         return s.loss, s.el2n, s.correct
 

@@ -24,7 +24,6 @@ import time
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
@@ -59,7 +58,8 @@ class Trainer:
                              f"{self.device} (use bf16)")
         self.autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp]
         bundle = data if data is not None else datasets.load(config.dataset, config.image_size)
-        self.num_classes, self.input_shape = bundle.num_classes, bundle.input_shape
+        self.num_classes, self.input_shape, self.task = bundle.num_classes, bundle.input_shape, bundle.task
+        self.per_sample_loss = datasets.per_sample_loss(bundle.task)
         pool, held_out = pool_split(len(bundle.train), config.val_fraction)
         self.train_set = Subset(bundle.train, pool.tolist())
         val_set = Subset(bundle.train_eval, held_out.tolist()) if held_out.numel() else None
@@ -80,7 +80,7 @@ class Trainer:
                              score_set=Subset(bundle.train_eval, pool.tolist()), head=config.head,
                              score_batch_size=config.eval_batch_size, proxy_scores=self.proxy_scores,
                              autocast_dtype=self.autocast_dtype, channels_last=config.channels_last,
-                             progress=self._bar("scoring"), run=config.identity())
+                             progress=self._bar("scoring"), run=config.identity(), task=self.task)
         net = self.model
         if self.world_size > 1:
             net = torch.nn.parallel.DistributedDataParallel(
@@ -136,7 +136,7 @@ class Trainer:
                         with torch.autocast(self.device.type, dtype=self.autocast_dtype,
                                             enabled=self.autocast_dtype is not None):
                             out = model(x.to(self.device))
-                        loss = F.cross_entropy(out.float(), y.to(self.device))
+                        loss = self.per_sample_loss(out, y.to(self.device)).mean()
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
@@ -213,8 +213,8 @@ class Trainer:
             x, y, i, w = drv.prepare(x, y, i, cfg.channels_last)
             with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
                 logits = self.net(x)
-            losses = F.cross_entropy(logits.float(), y, reduction="none")
-            correct = logits.argmax(1) == y if drv.strategy.observes else None
+            losses = self.per_sample_loss(logits, y)
+            correct = logits.argmax(1) == y if drv.strategy.observes and self.task == "classification" else None
             loss = drv.loss(losses, i, w, correct)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -242,9 +242,9 @@ class Trainer:
             for buffer in self.model.buffers():
                 torch.distributed.broadcast(buffer, 0)
 
-    def evaluate(self, model: Optional[torch.nn.Module] = None) -> tuple[float, float]:
-        """Accuracy and mean loss of ``model`` (default: the trained one) on the test split (each
-        rank its shard, summed over ranks)."""
+    def evaluate(self, model: Optional[torch.nn.Module] = None) -> tuple[Optional[float], float]:
+        """Accuracy (None for a regression) and mean per-sample loss of ``model`` (default: the
+        trained one) on the test split (each rank its shard, summed over ranks)."""
         model = self.model if model is None else model
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         with eval_mode(model):
@@ -255,13 +255,14 @@ class Trainer:
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype,
                                     enabled=self.autocast_dtype is not None):
                     logits = model(x).float()
-                sums[0] += (logits.argmax(1) == y).sum()
-                sums[1] += F.cross_entropy(logits, y, reduction="sum")
+                if self.task == "classification":
+                    sums[0] += (logits.argmax(1) == y).sum()
+                sums[1] += self.per_sample_loss(logits, y).sum()
                 sums[2] += y.numel()
         if self.world_size > 1:
             torch.distributed.all_reduce(sums)
         correct, loss, count = sums.tolist()
-        return correct / max(count, 1.0), loss / max(count, 1.0)
+        return (correct / max(count, 1.0) if self.task == "classification" else None), loss / max(count, 1.0)
 
     def _sum(self, value: float) -> float:
         if self.world_size == 1:
@@ -336,7 +337,8 @@ class Trainer:
         last = self.history[-1] if self.history else {}
         return {"config": self.identity, "strategy": self.config.strategy, "epochs": len(self.history),
                 "steps": self.step, "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
-                "best_test_acc": max((r["test_acc"] for r in self.history), default=None), "wall": self.elapsed,
+                "best_test_acc": max((r["test_acc"] for r in self.history if r["test_acc"] is not None), default=None),
+                "wall": self.elapsed,
                 "time": totals, "samples": sum(r["samples"] for r in self.history),
                 "curve": [(r["wall"], r["test_acc"]) for r in self.history],
                 "selections": self.driver.selections, "world_size": self.world_size}
