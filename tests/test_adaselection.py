@@ -233,4 +233,5 @@ def test_a_regression_run_through_the_trainer(tmp_path):
     assert info["samples"] < 4 * info["selections"][0]["size"] and info["test_loss"] < 1.5
     with pytest.raises(ValueError, match="scores samples with classification scores"):
         Trainer(TrainConfig(dataset="diabetes", strategy="el2n", fraction=0.3, epochs=2, progress=False)).fit()
-    assert cli(["compare", "--dataset", "diabetes", "--epochs", "1", "--no-progress"]) == 2
+    for command in ("compare", "ensemble", "lipt"):
+        assert cli([command, "--dataset", "diabetes", "--epochs", "1", "--no-progress"]) == 2

@@ -100,8 +100,8 @@ def ensemble(config: TrainConfig, *, phases: int = 2, n_models: int = 3, warmup_
             raise ValueError(f"ensemble: {key} must be an int >= {low}, got {value!r}")
     fraction = 0.3 if config.fraction is None else config.fraction
     schedule = plan(config.epochs, phases, warmup_epochs)
-    datasets.require_classification(config.dataset, "ensemble (GraNd strata of a classifier)")
     data = datasets.load(config.dataset, config.image_size)
+    datasets.require_classification(config.dataset, "ensemble (GraNd strata of a classifier)", data.task)
     stage = dataclasses.replace(config, strategy="full", fraction=None, every=None, warm=None, strategy_params={},
                                 out=None, resume=None, checkpoint_every=0).validate()
     rest = config.epochs - warmup_epochs

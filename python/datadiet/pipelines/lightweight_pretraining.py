@@ -147,8 +147,8 @@ def lipt(config: TrainConfig, options: LiptOptions = LiptOptions(), *, data: Opt
         jig.transforms_v2()  # a missing torchvision is the run's error, not every worker's
     device = dist_init(config.device, config.dist_timeout)
     size, rank = world()
-    datasets.require_classification(config.dataset, "lipt (a classifier's gradients select)")
     data = data if data is not None else datasets.load(config.dataset, config.image_size)
+    datasets.require_classification(config.dataset, "lipt (a classifier's gradients select)", data.task)
     started = time.perf_counter()  # like the Trainer's wall, from after loading the data
     pool, held_out = pool_split(len(data.train), config.val_fraction)
     if held_out.numel() == 0:

@@ -10,6 +10,7 @@ Difficulty is oriented so that larger is harder for every score (low confidence,
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Optional
@@ -100,8 +101,8 @@ class RandomPB(Periodic):
         n, size = self.context.n, self.batch_size
         order = weighted_sample(torch.ones(self.batches), self.batches,
                                 seed=derive_seed(self.context.seed, 9, self.round(epoch))).tolist()
-        lengths = [min(n, (b + 1) * size) - b * size for b in order]
-        taken = next(i + 1 for i in range(len(order)) if sum(lengths[:i + 1]) >= self.budget)
+        held = itertools.accumulate(min(n, (b + 1) * size) - b * size for b in order)
+        taken = next(i + 1 for i, total in enumerate(held) if total >= self.budget)
         chosen = sorted(order[:taken])
         picks = torch.cat([torch.arange(b * size, min(n, (b + 1) * size)) for b in chosen])
         self._last = {"round": self.round(epoch), "size": int(picks.numel()), "batches": taken}

@@ -56,8 +56,9 @@ def task_of(spec: str) -> str:
     return "regression" if spec == "diabetes" else "classification"
 
 
-def require_classification(spec: str, what: str) -> None:
-    if task_of(spec) != "classification":
+def require_classification(spec: str, what: str, task: Optional[str] = None) -> None:
+    """Refuses a regression dataset: ``task`` of a loaded bundle, else the name's."""
+    if (task or task_of(spec)) != "classification":
         raise ValueError(f"{what} needs a classification dataset; dataset {spec!r} is a regression")
 
 

@@ -59,7 +59,6 @@ class Trainer:
         self.autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp]
         bundle = data if data is not None else datasets.load(config.dataset, config.image_size)
         self.num_classes, self.input_shape, self.task = bundle.num_classes, bundle.input_shape, bundle.task
-        self.per_sample_loss = datasets.per_sample_loss(bundle.task)
         pool, held_out = pool_split(len(bundle.train), config.val_fraction)
         self.train_set = Subset(bundle.train, pool.tolist())
         val_set = Subset(bundle.train_eval, held_out.tolist()) if held_out.numel() else None
@@ -136,7 +135,7 @@ class Trainer:
                         with torch.autocast(self.device.type, dtype=self.autocast_dtype,
                                             enabled=self.autocast_dtype is not None):
                             out = model(x.to(self.device))
-                        loss = self.per_sample_loss(out, y.to(self.device)).mean()
+                        loss = self.driver.per_sample_loss(out, y.to(self.device)).mean()
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
@@ -172,8 +171,9 @@ class Trainer:
                                "scoring": drv.times["scoring"] - times0["scoring"],
                                "training": part["training"], "evaluation": evaluation},
                       "selections": drv.selections[part["selection_log"]:]}
-            if drv.strategy.log():
-                record["strategy"] = drv.strategy.log()
+            learned = drv.strategy.log()
+            if learned:
+                record["strategy"] = learned
             self._tick()
             record["wall"] = self.elapsed
             self.history.append(record)
@@ -213,7 +213,7 @@ class Trainer:
             x, y, i, w = drv.prepare(x, y, i, cfg.channels_last)
             with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
                 logits = self.net(x)
-            losses = self.per_sample_loss(logits, y)
+            losses = drv.per_sample_loss(logits, y)
             correct = logits.argmax(1) == y if drv.strategy.observes and self.task == "classification" else None
             loss = drv.loss(losses, i, w, correct)
             self.optimizer.zero_grad(set_to_none=True)
@@ -257,7 +257,7 @@ class Trainer:
                     logits = model(x).float()
                 if self.task == "classification":
                     sums[0] += (logits.argmax(1) == y).sum()
-                sums[1] += self.per_sample_loss(logits, y).sum()
+                sums[1] += self.driver.per_sample_loss(logits, y).sum()
                 sums[2] += y.numel()
         if self.world_size > 1:
             torch.distributed.all_reduce(sums)
