@@ -3,6 +3,7 @@
 #include <torch/csrc/stable/library.h>
 
 #include "ops/ce_scores/ce_scores.h"
+#include "ops/grad_norm/grad_norm.h"
 #include "ops/merge/merge.h"
 #include "ops/omp/omp.h"
 #include "ops/select/select.h"
@@ -25,6 +26,7 @@ STABLE_TORCH_LIBRARY(datadiet, m) {
       "omp_factored(Tensor errors, Tensor features, bool bias, Tensor c0, Tensor b2, int[] offsets, int[] budgets, float lam, "
       "bool positive, float tol) -> (Tensor indices, Tensor weights, Tensor residual, Tensor iterations, Tensor stop, "
       "Tensor rejected)");
+  m.def("per_sample_grad_sqnorm(Tensor a, Tensor g, int groups) -> Tensor");
   m.def("average_(Tensor(a!)[] dst, Tensor[] sources, float[] weights) -> ()");
   m.def("lerp_(Tensor(a!)[] dst, Tensor[] other, float alpha) -> ()");
   m.def("magnitude_prune_(Tensor(a!)[] tensors, Tensor(b!)[] masks, int[] keep) -> ()");
@@ -37,6 +39,7 @@ STABLE_TORCH_LIBRARY_IMPL(datadiet, CPU, m) {
   m.impl("selective_backprop_keep_", TORCH_BOX(&datadiet::selective_backprop_keep_cpu));
   m.impl("omp", TORCH_BOX(&datadiet::omp_cpu));
   m.impl("omp_factored", TORCH_BOX(&datadiet::omp_factored_cpu));
+  m.impl("per_sample_grad_sqnorm", TORCH_BOX(&datadiet::per_sample_grad_sqnorm_cpu));
   m.impl("average_", TORCH_BOX(&datadiet::average_cpu));
   m.impl("lerp_", TORCH_BOX(&datadiet::lerp_cpu));
   m.impl("magnitude_prune_", TORCH_BOX(&datadiet::magnitude_prune_cpu));

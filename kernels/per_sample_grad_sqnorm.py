@@ -1,0 +1,73 @@
+"""Triton kernel of ``datadiet::per_sample_grad_sqnorm``: one program per tile of one sample's
+per-group gradient ``M = Gᵀ A`` (the work items of ``csrc/ops/grad_norm/grad_norm_math.h``), built
+over T in ``BLOCK_T`` steps with ``tl.dot`` (IEEE float32, no TF32) for float32 / float16 /
+bfloat16 inputs, or a float64 broadcast-multiply-sum for float64 ones. Each program stores only
+its tile's squared sum; the wrapper sums each sample's tiles in item order."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from datadiet.kernels._launch import POINTER, launch, variant
+
+_NARROW = dict(BLOCK_P=32, BLOCK_D=32, BLOCK_T=16, WIDE=False)
+_WIDE = dict(BLOCK_P=16, BLOCK_D=16, BLOCK_T=8, WIDE=True)
+
+
+@triton.jit
+def _tile_kernel(a_ptr, g_ptr, partial_ptr, T, dg, pg, sa0, sa1, sa2, sg0, sg1, sg2, tiles_p, tiles_d, groups,
+                 BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, WIDE: tl.constexpr):
+    item = tl.program_id(0)
+    tile_d = item % tiles_d
+    rest = item // tiles_d
+    tile_p = rest % tiles_p
+    rest = rest // tiles_p
+    k = rest % groups
+    i = (rest // groups).to(tl.int64)
+    rows = tile_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    cols = tile_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    g_cols = (k * pg + rows).to(tl.int64) * sg2
+    a_cols = (k * dg + cols).to(tl.int64) * sa2
+    if WIDE:
+        acc = tl.zeros((BLOCK_P, BLOCK_D), tl.float64)
+    else:
+        acc = tl.zeros((BLOCK_P, BLOCK_D), tl.float32)
+    for t0 in range(0, T, BLOCK_T):
+        ts = t0 + tl.arange(0, BLOCK_T)
+        live = ts < T
+        tsl = ts.to(tl.int64)
+        gt = tl.load(g_ptr + i * sg0 + tsl[:, None] * sg1 + g_cols[None, :], mask=live[:, None] & (rows < pg)[None, :],
+                     other=0.0)
+        at = tl.load(a_ptr + i * sa0 + tsl[:, None] * sa1 + a_cols[None, :], mask=live[:, None] & (cols < dg)[None, :],
+                     other=0.0)
+        if WIDE:
+            acc += tl.sum(gt.to(tl.float64)[:, :, None] * at.to(tl.float64)[:, None, :], axis=0)
+        else:
+            acc += tl.dot(tl.trans(gt.to(tl.float32)), at.to(tl.float32), input_precision="ieee")
+    tl.store(partial_ptr + item, tl.sum(tl.sum(acc * acc, axis=1), axis=0))
+
+
+def per_sample_grad_sqnorm(a: torch.Tensor, g: torch.Tensor, groups: int) -> torch.Tensor:
+    wide = a.dtype == torch.float64
+    acc = torch.float64 if wide else torch.float32
+    B, T, d = a.shape
+    p = g.shape[2]
+    dg, pg = d // groups, p // groups
+    blocks = _WIDE if wide else _NARROW
+    tiles_p, tiles_d = triton.cdiv(pg, blocks["BLOCK_P"]), triton.cdiv(dg, blocks["BLOCK_D"])
+    per = groups * tiles_p * tiles_d
+    if B == 0 or T == 0 or per == 0:
+        return torch.zeros(B, dtype=acc, device=a.device)
+    partial = torch.empty(B * per, dtype=acc, device=a.device)
+    launch(_tile_kernel, (B * per,), a, g, partial, T, dg, pg, *a.stride(), *g.stride(), tiles_p, tiles_d, groups,
+           **blocks)
+    return partial.view(B, per).sum(1)
+
+
+def variants():
+    ints = " ".join(["i32"] * 12)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        yield variant(_tile_kernel, f"{POINTER[dtype]} {POINTER[dtype]} *fp32 {ints}", **_NARROW)
+    yield variant(_tile_kernel, f"*fp64 *fp64 *fp64 {ints}", **_WIDE)

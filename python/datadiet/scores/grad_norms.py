@@ -1,0 +1,341 @@
+"""Exact per-sample gradient norms over a whole model, at the memory of one backward pass.
+
+``grad_norms(model, inputs, targets)`` returns ``‖∂ℓ_i/∂θ‖`` for every sample i of a batch, θ every
+trainable parameter, ℓ_i the sample's own loss (so a norm does not depend on the batch it came
+in). No per-sample gradient is materialised:
+
+- A forward hook on each layer keeps its input and puts a tensor hook on its output (full
+  backward hooks break on in-place ReLU); when the output's gradient arrives in the backward
+  pass, the layer's squared norm is computed from (input, output gradient) by the rules of
+  ``layer_rules`` and its temporaries are dropped, so one layer's exist at a time. Layers add
+  in squares.
+- Every parameter is frozen for the pass and the backward pass asks only for the gradients of
+  the first layers' outputs, so no weight-gradient GEMM runs.
+- Parameters no rule covers (raw ``nn.Parameter``s such as a ViT's class token and position
+  embedding, ``nn.MultiheadAttention``'s in-projection, layers of other types) are covered per
+  owning module with ``torch.func``: ``vmap`` over the batch of the ``vjp`` of that module's
+  forward w.r.t. only those parameters, from the inputs and output gradients the hooks recorded.
+  ``fallback=False`` refuses them instead, naming them; tied weights (one parameter owned by
+  several modules) and parametrized weights are always refused — never a silently partial norm.
+- BatchNorm in train mode has no per-sample gradient (a sample's output depends on the batch):
+  the pass runs in eval mode and restores every module's mode afterwards; ``train_mode=True``
+  keeps the modes (dropout as set by the caller) and refuses a BatchNorm using batch statistics.
+
+Layers of the modules ``torch.func`` falls back on must take batch-first tensors (dim 0 = the
+batch; ``nn.MultiheadAttention`` with ``batch_first=False`` is handled).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from datadiet.scores.layer_rules import MODES, check_batch_norm, merge, rule_for, sqnorm
+
+COVERED_BY_RULES = frozenset({"weight", "bias"})
+
+
+@dataclass
+class _Call:
+    """One forward call of a planned module: its inputs, output leaves and their gradients."""
+
+    args: tuple
+    kwargs: dict
+    versions: list
+    leaves: list  # the output's pytree leaves (tensors needing a gradient are awaited)
+    grads: dict = field(default_factory=dict)  # leaf index -> gradient
+    waiting: int = 0
+
+
+@dataclass
+class _Site:
+    name: str
+    module: nn.Module
+    params: tuple[str, ...]  # the module's own trainable parameters this site covers
+    rule: Optional[Callable]  # None: torch.func fallback
+    calls: list = field(default_factory=list)
+
+
+def grad_norms(model: nn.Module, inputs, targets: torch.Tensor, loss_fn: Optional[Callable] = None, *,
+               mode: str = "auto", per_layer: bool = False, train_mode: bool = False, fallback: bool = True,
+               backend: str = "auto") -> Union[torch.Tensor, tuple[torch.Tensor, dict]]:
+    """Exact ``‖∂ℓ_i/∂θ‖`` over every trainable parameter θ of ``model``, for each sample i.
+
+    Args:
+        model: any ``nn.Module`` (a DistributedDataParallel wrapper is unwrapped). Frozen
+            parameters (``requires_grad=False``) are left out of the norm.
+        inputs: the batch (a tensor, or a tuple of tensors passed as ``model(*inputs)``).
+        targets: what ``loss_fn`` compares the outputs with.
+        loss_fn: ``loss_fn(outputs, targets) -> [B]`` per-sample losses; default cross-entropy
+            with ``reduction="none"``. A reduced (scalar) loss is refused: its gradients would be
+            scaled by 1/B and coupled through the batch.
+        mode: ``"auto"`` picks per layer and input shape between ``"ghost"`` (Gram matrices,
+            O(T²(d+p))) and ``"instantiate"`` (the fused ``per_sample_grad_sqnorm`` kernel,
+            O(T·p·d)); either can be forced.
+        per_layer: also return ``{module name: [B] norm of that module's own parameters}``.
+        train_mode: keep the modules' train/eval modes (default: eval mode for the pass).
+        fallback: cover parameters no rule sees with ``torch.func`` (default) or refuse them.
+        backend: the kernel backend of ``per_sample_grad_sqnorm``.
+
+    Returns ``[B]`` norms (float32; float64 for a float64 model), or ``(norms, per_layer)``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"grad_norms: mode must be one of {MODES}, got {mode!r}")
+    model = getattr(model, "module", model)
+    inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    loss_fn = loss_fn or functools.partial(F.cross_entropy, reduction="none")
+    params = [p for p in model.parameters() if p.requires_grad]
+    acc = torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
+    trainable = {id(p) for p in params}
+    with _scoring_modes(model, train_mode), _frozen(params), torch.enable_grad():
+        sites = _plan(model, trainable, fallback)
+        run = _Pass(sites, mode, backend, acc)
+        with run.hooked():
+            with run.watching_parameters():
+                outputs = model(*inputs)
+            losses = loss_fn(outputs, targets)
+            B = _batch_size(losses, inputs)
+            run.begin_backward(B, losses.device)
+            if run.roots and losses.requires_grad:
+                torch.autograd.grad(losses.sum(), run.roots, allow_unused=True)
+        run.finish()
+    norms = run.total.sqrt()
+    if per_layer:
+        return norms, {name: sq.sqrt() for name, sq in run.layers.items()}
+    return norms
+
+
+def _batch_size(losses, inputs) -> int:
+    if not isinstance(losses, torch.Tensor) or losses.dim() != 1:
+        raise ValueError(f"grad_norms: loss_fn must return one loss per sample, shape [B]; got "
+                         f"{tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__} "
+                         "(use reduction='none': a mean-reduced loss scales every gradient by 1/B)")
+    B = losses.shape[0]
+    first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+    if first is not None and first.dim() > 0 and first.shape[0] != B:
+        raise ValueError(f"grad_norms: loss_fn returned {B} losses for a batch of {first.shape[0]} inputs")
+    return B
+
+
+@contextlib.contextmanager
+def _scoring_modes(model: nn.Module, train_mode: bool):
+    modes = [(m, m.training) for m in model.modules()]
+    if not train_mode:
+        model.eval()
+    try:
+        for name, m in model.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                check_batch_norm(m, name)
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@contextlib.contextmanager
+def _frozen(params: list):
+    """No parameter requires grad during the pass: the backward pass computes no weight gradient."""
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def _plan(model: nn.Module, trainable: set, fallback: bool) -> list[_Site]:
+    """One site per module owning parameters of ``trainable`` (ids): a rule when one covers them
+    all, else the ``torch.func`` fallback (or a refusal naming them)."""
+    owners: dict[int, list[str]] = {}
+    for mname, m in model.named_modules():
+        for pname, p in m.named_parameters(recurse=False):
+            owners.setdefault(id(p), []).append(f"{mname}.{pname}" if mname else pname)
+    sites, refused, taken = [], [], set()
+    for mname, m in model.named_modules():
+        if id(m) in taken:
+            continue
+        own = [n for n, p in m.named_parameters(recurse=False) if id(p) in trainable]
+        if isinstance(m, nn.MultiheadAttention):
+            # Its forward reads out_proj's weight directly (out_proj itself is never called):
+            # the in- and out-projections are covered together, by the fallback.
+            own += [f"out_proj.{n}" for n, p in m.out_proj.named_parameters(recurse=False) if id(p) in trainable]
+            taken.add(id(m.out_proj))
+        if not own:
+            continue
+        full = [f"{mname}.{n}" if mname else n for n in own]
+        tied = [owners[id(m.get_parameter(n))] for n in own if len(owners[id(m.get_parameter(n))]) > 1]
+        if tied:
+            raise ValueError(f"grad_norms: tied weights {tied[0]}: one parameter used by several modules has a "
+                             "per-sample gradient summed over its uses, which per-module norms cannot combine; "
+                             "untie them or freeze them (requires_grad=False)")
+        if isinstance(m, parametrize.ParametrizationList):
+            raise ValueError(f"grad_norms: parametrized parameters {full} are used through their parametrization's "
+                             "forward, which no hook sees; remove the parametrization (e.g. "
+                             "torch.nn.utils.parametrize.remove_parametrizations) before scoring")
+        rule = rule_for(m)
+        if rule is not None and set(own) <= COVERED_BY_RULES:
+            sites.append(_Site(mname, m, tuple(own), rule))
+        elif fallback:
+            sites.append(_Site(mname, m, tuple(own), None))
+        else:
+            refused += full
+    if refused:
+        raise ValueError(f"grad_norms: no per-layer rule covers the parameters {refused} (raw nn.Parameters, "
+                         "nn.MultiheadAttention's in-projection, or layer types other than Linear, Conv1d/2d, "
+                         "Embedding, LayerNorm, GroupNorm and BatchNorm); pass fallback=True to cover them with "
+                         "torch.func, or freeze them")
+    return sites
+
+
+class _Pass:
+    """The hooks of one ``grad_norms`` call and the squared norms they accumulate."""
+
+    def __init__(self, sites: list[_Site], mode: str, backend: str, acc: torch.dtype) -> None:
+        self.sites, self.mode, self.backend, self.acc = sites, mode, backend, acc
+        self.roots: list[torch.Tensor] = []
+        self.layers: dict[str, torch.Tensor] = {}
+        self.total: Optional[torch.Tensor] = None
+        self.suspended = False  # True while the fallback re-runs modules under torch.func
+
+    @contextlib.contextmanager
+    def hooked(self):
+        handles = [s.module.register_forward_hook(functools.partial(self._on_forward, s), with_kwargs=True)
+                   for s in self.sites]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    @contextlib.contextmanager
+    def watching_parameters(self):
+        """Refuses a covered parameter read by an op outside its site's module call (a weight
+        another module uses directly): its gradient would escape the module's norm."""
+        owners = {id(s.module.get_parameter(n)): (s, n) for s in self.sites for n in s.params}
+        executing: dict[int, int] = {}
+
+        def enter(module, args):
+            executing[id(module)] = executing.get(id(module), 0) + 1
+
+        def leave(module, args, output):
+            executing[id(module)] -= 1
+
+        handles = [h for s in self.sites for h in (s.module.register_forward_pre_hook(enter),
+                                                   s.module.register_forward_hook(leave))]
+        try:
+            with _ParameterUse(owners, executing):
+                yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def begin_backward(self, B: int, device: torch.device) -> None:
+        self.B = B
+        self.total = torch.zeros(B, dtype=self.acc, device=device)
+
+    def _on_forward(self, site: _Site, module, args, kwargs, output):
+        if self.suspended:
+            return None
+        leaves, spec = tree_flatten(output)
+        made_root = False
+        for k, t in enumerate(leaves):
+            # An output no earlier root leads to (the first layers, or a layer on token ids) becomes
+            # a root itself: the backward pass is asked for its gradient.
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not t.requires_grad:
+                leaves[k] = t.detach().requires_grad_()
+                self.roots.append(leaves[k])
+                made_root = True
+        inputs = tree_flatten((args, kwargs))[0]
+        call = _Call(args, kwargs, [t._version if isinstance(t, torch.Tensor) else None for t in inputs], leaves)
+        for k, t in enumerate(leaves):
+            if isinstance(t, torch.Tensor) and t.requires_grad:
+                t.register_hook(functools.partial(self._on_grad, site, call, k))
+                call.waiting += 1
+        site.calls.append(call)
+        return tree_unflatten(leaves, spec) if made_root else None
+
+    def _on_grad(self, site: _Site, call: _Call, k: int, grad: torch.Tensor) -> None:
+        call.grads[k] = grad
+        call.waiting -= 1
+        if site.rule is not None and all(c.waiting == 0 for c in site.calls):
+            self._close(site)  # the layer's norm now; its inputs and gradients are dropped
+
+    def finish(self) -> None:
+        """Sites whose outputs got no gradient for some call, then the torch.func fallbacks."""
+        if self.total is None:
+            return
+        for site in self.sites:
+            if site.calls:
+                self._close(site)
+
+    def _close(self, site: _Site) -> None:
+        calls = [c for c in site.calls if c.grads]
+        site.calls = []
+        if not calls:
+            return
+        for c in calls:
+            _check_unchanged(site, c)
+        if site.rule is None:
+            from datadiet.scores.func_fallback import fallback_sqnorm
+
+            self.suspended = True
+            try:
+                sq = sum(fallback_sqnorm(site.module, site.params, c, self.B, self.acc) for c in calls)
+            finally:
+                self.suspended = False
+        else:
+            pieces: dict[str, list] = {}
+            for c in calls:
+                x = c.args[0] if c.args else next(iter(c.kwargs.values()))
+                for name, piece in site.rule(site.module, x, c.grads[0], set(site.params)).items():
+                    pieces.setdefault(name, []).append(piece)
+            sq = sum(sqnorm(merge(ps), self.mode, self.backend).to(self.acc) for ps in pieces.values())
+        self.total += sq
+        key = site.name or "(root)"
+        self.layers[key] = self.layers[key] + sq if key in self.layers else sq
+
+
+def _check_unchanged(site: _Site, call: _Call) -> None:
+    inputs = tree_flatten((call.args, call.kwargs))[0]
+    for t, version in zip(inputs, call.versions):
+        if isinstance(t, torch.Tensor) and t._version != version:
+            raise RuntimeError(f"grad_norms: the input of module {site.name or '(root)'!r} was modified in place after "
+                               "the module read it, so its recorded input no longer is what the module saw; make the "
+                               "later in-place op out of place (e.g. inplace=False)")
+
+
+class _ParameterUse(TorchFunctionMode):
+    """Checks every op's tensor arguments for a covered parameter whose module is not running."""
+
+    def __init__(self, owners: dict, executing: dict) -> None:
+        super().__init__()
+        self.owners, self.executing = owners, executing
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for a in (*args, *kwargs.values()):
+            for t in (a if isinstance(a, (list, tuple)) else (a,)):
+                self._check(t)
+        return func(*args, **kwargs)
+
+    def _check(self, t) -> None:
+        owner = self.owners.get(id(t)) if isinstance(t, torch.Tensor) else None
+        if owner is None:
+            return
+        site, name = owner
+        if t is site.module.get_parameter(name) and not self.executing.get(id(site.module)):
+            full = f"{site.name}.{name}" if site.name else name
+            raise ValueError(f"grad_norms: parameter {full!r} is used by an op outside the forward of its module "
+                             f"({type(site.module).__name__}), e.g. a weight shared with another module; its "
+                             "per-sample gradient would not be attributed. Freeze it, or make the module that uses "
+                             "it own it")
