@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from datadiet.scores.layer_rules import MODES, check_batch_norm, merge, rule_for, sqnorm
 
@@ -250,11 +250,14 @@ class _Pass:
         made_root = False
         for k, t in enumerate(leaves):
             # An output no earlier root leads to (the first layers, or a layer on token ids) becomes
-            # a root itself: the backward pass is asked for its gradient.
+            # a root: the backward pass is asked for the gradient of a leaf holding its value, and the
+            # model goes on with a copy, so a later in-place op (ReLU(inplace=True)) leaves the leaf be.
             if isinstance(t, torch.Tensor) and t.is_floating_point() and not t.requires_grad:
-                leaves[k] = t.detach().requires_grad_()
-                self.roots.append(leaves[k])
+                root = t.detach().requires_grad_()
+                self.roots.append(root)
+                leaves[k] = root.clone()
                 made_root = True
+        args, kwargs = tree_map(_detached, (args, kwargs))  # detach() shares the version counter
         inputs = tree_flatten((args, kwargs))[0]
         call = _Call(args, kwargs, [t._version if isinstance(t, torch.Tensor) else None for t in inputs], leaves)
         for k, t in enumerate(leaves):
@@ -295,14 +298,20 @@ class _Pass:
                 self.suspended = False
         else:
             pieces: dict[str, list] = {}
-            for c in calls:
-                x = c.args[0] if c.args else next(iter(c.kwargs.values()))
-                for name, piece in site.rule(site.module, x, c.grads[0], set(site.params)).items():
-                    pieces.setdefault(name, []).append(piece)
-            sq = sum(sqnorm(merge(ps), self.mode, self.backend).to(self.acc) for ps in pieces.values())
+            with torch.no_grad():
+                for c in calls:
+                    x = c.args[0] if c.args else next(iter(c.kwargs.values()))
+                    for name, piece in site.rule(site.module, x, c.grads[0], set(site.params)).items():
+                        pieces.setdefault(name, []).append(piece)
+                sq = sum(sqnorm(merge(ps), self.mode, self.backend).to(self.acc) for ps in pieces.values())
+        sq = sq.detach()
         self.total += sq
         key = site.name or "(root)"
         self.layers[key] = self.layers[key] + sq if key in self.layers else sq
+
+
+def _detached(x):
+    return x.detach() if isinstance(x, torch.Tensor) else x
 
 
 def _check_unchanged(site: _Site, call: _Call) -> None:
