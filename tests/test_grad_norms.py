@@ -291,3 +291,80 @@ def test_input_changed_in_place_after_use_refused():
 def test_bad_mode():
     with pytest.raises(ValueError, match="mode must be one of"):
         grad_norms(nn.Linear(2, 2), torch.randn(1, 2), torch.tensor([0]), mode="fast")
+
+
+# -- GraNd / EL2N over initialisations, the scoring pass and the strategy ----------------------
+
+def _digits(n=60):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data[:n], dtype=torch.float32) / 16
+    return torch.utils.data.TensorDataset(x, torch.tensor(d.target[:n]))
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+
+
+def test_grand_over_initialisations_is_the_mean_of_exact_norms():
+    from datadiet.scores import grand
+    from datadiet._seeds import derive_seed, seeded_global_rng
+
+    data = _digits()
+    out = grand(_mlp, data, inits=3, epochs=0, seed=5, batch_size=16)
+    assert out.per_init.shape == (3, 60) and out.mean.shape == out.std.shape == (60,)
+    x, y = data.tensors
+    for k in range(3):  # each initialisation's row is grad_norms of that initialisation, in dataset order
+        with seeded_global_rng(derive_seed(5, 31, k)):
+            model = _mlp()
+        torch.testing.assert_close(out.per_init[k], grad_norms(model, x, y), rtol=1e-5, atol=1e-6)
+    assert not torch.equal(out.per_init[0], out.per_init[1])  # different initialisations
+    torch.testing.assert_close(out.mean, out.per_init.mean(0))
+    assert torch.equal(grand(_mlp, data, inits=3, seed=5, batch_size=16).per_init, out.per_init)  # same seed
+    last = grand(_mlp, data, inits=1, scope="last_layer", seed=5, batch_size=16).per_init[0]
+    assert bool((last < out.per_init[0] + 1e-6).all()) and not torch.allclose(last, out.per_init[0])
+
+
+def test_grand_and_el2n_with_training_epochs_and_errors():
+    from datadiet.scores import el2n, grand
+
+    data = _digits()
+    trained = el2n(_mlp, data, inits=2, epochs=2, seed=1, batch_size=16, lr=0.1)
+    untrained = el2n(_mlp, data, inits=2, epochs=0, seed=1, batch_size=16)
+    assert trained.mean.mean() < untrained.mean.mean()  # training lowers the errors
+    assert torch.equal(el2n(_mlp, data, inits=2, epochs=2, seed=1, batch_size=16, lr=0.1).per_init,
+                       trained.per_init)
+    calls = []
+    grand(_mlp, data, inits=2, epochs=1, train_fn=lambda m, k: calls.append(k), batch_size=30)
+    assert calls == [0, 1]
+    with pytest.raises(ValueError, match="inits must be an int >= 1"):
+        grand(_mlp, data, inits=0)
+    with pytest.raises(ValueError, match="scope must be one of"):
+        grand(_mlp, data, scope="all")
+    with pytest.raises(TypeError, match="unknown options \\['lr_decay'\\]"):
+        el2n(_mlp, data, lr_decay=0.1)
+
+
+def test_grand_strategy_full_scope_through_the_trainer(tmp_path):
+    from datadiet.train.config import TrainConfig
+    from datadiet.train.trainer import Trainer
+
+    def run(scope):
+        config = TrainConfig(strategy="grand", fraction=0.3, epochs=2, batch_size=64, progress=False,
+                             strategy_params={"scope": scope, "pretrain_epochs": 0, "warm": 0.0},
+                             out=str(tmp_path / scope))
+        trainer = Trainer(config)
+        summary = trainer.fit()
+        return trainer, summary
+
+    full, summary = run("full")
+    assert summary["selections"][0]["size"] > 0
+    last, _ = run("last_layer")
+    table_full = full.driver.score(grad_scope="full")
+    table_last = full.driver.score()
+    assert not torch.allclose(table_full.grad_norm, table_last.grad_norm)
+    assert bool((table_last.grad_norm <= table_full.grad_norm * (1 + 1e-5) + 1e-6).all())
+    with pytest.raises(ValueError, match="scope must be one of"):
+        Trainer(TrainConfig(strategy="grand", fraction=0.3, epochs=1, progress=False,
+                            strategy_params={"scope": "everything"}, out=str(tmp_path / "bad")))

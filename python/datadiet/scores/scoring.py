@@ -6,7 +6,8 @@ per-sample score of ``ce_scores`` in dataset order, with the final ``nn.Linear``
 each row of the table is the sample whose index the loader returned, so shuffled, sharded or
 distributed passes fill the same table. Under ``torch.distributed`` each rank scores its shard
 (``rank::world``) and the shards are gathered, so every rank holds the full table. The model's
-train/eval modes are restored afterwards; BatchNorm statistics never move.
+train/eval modes are restored afterwards; BatchNorm statistics never move. ``grad_scope="full"``
+replaces last-layer GraNd by the exact whole-model per-sample gradient norm (``grad_norms``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from torch.utils.data import DataLoader, Subset
 from datadiet._dist import world as dist_world
 from datadiet._dist import gather_rows
 from datadiet.ops.ce_scores import ce_scores
+from datadiet.scores.grad_norms import grad_norms
+
+GRAD_SCOPES = ("last_layer", "full")
 
 
 @dataclass
@@ -85,12 +89,17 @@ def eval_mode(model: nn.Module):
 def score_dataset(model: nn.Module, dataset, *, head: Optional[nn.Linear] = None, features: bool = False,
                   errors: bool = False, logits: bool = False, batch_size: int = 256, device=None, workers: int = 0,
                   autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
-                  progress=None) -> ScoreTable:
+                  progress=None, grad_scope: str = "last_layer", grad_mode: str = "auto") -> ScoreTable:
     """Scores every sample of ``dataset`` (index-aware: ``ds[i] -> (x, y, i)``) with ``model``.
 
     ``features``/``errors`` need the classification layer (``head``, found with ``final_linear``
     when omitted); its inputs' squared norms always feed ``grad_norm`` (last-layer GraNd) when a
-    head is known. ``progress`` wraps the batch iterator (e.g. a tqdm factory)."""
+    head is known. ``grad_scope="full"`` makes ``grad_norm`` the exact norm over every trainable
+    parameter instead (``grad_norms``, one extra forward and backward per batch, in eval mode,
+    full precision; ``grad_mode`` is its mode). ``progress`` wraps the batch iterator (e.g. a
+    tqdm factory)."""
+    if grad_scope not in GRAD_SCOPES:
+        raise ValueError(f"score_dataset: grad_scope must be one of {GRAD_SCOPES}, got {grad_scope!r}")
     model = getattr(model, "module", model)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     n = len(dataset)
@@ -120,6 +129,8 @@ def score_dataset(model: nn.Module, dataset, *, head: Optional[nn.Linear] = None
                 s = ce_scores(z, y, feature_sqnorm=None if h is None else h.pow(2).sum(1), return_embedding=errors)
                 row = {name: getattr(s, name) for name in ("loss", "el2n", "grad_norm", "confidence", "margin",
                                                            "entropy", "correct")}
+                if grad_scope == "full":
+                    row["grad_norm"] = grad_norms(model, x, y, mode=grad_mode).float()
                 row["labels"] = y
                 if errors:
                     row["errors"] = s.embedding

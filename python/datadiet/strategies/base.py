@@ -42,7 +42,7 @@ from datadiet.select.selection import Selection
 class Context:
     """What the loop tells a strategy. ``score(split=..., features=, errors=, logits=)`` scores the
     current model over the training pool (``split="train"``) or the held-out selection split
-    (``"val"``); ``proxy_scores(epochs, init)`` trains a fresh model from initialisation
+    (``"val"``); ``proxy_scores(epochs, init, **wanted)`` trains a fresh model from initialisation
     ``init`` for ``epochs`` epochs on the full pool and scores the pool with it. ``run`` describes
     the run (the ``Trainer``'s configuration) for files a strategy writes."""
 

@@ -21,6 +21,7 @@ from datadiet._seeds import derive_seed
 from datadiet.ops.topk_select import topk_select
 from datadiet.ops.weighted_sample import weighted_sample
 from datadiet.scores.forgetting import ForgettingCounter
+from datadiet.scores.scoring import GRAD_SCOPES
 from datadiet.select._budget import class_budgets
 from datadiet.select.selection import Selection
 from datadiet.strategies.base import Periodic, Strategy
@@ -223,10 +224,14 @@ class ScoreBased(Periodic):
             return self._table.clone()
         ctx = self.context
         if self.pretrain_epochs or self.repeats > 1:
-            tables = [difficulty(ctx.proxy_scores(self.pretrain_epochs, init), self.score) for init in
-                      range(self.repeats)]
+            tables = [difficulty(ctx.proxy_scores(self.pretrain_epochs, init, **self.scoring()), self.score)
+                      for init in range(self.repeats)]
             return torch.stack(tables).mean(0)
-        return difficulty(ctx.score(), self.score)
+        return difficulty(ctx.score(**self.scoring()), self.score)
+
+    def scoring(self) -> dict:
+        """Options of the scoring pass (``score_dataset``) this strategy needs."""
+        return {}
 
     def choose(self, epoch: int) -> Selection:
         d = self.scores()
@@ -260,10 +265,27 @@ class EL2N(ScoreBased):
 
 @dataclass
 class GraNd(ScoreBased):
-    """Keeps by last-layer GraNd, the exact norm of ∂ℓ/∂(W, b) of the final Linear."""
+    """Keeps by GraNd, the norm of each sample's loss gradient: ``scope="last_layer"`` (default) the
+    exact norm of ∂ℓ/∂(W, b) of the final Linear (DeepCore's GraNd, without its 1/batch scaling);
+    ``scope="full"`` the exact norm over every trainable parameter, as the paper defines it
+    (``datadiet.scores.grad_norms``: one more forward and backward per scored batch). With
+    ``repeats`` the mean over that many initialisations, each trained ``pretrain_epochs``."""
 
     name = "grand"
     score: str = field(default="grand", init=False)
+    scope: str = "last_layer"
+
+    @property
+    def needs_head(self) -> bool:
+        return self.scope == "last_layer"
+
+    def setup(self, context) -> None:
+        if self.scope not in GRAD_SCOPES:
+            raise ValueError(f"grand: scope must be one of {GRAD_SCOPES}, got {self.scope!r}")
+        super().setup(context)
+
+    def scoring(self) -> dict:
+        return {"grad_scope": self.scope}
 
 
 @dataclass

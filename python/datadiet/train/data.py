@@ -17,30 +17,11 @@ import math
 from typing import Any, Iterator
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Sampler
 
 from datadiet._seeds import derive_seed
+from datadiet.scores.indexed import IndexedDataset  # noqa: F401  (re-exported: the loop's data plumbing)
 from datadiet.select.selection import Selection
-
-class IndexedDataset(Dataset):
-    """``dataset[i] = (input, target)`` → ``(input, target, i)``."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int):
-        x, y = self.dataset[i]
-        return x, y, i
-
-    def __getitems__(self, indices: list) -> list:
-        """A whole batch at once (the DataLoader's batched fetch; one call instead of one per sample)."""
-        fetch = getattr(self.dataset, "__getitems__", None)
-        samples = fetch(indices) if fetch is not None else [self.dataset[i] for i in indices]
-        return [(x, y, i) for (x, y), i in zip(samples, indices, strict=True)]
-
 
 class SelectionSampler(Sampler[int]):
     """The selection's indices, one epoch at a time (see the module docstring). ``set_epoch``

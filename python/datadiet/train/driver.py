@@ -109,9 +109,9 @@ class Driver:
     def _timed(self, proxy_scores):
         """Proxy models' training booked as pre-training (the tax LiPT cuts); their scoring passes
         (through ``score``) stay scoring, as a pre-trained scorer's do."""
-        def timed(epochs: int, init: int) -> ScoreTable:
+        def timed(epochs: int, init: int, **wanted) -> ScoreTable:
             start, scoring = time.perf_counter(), self.times["scoring"]
-            table = proxy_scores(epochs, init)
+            table = proxy_scores(epochs, init, **wanted)
             self.times["pretraining"] += time.perf_counter() - start - (self.times["scoring"] - scoring)
             return table
         return timed

@@ -118,9 +118,10 @@ class Trainer:
             return lambda iterable, **kw: iterable
         return lambda iterable, **kw: tqdm(iterable, desc=desc, leave=False, **kw)
 
-    def proxy_scores(self, epochs: int, init: int):
-        """A fresh model (initialisation ``init``) trained ``epochs`` epochs on the full pool, scored.
-        Under DDP every rank trains the same proxy on the whole pool (no communication)."""
+    def proxy_scores(self, epochs: int, init: int, **wanted):
+        """A fresh model (initialisation ``init``) trained ``epochs`` epochs on the full pool, scored
+        (``wanted``: options of the scoring pass). Under DDP every rank trains the same proxy on the
+        whole pool (no communication)."""
         cfg = self.config
         with seeded_global_rng(derive_seed(cfg.seed, 6, init)):
             model = self._build_model()
@@ -140,7 +141,7 @@ class Trainer:
                         loss.backward()
                         opt.step()
                         sched.step()
-            return self.driver.score(model=model)
+            return self.driver.score(model=model, **wanted)
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> dict:
