@@ -11,7 +11,8 @@ import torch
 
 from bench import harness
 
-BENCHMARKS = ("ce_scores", "ensemble", "lipt", "merge", "omp", "selective_backprop", "topk_select", "train", "weighted_sample")
+BENCHMARKS = ("ce_scores", "ensemble", "grad_norms", "lipt", "merge", "omp", "per_sample_grad_sqnorm", "selective_backprop",
+              "topk_select", "train", "weighted_sample")
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,6 @@
-"""Triton kernel of ``datadiet::per_sample_grad_sqnorm``: one program per tile of one sample's
+"""Triton kernels of ``datadiet::per_sample_grad_sqnorm`` (and ``per_sample_conv_grad_sqnorm``, which
+gathers A from the convolution input instead of reading a materialised unfold): one program per
+tile of one sample's
 per-group gradient ``M = Gᵀ A`` (the work items of ``csrc/ops/grad_norm/grad_norm_math.h``), built
 over T in ``BLOCK_T`` steps with ``tl.dot`` (IEEE float32, no TF32) for float32 / float16 /
 bfloat16 inputs, or a float64 broadcast-multiply-sum for float64 ones. Each program stores only
@@ -49,6 +51,67 @@ def _tile_kernel(a_ptr, g_ptr, partial_ptr, T, dg, pg, sa0, sa1, sa2, sg0, sg1, 
     tl.store(partial_ptr + item, tl.sum(tl.sum(acc * acc, axis=1), axis=0))
 
 
+@triton.jit
+def _conv_tile_kernel(x_ptr, g_ptr, partial_ptr, T, dg, pg, sx0, sxc, sxy, sxx, sg0, sgt, sgc, H, W, kh, kw, sh, sw,
+                      ph, pw, dh, dw, Wo, tiles_p, tiles_d, groups,
+                      BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, WIDE: tl.constexpr):
+    item = tl.program_id(0)
+    tile_d = item % tiles_d
+    rest = item // tiles_d
+    tile_p = rest % tiles_p
+    rest = rest // tiles_p
+    k = rest % groups
+    i = (rest // groups).to(tl.int64)
+    rows = tile_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    cols = tile_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    g_cols = (k * pg + rows).to(tl.int64) * sgc
+    # column c of group k -> input channel and kernel tap (F.unfold's order)
+    c = k * dg + cols
+    kk = kh * kw
+    channel = (c // kk).to(tl.int64) * sxc
+    tap = c % kk
+    dy = (tap // kw) * dh - ph
+    dx = (tap % kw) * dw - pw
+    if WIDE:
+        acc = tl.zeros((BLOCK_P, BLOCK_D), tl.float64)
+    else:
+        acc = tl.zeros((BLOCK_P, BLOCK_D), tl.float32)
+    for t0 in range(0, T, BLOCK_T):
+        ts = t0 + tl.arange(0, BLOCK_T)
+        live = ts < T
+        gt = tl.load(g_ptr + i * sg0 + ts.to(tl.int64)[:, None] * sgt + g_cols[None, :],
+                     mask=live[:, None] & (rows < pg)[None, :], other=0.0)
+        y = (ts // Wo * sh)[:, None] + dy[None, :]
+        xx = (ts % Wo * sw)[:, None] + dx[None, :]
+        inside = live[:, None] & (cols < dg)[None, :] & (y >= 0) & (y < H) & (xx >= 0) & (xx < W)
+        at = tl.load(x_ptr + i * sx0 + channel[None, :] + y.to(tl.int64) * sxy + xx.to(tl.int64) * sxx, mask=inside,
+                     other=0.0)
+        if WIDE:
+            acc += tl.sum(gt.to(tl.float64)[:, :, None] * at.to(tl.float64)[:, None, :], axis=0)
+        else:
+            acc += tl.dot(tl.trans(gt.to(tl.float32)), at.to(tl.float32), input_precision="ieee")
+    tl.store(partial_ptr + item, tl.sum(tl.sum(acc * acc, axis=1), axis=0))
+
+
+def per_sample_conv_grad_sqnorm(x: torch.Tensor, g: torch.Tensor, kernel_size, stride, padding, dilation,
+                                groups: int) -> torch.Tensor:
+    wide = x.dtype == torch.float64
+    acc = torch.float64 if wide else torch.float32
+    B, C, H, W = x.shape
+    O, Ho, Wo = g.shape[1:]
+    dg, pg = C * kernel_size[0] * kernel_size[1] // groups, O // groups
+    blocks = _WIDE if wide else _NARROW
+    tiles_p, tiles_d = triton.cdiv(pg, blocks["BLOCK_P"]), triton.cdiv(dg, blocks["BLOCK_D"])
+    per = groups * tiles_p * tiles_d
+    T = Ho * Wo
+    if B == 0 or T == 0 or per == 0:
+        return torch.zeros(B, dtype=acc, device=x.device)
+    partial = torch.empty(B * per, dtype=acc, device=x.device)
+    launch(_conv_tile_kernel, (B * per,), x, g, partial, T, dg, pg, *x.stride(), g.stride(0), g.stride(3), g.stride(1),
+           H, W, *kernel_size, *stride, *padding, *dilation, Wo, tiles_p, tiles_d, groups, **blocks)
+    return partial.view(B, per).sum(1)
+
+
 def per_sample_grad_sqnorm(a: torch.Tensor, g: torch.Tensor, groups: int) -> torch.Tensor:
     wide = a.dtype == torch.float64
     acc = torch.float64 if wide else torch.float32
@@ -67,7 +130,8 @@ def per_sample_grad_sqnorm(a: torch.Tensor, g: torch.Tensor, groups: int) -> tor
 
 
 def variants():
-    ints = " ".join(["i32"] * 12)
-    for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        yield variant(_tile_kernel, f"{POINTER[dtype]} {POINTER[dtype]} *fp32 {ints}", **_NARROW)
-    yield variant(_tile_kernel, f"*fp64 *fp64 *fp64 {ints}", **_WIDE)
+    for kernel, count in ((_tile_kernel, 12), (_conv_tile_kernel, 24)):
+        ints = " ".join(["i32"] * count)
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            yield variant(kernel, f"{POINTER[dtype]} {POINTER[dtype]} *fp32 {ints}", **_NARROW)
+        yield variant(kernel, f"*fp64 *fp64 *fp64 {ints}", **_WIDE)

@@ -27,6 +27,9 @@ STABLE_TORCH_LIBRARY(datadiet, m) {
       "bool positive, float tol) -> (Tensor indices, Tensor weights, Tensor residual, Tensor iterations, Tensor stop, "
       "Tensor rejected)");
   m.def("per_sample_grad_sqnorm(Tensor a, Tensor g, int groups) -> Tensor");
+  m.def(
+      "per_sample_conv_grad_sqnorm(Tensor x, Tensor g, int[] kernel_size, int[] stride, int[] padding, "
+      "int[] dilation, int groups) -> Tensor");
   m.def("average_(Tensor(a!)[] dst, Tensor[] sources, float[] weights) -> ()");
   m.def("lerp_(Tensor(a!)[] dst, Tensor[] other, float alpha) -> ()");
   m.def("magnitude_prune_(Tensor(a!)[] tensors, Tensor(b!)[] masks, int[] keep) -> ()");
@@ -40,6 +43,7 @@ STABLE_TORCH_LIBRARY_IMPL(datadiet, CPU, m) {
   m.impl("omp", TORCH_BOX(&datadiet::omp_cpu));
   m.impl("omp_factored", TORCH_BOX(&datadiet::omp_factored_cpu));
   m.impl("per_sample_grad_sqnorm", TORCH_BOX(&datadiet::per_sample_grad_sqnorm_cpu));
+  m.impl("per_sample_conv_grad_sqnorm", TORCH_BOX(&datadiet::per_sample_conv_grad_sqnorm_cpu));
   m.impl("average_", TORCH_BOX(&datadiet::average_cpu));
   m.impl("lerp_", TORCH_BOX(&datadiet::lerp_cpu));
   m.impl("magnitude_prune_", TORCH_BOX(&datadiet::magnitude_prune_cpu));

@@ -1,5 +1,6 @@
 // datadiet::per_sample_grad_sqnorm on CPU. A work item (grad_norm_math.h) is one sample, one
-// group and kItemRows rows of its gradient M = Gᵀ A ([pg, dg]). The item packs its slice of A
+// group and kItemRows rows of its gradient M = Gᵀ A ([pg, dg]) — or, for groups narrower than a
+// register tile (depthwise convolutions), the whole group as pg · dg dot products over T. The item packs its slice of A
 // ([T, dg], columns padded to whole vectors) and of G (kRows columns at a time, interleaved)
 // into per-thread buffers in the accumulation type, then forms M in register tiles of kRows
 // rows × kCols vectors with broadcast-FMA over T — T in chunks of kChunkT, the tile parked in
@@ -8,6 +9,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <vector>
 
 #include <torch/csrc/stable/ops.h>
@@ -22,10 +24,12 @@
 namespace datadiet {
 namespace {
 
-constexpr int kRows = 4;            // rows of M per register tile
+constexpr int kRows = 8;            // rows of M per register tile (8 × 2 vectors: 16 accumulators)
 constexpr int kCols = 2;            // vectors of M's columns per register tile
 constexpr int64_t kItemRows = 64;   // rows of M per work item (a multiple of kRows)
 constexpr int64_t kChunkT = 256;    // rows of A / G per pass over a tile
+constexpr int64_t kDotChunkT = 1024;  // rows per pass of the narrow-group path
+static_assert(kItemRows % kRows == 0, "a work item holds whole register tiles");
 
 template <typename S>
 struct Vec;
@@ -56,9 +60,58 @@ struct Strides {
   int64_t sample, row, col;
 };
 
+// A as a strided [T, d] matrix of one sample (per_sample_grad_sqnorm).
+template <typename T>
+struct RowsSource {
+  const T* a;
+  Strides s;
+
+  // dst[t · dst_t + c · dst_c] = A[t0 + t, col0 + c] for t < tn, c < n, read in memory order.
+  template <typename S>
+  void pack(int64_t t0, int64_t tn, int64_t col0, int64_t n, S* dst, int64_t dst_t, int64_t dst_c) const {
+    const T* a0 = a + t0 * s.row + col0 * s.col;
+    if (std::abs(s.row) < std::abs(s.col)) {  // a column is contiguous over T (a transposed unfold)
+      for (int64_t c = 0; c < n; ++c)
+        for (int64_t t = 0; t < tn; ++t) dst[t * dst_t + c * dst_c] = static_cast<S>(a0[t * s.row + c * s.col]);
+    } else {
+      for (int64_t t = 0; t < tn; ++t)
+        for (int64_t c = 0; c < n; ++c) dst[t * dst_t + c * dst_c] = static_cast<S>(a0[t * s.row + c * s.col]);
+    }
+  }
+};
+
+// A as the unfolded patches of one sample's convolution input (per_sample_conv_grad_sqnorm):
+// gathered column by column, so consecutive output positions read neighbouring pixels.
+template <typename T>
+struct PatchSource {
+  const T* x;
+  grad_norm::ConvGeometry geo;
+
+  template <typename S>
+  void pack(int64_t t0, int64_t tn, int64_t col0, int64_t n, S* dst, int64_t dst_t, int64_t dst_c) const {
+    const grad_norm::ConvGeometry& q = geo;
+    const int64_t kk = q.kh * q.kw;
+    for (int64_t c = 0; c < n; ++c) {
+      const int64_t cc = col0 + c, tap = cc % kk;
+      const T* channel = x + (cc / kk) * q.sc;
+      const int64_t dy = (tap / q.kw) * q.dh - q.ph, dx = (tap % q.kw) * q.dw - q.pw;
+      int64_t oh = t0 / q.Wo, ow = t0 % q.Wo;
+      for (int64_t t = 0; t < tn; ++t) {
+        const int64_t y = oh * q.sh + dy, xx = ow * q.sw + dx;
+        const bool inside = y >= 0 && y < q.H && xx >= 0 && xx < q.W;
+        dst[t * dst_t + c * dst_c] = inside ? static_cast<S>(channel[y * q.sy + xx * q.sx]) : S(0);
+        if (++ow == q.Wo) {
+          ow = 0;
+          ++oh;
+        }
+      }
+    }
+  }
+};
+
 // Σ M² for M = rows [row0, row0 + rows) of the group's Gᵀ A, columns [col0, col0 + dg).
-template <typename T, typename S>
-S item_sqnorm(const T* a, Strides as, const T* g, Strides gs, int64_t Tn, int64_t dg, int64_t col0, int64_t row0,
+template <typename T, typename S, typename Source>
+S item_sqnorm(const Source& src, const T* g, Strides gs, int64_t Tn, int64_t dg, int64_t col0, int64_t row0,
               int64_t rows, std::vector<S>& apack, std::vector<S>& gpack, std::vector<S>& tile) {
   using V = typename Vec<S>::type;
   constexpr int L = Vec<S>::lanes, W = kCols * L;
@@ -67,19 +120,25 @@ S item_sqnorm(const T* a, Strides as, const T* g, Strides gs, int64_t Tn, int64_
   std::fill(tile.begin(), tile.begin() + blocks * kRows * dgp, S(0));
   for (int64_t t0 = 0; t0 < Tn; t0 += kChunkT) {
     const int64_t tn = std::min(kChunkT, Tn - t0);
-    for (int64_t t = 0; t < tn; ++t) {
-      const T* src = a + (t0 + t) * as.row + col0 * as.col;
-      S* dst = apack.data() + t * dgp;
-      for (int64_t c = 0; c < dg; ++c) dst[c] = static_cast<S>(src[c * as.col]);
-      std::fill(dst + dg, dst + dgp, S(0));
-    }
-    for (int64_t rb = 0; rb < blocks; ++rb)
-      for (int64_t t = 0; t < tn; ++t)
-        for (int r = 0; r < kRows; ++r) {
-          const int64_t rr = rb * kRows + r;
-          gpack[(rb * tn + t) * kRows + r] =
-              rr < rows ? static_cast<S>(g[(t0 + t) * gs.row + (row0 + rr) * gs.col]) : S(0);
+    src.pack(t0, tn, col0, dg, apack.data(), dgp, 1);
+    for (int64_t t = 0; t < tn; ++t) std::fill(apack.data() + t * dgp + dg, apack.data() + (t + 1) * dgp, S(0));
+    const T* g0 = g + t0 * gs.row + row0 * gs.col;
+    const bool g_rows_outer = std::abs(gs.row) >= std::abs(gs.col);
+    for (int64_t rb = 0; rb < blocks; ++rb) {
+      S* dst = gpack.data() + rb * tn * kRows;
+      for (int r = 0; r < kRows; ++r) {
+        const int64_t rr = rb * kRows + r;
+        if (rr >= rows) {
+          for (int64_t t = 0; t < tn; ++t) dst[t * kRows + r] = S(0);
+        } else if (!g_rows_outer) {
+          for (int64_t t = 0; t < tn; ++t) dst[t * kRows + r] = static_cast<S>(g0[t * gs.row + rr * gs.col]);
         }
+      }
+      if (g_rows_outer)
+        for (int64_t t = 0; t < tn; ++t)
+          for (int r = 0; r < kRows && rb * kRows + r < rows; ++r)
+            dst[t * kRows + r] = static_cast<S>(g0[t * gs.row + (rb * kRows + r) * gs.col]);
+    }
     for (int64_t c0 = 0; c0 < dgp; c0 += W) {
       for (int64_t rb = 0; rb < blocks; ++rb) {
         S* out = tile.data() + rb * kRows * dgp + c0;
@@ -112,32 +171,61 @@ S item_sqnorm(const T* a, Strides as, const T* g, Strides gs, int64_t Tn, int64_
   return sum;
 }
 
-template <typename T>
-void run(const StableTensor& a, const StableTensor& g, int64_t groups, StableTensor& out) {
+// Groups narrower than a register tile (pg < kRows: depthwise convolutions have pg = 1): the pg · dg
+// entries of M are dot products over T of G's and A's columns, packed contiguous over T in
+// chunks of kDotChunkT.
+template <typename T, typename S, typename Source>
+S narrow_sqnorm(const Source& src, const T* g, Strides gs, int64_t Tn, int64_t dg, int64_t pg, int64_t col0,
+                int64_t row0, std::vector<S>& acols, std::vector<S>& gcols, std::vector<S>& m) {
+  std::fill(m.begin(), m.begin() + pg * dg, S(0));
+  for (int64_t t0 = 0; t0 < Tn; t0 += kDotChunkT) {
+    const int64_t tn = std::min(kDotChunkT, Tn - t0);
+    src.pack(t0, tn, col0, dg, acols.data(), 1, tn);
+    for (int64_t r = 0; r < pg; ++r)
+      for (int64_t t = 0; t < tn; ++t) gcols[r * tn + t] = static_cast<S>(g[(t0 + t) * gs.row + (row0 + r) * gs.col]);
+    for (int64_t r = 0; r < pg; ++r)
+      for (int64_t c = 0; c < dg; ++c) m[r * dg + c] += simd::dot(gcols.data() + r * tn, acols.data() + c * tn, tn);
+  }
+  S sum = 0;
+  for (int64_t j = 0; j < pg * dg; ++j) sum += m[j] * m[j];
+  return sum;
+}
+
+// out[i] = Σ over sample i's work items; source_of(i) is the sample's A source; g is [B, T, p]
+// through its strides.
+template <typename T, typename SourceOf>
+void run(SourceOf source_of, int64_t B, int64_t Tn, int64_t d, const T* gp, Strides gs, int64_t p, int64_t groups,
+         StableTensor& out) {
   using S = typename grad_norm::Acc<T>::type;
   constexpr int W = kCols * Vec<S>::lanes;
-  const int64_t B = a.size(0), Tn = a.size(1), dg = a.size(2) / groups, pg = g.size(2) / groups;
+  const int64_t dg = d / groups, pg = p / groups;
   S* result = out.mutable_data_ptr<S>();
   if (Tn == 0 || dg == 0 || pg == 0) {
     std::fill(result, result + B, S(0));
     return;
   }
-  const grad_norm::Tiling tiling = grad_norm::make_tiling(B, groups, pg, dg, kItemRows, dg);
+  const bool narrow = pg < kRows;
+  const grad_norm::Tiling tiling = grad_norm::make_tiling(B, groups, pg, dg, narrow ? pg : kItemRows, dg);
   const int64_t items = tiling.items(), dgp = grad_norm::ceil_div(dg, W) * W;
-  const Strides as{a.stride(0), a.stride(1), a.stride(2)}, gs{g.stride(0), g.stride(1), g.stride(2)};
-  const T* ap = a.const_data_ptr<T>();
-  const T* gp = g.const_data_ptr<T>();
   std::vector<S> partial(items);
-  const int64_t chunk = std::min(kChunkT, Tn);
+  const int64_t chunk = std::min(narrow ? kDotChunkT : kChunkT, Tn);
 #pragma omp parallel if (items > 1)
   {
-    std::vector<S> apack(chunk * dgp), gpack(chunk * kItemRows), tile(kItemRows * dgp);
+    // Narrow path: A's and G's columns and M. Tiled path: packed A and G, and the M rows.
+    std::vector<S> apack(chunk * (narrow ? dg : dgp)), gpack(chunk * (narrow ? pg : kItemRows)),
+        tile(narrow ? pg * dg : kItemRows * dgp);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
       const grad_norm::Item it = grad_norm::item_of(tiling, item);
-      const int64_t row0 = it.tile_p * kItemRows, rows = std::min(kItemRows, pg - row0);
-      partial[item] = item_sqnorm<T, S>(ap + it.sample * as.sample, as, gp + it.sample * gs.sample, gs, Tn, dg,
-                                        it.group * dg, it.group * pg + row0, rows, apack, gpack, tile);
+      const auto src = source_of(it.sample);
+      const T* gi = gp + it.sample * gs.sample;
+      if (narrow) {
+        partial[item] = narrow_sqnorm<T, S>(src, gi, gs, Tn, dg, pg, it.group * dg, it.group * pg, apack, gpack, tile);
+      } else {
+        const int64_t row0 = it.tile_p * kItemRows, rows = std::min(kItemRows, pg - row0);
+        partial[item] = item_sqnorm<T, S>(src, gi, gs, Tn, dg, it.group * dg, it.group * pg + row0, rows, apack,
+                                          gpack, tile);
+      }
     }
   }
   const int64_t per = tiling.per_sample();
@@ -148,6 +236,20 @@ void run(const StableTensor& a, const StableTensor& g, int64_t groups, StableTen
   }
 }
 
+template <typename F>
+void dispatch_grad_norm(ScalarType t, F&& f) {
+  switch (t) {
+    case ScalarType::Double:
+      return f(double{});
+    case ScalarType::Float:
+      return f(float{});
+    case ScalarType::Half:
+      return f(c10::Half{});
+    default:
+      return f(c10::BFloat16{});
+  }
+}
+
 }  // namespace
 
 StableTensor per_sample_grad_sqnorm_cpu(const StableTensor& a, const StableTensor& g, int64_t groups) {
@@ -155,19 +257,34 @@ StableTensor per_sample_grad_sqnorm_cpu(const StableTensor& a, const StableTenso
   DD_CHECK(a.is_cpu(), "per_sample_grad_sqnorm", "the CPU kernel got tensors on another device");
   StableTensor out = torch::stable::new_empty(a, {a.size(0)}, grad_sqnorm_out_type(a.scalar_type()));
   if (a.size(0) == 0) return out;
-  switch (a.scalar_type()) {
-    case ScalarType::Double:
-      run<double>(a, g, groups, out);
-      break;
-    case ScalarType::Float:
-      run<float>(a, g, groups, out);
-      break;
-    case ScalarType::Half:
-      run<c10::Half>(a, g, groups, out);
-      break;
-    default:
-      run<c10::BFloat16>(a, g, groups, out);
-  }
+  const Strides as{a.stride(0), a.stride(1), a.stride(2)}, gs{g.stride(0), g.stride(1), g.stride(2)};
+  dispatch_grad_norm(a.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* ap = a.const_data_ptr<T>();
+    run<T>([&](int64_t i) { return RowsSource<T>{ap + i * as.sample, as}; }, a.size(0), a.size(1), a.size(2),
+           g.const_data_ptr<T>(), gs, g.size(2), groups, out);
+  });
+  return out;
+}
+
+StableTensor per_sample_conv_grad_sqnorm_cpu(const StableTensor& x, const StableTensor& g,
+                                             std::vector<int64_t> kernel_size, std::vector<int64_t> stride,
+                                             std::vector<int64_t> padding, std::vector<int64_t> dilation,
+                                             int64_t groups) {
+  const grad_norm::ConvGeometry geo = check_conv_grad_sqnorm_args(x, g, kernel_size, stride, padding, dilation, groups);
+  DD_CHECK(x.is_cpu(), "per_sample_conv_grad_sqnorm", "the CPU kernel got tensors on another device");
+  StableTensor out = torch::stable::new_empty(x, {x.size(0)}, grad_sqnorm_out_type(x.scalar_type()));
+  if (x.size(0) == 0) return out;
+  // g [B, O, Ho, Wo] read as G [B, T = Ho·Wo, O]: its spatial dims must flatten to one stride.
+  const Strides gs{g.stride(0), g.stride(3), g.stride(1)};
+  const int64_t d = x.size(1) * geo.kh * geo.kw;
+  dispatch_grad_norm(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* xp = x.const_data_ptr<T>();
+    const int64_t sb = x.stride(0);
+    run<T>([&](int64_t i) { return PatchSource<T>{xp + i * sb, geo}; }, x.size(0), geo.Ho * geo.Wo, d,
+           g.const_data_ptr<T>(), gs, g.size(1), groups, out);
+  });
   return out;
 }
 

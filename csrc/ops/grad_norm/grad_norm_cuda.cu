@@ -1,4 +1,5 @@
-// datadiet::per_sample_grad_sqnorm on CUDA. One block per work item (grad_norm_math.h): a
+// datadiet::per_sample_grad_sqnorm and per_sample_conv_grad_sqnorm on CUDA (the second gathers A
+// from the convolution input while staging it: no unfolded copy). One block per work item (grad_norm_math.h): a
 // kTile × kTile tile of one sample's per-group gradient M = Gᵀ A, built over T in chunks of
 // kTileT rows staged in shared memory, each of the 256 threads holding a 4 × 4 register tile
 // (the classic SGEMM blocking). Only the tile's squared sum is written (partial[item]); a
@@ -25,15 +26,41 @@ struct Strides {
   int64_t sample, row, col;
 };
 
-template <typename T, typename S>
-__global__ void tile_sqnorm_kernel(const T* __restrict__ a, Strides as, const T* __restrict__ g, Strides gs,
-                                   int64_t Tn, int64_t dg, int64_t pg, grad_norm::Tiling tiling,
-                                   S* __restrict__ partial) {
+// A as a strided [T, d] matrix (per_sample_grad_sqnorm).
+template <typename T>
+struct RowsSource {
+  const T* a;
+  Strides s;
+  __device__ const T* sample(int64_t i) const { return a + i * s.sample; }
+  __device__ bool at(const T* ai, int64_t t, int64_t c, T& v) const {
+    v = ai[t * s.row + c * s.col];
+    return true;
+  }
+};
+
+// A as a convolution input's unfolded patches, gathered (per_sample_conv_grad_sqnorm).
+template <typename T>
+struct PatchSource {
+  const T* x;
+  int64_t sample_stride;
+  grad_norm::ConvGeometry geo;
+  __device__ const T* sample(int64_t i) const { return x + i * sample_stride; }
+  __device__ bool at(const T* xi, int64_t t, int64_t c, T& v) const {
+    const int64_t o = geo.offset(t, c);
+    if (o < 0) return false;
+    v = xi[o];
+    return true;
+  }
+};
+
+template <typename T, typename S, typename Source>
+__global__ void tile_sqnorm_kernel(Source src, const T* __restrict__ g, Strides gs, int64_t Tn, int64_t dg,
+                                   int64_t pg, grad_norm::Tiling tiling, S* __restrict__ partial) {
   __shared__ S a_s[kTileT][kTile];
   __shared__ S g_s[kTileT][kTile];
   __shared__ S red[kThreads];
   const grad_norm::Item it = grad_norm::item_of(tiling, blockIdx.x);
-  const T* ai = a + it.sample * as.sample;
+  const T* ai = src.sample(it.sample);
   const T* gi = g + it.sample * gs.sample;
   const int64_t col0 = it.group * dg + it.tile_d * kTile, row0 = it.group * pg + it.tile_p * kTile;
   const int64_t cols = min(static_cast<int64_t>(kTile), dg - it.tile_d * kTile);
@@ -48,7 +75,8 @@ __global__ void tile_sqnorm_kernel(const T* __restrict__ a, Strides as, const T*
     for (int e = threadIdx.x; e < kTileT * kTile; e += kThreads) {
       const int tt = e / kTile, c = e % kTile;
       const bool live = t0 + tt < Tn;
-      a_s[tt][c] = live && c < cols ? static_cast<S>(ai[(t0 + tt) * as.row + (col0 + c) * as.col]) : S(0);
+      T v;
+      a_s[tt][c] = live && c < cols && src.at(ai, t0 + tt, col0 + c, v) ? static_cast<S>(v) : S(0);
       g_s[tt][c] = live && c < rows ? static_cast<S>(gi[(t0 + tt) * gs.row + (row0 + c) * gs.col]) : S(0);
     }
     __syncthreads();
@@ -91,25 +119,39 @@ __global__ void sum_partials_kernel(const S* __restrict__ partial, int64_t per, 
   out[i] = sum;
 }
 
-template <typename T>
-void run(const StableTensor& a, const StableTensor& g, int64_t groups, StableTensor& out, cudaStream_t stream) {
+template <typename T, typename Source>
+void run(const Source& src, int64_t B, int64_t Tn, int64_t d, const T* gp, Strides gs, int64_t p, int64_t groups,
+         StableTensor& out, cudaStream_t stream, const char* op) {
   using S = typename grad_norm::Acc<T>::type;
-  const int64_t B = a.size(0), Tn = a.size(1), dg = a.size(2) / groups, pg = g.size(2) / groups;
+  const int64_t dg = d / groups, pg = p / groups;
   const grad_norm::Tiling tiling = grad_norm::make_tiling(B, groups, pg, dg, kTile, kTile);
   const int64_t items = tiling.items();
-  DD_CHECK(items <= 0x7fffffff, "per_sample_grad_sqnorm", "too many tiles (", items, ") for one launch");
-  StableTensor partial = torch::stable::new_empty(a, {items > 0 ? items : 1}, out.scalar_type());
+  DD_CHECK(items <= 0x7fffffff, op, "too many tiles (", items, ") for one launch");
+  StableTensor partial = torch::stable::new_empty(out, {items > 0 ? items : 1}, out.scalar_type());
   S* part = partial.mutable_data_ptr<S>();
-  if (items > 0) {
-    tile_sqnorm_kernel<T, S><<<static_cast<unsigned>(items), kThreads, 0, stream>>>(
-        a.const_data_ptr<T>(), Strides{a.stride(0), a.stride(1), a.stride(2)}, g.const_data_ptr<T>(),
-        Strides{g.stride(0), g.stride(1), g.stride(2)}, Tn, dg, pg, tiling, part);
-    check_launch("per_sample_grad_sqnorm");
+  if (items > 0 && Tn > 0) {
+    tile_sqnorm_kernel<T, S, Source><<<static_cast<unsigned>(items), kThreads, 0, stream>>>(src, gp, gs, Tn, dg, pg,
+                                                                                           tiling, part);
+    check_launch(op);
   }
+  const int64_t per = Tn > 0 ? tiling.per_sample() : 0;
   const int64_t blocks = grad_norm::ceil_div(B, 256);
-  sum_partials_kernel<S><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(part, tiling.per_sample(), B,
-                                                                            out.mutable_data_ptr<S>());
-  check_launch("per_sample_grad_sqnorm");
+  sum_partials_kernel<S><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(part, per, B, out.mutable_data_ptr<S>());
+  check_launch(op);
+}
+
+template <typename F>
+void dispatch_grad_norm(ScalarType t, F&& f) {
+  switch (t) {
+    case ScalarType::Double:
+      return f(double{});
+    case ScalarType::Float:
+      return f(float{});
+    case ScalarType::Half:
+      return f(c10::Half{});
+    default:
+      return f(c10::BFloat16{});
+  }
 }
 
 }  // namespace
@@ -122,19 +164,33 @@ StableTensor per_sample_grad_sqnorm_cuda(const StableTensor& a, const StableTens
   const cudaStream_t stream = current_stream(device_index);
   StableTensor out = torch::stable::new_empty(a, {a.size(0)}, grad_sqnorm_out_type(a.scalar_type()));
   if (a.size(0) == 0) return out;
-  switch (a.scalar_type()) {
-    case ScalarType::Double:
-      run<double>(a, g, groups, out, stream);
-      break;
-    case ScalarType::Float:
-      run<float>(a, g, groups, out, stream);
-      break;
-    case ScalarType::Half:
-      run<c10::Half>(a, g, groups, out, stream);
-      break;
-    default:
-      run<c10::BFloat16>(a, g, groups, out, stream);
-  }
+  const Strides as{a.stride(0), a.stride(1), a.stride(2)}, gs{g.stride(0), g.stride(1), g.stride(2)};
+  dispatch_grad_norm(a.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    run<T>(RowsSource<T>{a.const_data_ptr<T>(), as}, a.size(0), a.size(1), a.size(2), g.const_data_ptr<T>(), gs,
+           g.size(2), groups, out, stream, "per_sample_grad_sqnorm");
+  });
+  return out;
+}
+
+StableTensor per_sample_conv_grad_sqnorm_cuda(const StableTensor& x, const StableTensor& g,
+                                              std::vector<int64_t> kernel_size, std::vector<int64_t> stride,
+                                              std::vector<int64_t> padding, std::vector<int64_t> dilation,
+                                              int64_t groups) {
+  const grad_norm::ConvGeometry geo = check_conv_grad_sqnorm_args(x, g, kernel_size, stride, padding, dilation, groups);
+  DD_CHECK(x.is_cuda(), "per_sample_conv_grad_sqnorm", "the CUDA kernel got tensors on another device");
+  const auto device_index = x.get_device_index();
+  torch::stable::accelerator::DeviceGuard guard(device_index);
+  const cudaStream_t stream = current_stream(device_index);
+  StableTensor out = torch::stable::new_empty(x, {x.size(0)}, grad_sqnorm_out_type(x.scalar_type()));
+  if (x.size(0) == 0) return out;
+  const Strides gs{g.stride(0), g.stride(3), g.stride(1)};  // g read as [B, T = Ho·Wo, O]
+  dispatch_grad_norm(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    run<T>(PatchSource<T>{x.const_data_ptr<T>(), x.stride(0), geo}, x.size(0), geo.Ho * geo.Wo,
+           x.size(1) * geo.kh * geo.kw, g.const_data_ptr<T>(), gs, g.size(1), groups, out, stream,
+           "per_sample_conv_grad_sqnorm");
+  });
   return out;
 }
 
@@ -142,4 +198,5 @@ StableTensor per_sample_grad_sqnorm_cuda(const StableTensor& a, const StableTens
 
 STABLE_TORCH_LIBRARY_IMPL(datadiet, CUDA, m) {
   m.impl("per_sample_grad_sqnorm", TORCH_BOX(&datadiet::per_sample_grad_sqnorm_cuda));
+  m.impl("per_sample_conv_grad_sqnorm", TORCH_BOX(&datadiet::per_sample_conv_grad_sqnorm_cuda));
 }

@@ -42,6 +42,21 @@ DD_HD Item item_of(const Tiling& t, int64_t item) {
   return it;
 }
 
+// A convolution's unfolded input, never materialised: A[t, c] of one sample is the input pixel under
+// kernel tap (ki, kj) of input channel ci for output position t = oh · Wo + ow, c = ci · kh · kw + ki
+// · kw + kj (F.unfold's order, the weight's [out, in/groups, kh, kw] layout), 0 in the zero padding.
+struct ConvGeometry {
+  int64_t H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo;
+  int64_t sc, sy, sx;  // the input's channel, row and column strides
+
+  // The element offset of A[t, c] in the sample's input, or -1 in the padding.
+  DD_HD int64_t offset(int64_t t, int64_t c) const {
+    const int64_t kk = kh * kw, ci = c / kk, tap = c % kk;
+    const int64_t y = (t / Wo) * sh - ph + (tap / kw) * dh, x = (t % Wo) * sw - pw + (tap % kw) * dw;
+    return (y >= 0 && y < H && x >= 0 && x < W) ? ci * sc + y * sy + x * sx : -1;
+  }
+};
+
 // Accumulation type: float64 for float64 inputs, float32 for the others.
 template <typename T>
 struct Acc {

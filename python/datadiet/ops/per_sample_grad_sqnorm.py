@@ -7,6 +7,10 @@ output rows, so ``∇W_i = G_iᵀ A_i`` [p, d]. The kernels build it tile by til
 shared memory and keep only squared sums: no ``B × p × d`` gradients and no ``B × T × T`` Gram
 matrices are written. ``groups`` splits d and p into that many equal blocks and sums the norms
 of the block-diagonal gradients (grouped and depthwise convolutions).
+
+``per_sample_conv_grad_sqnorm`` is the same for a 2-D convolution, with A its unfolded input:
+the kernels gather the patches from the input while they pack a tile, so the unfold
+(kh · kw times the input) is never materialised either.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import torch
 
 from datadiet import _extension
 from datadiet.backends import resolve
-from datadiet.reference.grad_norm import per_sample_grad_sqnorm_reference
+from datadiet.reference.grad_norm import per_sample_conv_grad_sqnorm_reference, per_sample_grad_sqnorm_reference
 
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -66,6 +70,58 @@ def _check(a, g, groups) -> None:
         fail(f"groups={groups} must divide d={a.shape[2]} and p={g.shape[2]}")
 
 
+def per_sample_conv_grad_sqnorm(x: torch.Tensor, g: torch.Tensor, kernel_size, *, stride=1, padding=0, dilation=1,
+                                groups: int = 1, backend: str = "auto") -> torch.Tensor:
+    """``per_sample_grad_sqnorm(A, G, groups)`` of a ``Conv2d`` without materialising A.
+
+    A = ``F.unfold(x, kernel_size, dilation, padding, stride).transpose(1, 2)`` (zero padding,
+    symmetric per dim; pad other modes with ``F.pad`` first) and G = ``g`` with its spatial dims
+    flattened, so ``out[i]`` is the squared norm of sample i's weight gradient.
+
+    Args:
+        x: ``[B, C, H, W]`` input; ``g``: ``[B, O, Ho, Wo]`` gradient at the output, Ho / Wo the
+            convolution's output size; one dtype and device; any strides for x, g contiguous or
+            channels-last (its spatial dims must flatten to one stride).
+        kernel_size, stride, padding, dilation: an int or a pair each, as ``nn.Conv2d`` takes them.
+        groups: the convolution's groups (dividing C and O).
+    """
+    pairs = [_pair(v, name) for v, name in ((kernel_size, "kernel_size"), (stride, "stride"), (padding, "padding"),
+                                            (dilation, "dilation"))]
+    _check_conv(x, g, groups)
+    chosen = resolve(backend, x.device, "per_sample_conv_grad_sqnorm")
+    if chosen in ("cpu", "cuda"):
+        return torch.ops.datadiet.per_sample_conv_grad_sqnorm(x, g, *pairs, int(groups))
+    if chosen == "triton":
+        return torch.ops.datadiet.per_sample_conv_grad_sqnorm_triton(x, g, *pairs, int(groups))
+    return per_sample_conv_grad_sqnorm_reference(x, g, *pairs, int(groups))
+
+
+def _pair(v, name: str) -> list[int]:
+    out = [v, v] if isinstance(v, int) and not isinstance(v, bool) else list(v)
+    if len(out) != 2 or not all(isinstance(e, int) and not isinstance(e, bool) for e in out):
+        raise ValueError(f"datadiet.per_sample_conv_grad_sqnorm: {name} must be an int or a pair of ints, got {v!r}")
+    return out
+
+
+def _check_conv(x, g, groups) -> None:
+    def fail(msg: str, exc=ValueError):
+        raise exc(f"datadiet.per_sample_conv_grad_sqnorm: {msg}")
+
+    for name, t in (("x", x), ("g", g)):
+        if not isinstance(t, torch.Tensor):
+            fail(f"{name} must be a tensor, got {type(t).__name__}", TypeError)
+    if x.dim() != 4 or g.dim() != 4:
+        fail(f"x must be [B, C, H, W] and g [B, O, Ho, Wo], got shapes {tuple(x.shape)} and {tuple(g.shape)}")
+    if x.dtype not in _DTYPES:
+        fail(f"x must be float32, float64, float16 or bfloat16, got {x.dtype}", TypeError)
+    if g.dtype != x.dtype:
+        fail(f"g ({g.dtype}) must have x's dtype ({x.dtype})", TypeError)
+    if g.device != x.device:
+        fail(f"g is on {g.device} but x is on {x.device}")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        fail(f"groups must be an int >= 1, got {groups!r}")
+
+
 def _fake(a, g, groups):
     return a.new_empty((a.shape[0],), dtype=torch.float64 if a.dtype == torch.float64 else torch.float32)
 
@@ -80,3 +136,20 @@ def _per_sample_grad_sqnorm_triton(a: torch.Tensor, g: torch.Tensor, groups: int
 _per_sample_grad_sqnorm_triton.register_fake(_fake)
 if _extension.compiled_cpu():
     torch.library.register_fake("datadiet::per_sample_grad_sqnorm")(_fake)
+
+
+def _fake_conv(x, g, kernel_size, stride, padding, dilation, groups):
+    return _fake(x, g, groups)
+
+
+@torch.library.custom_op("datadiet::per_sample_conv_grad_sqnorm_triton", mutates_args=())
+def _per_sample_conv_grad_sqnorm_triton(x: torch.Tensor, g: torch.Tensor, kernel_size: list[int], stride: list[int],
+                                        padding: list[int], dilation: list[int], groups: int) -> torch.Tensor:
+    from datadiet.kernels import per_sample_grad_sqnorm as kernel
+
+    return kernel.per_sample_conv_grad_sqnorm(x, g, kernel_size, stride, padding, dilation, groups)
+
+
+_per_sample_conv_grad_sqnorm_triton.register_fake(_fake_conv)
+if _extension.compiled_cpu():
+    torch.library.register_fake("datadiet::per_sample_conv_grad_sqnorm")(_fake_conv)

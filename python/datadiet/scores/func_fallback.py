@@ -25,7 +25,7 @@ def fallback_sqnorm(module: nn.Module, names: tuple[str, ...], call, B: int, acc
     in_dims = _input_dims(module, call, flat, B)
     batched = [k for k, d in enumerate(in_dims) if d is not None]
     wanted = sorted(call.grads)  # output leaves that received a gradient
-    out_dims = [_output_dim(module, k, call.leaves[k], B) for k in wanted]
+    out_dims = [_output_dim(module, k, call.shapes[k], B) for k in wanted]
     cotangents = [call.grads[k] for k in wanted]
     params = {n: module.get_parameter(n) for n in names}
 
@@ -74,10 +74,10 @@ def _input_dims(module: nn.Module, call, flat: list, B: int) -> list:
     return dims
 
 
-def _output_dim(module: nn.Module, k: int, leaf: torch.Tensor, B: int) -> int:
+def _output_dim(module: nn.Module, k: int, shape: torch.Size, B: int) -> int:
     if isinstance(module, nn.MultiheadAttention) and not module.batch_first and k == 0:
         return 1
-    if leaf.dim() == 0 or leaf.shape[0] != B:
-        raise ValueError(f"grad_norms: the output of a {type(module).__name__} has shape {tuple(leaf.shape)}, "
+    if len(shape) == 0 or shape[0] != B:
+        raise ValueError(f"grad_norms: the output of a {type(module).__name__} has shape {tuple(shape)}, "
                          f"without a batch dim of {B} first; the torch.func fallback cannot split it per sample")
     return 0

@@ -46,12 +46,14 @@ COVERED_BY_RULES = frozenset({"weight", "bias"})
 
 @dataclass
 class _Call:
-    """One forward call of a planned module: its inputs, output leaves and their gradients."""
+    """One forward call of a planned module: its inputs, the shapes of its output's pytree leaves
+    and the gradients of those that need one. No output tensor is kept: its autograd node holds
+    the hooks that hold this call, a cycle Python's collector cannot see through."""
 
     args: tuple
     kwargs: dict
     versions: list
-    leaves: list  # the output's pytree leaves (tensors needing a gradient are awaited)
+    shapes: list  # each output leaf's shape (None for non-tensors)
     grads: dict = field(default_factory=dict)  # leaf index -> gradient
     waiting: int = 0
 
@@ -259,7 +261,8 @@ class _Pass:
                 made_root = True
         args, kwargs = tree_map(_detached, (args, kwargs))  # detach() shares the version counter
         inputs = tree_flatten((args, kwargs))[0]
-        call = _Call(args, kwargs, [t._version if isinstance(t, torch.Tensor) else None for t in inputs], leaves)
+        call = _Call(args, kwargs, [t._version if isinstance(t, torch.Tensor) else None for t in inputs],
+                     [t.shape if isinstance(t, torch.Tensor) else None for t in leaves])
         for k, t in enumerate(leaves):
             if isinstance(t, torch.Tensor) and t.requires_grad:
                 t.register_hook(functools.partial(self._on_grad, site, call, k))

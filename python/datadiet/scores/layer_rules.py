@@ -9,6 +9,9 @@ A rule turns one call of a layer into *pieces* whose squared norms add up to the
   ``per_sample_grad_sqnorm`` ("instantiate", O(T·p·d)); ``auto`` takes ghost when
   ``2T² ≤ p·d`` per group, decided per call, so a new input shape is decided again. T = 1 is
   ``‖a_i‖²‖g_i‖²``.
+- ``Patches(x, g, geometry)``: a Conv1d / Conv2d weight, the pair of its unfolded input and output
+  gradient kept implicit: instantiated, ``per_sample_conv_grad_sqnorm`` gathers the patches from
+  the input itself (an unfold is kh·kw times the input); ghost and merging unfold it.
 - ``Vector(V [B, m])``: a gradient built directly (biases ``Σ_t g_t``; LayerNorm / GroupNorm /
   eval-mode BatchNorm scales ``Σ g·x̂`` and shifts ``Σ g``), squared norm ``‖V_i‖²``.
 - ``Rows(ids [B, T], G [B, T, p])``: an embedding table; sample i's gradient has row ``v`` =
@@ -28,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datadiet.ops.per_sample_grad_sqnorm import per_sample_grad_sqnorm
+from datadiet.ops.per_sample_grad_sqnorm import per_sample_conv_grad_sqnorm, per_sample_grad_sqnorm
 
 MODES = ("auto", "ghost", "instantiate")
 
@@ -38,6 +41,29 @@ class Pair:
     A: torch.Tensor
     G: torch.Tensor
     groups: int = 1
+
+
+@dataclass
+class Patches:
+    """A Conv2d weight: ``Pair(unfold(x), g)`` kept implicit — the instantiated form gathers the
+    patches inside ``per_sample_conv_grad_sqnorm``; the ghost form and merging unfold them."""
+
+    x: torch.Tensor
+    g: torch.Tensor
+    kernel_size: tuple
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    groups: int
+
+    def pair(self) -> Pair:
+        B, O = self.g.shape[:2]
+        k = self.kernel_size
+        if k == (1, 1) and not any(self.padding):  # a 1×1 convolution's patches are its (strided) pixels
+            cols = self.x[:, :, ::self.stride[0], ::self.stride[1]].flatten(2)
+        else:
+            cols = F.unfold(self.x, k, dilation=self.dilation, padding=self.padding, stride=self.stride)
+        return Pair(cols.transpose(1, 2), self.g.reshape(B, O, -1).transpose(1, 2), self.groups)
 
 
 @dataclass
@@ -71,15 +97,18 @@ def conv_pieces(m: nn.Conv1d | nn.Conv2d, x: torch.Tensor, g: torch.Tensor, want
     B = x.shape[0]
     out = {}
     if "weight" in wanted:
-        mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
-        padded = F.pad(x, m._reversed_padding_repeated_twice, mode=mode)  # 'same' and asymmetric pads too
-        if isinstance(m, nn.Conv1d):
-            padded = padded.unsqueeze(2)
-            kernel, dilation, stride = (1, *m.kernel_size), (1, *m.dilation), (1, *m.stride)
+        pads = list(m._reversed_padding_repeated_twice)  # (left, right) per dim, last dim first
+        if m.padding_mode == "zeros" and pads[0::2] == pads[1::2]:  # the kernels pad (or nothing to pad)
+            padded, padding = x, tuple(reversed(pads[0::2]))
+        else:  # 'same' with an even kernel, reflect / replicate / circular
+            padded = F.pad(x, pads, mode="constant" if m.padding_mode == "zeros" else m.padding_mode)
+            padding = (0,) * len(m.kernel_size)
+        if isinstance(m, nn.Conv1d):  # a Conv1d is a Conv2d of height 1
+            out["weight"] = Patches(padded.unsqueeze(2), g.unsqueeze(2), (1, *m.kernel_size), (1, *m.stride),
+                                    (0, *padding), (1, *m.dilation), m.groups)
         else:
-            kernel, dilation, stride = m.kernel_size, m.dilation, m.stride
-        cols = F.unfold(padded, kernel, dilation=dilation, padding=0, stride=stride)  # [B, C·k, L]
-        out["weight"] = Pair(cols.transpose(1, 2), g.reshape(B, g.shape[1], -1).transpose(1, 2), m.groups)
+            out["weight"] = Patches(padded, g, tuple(m.kernel_size), tuple(m.stride), padding, tuple(m.dilation),
+                                    m.groups)
     if "bias" in wanted:
         out["bias"] = Vector(g.reshape(B, g.shape[1], -1).sum(2))
     return out
@@ -124,10 +153,19 @@ def group_norm_pieces(m: nn.GroupNorm, x: torch.Tensor, g: torch.Tensor, wanted:
 
 
 def batch_norm_pieces(m: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, g: torch.Tensor, wanted: set) -> dict:
+    """Eval mode: x̂ = (x − μ)·r with the running μ and r = 1/sqrt(var + eps), so the scale's gradient
+    is r·(Σ g·x − μ·Σ g) per channel — two reductions, no normalised copy of the input."""
     check_batch_norm(m, "")
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    x_hat = (x - m.running_mean.view(shape)) * torch.rsqrt(m.running_var.view(shape) + m.eps)
-    return _affine_pieces(x_hat, g, (1,), wanted)
+    B, C = g.shape[:2]
+    g3, shift = g.reshape(B, C, -1), g.reshape(B, C, -1).sum(2)
+    out = {}
+    if "weight" in wanted:
+        rstd = torch.rsqrt(m.running_var.to(shift.dtype) + m.eps)
+        gx = torch.linalg.vecdot(g3, x.reshape(B, C, -1).to(g3.dtype))
+        out["weight"] = Vector(rstd * (gx - m.running_mean.to(shift.dtype) * shift))
+    if "bias" in wanted:
+        out["bias"] = Vector(shift)
+    return out
 
 
 def check_batch_norm(m: nn.Module, name: str) -> None:
@@ -171,6 +209,7 @@ def merge(pieces: list):
         return Vector(sum(p.V for p in pieces))
     if isinstance(first, Rows):
         return Rows(torch.cat([p.ids for p in pieces], 1), torch.cat([p.G for p in pieces], 1), first.num_rows)
+    pieces = [p.pair() if isinstance(p, Patches) else p for p in pieces]
     return Pair(torch.cat([p.A for p in pieces], 1), torch.cat([p.G for p in pieces], 1), first.groups)
 
 
@@ -181,6 +220,8 @@ def sqnorm(piece, mode: str, backend: str) -> torch.Tensor:
         return V.to(_acc(V.dtype)).square().sum(1)
     if isinstance(piece, Rows):
         return _rows_sqnorm(piece)
+    if isinstance(piece, Patches):
+        return _patches_sqnorm(piece, mode, backend)
     return _pair_sqnorm(piece, mode, backend)
 
 
@@ -203,6 +244,20 @@ def _pair_sqnorm(piece: Pair, mode: str, backend: str) -> torch.Tensor:
         Gk = G.to(acc).reshape(B, T, k, p // k).transpose(1, 2)
         return (Ak @ Ak.mT).mul_(Gk @ Gk.mT).sum((1, 2, 3))
     return per_sample_grad_sqnorm(A, G, groups=k, backend=backend)
+
+
+def _patches_sqnorm(piece: Patches, mode: str, backend: str) -> torch.Tensor:
+    x, g, k = piece.x, piece.g, piece.groups
+    T = g.shape[2] * g.shape[3]
+    dg = x.shape[1] * piece.kernel_size[0] * piece.kernel_size[1] // k
+    pg = g.shape[1] // k
+    if T == 1 or mode == "ghost" or (mode == "auto" and 2 * T * T <= pg * dg):
+        return _pair_sqnorm(piece.pair(), mode, backend)
+    dtype = torch.promote_types(x.dtype, g.dtype)
+    if g.stride(2) != g.shape[3] * g.stride(3):
+        g = g.contiguous()
+    return per_sample_conv_grad_sqnorm(x.to(dtype), g.to(dtype), piece.kernel_size, stride=piece.stride,
+                                       padding=piece.padding, dilation=piece.dilation, groups=k, backend=backend)
 
 
 def _rows_sqnorm(piece: Rows) -> torch.Tensor:
