@@ -6,8 +6,10 @@ peers get them, on torchvision ResNet-18 and ResNet-50, one batch, in one run:
 - a loop of per-sample forward + backward passes (B passes of batch 1),
 - a plain forward + backward of the batch (the floor: what training costs; no per-sample norm).
 
-Each method runs in its own child process (spawned), so its peak memory is that process's VmHWM
-(resident high-water mark) less the VmHWM of a child that only built the model and the batch.
+Times come from one child process running the methods in interleaved rounds (median per method;
+this machine's speed drifts, interleaving keeps the ratios fair). Peak memory comes from one
+child process per method (spawned): its VmHWM (resident high-water mark) after a warm-up and a
+call, less the VmHWM of a child that only built the model and the batch (on CUDA: peak allocated).
 All methods use eval mode (per-sample gradients are undefined under train-mode BatchNorm); the
 norms of every method are checked against ours in the note column.
 """
@@ -26,7 +28,7 @@ def add_arguments(p) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--size", type=int, default=64, help="image side in pixels")
     p.add_argument("--classes", type=int, default=100)
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=5, help="interleaved timing rounds")
     p.add_argument("--vmap-chunk", type=int, default=8, help="samples per vmap(grad) chunk (0: the whole batch)")
 
 
@@ -38,30 +40,32 @@ def run(args) -> list[dict]:
     ctx = mp.get_context("spawn")
     for name in args.models.split(","):
         case = f"{name}, batch {args.batch}, {args.size}px, {args.classes} classes, {args.device.type}"
-        results = {}
+        setting = (name, args.batch, args.size, args.classes, args.vmap_chunk, str(args.device), torch.get_num_threads())
+        with ctx.Pool(1) as pool:
+            timed = pool.apply(_child, (*setting, METHODS[1:], args.repeat))
+        peaks = {}
         for method in METHODS:
             with ctx.Pool(1) as pool:
-                results[method] = pool.apply(_child, (name, method, args.batch, args.size, args.classes,
-                                                      args.repeat, args.vmap_chunk, str(args.device),
-                                                      torch.get_num_threads()))
-        base = results["setup only"]["peak_kib"]
-        ours = results["datadiet grad_norms"]
-        floor_mem = results["forward + backward"]["peak_kib"] - base
+                peaks[method] = pool.apply(_child, (*setting, (method,), 1))["peak_kib"]
+        base = peaks["setup only"]
+        floor_mem = peaks["forward + backward"] - base
+        ours = timed["norms"]["datadiet grad_norms"]
         for method in METHODS[1:]:
-            r = results[method]
-            extra = (r["peak_kib"] - base) / 1024
-            note = f"peak +{extra:.0f} MiB ({(r['peak_kib'] - base) / max(floor_mem, 1):.2f}x fwd+bwd's)"
-            if r.get("norms") is not None and method != "datadiet grad_norms":
-                rel = ((r["norms"] - ours["norms"]).abs() / ours["norms"]).max()
-                note += f", max rel diff to ours {float(rel):.1e}"
-            rows.append({"case": case, "method": method, "seconds": r["seconds"], "bytes": None,
+            extra = (peaks[method] - base) / 1024
+            note = f"peak +{extra:.0f} MiB ({(peaks[method] - base) / max(floor_mem, 1):.2f}x fwd+bwd's)"
+            norms = timed["norms"].get(method)
+            if norms is not None and method != METHODS[1]:
+                note += f", max rel diff to ours {float(((norms - ours).abs() / ours).max()):.1e}"
+            rows.append({"case": case, "method": method, "seconds": timed["seconds"][method], "bytes": None,
                          "baselines": ["torch.func vmap(grad)", "per-sample loop"] if method == METHODS[1] else [],
                          "floor": "forward + backward" if method == METHODS[1] else None, "note": note,
                          "peak_mib": extra})
     return rows
 
 
-def _child(name, method, batch, size, classes, repeat, chunk, device, threads):
+def _child(name, batch, size, classes, chunk, device, threads, methods, repeat):
+    """Runs ``methods`` (one warm-up each, then ``repeat`` interleaved rounds); returns the median
+    seconds and the norms of each, and this process's peak memory."""
     import torchvision
     from torch.func import functional_call, grad, vmap
 
@@ -101,22 +105,27 @@ def _child(name, method, batch, size, classes, repeat, chunk, device, threads):
         model.zero_grad(set_to_none=True)
         ce(model(x), y, reduction="sum").backward()
 
-    fn = {"setup only": None, "datadiet grad_norms": ours, "torch.func vmap(grad)": vmapped,
-          "per-sample loop": loop, "forward + backward": plain}[method]
-    times, norms = [], None
-    if fn is not None:
-        fn()  # warm-up
-        for _ in range(repeat):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+    fns = {"setup only": None, "datadiet grad_norms": ours, "torch.func vmap(grad)": vmapped,
+           "per-sample loop": loop, "forward + backward": plain}
+    times: dict = {m: [] for m in methods}
+    norms = {}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for m in methods:
+        if fns[m] is not None:
+            fns[m]()  # warm-up
+    for _ in range(repeat):
+        for m in methods:
+            if fns[m] is None:
+                continue
+            sync()
             start = time.perf_counter()
-            out = fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        norms = out.detach().double().cpu() if isinstance(out, torch.Tensor) else None
+            out = fns[m]()
+            sync()
+            times[m].append(time.perf_counter() - start)
+            if isinstance(out, torch.Tensor):
+                norms[m] = out.detach().double().cpu()
     peak = torch.cuda.max_memory_allocated(device) // 1024 if device.type == "cuda" else _vmhwm_kib()
-    return {"seconds": statistics.median(times) if times else 0.0, "peak_kib": peak, "norms": norms}
+    return {"seconds": {m: statistics.median(t) for m, t in times.items() if t}, "norms": norms, "peak_kib": peak}
 
 
 def _vmhwm_kib() -> int:

@@ -3,14 +3,18 @@ gradient (2T² > p·d): ResNet-50's first stage (T = 16² at 64 px, 56² at 224 
 convolutions' unfolded inputs) and a depthwise convolution, batch 32. Against what a user would
 write: ``torch.bmm`` forming the B × p × d gradients then squaring and summing them (the bytes of
 that buffer are in the note), and the ghost form ``⟨AAᵀ, GGᵀ⟩`` through two bmm Gram matrices.
-GFLOP/s count the 2·B·T·p·d multiply-adds of the gradient."""
+GFLOP/s count the 2·B·T·p·d multiply-adds of the gradient. The convolution cases also run
+``per_sample_conv_grad_sqnorm``, which gathers the patches itself, against ``F.unfold`` followed by
+the same two methods (the unfold is timed with them: it is what they need)."""
 
 from __future__ import annotations
 
 import torch
 
 from bench.harness import Rows
-from datadiet.ops import per_sample_grad_sqnorm
+import torch.nn.functional as F
+
+from datadiet.ops import per_sample_conv_grad_sqnorm, per_sample_grad_sqnorm
 
 
 def add_arguments(p) -> None:
@@ -69,4 +73,26 @@ def run(args) -> list[dict]:
         err = float(((per_sample_grad_sqnorm(a, grad, groups=groups, backend=backend).double() - want).abs()
                      / want).max())
         ours["note"] += f", max rel err vs float64 {err:.1e}"
+    for size in (int(s) for s in args.sizes.split(",")):
+        side = size // 4
+        for label, C, O, k, stride, hw in ((f"{size}px layer1 3x3 conv 64->64 from the input", 64, 64, 3, 1, side),
+                                           (f"{size}px conv1 7x7/2 3->64 from the image", 3, 64, 7, 2, size)):
+            x = torch.randn(B, C, hw, hw, generator=g).to(device)
+            out = (hw + 2 * (k // 2) - k) // stride + 1
+            grad = torch.randn(B, O, out, out, generator=g).to(device)
+            case = f"{label}, batch {B}"
+            flops = 2 * B * out * out * O * C * k * k
+
+            def unfolded(x=x, grad=grad, k=k, stride=stride):
+                cols = F.unfold(x, k, padding=k // 2, stride=stride).transpose(1, 2)
+                return _bmm(cols, grad.flatten(2).transpose(1, 2), 1)
+
+            ours = rows.add(case, "datadiet conv (patches gathered)",
+                            lambda: per_sample_conv_grad_sqnorm(x, grad, k, stride=stride, padding=k // 2,
+                                                                backend=backend),
+                            baselines=("F.unfold + torch.bmm + square-sum",), note="no unfold, no B x p x d buffer")
+            base = rows.add(case, "F.unfold + torch.bmm + square-sum", unfolded,
+                            note=f"{B * out * out * C * k * k * 4 / 2**20:.0f} MiB unfold")
+            for row in (ours, base):
+                row["note"] += f", {flops / row['seconds'] / 1e9:.0f} GFLOP/s"
     return rows

@@ -135,3 +135,69 @@ def test_opcheck_and_compile():
 def test_property_cpu_matches_float64(B, T, dg, pg, groups, seed):
     a, g = case(B, T, dg * groups, pg * groups, torch.float32, seed=seed)
     assert_matches(per_sample_grad_sqnorm(a, g, groups=groups, backend="cpu"), a, g, groups, 1e-5)
+
+
+# -- per_sample_conv_grad_sqnorm: patches gathered inside the kernel -------------------------------
+
+from datadiet.ops import per_sample_conv_grad_sqnorm  # noqa: E402
+from datadiet.reference.grad_norm import per_sample_conv_grad_sqnorm_reference  # noqa: E402
+
+# (C, O, kernel, stride, padding, dilation, groups, H, W)
+CONVS = [(3, 4, (3, 3), (1, 1), (1, 1), (1, 1), 1, 7, 8), (4, 6, (3, 3), (2, 2), (0, 0), (2, 2), 2, 9, 9),
+         (4, 8, (2, 3), (1, 2), (1, 0), (1, 1), 4, 6, 7), (8, 8, (3, 3), (1, 1), (1, 1), (1, 1), 8, 5, 5),
+         (16, 40, (1, 1), (2, 2), (0, 0), (1, 1), 1, 6, 6), (2, 3, (1, 5), (1, 1), (0, 2), (1, 1), 1, 1, 9),
+         (5, 70, (3, 3), (1, 1), (1, 1), (1, 1), 1, 12, 11)]
+
+
+def conv_case(C, O, kernel, stride, padding, dilation, groups, H, W, dtype, seed, device="cpu"):
+    conv = torch.nn.Conv2d(C, O, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, C, H, W, generator=g)
+    out_shape = conv(x).shape
+    grad = torch.randn(out_shape, generator=g)
+    return x.to(dtype).to(device), grad.to(dtype).to(device)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch", *DEVICE_BACKENDS])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("geometry", CONVS, ids=str)
+def test_conv_form_matches_the_unfolded_float64(geometry, dtype, backend):
+    if backend == "torch" and dtype in (torch.float16, torch.bfloat16):
+        pytest.skip("the reference unfolds half types on CPU only for float32 and up")
+    device = "cuda" if ON_GPU and backend in ("cuda", "triton") else "cpu"
+    C, O, kernel, stride, padding, dilation, groups, H, W = geometry
+    x, g = conv_case(*geometry, dtype, seed=C + O, device=device)
+    out = per_sample_conv_grad_sqnorm(x, g, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                                      backend=backend)
+    want = per_sample_conv_grad_sqnorm_reference(x.double(), g.double(), kernel, stride, padding, dilation, groups)
+    assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    torch.testing.assert_close(out.double().cpu(), want.cpu(), rtol=TOL[dtype], atol=0)
+
+
+@pytest.mark.parametrize("backend", ["cpu", *DEVICE_BACKENDS])
+def test_conv_form_strided_and_channels_last(backend):
+    device = "cuda" if ON_GPU and backend in ("cuda", "triton") else "cpu"
+    x, g = conv_case(6, 4, (3, 3), (1, 1), (1, 1), (1, 1), 2, 8, 8, torch.float32, seed=3, device=device)
+    want = per_sample_conv_grad_sqnorm(x, g, 3, padding=1, groups=2, backend="torch")
+    wide = torch.zeros(3, 6, 8, 16, device=device)
+    wide[..., ::2] = x
+    for xv, gv in ((wide[..., ::2], g), (x.contiguous(memory_format=torch.channels_last),
+                                         g.contiguous(memory_format=torch.channels_last))):
+        torch.testing.assert_close(per_sample_conv_grad_sqnorm(xv, gv, 3, padding=1, groups=2, backend=backend), want,
+                                   rtol=1e-5, atol=0)
+
+
+def test_conv_form_errors_and_opcheck():
+    x, g = conv_case(4, 6, (3, 3), (1, 1), (1, 1), (1, 1), 2, 6, 6, torch.float32, seed=1)
+    with pytest.raises(ValueError, match=r"g must have spatial shape \[6, 6\]"):
+        per_sample_conv_grad_sqnorm(x, g[:, :, :5], 3, padding=1, groups=2)
+    with pytest.raises(ValueError, match="groups=4 must be >= 1 and divide C=4 and O=6"):
+        per_sample_conv_grad_sqnorm(x, g, 3, padding=1, groups=4)
+    with pytest.raises(ValueError, match="kernel_size must be an int or a pair"):
+        per_sample_conv_grad_sqnorm(x, g, (3, 3, 3), padding=1)
+    with pytest.raises(ValueError, match="flatten to one stride"):
+        per_sample_conv_grad_sqnorm(x, g.transpose(2, 3), 3, padding=1, groups=2, backend="cpu")
+    with pytest.raises(TypeError, match="must have x's dtype"):
+        per_sample_conv_grad_sqnorm(x, g.double(), 3, padding=1, groups=2)
+    for args in [(x, g, [3, 3], [1, 1], [1, 1], [1, 1], 2), (x.double(), g.double(), [3, 3], [1, 1], [1, 1], [1, 1], 1)]:
+        torch.library.opcheck(torch.ops.datadiet.per_sample_conv_grad_sqnorm.default, args)
