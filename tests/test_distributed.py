@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from datadiet.scores import score_dataset
+from datadiet.scores import grand, score_dataset
 from datadiet.train import checkpoint, datasets, models
 from datadiet.train.data import IndexedDataset
 from tests.subprocesses import REPO, TORCHRUN, env
@@ -39,6 +39,10 @@ def test_distributed_scoring_equals_single_process(tmp_path):
     for name, value in vars(expected).items():
         if value is not None:
             assert torch.allclose(got[name].float(), value.float(), rtol=1e-5, atol=1e-6), name
+    # GraNd over inits: every rank trains the same seeded models, the scoring pass is sharded
+    subset = torch.utils.data.Subset(bundle.train, range(150))
+    single = grand(lambda: models.build("mlp", 10, (1, 8, 8)), subset, inits=2, epochs=1, seed=3, batch_size=32)
+    torch.testing.assert_close(got["__grand__"], single.per_init, rtol=1e-5, atol=1e-6)
 
 
 def _train(out, *extra, ranks=2):

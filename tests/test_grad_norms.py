@@ -368,3 +368,16 @@ def test_grand_strategy_full_scope_through_the_trainer(tmp_path):
     with pytest.raises(ValueError, match="scope must be one of"):
         Trainer(TrainConfig(strategy="grand", fraction=0.3, epochs=1, progress=False,
                             strategy_params={"scope": "everything"}, out=str(tmp_path / "bad")))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["auto", "triton"])
+def test_cuda_matches_cpu_float64(backend):
+    torch.manual_seed(20)
+    model = _bn_stats(torchvision.models.resnet18(num_classes=10)).double()
+    x, y = rand(4, 3, 32, 32, seed=21), torch.tensor([1, 2, 3, 4])
+    want = grad_norms(model, x, y)
+    model = model.float().cuda()
+    got = grad_norms(model, x.float().cuda(), y.cuda(), backend=backend, mode="instantiate")
+    torch.testing.assert_close(got.double().cpu(), want, rtol=1e-4, atol=0)
+    assert torch.equal(got, grad_norms(model, x.float().cuda(), y.cuda(), backend=backend, mode="instantiate"))
