@@ -285,7 +285,8 @@ class GraNd(ScoreBased):
         super().setup(context)
 
     def scoring(self) -> dict:
-        return {"grad_scope": self.scope}
+        # Nothing for the default, so a user loop's proxy_scores(epochs, init) keeps working.
+        return {"grad_scope": "full"} if self.scope == "full" else {}
 
 
 @dataclass
