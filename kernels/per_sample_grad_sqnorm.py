@@ -19,23 +19,35 @@ _WIDE = dict(BLOCK_P=16, BLOCK_D=16, BLOCK_T=8, WIDE=True)
 
 
 @triton.jit
-def _tile_kernel(a_ptr, g_ptr, partial_ptr, T, dg, pg, sa0, sa1, sa2, sg0, sg1, sg2, tiles_p, tiles_d, groups,
-                 BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, WIDE: tl.constexpr):
-    item = tl.program_id(0)
+def _decode(item, tiles_p, tiles_d, groups):
+    """Work item -> (sample, group, row tile, column tile), the order of grad_norm_math.h."""
     tile_d = item % tiles_d
     rest = item // tiles_d
     tile_p = rest % tiles_p
     rest = rest // tiles_p
-    k = rest % groups
-    i = (rest // groups).to(tl.int64)
+    return (rest // groups).to(tl.int64), rest % groups, tile_p, tile_d
+
+
+@triton.jit
+def _accumulate(acc, gt, at, WIDE: tl.constexpr):
+    """acc + gtᵀ at: float64 broadcast-multiply-sum, or an IEEE float32 dot (no TF32)."""
+    if WIDE:
+        acc = acc + tl.sum(gt.to(tl.float64)[:, :, None] * at.to(tl.float64)[:, None, :], axis=0)
+    else:
+        acc = acc + tl.dot(tl.trans(gt.to(tl.float32)), at.to(tl.float32), input_precision="ieee")
+    return acc
+
+
+@triton.jit
+def _tile_kernel(a_ptr, g_ptr, partial_ptr, T, dg, pg, sa0, sa1, sa2, sg0, sg1, sg2, tiles_p, tiles_d, groups,
+                 BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, WIDE: tl.constexpr):
+    item = tl.program_id(0)
+    i, k, tile_p, tile_d = _decode(item, tiles_p, tiles_d, groups)
     rows = tile_p * BLOCK_P + tl.arange(0, BLOCK_P)
     cols = tile_d * BLOCK_D + tl.arange(0, BLOCK_D)
     g_cols = (k * pg + rows).to(tl.int64) * sg2
     a_cols = (k * dg + cols).to(tl.int64) * sa2
-    if WIDE:
-        acc = tl.zeros((BLOCK_P, BLOCK_D), tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_P, BLOCK_D), tl.float32)
+    acc = tl.zeros((BLOCK_P, BLOCK_D), tl.float64 if WIDE else tl.float32)
     for t0 in range(0, T, BLOCK_T):
         ts = t0 + tl.arange(0, BLOCK_T)
         live = ts < T
@@ -44,10 +56,7 @@ def _tile_kernel(a_ptr, g_ptr, partial_ptr, T, dg, pg, sa0, sa1, sa2, sg0, sg1, 
                      other=0.0)
         at = tl.load(a_ptr + i * sa0 + tsl[:, None] * sa1 + a_cols[None, :], mask=live[:, None] & (cols < dg)[None, :],
                      other=0.0)
-        if WIDE:
-            acc += tl.sum(gt.to(tl.float64)[:, :, None] * at.to(tl.float64)[:, None, :], axis=0)
-        else:
-            acc += tl.dot(tl.trans(gt.to(tl.float32)), at.to(tl.float32), input_precision="ieee")
+        acc = _accumulate(acc, gt, at, WIDE)
     tl.store(partial_ptr + item, tl.sum(tl.sum(acc * acc, axis=1), axis=0))
 
 
@@ -56,12 +65,7 @@ def _conv_tile_kernel(x_ptr, g_ptr, partial_ptr, T, dg, pg, sx0, sxc, sxy, sxx, 
                       ph, pw, dh, dw, Wo, tiles_p, tiles_d, groups,
                       BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, WIDE: tl.constexpr):
     item = tl.program_id(0)
-    tile_d = item % tiles_d
-    rest = item // tiles_d
-    tile_p = rest % tiles_p
-    rest = rest // tiles_p
-    k = rest % groups
-    i = (rest // groups).to(tl.int64)
+    i, k, tile_p, tile_d = _decode(item, tiles_p, tiles_d, groups)
     rows = tile_p * BLOCK_P + tl.arange(0, BLOCK_P)
     cols = tile_d * BLOCK_D + tl.arange(0, BLOCK_D)
     g_cols = (k * pg + rows).to(tl.int64) * sgc
@@ -72,10 +76,7 @@ def _conv_tile_kernel(x_ptr, g_ptr, partial_ptr, T, dg, pg, sx0, sxc, sxy, sxx, 
     tap = c % kk
     dy = (tap // kw) * dh - ph
     dx = (tap % kw) * dw - pw
-    if WIDE:
-        acc = tl.zeros((BLOCK_P, BLOCK_D), tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_P, BLOCK_D), tl.float32)
+    acc = tl.zeros((BLOCK_P, BLOCK_D), tl.float64 if WIDE else tl.float32)
     for t0 in range(0, T, BLOCK_T):
         ts = t0 + tl.arange(0, BLOCK_T)
         live = ts < T
@@ -86,10 +87,7 @@ def _conv_tile_kernel(x_ptr, g_ptr, partial_ptr, T, dg, pg, sx0, sxc, sxy, sxx, 
         inside = live[:, None] & (cols < dg)[None, :] & (y >= 0) & (y < H) & (xx >= 0) & (xx < W)
         at = tl.load(x_ptr + i * sx0 + channel[None, :] + y.to(tl.int64) * sxy + xx.to(tl.int64) * sxx, mask=inside,
                      other=0.0)
-        if WIDE:
-            acc += tl.sum(gt.to(tl.float64)[:, :, None] * at.to(tl.float64)[:, None, :], axis=0)
-        else:
-            acc += tl.dot(tl.trans(gt.to(tl.float32)), at.to(tl.float32), input_precision="ieee")
+        acc = _accumulate(acc, gt, at, WIDE)
     tl.store(partial_ptr + item, tl.sum(tl.sum(acc * acc, axis=1), axis=0))
 
 

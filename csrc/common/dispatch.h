@@ -3,6 +3,8 @@
 //   dispatch_float(x.scalar_type(), [&](auto tag) { run<decltype(tag)>(x); });
 #pragma once
 
+#include <utility>
+
 #include <torch/headeronly/core/ScalarType.h>
 #include <torch/headeronly/util/BFloat16.h>
 #include <torch/headeronly/util/Half.h>
@@ -19,6 +21,13 @@ decltype(auto) dispatch_float(torch::headeronly::ScalarType t, F&& f) {
     default:
       return f(c10::BFloat16{});
   }
+}
+
+// dispatch_float_or_double(t, f): the same with float64 too (callers check the dtype first).
+template <typename F>
+decltype(auto) dispatch_float_or_double(torch::headeronly::ScalarType t, F&& f) {
+  if (t == torch::headeronly::ScalarType::Double) return f(double{});
+  return dispatch_float(t, std::forward<F>(f));
 }
 
 }  // namespace datadiet

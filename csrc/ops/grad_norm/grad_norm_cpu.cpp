@@ -17,6 +17,7 @@
 #include <torch/headeronly/util/BFloat16.h>
 #include <torch/headeronly/util/Half.h>
 
+#include "common/dispatch.h"
 #include "common/simd_cpu.h"
 #include "ops/grad_norm/grad_norm.h"
 #include "ops/grad_norm/grad_norm_math.h"
@@ -56,15 +57,11 @@ inline void store(S* p, V v) {
   std::memcpy(p, &v, sizeof v);
 }
 
-struct Strides {
-  int64_t sample, row, col;
-};
-
 // A as a strided [T, d] matrix of one sample (per_sample_grad_sqnorm).
 template <typename T>
 struct RowsSource {
   const T* a;
-  Strides s;
+  grad_norm::Strides s;
 
   // dst[t · dst_t + c · dst_c] = A[t0 + t, col0 + c] for t < tn, c < n, read in memory order.
   template <typename S>
@@ -111,7 +108,7 @@ struct PatchSource {
 
 // Σ M² for M = rows [row0, row0 + rows) of the group's Gᵀ A, columns [col0, col0 + dg).
 template <typename T, typename S, typename Source>
-S item_sqnorm(const Source& src, const T* g, Strides gs, int64_t Tn, int64_t dg, int64_t col0, int64_t row0,
+S item_sqnorm(const Source& src, const T* g, grad_norm::Strides gs, int64_t Tn, int64_t dg, int64_t col0, int64_t row0,
               int64_t rows, std::vector<S>& apack, std::vector<S>& gpack, std::vector<S>& tile) {
   using V = typename Vec<S>::type;
   constexpr int L = Vec<S>::lanes, W = kCols * L;
@@ -175,7 +172,7 @@ S item_sqnorm(const Source& src, const T* g, Strides gs, int64_t Tn, int64_t dg,
 // entries of M are dot products over T of G's and A's columns, packed contiguous over T in
 // chunks of kDotChunkT.
 template <typename T, typename S, typename Source>
-S narrow_sqnorm(const Source& src, const T* g, Strides gs, int64_t Tn, int64_t dg, int64_t pg, int64_t col0,
+S narrow_sqnorm(const Source& src, const T* g, grad_norm::Strides gs, int64_t Tn, int64_t dg, int64_t pg, int64_t col0,
                 int64_t row0, std::vector<S>& acols, std::vector<S>& gcols, std::vector<S>& m) {
   std::fill(m.begin(), m.begin() + pg * dg, S(0));
   for (int64_t t0 = 0; t0 < Tn; t0 += kDotChunkT) {
@@ -194,7 +191,7 @@ S narrow_sqnorm(const Source& src, const T* g, Strides gs, int64_t Tn, int64_t d
 // out[i] = Σ over sample i's work items; source_of(i) is the sample's A source; g is [B, T, p]
 // through its strides.
 template <typename T, typename SourceOf>
-void run(SourceOf source_of, int64_t B, int64_t Tn, int64_t d, const T* gp, Strides gs, int64_t p, int64_t groups,
+void run(SourceOf source_of, int64_t B, int64_t Tn, int64_t d, const T* gp, grad_norm::Strides gs, int64_t p, int64_t groups,
          StableTensor& out) {
   using S = typename grad_norm::Acc<T>::type;
   constexpr int W = kCols * Vec<S>::lanes;
@@ -236,20 +233,6 @@ void run(SourceOf source_of, int64_t B, int64_t Tn, int64_t d, const T* gp, Stri
   }
 }
 
-template <typename F>
-void dispatch_grad_norm(ScalarType t, F&& f) {
-  switch (t) {
-    case ScalarType::Double:
-      return f(double{});
-    case ScalarType::Float:
-      return f(float{});
-    case ScalarType::Half:
-      return f(c10::Half{});
-    default:
-      return f(c10::BFloat16{});
-  }
-}
-
 }  // namespace
 
 StableTensor per_sample_grad_sqnorm_cpu(const StableTensor& a, const StableTensor& g, int64_t groups) {
@@ -257,8 +240,8 @@ StableTensor per_sample_grad_sqnorm_cpu(const StableTensor& a, const StableTenso
   DD_CHECK(a.is_cpu(), "per_sample_grad_sqnorm", "the CPU kernel got tensors on another device");
   StableTensor out = torch::stable::new_empty(a, {a.size(0)}, grad_sqnorm_out_type(a.scalar_type()));
   if (a.size(0) == 0) return out;
-  const Strides as{a.stride(0), a.stride(1), a.stride(2)}, gs{g.stride(0), g.stride(1), g.stride(2)};
-  dispatch_grad_norm(a.scalar_type(), [&](auto tag) {
+  const grad_norm::Strides as{a.stride(0), a.stride(1), a.stride(2)}, gs{g.stride(0), g.stride(1), g.stride(2)};
+  dispatch_float_or_double(a.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     const T* ap = a.const_data_ptr<T>();
     run<T>([&](int64_t i) { return RowsSource<T>{ap + i * as.sample, as}; }, a.size(0), a.size(1), a.size(2),
@@ -276,9 +259,9 @@ StableTensor per_sample_conv_grad_sqnorm_cpu(const StableTensor& x, const Stable
   StableTensor out = torch::stable::new_empty(x, {x.size(0)}, grad_sqnorm_out_type(x.scalar_type()));
   if (x.size(0) == 0) return out;
   // g [B, O, Ho, Wo] read as G [B, T = Ho·Wo, O]: its spatial dims must flatten to one stride.
-  const Strides gs{g.stride(0), g.stride(3), g.stride(1)};
+  const grad_norm::Strides gs{g.stride(0), g.stride(3), g.stride(1)};
   const int64_t d = x.size(1) * geo.kh * geo.kw;
-  dispatch_grad_norm(x.scalar_type(), [&](auto tag) {
+  dispatch_float_or_double(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     const T* xp = x.const_data_ptr<T>();
     const int64_t sb = x.stride(0);

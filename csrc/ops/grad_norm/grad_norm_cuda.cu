@@ -10,6 +10,7 @@
 #include <torch/headeronly/util/BFloat16.h>
 #include <torch/headeronly/util/Half.h>
 
+#include "common/dispatch.h"
 #include "common/cuda_stream.h"
 #include "ops/grad_norm/grad_norm.h"
 #include "ops/grad_norm/grad_norm_math.h"
@@ -22,15 +23,11 @@ constexpr int kTileT = 16;   // rows of A / G per shared-memory stage
 constexpr int kThreads = 256;
 constexpr int kPer = kTile / 16;  // each thread: kPer × kPer entries of the tile
 
-struct Strides {
-  int64_t sample, row, col;
-};
-
 // A as a strided [T, d] matrix (per_sample_grad_sqnorm).
 template <typename T>
 struct RowsSource {
   const T* a;
-  Strides s;
+  grad_norm::Strides s;
   __device__ const T* sample(int64_t i) const { return a + i * s.sample; }
   __device__ bool at(const T* ai, int64_t t, int64_t c, T& v) const {
     v = ai[t * s.row + c * s.col];
@@ -54,7 +51,7 @@ struct PatchSource {
 };
 
 template <typename T, typename S, typename Source>
-__global__ void tile_sqnorm_kernel(Source src, const T* __restrict__ g, Strides gs, int64_t Tn, int64_t dg,
+__global__ void tile_sqnorm_kernel(Source src, const T* __restrict__ g, grad_norm::Strides gs, int64_t Tn, int64_t dg,
                                    int64_t pg, grad_norm::Tiling tiling, S* __restrict__ partial) {
   __shared__ S a_s[kTileT][kTile];
   __shared__ S g_s[kTileT][kTile];
@@ -120,7 +117,7 @@ __global__ void sum_partials_kernel(const S* __restrict__ partial, int64_t per, 
 }
 
 template <typename T, typename Source>
-void run(const Source& src, int64_t B, int64_t Tn, int64_t d, const T* gp, Strides gs, int64_t p, int64_t groups,
+void run(const Source& src, int64_t B, int64_t Tn, int64_t d, const T* gp, grad_norm::Strides gs, int64_t p, int64_t groups,
          StableTensor& out, cudaStream_t stream, const char* op) {
   using S = typename grad_norm::Acc<T>::type;
   const int64_t dg = d / groups, pg = p / groups;
@@ -140,20 +137,6 @@ void run(const Source& src, int64_t B, int64_t Tn, int64_t d, const T* gp, Strid
   check_launch(op);
 }
 
-template <typename F>
-void dispatch_grad_norm(ScalarType t, F&& f) {
-  switch (t) {
-    case ScalarType::Double:
-      return f(double{});
-    case ScalarType::Float:
-      return f(float{});
-    case ScalarType::Half:
-      return f(c10::Half{});
-    default:
-      return f(c10::BFloat16{});
-  }
-}
-
 }  // namespace
 
 StableTensor per_sample_grad_sqnorm_cuda(const StableTensor& a, const StableTensor& g, int64_t groups) {
@@ -164,8 +147,8 @@ StableTensor per_sample_grad_sqnorm_cuda(const StableTensor& a, const StableTens
   const cudaStream_t stream = current_stream(device_index);
   StableTensor out = torch::stable::new_empty(a, {a.size(0)}, grad_sqnorm_out_type(a.scalar_type()));
   if (a.size(0) == 0) return out;
-  const Strides as{a.stride(0), a.stride(1), a.stride(2)}, gs{g.stride(0), g.stride(1), g.stride(2)};
-  dispatch_grad_norm(a.scalar_type(), [&](auto tag) {
+  const grad_norm::Strides as{a.stride(0), a.stride(1), a.stride(2)}, gs{g.stride(0), g.stride(1), g.stride(2)};
+  dispatch_float_or_double(a.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     run<T>(RowsSource<T>{a.const_data_ptr<T>(), as}, a.size(0), a.size(1), a.size(2), g.const_data_ptr<T>(), gs,
            g.size(2), groups, out, stream, "per_sample_grad_sqnorm");
@@ -184,8 +167,8 @@ StableTensor per_sample_conv_grad_sqnorm_cuda(const StableTensor& x, const Stabl
   const cudaStream_t stream = current_stream(device_index);
   StableTensor out = torch::stable::new_empty(x, {x.size(0)}, grad_sqnorm_out_type(x.scalar_type()));
   if (x.size(0) == 0) return out;
-  const Strides gs{g.stride(0), g.stride(3), g.stride(1)};  // g read as [B, T = Ho·Wo, O]
-  dispatch_grad_norm(x.scalar_type(), [&](auto tag) {
+  const grad_norm::Strides gs{g.stride(0), g.stride(3), g.stride(1)};  // g read as [B, T = Ho·Wo, O]
+  dispatch_float_or_double(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     run<T>(PatchSource<T>{x.const_data_ptr<T>(), x.stride(0), geo}, x.size(0), geo.Ho * geo.Wo,
            x.size(1) * geo.kh * geo.kw, g.const_data_ptr<T>(), gs, g.size(1), groups, out, stream,

@@ -21,6 +21,11 @@ struct Tiling {
   DD_HD int64_t items() const { return B * per_sample(); }
 };
 
+// A [B, T, n] operand through its strides: sample, row (t) and column.
+struct Strides {
+  int64_t sample, row, col;
+};
+
 struct Item {
   int64_t sample, group, tile_p, tile_d;
 };

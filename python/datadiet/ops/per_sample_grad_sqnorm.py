@@ -48,26 +48,33 @@ def per_sample_grad_sqnorm(a: torch.Tensor, g: torch.Tensor, *, groups: int = 1,
 
 
 def _check(a, g, groups) -> None:
-    def fail(msg: str, exc=ValueError):
-        raise exc(f"datadiet.per_sample_grad_sqnorm: {msg}")
-
-    for name, t in (("a", a), ("g", g)):
-        if not isinstance(t, torch.Tensor):
-            fail(f"{name} must be a tensor, got {type(t).__name__}", TypeError)
-    if a.dim() != 3 or g.dim() != 3:
-        fail(f"a must be [B, T, d] and g [B, T, p], got shapes {tuple(a.shape)} and {tuple(g.shape)}")
+    _check_tensors("per_sample_grad_sqnorm", "a", a, g, groups, 3, "[B, T, d]", "[B, T, p]")
     if a.shape[:2] != g.shape[:2]:
-        fail(f"a {tuple(a.shape)} and g {tuple(g.shape)} must agree in B and T")
+        raise ValueError(f"datadiet.per_sample_grad_sqnorm: a {tuple(a.shape)} and g {tuple(g.shape)} must agree in "
+                         "B and T")
+    if a.shape[2] % groups or g.shape[2] % groups:
+        raise ValueError(f"datadiet.per_sample_grad_sqnorm: groups={groups} must divide d={a.shape[2]} and "
+                         f"p={g.shape[2]}")
+
+
+def _check_tensors(op: str, name: str, a, g, groups, dims: int, a_shape: str, g_shape: str) -> None:
+    """Types, ranks, dtypes, device and groups of (``name`` = a, g), errors naming the argument."""
+    def fail(msg: str, exc=ValueError):
+        raise exc(f"datadiet.{op}: {msg}")
+
+    for label, t in ((name, a), ("g", g)):
+        if not isinstance(t, torch.Tensor):
+            fail(f"{label} must be a tensor, got {type(t).__name__}", TypeError)
+    if a.dim() != dims or g.dim() != dims:
+        fail(f"{name} must be {a_shape} and g {g_shape}, got shapes {tuple(a.shape)} and {tuple(g.shape)}")
     if a.dtype not in _DTYPES:
-        fail(f"a must be float32, float64, float16 or bfloat16, got {a.dtype}", TypeError)
+        fail(f"{name} must be float32, float64, float16 or bfloat16, got {a.dtype}", TypeError)
     if g.dtype != a.dtype:
-        fail(f"g ({g.dtype}) must have a's dtype ({a.dtype})", TypeError)
+        fail(f"g ({g.dtype}) must have {name}'s dtype ({a.dtype})", TypeError)
     if g.device != a.device:
-        fail(f"g is on {g.device} but a is on {a.device}")
+        fail(f"g is on {g.device} but {name} is on {a.device}")
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         fail(f"groups must be an int >= 1, got {groups!r}")
-    if a.shape[2] % groups or g.shape[2] % groups:
-        fail(f"groups={groups} must divide d={a.shape[2]} and p={g.shape[2]}")
 
 
 def per_sample_conv_grad_sqnorm(x: torch.Tensor, g: torch.Tensor, kernel_size, *, stride=1, padding=0, dilation=1,
@@ -104,22 +111,7 @@ def _pair(v, name: str) -> list[int]:
 
 
 def _check_conv(x, g, groups) -> None:
-    def fail(msg: str, exc=ValueError):
-        raise exc(f"datadiet.per_sample_conv_grad_sqnorm: {msg}")
-
-    for name, t in (("x", x), ("g", g)):
-        if not isinstance(t, torch.Tensor):
-            fail(f"{name} must be a tensor, got {type(t).__name__}", TypeError)
-    if x.dim() != 4 or g.dim() != 4:
-        fail(f"x must be [B, C, H, W] and g [B, O, Ho, Wo], got shapes {tuple(x.shape)} and {tuple(g.shape)}")
-    if x.dtype not in _DTYPES:
-        fail(f"x must be float32, float64, float16 or bfloat16, got {x.dtype}", TypeError)
-    if g.dtype != x.dtype:
-        fail(f"g ({g.dtype}) must have x's dtype ({x.dtype})", TypeError)
-    if g.device != x.device:
-        fail(f"g is on {g.device} but x is on {x.device}")
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        fail(f"groups must be an int >= 1, got {groups!r}")
+    _check_tensors("per_sample_conv_grad_sqnorm", "x", x, g, groups, 4, "[B, C, H, W]", "[B, O, Ho, Wo]")
 
 
 def _fake(a, g, groups):
