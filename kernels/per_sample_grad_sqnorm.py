@@ -105,7 +105,7 @@ def per_sample_conv_grad_sqnorm(x: torch.Tensor, g: torch.Tensor, kernel_size, s
     if B == 0 or T == 0 or per == 0:
         return torch.zeros(B, dtype=acc, device=x.device)
     partial = torch.empty(B * per, dtype=acc, device=x.device)
-    launch(_conv_tile_kernel, (B * per,), x, g, partial, T, dg, pg, *x.stride(), g.stride(0), g.stride(3), g.stride(1),
+    launch(_conv_tile_kernel, (B * per,), x, g, partial, T, dg, pg, *x.stride(), g.stride(0), g.stride(2) if Wo == 1 else g.stride(3), g.stride(1),
            H, W, *kernel_size, *stride, *padding, *dilation, Wo, tiles_p, tiles_d, groups, **blocks)
     return partial.view(B, per).sum(1)
 

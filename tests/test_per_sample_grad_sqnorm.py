@@ -187,17 +187,34 @@ def test_conv_form_strided_and_channels_last(backend):
                                    rtol=1e-5, atol=0)
 
 
-def test_conv_form_errors_and_opcheck():
+@pytest.mark.parametrize("backend", ["cpu", "torch", *DEVICE_BACKENDS])
+def test_conv_form_errors(backend):
+    device = "cuda" if ON_GPU and backend in ("cuda", "triton") else "cpu"
+    x, g = conv_case(4, 6, (3, 3), (1, 1), (1, 1), (1, 1), 2, 6, 6, torch.float32, seed=1, device=device)
+    cases = [((x, g[:, :, :5], 3), dict(padding=1, groups=2), r"g must have spatial shape \[6, 6\]"),
+             ((x, g[:2], 3), dict(padding=1, groups=2), "must agree in B"),
+             ((x, g, 3), dict(padding=1, groups=4), "groups=4 must be >= 1 and divide C=4 and O=6"),
+             ((x, g, (3, 3, 3)), dict(padding=1), "kernel_size must be an int or a pair"),
+             ((x, g.transpose(2, 3), 3), dict(padding=1, groups=2), "flatten to one stride"),
+             ((x, g, 3), dict(padding=1, stride=0, groups=2), "stride and dilation must be >= 1"),
+             ((x[:, :, :2, :2], g, 3), dict(stride=2, groups=2), "smaller than the dilated kernel"),
+             ((x, g.double(), 3), dict(padding=1, groups=2), "must have x's dtype")]
+    for args, kwargs, message in cases:
+        with pytest.raises((ValueError, TypeError), match=message):
+            per_sample_conv_grad_sqnorm(*args, **kwargs, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch", *DEVICE_BACKENDS])
+def test_conv_form_with_one_output_column_and_permuted_gradient(backend):
+    device = "cuda" if ON_GPU and backend in ("cuda", "triton") else "cpu"
+    x, _ = conv_case(3, 5, (3, 1), (1, 1), (1, 0), (1, 1), 1, 7, 1, torch.float32, seed=2, device=device)
+    g = torch.randn(3, 7, 5, 1, device=device).permute(0, 2, 1, 3)  # [B, O, Ho, 1], O innermost
+    want = per_sample_conv_grad_sqnorm_reference(x.double(), g.double(), [3, 1], [1, 1], [1, 0], [1, 1], 1)
+    got = per_sample_conv_grad_sqnorm(x, g, (3, 1), padding=(1, 0), backend=backend)
+    torch.testing.assert_close(got.double().cpu(), want.cpu(), rtol=1e-5, atol=0)
+
+
+def test_conv_form_opcheck():
     x, g = conv_case(4, 6, (3, 3), (1, 1), (1, 1), (1, 1), 2, 6, 6, torch.float32, seed=1)
-    with pytest.raises(ValueError, match=r"g must have spatial shape \[6, 6\]"):
-        per_sample_conv_grad_sqnorm(x, g[:, :, :5], 3, padding=1, groups=2)
-    with pytest.raises(ValueError, match="groups=4 must be >= 1 and divide C=4 and O=6"):
-        per_sample_conv_grad_sqnorm(x, g, 3, padding=1, groups=4)
-    with pytest.raises(ValueError, match="kernel_size must be an int or a pair"):
-        per_sample_conv_grad_sqnorm(x, g, (3, 3, 3), padding=1)
-    with pytest.raises(ValueError, match="flatten to one stride"):
-        per_sample_conv_grad_sqnorm(x, g.transpose(2, 3), 3, padding=1, groups=2, backend="cpu")
-    with pytest.raises(TypeError, match="must have x's dtype"):
-        per_sample_conv_grad_sqnorm(x, g.double(), 3, padding=1, groups=2)
     for args in [(x, g, [3, 3], [1, 1], [1, 1], [1, 1], 2), (x.double(), g.double(), [3, 3], [1, 1], [1, 1], [1, 1], 1)]:
         torch.library.opcheck(torch.ops.datadiet.per_sample_conv_grad_sqnorm.default, args)

@@ -93,3 +93,11 @@ def gather_rows(tensors: dict[str, torch.Tensor], device) -> dict[str, torch.Ten
         joined = torch.cat([c[:m] for c, m in zip(chunks, lengths)]).to(value.device)
         out[name] = joined.bool() if value.dtype == torch.bool else joined
     return out
+
+
+def unwrap(model):
+    """The module a (Distributed)DataParallel wrapper holds; any other model as it is (a model
+    with its own submodule called ``module`` is not a wrapper)."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    return model.module if isinstance(model, (DataParallel, DistributedDataParallel)) else model

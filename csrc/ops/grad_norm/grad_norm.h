@@ -97,6 +97,8 @@ inline grad_norm::ConvGeometry check_conv_grad_sqnorm_args(const StableTensor& x
   q.pw = padding[1];
   q.dh = dilation[0];
   q.dw = dilation[1];
+  DD_CHECK(q.H + 2 * q.ph >= q.dh * (q.kh - 1) + 1 && q.W + 2 * q.pw >= q.dw * (q.kw - 1) + 1, op, "the input ",
+           x.sizes(), " (padded by ", q.ph, ", ", q.pw, ") is smaller than the dilated kernel");
   q.Ho = (q.H + 2 * q.ph - q.dh * (q.kh - 1) - 1) / q.sh + 1;
   q.Wo = (q.W + 2 * q.pw - q.dw * (q.kw - 1) - 1) / q.sw + 1;
   q.sc = x.stride(1);
@@ -104,11 +106,14 @@ inline grad_norm::ConvGeometry check_conv_grad_sqnorm_args(const StableTensor& x
   q.sx = x.stride(3);
   DD_CHECK(q.Ho >= 1 && q.Wo >= 1 && g.size(2) == q.Ho && g.size(3) == q.Wo, op, "g must have spatial shape [", q.Ho,
            ", ", q.Wo, "] for this x and geometry, got ", g.sizes());
-  DD_CHECK(q.Ho == 1 || g.stride(2) == q.Wo * g.stride(3), op,
+  DD_CHECK(q.Ho == 1 || q.Wo == 1 || g.stride(2) == q.Wo * g.stride(3), op,
            "g's spatial dims must flatten to one stride (contiguous or channels-last), got row stride ",
            g.stride(2), " and column stride ", g.stride(3));
   return q;
 }
+
+// g [B, O, Ho, Wo] read as G [B, T = Ho·Wo, O]: the stride of t (a column's when Wo = 1).
+inline int64_t conv_t_stride(const StableTensor& g) { return g.size(3) == 1 ? g.stride(2) : g.stride(3); }
 
 inline ScalarType grad_sqnorm_out_type(ScalarType input) {
   return input == ScalarType::Double ? ScalarType::Double : ScalarType::Float;

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include <torch/csrc/stable/ops.h>
@@ -259,7 +260,7 @@ StableTensor per_sample_conv_grad_sqnorm_cpu(const StableTensor& x, const Stable
   StableTensor out = torch::stable::new_empty(x, {x.size(0)}, grad_sqnorm_out_type(x.scalar_type()));
   if (x.size(0) == 0) return out;
   // g [B, O, Ho, Wo] read as G [B, T = Ho·Wo, O]: its spatial dims must flatten to one stride.
-  const grad_norm::Strides gs{g.stride(0), g.stride(3), g.stride(1)};
+  const grad_norm::Strides gs{g.stride(0), conv_t_stride(g), g.stride(1)};
   const int64_t d = x.size(1) * geo.kh * geo.kw;
   dispatch_float_or_double(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);

@@ -167,7 +167,7 @@ StableTensor per_sample_conv_grad_sqnorm_cuda(const StableTensor& x, const Stabl
   const cudaStream_t stream = current_stream(device_index);
   StableTensor out = torch::stable::new_empty(x, {x.size(0)}, grad_sqnorm_out_type(x.scalar_type()));
   if (x.size(0) == 0) return out;
-  const grad_norm::Strides gs{g.stride(0), g.stride(3), g.stride(1)};  // g read as [B, T = Ho·Wo, O]
+  const grad_norm::Strides gs{g.stride(0), conv_t_stride(g), g.stride(1)};  // g read as [B, T = Ho·Wo, O]
   dispatch_float_or_double(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     run<T>(PatchSource<T>{x.const_data_ptr<T>(), x.stride(0), geo}, x.size(0), geo.Ho * geo.Wo,

@@ -94,7 +94,7 @@ def per_sample_conv_grad_sqnorm(x: torch.Tensor, g: torch.Tensor, kernel_size, *
     """
     pairs = [_pair(v, name) for v, name in ((kernel_size, "kernel_size"), (stride, "stride"), (padding, "padding"),
                                             (dilation, "dilation"))]
-    _check_conv(x, g, groups)
+    _check_conv(x, g, groups, *pairs)
     chosen = resolve(backend, x.device, "per_sample_conv_grad_sqnorm")
     if chosen in ("cpu", "cuda"):
         return torch.ops.datadiet.per_sample_conv_grad_sqnorm(x, g, *pairs, int(groups))
@@ -110,8 +110,30 @@ def _pair(v, name: str) -> list[int]:
     return out
 
 
-def _check_conv(x, g, groups) -> None:
+def _check_conv(x, g, groups, kernel_size, stride, padding, dilation) -> None:
+    """Everything the kernels need, for every backend (the Triton one reads without bounds)."""
     _check_tensors("per_sample_conv_grad_sqnorm", "x", x, g, groups, 4, "[B, C, H, W]", "[B, O, Ho, Wo]")
+
+    def fail(msg: str):
+        raise ValueError(f"datadiet.per_sample_conv_grad_sqnorm: {msg}")
+
+    if g.shape[0] != x.shape[0]:
+        fail(f"x {tuple(x.shape)} and g {tuple(g.shape)} must agree in B")
+    if min(kernel_size + stride + dilation) < 1 or min(padding) < 0:
+        fail(f"kernel_size, stride and dilation must be >= 1 and padding >= 0, got {kernel_size}, {stride}, "
+             f"{dilation}, {padding}")
+    if x.shape[1] % groups or g.shape[1] % groups:
+        fail(f"groups={groups} must be >= 1 and divide C={x.shape[1]} and O={g.shape[1]}")
+    out = []
+    for size, k, s, p, d in zip(x.shape[2:], kernel_size, stride, padding, dilation):
+        if size + 2 * p < d * (k - 1) + 1:
+            fail(f"the input {tuple(x.shape[2:])} (padded by {padding}) is smaller than the dilated kernel "
+                 f"{kernel_size} (dilation {dilation})")
+        out.append((size + 2 * p - d * (k - 1) - 1) // s + 1)
+    if tuple(g.shape[2:]) != tuple(out):
+        fail(f"g must have spatial shape {out} for this x and geometry, got {tuple(g.shape)}")
+    if 1 not in out and g.stride(2) != out[1] * g.stride(3):
+        fail(f"g's spatial dims must flatten to one stride (contiguous or channels-last), got strides {g.stride()}")
 
 
 def _fake(a, g, groups):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
@@ -39,6 +40,7 @@ from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
+from datadiet._dist import unwrap
 from datadiet.scores.layer_rules import MODES, check_batch_norm, merge, rule_for, sqnorm
 
 COVERED_BY_RULES = frozenset({"weight", "bias"})
@@ -54,6 +56,7 @@ class _Call:
     kwargs: dict
     versions: list
     shapes: list  # each output leaf's shape (None for non-tensors)
+    on_path: list  # per flattened input: whether it was on the batch's gradient path (required grad)
     grads: dict = field(default_factory=dict)  # leaf index -> gradient
     waiting: int = 0
 
@@ -92,8 +95,15 @@ def grad_norms(model: nn.Module, inputs, targets: torch.Tensor, loss_fn: Optiona
     """
     if mode not in MODES:
         raise ValueError(f"grad_norms: mode must be one of {MODES}, got {mode!r}")
-    model = getattr(model, "module", model)
-    inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("grad_norms: called under torch.inference_mode(), where no gradient can be taken; call "
+                           "it outside (torch.no_grad() around it is fine)")
+    model = unwrap(model)
+    # Floating-point inputs enter as fresh roots (a copy of a leaf), others detached: gradients flow
+    # only to this pass's roots, and every float tensor computed from the batch requires grad.
+    inputs = tree_map(_as_root, inputs)
+    args, kwargs = ((), dict(inputs)) if isinstance(inputs, Mapping) else \
+        (tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,), {})
     loss_fn = loss_fn or functools.partial(F.cross_entropy, reduction="none")
     params = [p for p in model.parameters() if p.requires_grad]
     acc = torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
@@ -102,18 +112,35 @@ def grad_norms(model: nn.Module, inputs, targets: torch.Tensor, loss_fn: Optiona
         sites = _plan(model, trainable, fallback)
         run = _Pass(sites, mode, backend, acc)
         with run.hooked():
-            with run.watching_parameters():
-                outputs = model(*inputs)
-            losses = loss_fn(outputs, targets)
-            B = _batch_size(losses, inputs)
-            run.begin_backward(B, losses.device)
-            if run.roots and losses.requires_grad:
-                torch.autograd.grad(losses.sum(), run.roots, allow_unused=True)
+            with run.watching_parameters():  # the loss too: a parameter used there is refused
+                outputs = model(*args, **kwargs)
+                losses = loss_fn(outputs, targets)
+            run.begin_backward(_batch_size(losses, tree_flatten((args, kwargs))[0]), losses.device)
+            leaves = _reachable_leaves(losses) if losses.requires_grad else []
+            if leaves:
+                torch.autograd.grad(losses.sum(), leaves, allow_unused=True)
         run.finish()
     norms = run.total.sqrt()
     if per_layer:
         return norms, {name: sq.sqrt() for name, sq in run.layers.items()}
     return norms
+
+
+def _reachable_leaves(losses: torch.Tensor) -> list:
+    """Every leaf the loss depends on: the roots this pass made, and any other tensor requiring
+    grad the forward captured. Asking the backward pass for all of them reaches every hooked
+    output the loss depends on; the parameters are frozen, so none is among them."""
+    seen, stack, leaves = set(), [losses.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)  # AccumulateGrad
+        if variable is not None:
+            leaves.append(variable)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return leaves
 
 
 def _batch_size(losses, inputs) -> int:
@@ -122,7 +149,7 @@ def _batch_size(losses, inputs) -> int:
                          f"{tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__} "
                          "(use reduction='none': a mean-reduced loss scales every gradient by 1/B)")
     B = losses.shape[0]
-    first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+    first = next((t for t in inputs if isinstance(t, torch.Tensor)), None)
     if first is not None and first.dim() > 0 and first.shape[0] != B:
         raise ValueError(f"grad_norms: loss_fn returned {B} losses for a batch of {first.shape[0]} inputs")
     return B
@@ -157,23 +184,32 @@ def _frozen(params: list):
 
 def _plan(model: nn.Module, trainable: set, fallback: bool) -> list[_Site]:
     """One site per module owning parameters of ``trainable`` (ids): a rule when one covers them
-    all, else the ``torch.func`` fallback (or a refusal naming them)."""
+    all, else the ``torch.func`` fallback (or a refusal naming them). Parameters held in an
+    ``nn.ParameterList`` / ``ParameterDict`` (never called) belong to the module holding it."""
+    modules = dict(model.named_modules())
     owners: dict[int, list[str]] = {}
-    for mname, m in model.named_modules():
+    for mname, m in modules.items():
         for pname, p in m.named_parameters(recurse=False):
             owners.setdefault(id(p), []).append(f"{mname}.{pname}" if mname else pname)
-    sites, refused, taken = [], [], set()
-    for mname, m in model.named_modules():
-        if id(m) in taken:
-            continue
-        own = [n for n, p in m.named_parameters(recurse=False) if id(p) in trainable]
+    owned: dict[str, list[str]] = {}  # module name -> its parameters, by names relative to it
+    for mname, m in modules.items():
+        holder = mname
+        while isinstance(modules[holder], (nn.ParameterList, nn.ParameterDict)) and holder:
+            holder = holder.rpartition(".")[0]
+        prefix = mname[len(holder):].lstrip(".")
+        names = [f"{prefix}.{n}" if prefix else n for n, p in m.named_parameters(recurse=False) if id(p) in trainable]
         if isinstance(m, nn.MultiheadAttention):
             # Its forward reads out_proj's weight directly (out_proj itself is never called):
             # the in- and out-projections are covered together, by the fallback.
-            own += [f"out_proj.{n}" for n, p in m.out_proj.named_parameters(recurse=False) if id(p) in trainable]
-            taken.add(id(m.out_proj))
-        if not own:
-            continue
+            names += [f"out_proj.{n}" for n, p in m.out_proj.named_parameters(recurse=False) if id(p) in trainable]
+        if names:
+            owned.setdefault(holder, []).extend(names)
+    for mname, m in modules.items():
+        if isinstance(m, nn.MultiheadAttention):
+            owned.pop(f"{mname}.out_proj" if mname else "out_proj", None)
+    sites, refused = [], []
+    for mname, own in owned.items():
+        m = modules[mname]
         full = [f"{mname}.{n}" if mname else n for n in own]
         tied = [owners[id(m.get_parameter(n))] for n in own if len(owners[id(m.get_parameter(n))]) > 1]
         if tied:
@@ -196,6 +232,13 @@ def _plan(model: nn.Module, trainable: set, fallback: bool) -> list[_Site]:
                          "nn.MultiheadAttention's in-projection, or layer types other than Linear, Conv1d/2d, "
                          "Embedding, LayerNorm, GroupNorm and BatchNorm); pass fallback=True to cover them with "
                          "torch.func, or freeze them")
+    for mname, m in modules.items():
+        layer = isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
+        if (getattr(m, "batch_first", True) is False and not isinstance(m, nn.MultiheadAttention)) or \
+                (layer and not m.self_attn.batch_first):
+            raise ValueError(f"grad_norms: module {mname or '(root)'!r} ({type(m).__name__}) has batch_first=False: "
+                             "its layers see [T, B, ...] tensors, and per-sample norms need the batch in dim 0 "
+                             "(build it with batch_first=True)")
     return sites
 
 
@@ -204,15 +247,16 @@ class _Pass:
 
     def __init__(self, sites: list[_Site], mode: str, backend: str, acc: torch.dtype) -> None:
         self.sites, self.mode, self.backend, self.acc = sites, mode, backend, acc
-        self.roots: list[torch.Tensor] = []
         self.layers: dict[str, torch.Tensor] = {}
         self.total: Optional[torch.Tensor] = None
         self.suspended = False  # True while the fallback re-runs modules under torch.func
 
     @contextlib.contextmanager
     def hooked(self):
-        handles = [s.module.register_forward_hook(functools.partial(self._on_forward, s), with_kwargs=True)
-                   for s in self.sites]
+        # Prepended: a user's hook that changes the output runs after ours, so the gradient we
+        # take is the one at the layer's own output.
+        handles = [s.module.register_forward_hook(functools.partial(self._on_forward, s), with_kwargs=True,
+                                                  prepend=True) for s in self.sites]
         try:
             yield
         finally:
@@ -255,14 +299,14 @@ class _Pass:
             # a root: the backward pass is asked for the gradient of a leaf holding its value, and the
             # model goes on with a copy, so a later in-place op (ReLU(inplace=True)) leaves the leaf be.
             if isinstance(t, torch.Tensor) and t.is_floating_point() and not t.requires_grad:
-                root = t.detach().requires_grad_()
-                self.roots.append(root)
+                root = t.detach().requires_grad_()  # kept alive by the copy's autograd node
                 leaves[k] = root.clone()
                 made_root = True
+        on_path = [isinstance(t, torch.Tensor) and t.requires_grad for t in tree_flatten((args, kwargs))[0]]
         args, kwargs = tree_map(_detached, (args, kwargs))  # detach() shares the version counter
         inputs = tree_flatten((args, kwargs))[0]
         call = _Call(args, kwargs, [t._version if isinstance(t, torch.Tensor) else None for t in inputs],
-                     [t.shape if isinstance(t, torch.Tensor) else None for t in leaves])
+                     [t.shape if isinstance(t, torch.Tensor) else None for t in leaves], on_path)
         for k, t in enumerate(leaves):
             if isinstance(t, torch.Tensor) and t.requires_grad:
                 t.register_hook(functools.partial(self._on_grad, site, call, k))
@@ -291,26 +335,47 @@ class _Pass:
             return
         for c in calls:
             _check_unchanged(site, c)
-        if site.rule is None:
-            from datadiet.scores.func_fallback import fallback_sqnorm
+        # The backward pass may run under the caller's autocast: the norms are taken in the
+        # accumulation dtype whatever it is.
+        with torch.autocast(self.total.device.type, enabled=False):
+            if site.rule is None:
+                from datadiet.scores.func_fallback import fallback_sqnorm
 
-            self.suspended = True
-            try:
-                sq = sum(fallback_sqnorm(site.module, site.params, c, self.B, self.acc) for c in calls)
-            finally:
-                self.suspended = False
-        else:
-            pieces: dict[str, list] = {}
-            with torch.no_grad():
-                for c in calls:
-                    x = c.args[0] if c.args else next(iter(c.kwargs.values()))
-                    for name, piece in site.rule(site.module, x, c.grads[0], set(site.params)).items():
-                        pieces.setdefault(name, []).append(piece)
-                sq = sum(sqnorm(merge(ps), self.mode, self.backend).to(self.acc) for ps in pieces.values())
+                self.suspended = True
+                try:
+                    sq = fallback_sqnorm(site.module, site.params, calls, self.B, self.acc)
+                finally:
+                    self.suspended = False
+            else:
+                sq = self._rule_sqnorm(site, calls)
         sq = sq.detach()
-        self.total += sq
+        if sq.shape != (self.B,):
+            raise ValueError(f"grad_norms: module {site.name or '(root)'!r} gave per-sample norms of shape "
+                             f"{tuple(sq.shape)} for a batch of {self.B}: its inputs must have the batch in dim 0")
+        self.total += sq.to(self.total.device)
         key = site.name or "(root)"
         self.layers[key] = self.layers[key] + sq if key in self.layers else sq
+
+    def _rule_sqnorm(self, site: _Site, calls: list) -> torch.Tensor:
+        pieces: dict[str, list] = {}
+        with torch.no_grad():
+            for c in calls:
+                x = c.args[0] if c.args else next(iter(c.kwargs.values()))
+                g = c.grads[0]
+                if x.dim() == 0 or x.shape[0] != self.B or g.shape[0] != self.B:
+                    raise ValueError(f"grad_norms: module {site.name or '(root)'!r} ({type(site.module).__name__}) "
+                                     f"got an input of shape {tuple(x.shape)} for a batch of {self.B}: per-sample "
+                                     "norms need the batch in dim 0 of every layer's input (no sequence-first "
+                                     "layouts, no flattening of the batch into another dim)")
+                for name, piece in site.rule(site.module, x, g, set(site.params)).items():
+                    pieces.setdefault(name, []).append(piece)
+            return sum(sqnorm(merge(ps), self.mode, self.backend).to(self.acc) for ps in pieces.values())
+
+
+def _as_root(x):
+    if isinstance(x, torch.Tensor) and x.is_floating_point():
+        return x.detach().requires_grad_().clone()  # the copy takes in-place ops the leaf would refuse
+    return _detached(x)
 
 
 def _detached(x):

@@ -154,10 +154,11 @@ def group_norm_pieces(m: nn.GroupNorm, x: torch.Tensor, g: torch.Tensor, wanted:
 
 def batch_norm_pieces(m: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, g: torch.Tensor, wanted: set) -> dict:
     """Eval mode: x̂ = (x − μ)·r with the running μ and r = 1/sqrt(var + eps), so the scale's gradient
-    is r·(Σ g·x − μ·Σ g) per channel — two reductions, no normalised copy of the input."""
-    check_batch_norm(m, "")
+    is r·(Σ g·x − μ·Σ g) per channel — two reductions in the accumulation dtype, no normalised copy
+    of the input (``grad_norms`` has refused a BatchNorm using batch statistics before the pass)."""
     B, C = g.shape[:2]
-    g3, shift = g.reshape(B, C, -1), g.reshape(B, C, -1).sum(2)
+    g3 = g.reshape(B, C, -1).to(_acc(g.dtype))
+    shift = g3.sum(2)
     out = {}
     if "weight" in wanted:
         rstd = torch.rsqrt(m.running_var.to(shift.dtype) + m.eps)
@@ -261,14 +262,28 @@ def _patches_sqnorm(piece: Patches, mode: str, backend: str) -> torch.Tensor:
 
 
 def _rows_sqnorm(piece: Rows) -> torch.Tensor:
+    """Σ over unique (sample, token) pairs of ‖Σ_t g_t‖²: positions sorted by pair (stable), each
+    pair's sum a difference of float64 prefix sums — deterministic on every device (an
+    ``index_add_`` would use float atomics on CUDA)."""
     ids, G = piece.ids, piece.G
     B, T = ids.shape
     acc = _acc(G.dtype)
     live = ids >= 0
     sample = torch.arange(B, device=ids.device).unsqueeze(1).expand(B, T)
     key = (sample * piece.num_rows + ids)[live]
-    unique, inverse = torch.unique(key, return_inverse=True)
-    rows = torch.zeros(unique.numel(), G.shape[2], dtype=acc, device=G.device)
-    rows.index_add_(0, inverse, G[live].to(acc))
     out = torch.zeros(B, dtype=acc, device=G.device)
-    return out.index_add_(0, torch.div(unique, piece.num_rows, rounding_mode="floor"), rows.square().sum(1))
+    if key.numel() == 0:
+        return out
+    key, order = torch.sort(key, stable=True)
+    prefix = G[live][order].to(torch.float64).cumsum(0)
+    unique, counts = torch.unique_consecutive(key, return_counts=True)
+    ends = counts.cumsum(0) - 1
+    rows = prefix[ends]
+    rows[1:] -= prefix[ends[:-1]]
+    owner = torch.div(unique, piece.num_rows, rounding_mode="floor")
+    # per-sample sums of the rows' squared norms, again by prefix sums (rows are sorted by sample)
+    running = torch.cat([rows.new_zeros(1), rows.square().sum(1).cumsum(0)])
+    samples = torch.arange(B, device=owner.device)
+    upto = torch.searchsorted(owner, samples, right=True)  # rows of samples <= i
+    before = torch.searchsorted(owner, samples)  # rows of samples < i
+    return (running[upto] - running[before]).to(acc)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from datadiet._dist import world as dist_world
 from datadiet._seeds import derive_seed, seeded_global_rng
 from datadiet.scores.indexed import IndexedDataset
-from datadiet.scores.scoring import GRAD_SCOPES, score_dataset
+from datadiet.scores.scoring import GRAD_SCOPES, final_linear, score_dataset
 
 
 @dataclass
@@ -60,24 +60,25 @@ def grand(model_fn: Callable[[], nn.Module], dataset, *, inits: int = 10, epochs
     """
     if scope not in GRAD_SCOPES:
         raise ValueError(f"grand: scope must be one of {GRAD_SCOPES}, got {scope!r}")
-    return _repeat("grad_norm", model_fn, dataset, inits, epochs, seed, grad_scope=scope, **options)
+    return _repeat("grad_norm", model_fn, dataset, inits, epochs, seed, options, grad_scope=scope)
 
 
 def el2n(model_fn: Callable[[], nn.Module], dataset, *, inits: int = 10, epochs: int = 0, seed: int = 0,
          **options) -> RepeatedScores:
     """EL2N, ‖softmax − onehot‖, averaged over ``inits`` initialisations (arguments as ``grand``;
     the paper scores after a few epochs of training, e.g. ``epochs=20`` on CIFAR-10)."""
-    return _repeat("el2n", model_fn, dataset, inits, epochs, seed, **options)
+    return _repeat("el2n", model_fn, dataset, inits, epochs, seed, options)
 
 
 _OPTIONS = {"batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "device": None, "workers": 0,
-            "train_fn": None, "mode": "auto", "progress": None, "grad_scope": "last_layer"}
+            "train_fn": None, "mode": "auto", "progress": None}
 
 
-def _repeat(column: str, model_fn, dataset, inits: int, epochs: int, seed: int, **options) -> RepeatedScores:
+def _repeat(column: str, model_fn, dataset, inits: int, epochs: int, seed: int, options: dict,
+            grad_scope: Optional[str] = None) -> RepeatedScores:
     unknown = set(options) - set(_OPTIONS)
     if unknown:
-        raise TypeError(f"unknown options {sorted(unknown)}; accepted: {sorted(set(_OPTIONS) - {'grad_scope'})}")
+        raise TypeError(f"unknown options {sorted(unknown)}; accepted: {sorted(_OPTIONS)}")
     o = {**_OPTIONS, **options}
     for name, value, low in (("inits", inits, 1), ("epochs", epochs, 0), ("batch_size", o["batch_size"], 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -96,8 +97,10 @@ def _repeat(column: str, model_fn, dataset, inits: int, epochs: int, seed: int, 
                 o["train_fn"](model, init)
             else:
                 _train(model, indexed, epochs, device, derive_seed(seed, 32, init), o)
-        table = score_dataset(model, indexed, batch_size=o["batch_size"], device=device, workers=o["workers"],
-                              grad_scope=o["grad_scope"], grad_mode=o["mode"])
+        # Last-layer GraNd needs the classification layer's inputs (without them it is EL2N).
+        head = final_linear(model) if grad_scope == "last_layer" else None
+        table = score_dataset(model, indexed, head=head, batch_size=o["batch_size"], device=device,
+                              workers=o["workers"], grad_scope=grad_scope or "last_layer", grad_mode=o["mode"])
         rows.append(getattr(table, column).float().cpu())
     return RepeatedScores(torch.stack(rows))
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from datadiet._dist import unwrap
 from datadiet._dist import world as dist_world
 from datadiet._dist import gather_rows
 from datadiet.ops.ce_scores import ce_scores
@@ -57,7 +58,7 @@ class ScoreTable:
 def final_linear(model: nn.Module, name: Optional[str] = None) -> nn.Linear:
     """The model's classification layer: the module called ``name``, or else the last
     ``nn.Linear`` in ``model.modules()`` order (torchvision's ``fc`` / ``classifier[-1]`` / ``head``)."""
-    model = getattr(model, "module", model)  # DistributedDataParallel
+    model = unwrap(model)  # (Distributed)DataParallel
     if name is not None:
         modules = dict(model.named_modules())
         if name not in modules:
@@ -100,7 +101,7 @@ def score_dataset(model: nn.Module, dataset, *, head: Optional[nn.Linear] = None
     tqdm factory)."""
     if grad_scope not in GRAD_SCOPES:
         raise ValueError(f"score_dataset: grad_scope must be one of {GRAD_SCOPES}, got {grad_scope!r}")
-    model = getattr(model, "module", model)
+    model = unwrap(model)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     n = len(dataset)
     world, rank = dist_world()
@@ -131,6 +132,7 @@ def score_dataset(model: nn.Module, dataset, *, head: Optional[nn.Linear] = None
                                                            "entropy", "correct")}
                 if grad_scope == "full":
                     row["grad_norm"] = grad_norms(model, x, y, mode=grad_mode).float()
+                    captured.clear()  # the head's hook saw that pass too: drop its graph now
                 row["labels"] = y
                 if errors:
                     row["errors"] = s.embedding

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from datadiet._dist import gather_rows, world
+from datadiet._dist import gather_rows, unwrap, world
 from datadiet._seeds import derive_seed
 from datadiet.ops.ce_scores import ce_scores
 from datadiet.scores.scoring import ScoreTable, eval_mode, final_linear, score_dataset
@@ -102,7 +102,7 @@ class Driver:
         the same architecture, e.g. a pre-trained scorer)."""
         if self.head is None:
             return None
-        own = getattr(self.model, "module", self.model)
+        own = unwrap(self.model)
         name = next(n for n, m in own.named_modules() if m is self.head)
         return final_linear(model, name)
 
@@ -187,7 +187,7 @@ class Driver:
     def _batch_losses(self, x, y, scale: float, details: bool = False):
         """The selection pass: per-sample losses, or with ``details`` (losses, ‖p − y‖, correct;
         a regression: losses, √ℓ, None)."""
-        model = getattr(self.model, "module", self.model)
+        model = unwrap(self.model)
         if scale < 1.0 and x.dim() == 4:
             x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
         with eval_mode(model):
