@@ -9,20 +9,24 @@ in). No per-sample gradient is materialised:
   pass, the layer's squared norm is computed from (input, output gradient) by the rules of
   ``layer_rules`` and its temporaries are dropped, so one layer's exist at a time. Layers add
   in squares.
-- Every parameter is frozen for the pass and the backward pass asks only for the gradients of
-  the first layers' outputs, so no weight-gradient GEMM runs.
+- Every parameter is frozen for the pass, float inputs enter as fresh roots (and the outputs of
+  layers on integer inputs, such as embeddings, become roots), and the backward pass asks for the
+  gradients of every leaf the loss reaches: no weight-gradient GEMM runs, and no tensor requiring
+  grad from elsewhere can keep a layer's output gradient from being computed.
 - Parameters no rule covers (raw ``nn.Parameter``s such as a ViT's class token and position
   embedding, ``nn.MultiheadAttention``'s in-projection, layers of other types) are covered per
   owning module with ``torch.func``: ``vmap`` over the batch of the ``vjp`` of that module's
   forward w.r.t. only those parameters, from the inputs and output gradients the hooks recorded.
   ``fallback=False`` refuses them instead, naming them; tied weights (one parameter owned by
-  several modules) and parametrized weights are always refused — never a silently partial norm.
+  several modules), parametrized weights and a parameter an op reads outside its module's forward
+  (or in the loss) are always refused — never a silently partial norm.
 - BatchNorm in train mode has no per-sample gradient (a sample's output depends on the batch):
   the pass runs in eval mode and restores every module's mode afterwards; ``train_mode=True``
   keeps the modes (dropout as set by the caller) and refuses a BatchNorm using batch statistics.
 
-Layers of the modules ``torch.func`` falls back on must take batch-first tensors (dim 0 = the
-batch; ``nn.MultiheadAttention`` with ``batch_first=False`` is handled).
+Every layer must see the batch in dim 0 (checked; sequence-first transformers and RNNs are
+refused, a standalone ``nn.MultiheadAttention`` with ``batch_first=False`` is handled). Not for
+concurrent calls on one model: the pass changes its flags and hooks while it runs.
 """
 
 from __future__ import annotations
@@ -76,9 +80,9 @@ def grad_norms(model: nn.Module, inputs, targets: torch.Tensor, loss_fn: Optiona
     """Exact ``‖∂ℓ_i/∂θ‖`` over every trainable parameter θ of ``model``, for each sample i.
 
     Args:
-        model: any ``nn.Module`` (a DistributedDataParallel wrapper is unwrapped). Frozen
+        model: any ``nn.Module`` (a (Distributed)DataParallel wrapper is unwrapped). Frozen
             parameters (``requires_grad=False``) are left out of the norm.
-        inputs: the batch (a tensor, or a tuple of tensors passed as ``model(*inputs)``).
+        inputs: the batch: a tensor, a tuple (``model(*inputs)``) or a mapping (``model(**inputs)``).
         targets: what ``loss_fn`` compares the outputs with.
         loss_fn: ``loss_fn(outputs, targets) -> [B]`` per-sample losses; default cross-entropy
             with ``reduction="none"``. A reduced (scalar) loss is refused: its gradients would be
