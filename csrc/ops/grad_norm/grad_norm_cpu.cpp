@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include <torch/csrc/stable/ops.h>
@@ -189,6 +190,45 @@ S narrow_sqnorm(const Source& src, const T* g, grad_norm::Strides gs, int64_t Tn
   return sum;
 }
 
+// The narrow path of a convolution (depthwise: pg = 1) without packing: each entry of M is a sum,
+// over the output rows, of a product of a row of g and the input row under that kernel tap, over
+// the output columns whose tap falls inside the input — contiguous runs when the stride is 1.
+template <typename T, typename S>
+S narrow_sqnorm(const PatchSource<T>& src, const T* g, grad_norm::Strides gs, int64_t, int64_t dg, int64_t pg,
+                int64_t col0, int64_t row0, std::vector<S>&, std::vector<S>&, std::vector<S>&) {
+  const grad_norm::ConvGeometry& q = src.geo;
+  const int64_t kk = q.kh * q.kw;
+  S sum = 0;
+  for (int64_t r = 0; r < pg; ++r) {
+    const T* gr = g + (row0 + r) * gs.col;
+    for (int64_t c = 0; c < dg; ++c) {
+      const int64_t cc = col0 + c, tap = cc % kk;
+      const T* channel = src.x + (cc / kk) * q.sc;
+      const int64_t dy = (tap / q.kw) * q.dh - q.ph, dx = (tap % q.kw) * q.dw - q.pw;
+      // output columns ow with 0 <= ow·sw + dx < W
+      const int64_t lo = dx >= 0 ? 0 : (-dx + q.sw - 1) / q.sw;
+      const int64_t hi = std::min(q.Wo, q.W - dx <= 0 ? int64_t{0} : (q.W - 1 - dx) / q.sw + 1);
+      S m = 0;
+      for (int64_t oh = 0; oh < q.Ho && lo < hi; ++oh) {
+        const int64_t y = oh * q.sh + dy;
+        if (y < 0 || y >= q.H) continue;
+        const T* grow = gr + oh * q.Wo * gs.row;
+        const T* xrow = channel + y * q.sy + dx * q.sx;
+        if constexpr (std::is_same_v<T, S>) {
+          if (gs.row == 1 && q.sw * q.sx == 1) {
+            m += simd::dot(grow + lo, xrow + lo, hi - lo);
+            continue;
+          }
+        }
+        for (int64_t ow = lo; ow < hi; ++ow)
+          m += static_cast<S>(grow[ow * gs.row]) * static_cast<S>(xrow[ow * q.sw * q.sx]);
+      }
+      sum += m * m;
+    }
+  }
+  return sum;
+}
+
 // out[i] = Σ over sample i's work items; source_of(i) is the sample's A source; g is [B, T, p]
 // through its strides.
 template <typename T, typename SourceOf>
@@ -207,12 +247,14 @@ void run(SourceOf source_of, int64_t B, int64_t Tn, int64_t d, const T* gp, grad
   const int64_t items = tiling.items(), dgp = grad_norm::ceil_div(dg, W) * W;
   std::vector<S> partial(items);
   const int64_t chunk = std::min(narrow ? kDotChunkT : kChunkT, Tn);
+  // Narrow items can be tiny (a depthwise channel of one sample): hand them out in runs.
+  const int64_t grain = narrow ? std::max<int64_t>(1, items / (16 * omp_get_max_threads())) : 1;
 #pragma omp parallel if (items > 1)
   {
     // Narrow path: A's and G's columns and M. Tiled path: packed A and G, and the M rows.
     std::vector<S> apack(chunk * (narrow ? dg : dgp)), gpack(chunk * (narrow ? pg : kItemRows)),
         tile(narrow ? pg * dg : kItemRows * dgp);
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, grain)
     for (int64_t item = 0; item < items; ++item) {
       const grad_norm::Item it = grad_norm::item_of(tiling, item);
       const auto src = source_of(it.sample);
