@@ -491,3 +491,84 @@ def test_a_parameter_used_in_the_loss_is_refused():
     with pytest.raises(ValueError, match="parameter 'temperature' is used by an op outside"):
         grad_norms(model, torch.randn(2, 4), torch.tensor([0, 1]),
                    loss_fn=lambda out, y: F.cross_entropy(out / model.temperature, y, reduction="none"))
+
+
+def test_a_shared_float_input_stays_shared_and_float_padding_masks_split():
+    class Positional(nn.Module):  # a raw parameter mixed with a [T, D] table shared by the batch
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.linspace(0.5, 1.5, 4))
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x, table):
+            return self.head(torch.tanh((x + table) * self.scale).mean(1))
+
+    torch.manual_seed(30)
+    model = Positional().double()
+    x, table, y = rand(4, 5, 4, seed=31), rand(5, 4, seed=32), torch.tensor([0, 1, 2, 0])  # [T, D], T != B
+    from torch.func import functional_call, grad, vmap  # the oracle, with the table closed over
+
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    per = vmap(grad(lambda ps, xi, yi: F.cross_entropy(functional_call(model, ps, (xi[None], table)), yi[None])),
+               in_dims=(None, 0, 0))(params, x, y)
+    exact = sum(g.flatten(1).square().sum(1) for g in per.values()).sqrt()
+    torch.testing.assert_close(grad_norms(model, (x, table), y), exact, rtol=1e-10, atol=0)
+
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x, pad):
+            mask = torch.zeros(pad.shape, dtype=x.dtype).masked_fill(pad, float("-inf"))  # float, built inside
+            return self.head(self.attn(x, x, x, key_padding_mask=mask)[0].mean(1))
+
+    torch.manual_seed(33)
+    masked = Masked().double()
+    xs, pad = rand(3, 5, 8, seed=34), torch.tensor([[False] * 5, [False] * 3 + [True] * 2, [False] * 4 + [True]])
+    got = grad_norms(masked, (xs, pad), torch.tensor([0, 1, 2]))
+    alone = torch.cat([grad_norms(masked, (xs[i:i + 1], pad[i:i + 1]), torch.tensor([i])) for i in range(3)])
+    torch.testing.assert_close(got, alone, rtol=1e-10, atol=0)
+
+
+def loop_grad_norms(model, x, y):
+    """The plainest oracle: one eval-mode backward pass per sample."""
+    model.eval()
+    out = []
+    for i in range(len(y)):
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+        out.append(sum(p.grad.square().sum() for p in model.parameters() if p.grad is not None).sqrt())
+    model.zero_grad(set_to_none=True)
+    return torch.stack(out)
+
+
+def test_a_frozen_sequence_first_module_is_not_refused():
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(4, 4).requires_grad_(False)  # batch_first=False, frozen
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.head(self.gru(x.transpose(0, 1))[0].transpose(0, 1).mean(1))
+
+    torch.manual_seed(35)
+    model = Recurrent().double()
+    x, y = rand(3, 5, 4, seed=36), torch.tensor([0, 1, 2])
+    got, layers = grad_norms(model, x, y, per_layer=True)
+    assert set(layers) == {"head"}
+    torch.testing.assert_close(got, loop_grad_norms(model, x, y), rtol=1e-10, atol=0)
+
+
+def test_embedding_norms_keep_a_small_sample_next_to_large_ones():
+    emb = nn.Embedding(6, 3).double()
+    ids = torch.tensor([[1, 2, 1, 3], [1, 1, 4, 0]])
+    g = torch.stack([torch.full((4, 3), 1e3, dtype=torch.float64), torch.full((4, 3), 1e-6, dtype=torch.float64)])
+    from datadiet.scores.layer_rules import embedding_pieces, sqnorm
+
+    got = sqnorm(embedding_pieces(emb, ids, g, {"weight"})["weight"], "auto", "auto")
+    want = torch.tensor([(2e3) ** 2 * 3 + (1e3) ** 2 * 3 * 2, (2e-6) ** 2 * 3 + (1e-6) ** 2 * 3 * 2],
+                        dtype=torch.float64)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)

@@ -62,6 +62,7 @@ inline void store(S* p, V v) {
 // A as a strided [T, d] matrix of one sample (per_sample_grad_sqnorm).
 template <typename T>
 struct RowsSource {
+  static constexpr bool kNarrowPacks = true;  // its narrow path packs columns
   const T* a;
   grad_norm::Strides s;
 
@@ -83,6 +84,7 @@ struct RowsSource {
 // gathered column by column, so consecutive output positions read neighbouring pixels.
 template <typename T>
 struct PatchSource {
+  static constexpr bool kNarrowPacks = false;  // its narrow path reads the input in place
   const T* x;
   grad_norm::ConvGeometry geo;
 
@@ -212,16 +214,16 @@ S narrow_sqnorm(const PatchSource<T>& src, const T* g, grad_norm::Strides gs, in
       for (int64_t oh = 0; oh < q.Ho && lo < hi; ++oh) {
         const int64_t y = oh * q.sh + dy;
         if (y < 0 || y >= q.H) continue;
-        const T* grow = gr + oh * q.Wo * gs.row;
-        const T* xrow = channel + y * q.sy + dx * q.sx;
+        const T* grow = gr + (oh * q.Wo + lo) * gs.row;
+        const T* xrow = channel + y * q.sy + (lo * q.sw + dx) * q.sx;  // the input under column lo
         if constexpr (std::is_same_v<T, S>) {
           if (gs.row == 1 && q.sw * q.sx == 1) {
-            m += simd::dot(grow + lo, xrow + lo, hi - lo);
+            m += simd::dot(grow, xrow, hi - lo);
             continue;
           }
         }
-        for (int64_t ow = lo; ow < hi; ++ow)
-          m += static_cast<S>(grow[ow * gs.row]) * static_cast<S>(xrow[ow * q.sw * q.sx]);
+        for (int64_t j = 0; j < hi - lo; ++j)
+          m += static_cast<S>(grow[j * gs.row]) * static_cast<S>(xrow[j * q.sw * q.sx]);
       }
       sum += m * m;
     }
@@ -251,9 +253,12 @@ void run(SourceOf source_of, int64_t B, int64_t Tn, int64_t d, const T* gp, grad
   const int64_t grain = narrow ? std::max<int64_t>(1, items / (16 * omp_get_max_threads())) : 1;
 #pragma omp parallel if (items > 1)
   {
-    // Narrow path: A's and G's columns and M. Tiled path: packed A and G, and the M rows.
-    std::vector<S> apack(chunk * (narrow ? dg : dgp)), gpack(chunk * (narrow ? pg : kItemRows)),
-        tile(narrow ? pg * dg : kItemRows * dgp);
+    // Narrow path: A's and G's columns and M (none for a convolution). Tiled path: packed A and G,
+    // and the M rows.
+    using Source = decltype(source_of(int64_t{0}));
+    const bool packs = !narrow || Source::kNarrowPacks;
+    std::vector<S> apack(packs ? chunk * (narrow ? dg : dgp) : 0), gpack(packs ? chunk * (narrow ? pg : kItemRows) : 0),
+        tile(packs ? (narrow ? pg * dg : kItemRows * dgp) : 0);
 #pragma omp for schedule(dynamic, grain)
     for (int64_t item = 0; item < items; ++item) {
       const grad_norm::Item it = grad_norm::item_of(tiling, item);

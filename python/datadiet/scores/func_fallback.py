@@ -84,6 +84,8 @@ def _input_dims(module: nn.Module, call, flat: list, B: int) -> list:
                 raise ValueError("grad_norms: the torch.func fallback of nn.MultiheadAttention takes a 2-D attn_mask "
                                  "(shared by the batch); a 3-D per-sample-and-head mask is not supported")
             dims.append(None)
+        elif mha and name == "key_padding_mask":
+            dims.append(0)
         elif t.is_floating_point() or t.is_complex():
             dims.append(0 if call.on_path[k] else None)
         else:

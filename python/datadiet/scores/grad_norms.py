@@ -83,6 +83,8 @@ def grad_norms(model: nn.Module, inputs, targets: torch.Tensor, loss_fn: Optiona
         model: any ``nn.Module`` (a (Distributed)DataParallel wrapper is unwrapped). Frozen
             parameters (``requires_grad=False``) are left out of the norm.
         inputs: the batch: a tensor, a tuple (``model(*inputs)``) or a mapping (``model(**inputs)``).
+            A float tensor with B rows in dim 0 is taken as per-sample, any other as shared by
+            the batch (pass a batch-independent table with B rows as a buffer instead).
         targets: what ``loss_fn`` compares the outputs with.
         loss_fn: ``loss_fn(outputs, targets) -> [B]`` per-sample losses; default cross-entropy
             with ``reduction="none"``. A reduced (scalar) loss is refused: its gradients would be
@@ -103,9 +105,11 @@ def grad_norms(model: nn.Module, inputs, targets: torch.Tensor, loss_fn: Optiona
         raise RuntimeError("grad_norms: called under torch.inference_mode(), where no gradient can be taken; call "
                            "it outside (torch.no_grad() around it is fine)")
     model = unwrap(model)
-    # Floating-point inputs enter as fresh roots (a copy of a leaf), others detached: gradients flow
-    # only to this pass's roots, and every float tensor computed from the batch requires grad.
-    inputs = tree_map(_as_root, inputs)
+    # Per-sample float inputs (B rows) enter as fresh roots (a copy of a leaf), the others detached:
+    # gradients flow only to this pass's roots, and every float tensor computed from the batch
+    # requires grad, while a batch-independent input (a [T, D] table) stays shared.
+    B = _rows(targets, inputs)
+    inputs = tree_map(lambda t: _as_root(t) if _per_sample_float(t, B) else _detached(t), inputs)
     args, kwargs = ((), dict(inputs)) if isinstance(inputs, Mapping) else \
         (tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,), {})
     loss_fn = loss_fn or functools.partial(F.cross_entropy, reduction="none")
@@ -236,7 +240,10 @@ def _plan(model: nn.Module, trainable: set, fallback: bool) -> list[_Site]:
                          "nn.MultiheadAttention's in-projection, or layer types other than Linear, Conv1d/2d, "
                          "Embedding, LayerNorm, GroupNorm and BatchNorm); pass fallback=True to cover them with "
                          "torch.func, or freeze them")
+    covered = [site.name for site in sites]
     for mname, m in modules.items():
+        if not any(n == mname or n.startswith(f"{mname}.") or not mname for n in covered):
+            continue  # holds no trainable parameter: its layout is its own business (a frozen GRU)
         layer = isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
         if (getattr(m, "batch_first", True) is False and not isinstance(m, nn.MultiheadAttention)) or \
                 (layer and not m.self_attn.batch_first):
@@ -376,10 +383,20 @@ class _Pass:
             return sum(sqnorm(merge(ps), self.mode, self.backend).to(self.acc) for ps in pieces.values())
 
 
-def _as_root(x):
-    if isinstance(x, torch.Tensor) and x.is_floating_point():
-        return x.detach().requires_grad_().clone()  # the copy takes in-place ops the leaf would refuse
-    return _detached(x)
+def _rows(targets, inputs) -> Optional[int]:
+    """The batch size: the targets' rows, else the first tensor input's."""
+    if isinstance(targets, torch.Tensor) and targets.dim() > 0:
+        return targets.shape[0]
+    first = next((t for t in tree_flatten(inputs)[0] if isinstance(t, torch.Tensor) and t.dim() > 0), None)
+    return None if first is None else first.shape[0]
+
+
+def _per_sample_float(x, B: Optional[int]) -> bool:
+    return isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() > 0 and x.shape[0] == B
+
+
+def _as_root(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().requires_grad_().clone()  # the copy takes in-place ops the leaf would refuse
 
 
 def _detached(x):

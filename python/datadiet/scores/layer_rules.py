@@ -262,28 +262,23 @@ def _patches_sqnorm(piece: Patches, mode: str, backend: str) -> torch.Tensor:
 
 
 def _rows_sqnorm(piece: Rows) -> torch.Tensor:
-    """Σ over unique (sample, token) pairs of ‖Σ_t g_t‖²: positions sorted by pair (stable), each
-    pair's sum a difference of float64 prefix sums — deterministic on every device (an
-    ``index_add_`` would use float atomics on CUDA)."""
+    """Σ over each sample's unique tokens of ‖Σ_t g_t‖²: the sample's positions sorted by token
+    (stable), each token's sum a difference of float64 prefix sums within the sample —
+    deterministic on every device (an ``index_add_`` would use float atomics on CUDA), and no sum
+    runs across samples, so a sample's small norm is not lost against its neighbours'."""
     ids, G = piece.ids, piece.G
     B, T = ids.shape
     acc = _acc(G.dtype)
-    live = ids >= 0
-    sample = torch.arange(B, device=ids.device).unsqueeze(1).expand(B, T)
-    key = (sample * piece.num_rows + ids)[live]
-    out = torch.zeros(B, dtype=acc, device=G.device)
-    if key.numel() == 0:
-        return out
-    key, order = torch.sort(key, stable=True)
-    prefix = G[live][order].to(torch.float64).cumsum(0)
-    unique, counts = torch.unique_consecutive(key, return_counts=True)
-    ends = counts.cumsum(0) - 1
-    rows = prefix[ends]
-    rows[1:] -= prefix[ends[:-1]]
-    owner = torch.div(unique, piece.num_rows, rounding_mode="floor")
-    # per-sample sums of the rows' squared norms, again by prefix sums (rows are sorted by sample)
-    running = torch.cat([rows.new_zeros(1), rows.square().sum(1).cumsum(0)])
-    samples = torch.arange(B, device=owner.device)
-    upto = torch.searchsorted(owner, samples, right=True)  # rows of samples <= i
-    before = torch.searchsorted(owner, samples)  # rows of samples < i
-    return (running[upto] - running[before]).to(acc)
+    if T == 0:
+        return torch.zeros(B, dtype=acc, device=G.device)
+    ids, order = torch.sort(ids, dim=1, stable=True)  # padding (-1) first
+    prefix = torch.gather(G, 1, order.unsqueeze(2).expand_as(G)).to(torch.float64).cumsum(1)
+    last = torch.ones_like(ids, dtype=torch.bool)
+    last[:, :-1] = ids[:, 1:] != ids[:, :-1]  # the last position of each token's run
+    b, t = last.nonzero(as_tuple=True)  # sample-major, positions ascending
+    rows = prefix[b, t]
+    same = b[1:] == b[:-1]
+    rows[1:] -= torch.where(same.unsqueeze(1), prefix[b[:-1], t[:-1]], 0.0)
+    squared = torch.zeros(B, T, dtype=torch.float64, device=G.device)
+    squared[b, t] = torch.where(ids[b, t] >= 0, rows.square().sum(1), 0.0)  # padding sends no gradient
+    return squared.sum(1).to(acc)
