@@ -6,11 +6,12 @@ import sys
 
 import torch
 
+from datadiet import _dist
 from datadiet.scores import grand, score_dataset
 from datadiet.train import datasets, models
 from datadiet.train.data import IndexedDataset
 
-torch.distributed.init_process_group("gloo")
+_dist.init("cpu", timeout=120)  # gloo, left at exit once gloo's threads are done (_dist._leave)
 bundle = datasets.load("digits")
 torch.manual_seed(0)
 model = models.build("mlp", 10, (1, 8, 8))
@@ -19,4 +20,3 @@ subset = torch.utils.data.Subset(bundle.train, range(150))
 repeated = grand(lambda: models.build("mlp", 10, (1, 8, 8)), subset, inits=2, epochs=1, seed=3, batch_size=32)
 if torch.distributed.get_rank() == 0:
     torch.save({**vars(table), "__grand__": repeated.per_init}, sys.argv[1])
-torch.distributed.destroy_process_group()
