@@ -15,19 +15,12 @@ from bench.harness import Rows
 import torch.nn.functional as F
 
 from datadiet.ops import per_sample_conv_grad_sqnorm, per_sample_grad_sqnorm
+from datadiet.reference.grad_norm import per_sample_grad_sqnorm_reference  # bmm + square-sum
 
 
 def add_arguments(p) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--sizes", default="64,224", help="image sides whose first-stage shapes are run")
-
-
-def _bmm(a, g, groups):
-    B, T, d = a.shape
-    p = g.shape[2]
-    ak = a.view(B, T, groups, d // groups).transpose(1, 2).reshape(B * groups, T, d // groups)
-    gk = g.view(B, T, groups, p // groups).transpose(1, 2).reshape(B * groups, T, p // groups)
-    return torch.bmm(gk.mT, ak).square().sum((1, 2)).view(B, groups).sum(1)
 
 
 def _ghost(a, g, groups):
@@ -61,7 +54,7 @@ def run(args) -> list[dict]:
         ours = rows.add(case, "datadiet fused", lambda: per_sample_grad_sqnorm(a, grad, groups=groups, backend=backend),
                         baselines=("torch.bmm + square-sum", "ghost (bmm Grams)"),
                         note="no B x p x d buffer")
-        base = rows.add(case, "torch.bmm + square-sum", lambda: _bmm(a, grad, groups),
+        base = rows.add(case, "torch.bmm + square-sum", lambda: per_sample_grad_sqnorm_reference(a, grad, groups),
                         note=f"{buffer_mib:.1f} MiB B x p x d buffer")
         gram_mib = B * groups * T * T * 8 / 2**20
         if gram_mib <= 1024:  # the ghost form's two Gram batches must fit
@@ -69,7 +62,7 @@ def run(args) -> list[dict]:
                      note=f"{gram_mib:.0f} MiB of Gram matrices")
         for row in (ours, base):
             row["note"] += f", {flops / row['seconds'] / 1e9:.0f} GFLOP/s"
-        want = _bmm(a.double(), grad.double(), groups)
+        want = per_sample_grad_sqnorm_reference(a.double(), grad.double(), groups)
         err = float(((per_sample_grad_sqnorm(a, grad, groups=groups, backend=backend).double() - want).abs()
                      / want).max())
         ours["note"] += f", max rel err vs float64 {err:.1e}"
@@ -85,7 +78,7 @@ def run(args) -> list[dict]:
 
             def unfolded(x=x, grad=grad, k=k, stride=stride):
                 cols = F.unfold(x, k, padding=k // 2, stride=stride).transpose(1, 2)
-                return _bmm(cols, grad.flatten(2).transpose(1, 2), 1)
+                return per_sample_grad_sqnorm_reference(cols, grad.flatten(2).transpose(1, 2), 1)
 
             ours = rows.add(case, "datadiet conv (patches gathered)",
                             lambda: per_sample_conv_grad_sqnorm(x, grad, k, stride=stride, padding=k // 2,

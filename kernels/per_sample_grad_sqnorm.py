@@ -93,28 +93,24 @@ def _conv_tile_kernel(x_ptr, g_ptr, partial_ptr, T, dg, pg, sx0, sxc, sxy, sxx, 
 
 def per_sample_conv_grad_sqnorm(x: torch.Tensor, g: torch.Tensor, kernel_size, stride, padding, dilation,
                                 groups: int) -> torch.Tensor:
-    wide = x.dtype == torch.float64
-    acc = torch.float64 if wide else torch.float32
     B, C, H, W = x.shape
     O, Ho, Wo = g.shape[1:]
-    dg, pg = C * kernel_size[0] * kernel_size[1] // groups, O // groups
-    blocks = _WIDE if wide else _NARROW
-    tiles_p, tiles_d = triton.cdiv(pg, blocks["BLOCK_P"]), triton.cdiv(dg, blocks["BLOCK_D"])
-    per = groups * tiles_p * tiles_d
-    T = Ho * Wo
-    if B == 0 or T == 0 or per == 0:
-        return torch.zeros(B, dtype=acc, device=x.device)
-    partial = torch.empty(B * per, dtype=acc, device=x.device)
-    launch(_conv_tile_kernel, (B * per,), x, g, partial, T, dg, pg, *x.stride(), g.stride(0), g.stride(2) if Wo == 1 else g.stride(3), g.stride(1),
-           H, W, *kernel_size, *stride, *padding, *dilation, Wo, tiles_p, tiles_d, groups, **blocks)
-    return partial.view(B, per).sum(1)
+    t_stride = g.stride(2) if Wo == 1 else g.stride(3)  # g read as [B, T = Ho·Wo, O]
+    geometry = (*x.stride(), g.stride(0), t_stride, g.stride(1), H, W, *kernel_size, *stride, *padding, *dilation, Wo)
+    return _tiles(_conv_tile_kernel, x, g, B, Ho * Wo, C * kernel_size[0] * kernel_size[1], O, groups, geometry)
 
 
 def per_sample_grad_sqnorm(a: torch.Tensor, g: torch.Tensor, groups: int) -> torch.Tensor:
+    B, T, d = a.shape
+    return _tiles(_tile_kernel, a, g, B, T, d, g.shape[2], groups, (*a.stride(), *g.stride()))
+
+
+def _tiles(kernel, a: torch.Tensor, g: torch.Tensor, B: int, T: int, d: int, p: int, groups: int,
+           layout: tuple) -> torch.Tensor:
+    """Launches ``kernel(a, g, partial, T, dg, pg, *layout, tiles_p, tiles_d, groups)`` over every
+    work item and sums each sample's tiles in item order."""
     wide = a.dtype == torch.float64
     acc = torch.float64 if wide else torch.float32
-    B, T, d = a.shape
-    p = g.shape[2]
     dg, pg = d // groups, p // groups
     blocks = _WIDE if wide else _NARROW
     tiles_p, tiles_d = triton.cdiv(pg, blocks["BLOCK_P"]), triton.cdiv(dg, blocks["BLOCK_D"])
@@ -122,8 +118,7 @@ def per_sample_grad_sqnorm(a: torch.Tensor, g: torch.Tensor, groups: int) -> tor
     if B == 0 or T == 0 or per == 0:
         return torch.zeros(B, dtype=acc, device=a.device)
     partial = torch.empty(B * per, dtype=acc, device=a.device)
-    launch(_tile_kernel, (B * per,), a, g, partial, T, dg, pg, *a.stride(), *g.stride(), tiles_p, tiles_d, groups,
-           **blocks)
+    launch(kernel, (B * per,), a, g, partial, T, dg, pg, *layout, tiles_p, tiles_d, groups, **blocks)
     return partial.view(B, per).sum(1)
 
 
