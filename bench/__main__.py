@@ -11,7 +11,7 @@ import torch
 
 from bench import harness
 
-BENCHMARKS = ("ce_scores", "ensemble", "grad_norms", "lipt", "merge", "omp", "per_sample_grad_sqnorm", "selective_backprop",
+BENCHMARKS = ("ce_scores", "compat_cords", "ensemble", "grad_norms", "lipt", "merge", "omp", "per_sample_grad_sqnorm", "selective_backprop",
               "topk_select", "train", "weighted_sample")
 
 

@@ -1,6 +1,7 @@
-// pybind11 surface of the compiled core: what was built and how. Kept free of
-// torch headers (pybind11 and the stable ABI's TORCH_TARGET_VERSION do not mix);
-// linking this module with the op objects is what registers the CPU kernels.
+// pybind11 surface of the compiled core: what was built and how, and which CPU capabilities
+// this machine runs. Kept free of torch headers (pybind11 and the stable ABI's
+// TORCH_TARGET_VERSION do not mix); linking this module with the schema object is what
+// defines the ops, and datadiet._extension then loads one _cpu_<capability> module.
 #include <omp.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -26,6 +27,34 @@ std::string compiler() {
 #endif
 }
 
+std::vector<std::string> split(const std::string& csv) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= csv.size()) {
+    size_t end = csv.find(',', start);
+    if (end == std::string::npos) end = csv.size();
+    if (end > start) out.push_back(csv.substr(start, end - start));
+    start = end + 1;
+  }
+  return out;
+}
+
+// The kernel capabilities this CPU can execute, lowest first. x86-64: the microarchitecture
+// levels the modules are compiled for (v2 = default, v3 = avx2, v4 = avx512), asked of the CPU
+// (and, through cpuid's OS bits, of the kernel's register saving) by the compiler runtime.
+std::vector<std::string> cpu_capabilities() {
+  std::vector<std::string> caps;
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("x86-64-v2")) caps.push_back("default");
+  if (__builtin_cpu_supports("x86-64-v3")) caps.push_back("avx2");
+  if (__builtin_cpu_supports("x86-64-v4")) caps.push_back("avx512");
+#else
+  caps.push_back("default");
+#endif
+  return caps;
+}
+
 py::dict build_info() {
   py::dict d;
   d["version"] = DATADIET_VERSION;
@@ -37,6 +66,7 @@ py::dict build_info() {
   d["cuda_archs"] = std::string(DATADIET_CUDA_ARCHS);
   d["compiler"] = compiler();
   d["cpu_flags"] = DATADIET_CPU_FLAGS;
+  d["cpu_capabilities_built"] = split(DATADIET_CPU_CAPABILITIES);
   d["openmp_threads"] = omp_get_max_threads();
   d["torch_built_with"] = DATADIET_TORCH_BUILT_WITH;
   d["abi"] = "LibTorch stable ABI (torch >= 2.10)";
@@ -48,4 +78,5 @@ py::dict build_info() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "datadiet compiled core; importing it registers the torch.ops.datadiet CPU kernels";
   m.def("build_info", &build_info, "What this build of datadiet's compiled core contains.");
+  m.def("cpu_capabilities", &cpu_capabilities, "The CPU kernel capabilities this machine runs, lowest first.");
 }

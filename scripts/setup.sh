@@ -13,7 +13,7 @@ fi
 .venv/bin/python -m pip install -q -r requirements/dev.txt
 mkdir -p build
 echo "datadiet: building (DATADIET_CUDA=${DATADIET_CUDA:-AUTO}); log in build/setup.log"
-if ! .venv/bin/python -m pip install -v --no-build-isolation . > build/setup.log 2>&1; then
+if ! .venv/bin/python -m pip install -v --no-build-isolation -C build-dir="build/{wheel_tag}" . > build/setup.log 2>&1; then
   tail -n 60 build/setup.log
   echo "datadiet: build failed, full log in build/setup.log" >&2
   exit 1

@@ -15,7 +15,7 @@ from datadiet.scores import grad_norms
 
 try:
     import torchvision
-except Exception:  # absent, or built for another torch (scripts/check_cpu_only_torch.sh)
+except Exception:  # absent, or built for another torch (scripts/check_wheel.sh)
     torchvision = None
 requires_torchvision = pytest.mark.skipif(torchvision is None, reason="torchvision cannot be imported")
 

@@ -26,7 +26,7 @@ TINY = dict(epochs=3, batch_size=64, progress=False)
 def _has_torchvision() -> bool:
     try:
         import torchvision  # noqa: F401
-    except Exception:  # absent, or built for another torch (scripts/check_cpu_only_torch.sh)
+    except Exception:  # absent, or built for another torch (scripts/check_wheel.sh)
         return False
     return True
 

@@ -18,12 +18,16 @@ __version__ = "0.1.0"
 
 
 def build_info() -> dict:
-    """Version, compiled backends, CUDA architectures, compiler, OpenMP threads, and what
-    this process can actually run (``runnable_backends``)."""
+    """Version, compiled backends, CUDA architectures, compiler, OpenMP threads, the CPU kernel
+    capability loaded (``cpu_capability``: ``default``, ``avx2`` or ``avx512`` on x86-64; the ones
+    built and the ones this CPU runs beside it), and what this process can actually run
+    (``runnable_backends``)."""
     if _extension._C is None:
         info = {"version": __version__, "compiled_backends": [], "error": _extension.CPU_ERROR}
     else:
         info = dict(_extension._C.build_info())
+        info["cpu_capability"] = _extension.CPU_CAPABILITY
+        info["cpu_capabilities_supported"] = _extension._C.cpu_capabilities()
     info["torch"] = torch.__version__
     info["cuda_kernels_loaded"] = _extension.compiled_cuda()
     if not _extension.compiled_cuda():

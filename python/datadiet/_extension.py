@@ -1,6 +1,12 @@
-"""Loads the compiled core: ``_C`` (CPU kernels, schemas, build info) and, under a CUDA
-build of torch, ``_C_cuda``. A CPU-only torch never loads ``_C_cuda`` (it links
-libtorch_cuda), so datadiet imports and runs its CPU and torch paths there."""
+"""Loads the compiled core: ``_C`` (schemas, build info, the CPU's capabilities), one
+``_cpu_<capability>`` module with the CPU kernels, and, under a CUDA build of torch, ``_C_cuda``.
+A CPU-only torch never loads ``_C_cuda`` (it links libtorch_cuda), so datadiet imports and runs
+its CPU and torch paths there.
+
+The CPU kernels are built once per capability (x86-64: ``default`` = x86-64-v2, ``avx2`` =
+x86-64-v3, ``avx512`` = x86-64-v4); the best one this CPU runs is loaded, or the one
+``DATADIET_CPU_CAPABILITY`` names (for tests and comparisons; a capability this CPU lacks or this
+build did not compile is refused at import, naming the choices)."""
 
 from __future__ import annotations
 
@@ -13,12 +19,41 @@ import torch
 _HERE = os.path.dirname(__file__)
 
 try:
-    from datadiet import _C  # noqa: F401  (registers the schemas and CPU kernels)
+    from datadiet import _C  # noqa: F401  (defines the op schemas)
 
     CPU_ERROR: Optional[str] = None
 except ImportError as exc:  # a source checkout without a build
     _C = None
     CPU_ERROR = f"{type(exc).__name__}: {exc}"
+
+CAPABILITY_ENV = "DATADIET_CPU_CAPABILITY"
+
+
+def _load_cpu() -> Optional[str]:
+    """Registers the CPU kernels of the chosen capability; returns it (None without a build)."""
+    if _C is None:
+        return None
+    built = _C.build_info()["cpu_capabilities_built"]
+    runs = _C.cpu_capabilities()
+    usable = [c for c in runs if c in built]
+    wanted = os.environ.get(CAPABILITY_ENV, "").strip().lower()
+    if wanted:
+        if wanted not in built:
+            raise ImportError(f"datadiet: {CAPABILITY_ENV}={wanted!r} was not built; this build has "
+                              f"{', '.join(built)} (DATADIET_CPU_CAPABILITIES at build time)")
+        if wanted not in runs:
+            raise ImportError(f"datadiet: {CAPABILITY_ENV}={wanted!r} needs instructions this CPU lacks; "
+                              f"it runs {', '.join(runs) or 'none of the built ones'}")
+        chosen = wanted
+    elif usable:
+        chosen = usable[-1]
+    else:
+        raise ImportError(f"datadiet: this CPU runs none of the built kernel capabilities ({', '.join(built)})")
+    torch.ops.load_library(os.path.join(_HERE, f"_cpu_{chosen}.so"))
+    return chosen
+
+
+CPU_CAPABILITY = _load_cpu()
 
 
 def _load_cuda() -> Optional[str]:

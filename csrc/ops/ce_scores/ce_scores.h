@@ -1,5 +1,5 @@
 // datadiet::ce_scores — host-side declarations and argument checks shared by the
-// CPU (.cpp) and CUDA (.cu) implementations. The schema lives in registration.cpp.
+// CPU (.cpp) and CUDA (.cu) implementations. The schema lives in schemas.cpp.
 #pragma once
 
 #include <optional>

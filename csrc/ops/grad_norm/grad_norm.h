@@ -1,5 +1,5 @@
 // datadiet::per_sample_grad_sqnorm — host-side declarations and argument checks shared by the
-// CPU (.cpp) and CUDA (.cu) kernels. The schema lives in registration.cpp.
+// CPU (.cpp) and CUDA (.cu) kernels. The schema lives in schemas.cpp.
 //
 //   per_sample_grad_sqnorm(a [B, T, d], g [B, T, p], groups) -> [B]
 //   out_i = Σ_groups ‖G_{i,k}ᵀ A_{i,k}‖²_F, A_{i,k} = a[i, :, k·d/groups : (k+1)·d/groups] (and G

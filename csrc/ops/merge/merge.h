@@ -1,5 +1,5 @@
 // datadiet model-merging ops over lists of tensors — host-side declarations and argument
-// checks. Schemas in registration.cpp.
+// checks. Schemas in schemas.cpp.
 //
 //   average_(dst[T], sources[M·T] (model-major), weights[M]):  dst_t ← Σ_m w_m · src_{m,t}
 //   lerp_(dst[T], other[T], alpha):                            dst_t ← dst_t + α (other_t − dst_t)

@@ -1,4 +1,4 @@
-// datadiet::omp — host-side declarations and argument checks. Schema in registration.cpp.
+// datadiet::omp — host-side declarations and argument checks. Schema in schemas.cpp.
 //
 // Problems: atoms [N, d] cut into P problems by offsets (problem g owns rows
 // offsets[g]..offsets[g+1]) with one target row targets[g] and one budget each.

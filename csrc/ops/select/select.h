@@ -1,5 +1,5 @@
 // Selection ops — host-side declarations and the argument checks shared by the CPU
-// (.cpp) and CUDA (.cu) implementations. Schemas live in registration.cpp.
+// (.cpp) and CUDA (.cu) implementations. Schemas live in schemas.cpp.
 //
 // Segments: a 1-D input of n elements is cut into G segments by offsets
 // [0 = o_0 <= o_1 <= ... <= o_G = n]; segment g selects ks[g] of its elements and

@@ -1,12 +1,7 @@
-// One registration block: every datadiet op's schema, and its CPU kernel.
-// CUDA kernels register under the same names from the _C_cuda module.
+// Every datadiet op's schema, defined once (linked into _C). The CPU kernels register under
+// these names from the _cpu_<capability> module the loader picks (cpu_kernels.cpp), the CUDA
+// kernels from _C_cuda.
 #include <torch/csrc/stable/library.h>
-
-#include "ops/ce_scores/ce_scores.h"
-#include "ops/grad_norm/grad_norm.h"
-#include "ops/merge/merge.h"
-#include "ops/omp/omp.h"
-#include "ops/select/select.h"
 
 STABLE_TORCH_LIBRARY(datadiet, m) {
   m.def(
@@ -33,18 +28,4 @@ STABLE_TORCH_LIBRARY(datadiet, m) {
   m.def("average_(Tensor(a!)[] dst, Tensor[] sources, float[] weights) -> ()");
   m.def("lerp_(Tensor(a!)[] dst, Tensor[] other, float alpha) -> ()");
   m.def("magnitude_prune_(Tensor(a!)[] tensors, Tensor(b!)[] masks, int[] keep) -> ()");
-}
-
-STABLE_TORCH_LIBRARY_IMPL(datadiet, CPU, m) {
-  m.impl("ce_scores", TORCH_BOX(&datadiet::ce_scores_cpu));
-  m.impl("topk_select", TORCH_BOX(&datadiet::topk_select_cpu));
-  m.impl("weighted_sample", TORCH_BOX(&datadiet::weighted_sample_cpu));
-  m.impl("selective_backprop_keep_", TORCH_BOX(&datadiet::selective_backprop_keep_cpu));
-  m.impl("omp", TORCH_BOX(&datadiet::omp_cpu));
-  m.impl("omp_factored", TORCH_BOX(&datadiet::omp_factored_cpu));
-  m.impl("per_sample_grad_sqnorm", TORCH_BOX(&datadiet::per_sample_grad_sqnorm_cpu));
-  m.impl("per_sample_conv_grad_sqnorm", TORCH_BOX(&datadiet::per_sample_conv_grad_sqnorm_cpu));
-  m.impl("average_", TORCH_BOX(&datadiet::average_cpu));
-  m.impl("lerp_", TORCH_BOX(&datadiet::lerp_cpu));
-  m.impl("magnitude_prune_", TORCH_BOX(&datadiet::magnitude_prune_cpu));
 }

@@ -1,0 +1,146 @@
+"""CORDS' OMP solvers (``cords/selectionstrategies/helpers/omp_solvers.py``) on ``datadiet.ops.omp``.
+
+Same names, signatures, argument conventions and return types as CORDS:
+
+- ``OrthogonalMP_REG_Parallel(A, b, tol=1e-4, nnz=None, positive=False, lam=1, device="cpu")``,
+  ``OrthogonalMP_REG_Parallel_V1`` (the same, plus CORDS' later ``dtype`` argument) and
+  ``OrthogonalMP_REG_NNLS_Parallel``: torch ``A`` ``(d, n)`` with the atoms as **columns**, ``b``
+  ``(d,)``; return a dense float32 tensor of ``n`` weights on ``device``.
+- ``OrthogonalMP_REG(A, b, tol=1e-4, nnz=None, positive=False, lam=1)`` and
+  ``OrthogonalMP_REG_NNLS``: the numpy versions, returning a float64 ``np.ndarray`` of ``n``.
+
+``patch()`` swaps them into an imported ``cords`` (every loaded ``cords.*`` module that holds
+one of these names, so ``GradMatchStrategy``'s ``ompwrapper`` calls ours without other changes);
+``patch().undo()`` or ``with patch():`` puts CORDS' back.
+
+Where results differ from CORDS', and why:
+
+- **Non-negativity** (``positive=True``): CORDS re-solves the ridge system and, while a
+  coefficient is negative, drops the most negative atom and re-solves — a heuristic that can
+  drop an atom it just picked, stop early when the drop empties the support, or leave a worse
+  fit. ``datadiet.ops.omp`` solves the non-negative ridge problem on the support exactly
+  (active-set NNLS), so its residual is never above the unconstrained-then-clipped answer's, and
+  the support it returns is the one the weights use.
+- **Fewer random-filled atoms**: CORDS stops at the first repeated pick (``index in indices``),
+  which happens as soon as the best correlation belongs to an atom already chosen — typically
+  well before ``nnz`` (one CIFAR-10 class: ~450 of 500 atoms); GradMatch then fills the rest at
+  random. ``omp`` never re-picks a chosen atom, rejects numerically dependent ones instead of
+  stopping, and returns up to ``nnz`` atoms until the tolerance is met or no atom correlates.
+- **First coefficient**: CORDS' first iteration uses ``proj / ‖a‖²`` (no λ); ``omp`` applies the
+  same ridge λ at every size.
+- **Precision**: CORDS works in the input dtype (float32 on the GPU path, float64 with numpy);
+  ``omp`` keeps the atoms in float32 and solves in float32 with a float64 residual check.
+- A zero ``b`` returns zeros (CORDS divides by ``‖b‖ = 0``); ``OrthogonalMP_REG_NNLS_Parallel``
+  ignores ``tol`` as CORDS' does (its tolerance test is commented out).
+
+The GradMatch input CORDS builds (per-class last-layer gradients) can also go straight to
+``datadiet.select.gradmatch``, which batches every class in one call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from datadiet.compat._patching import Patch, import_peer, swap_functions
+from datadiet.ops.omp import omp
+
+# The modules patch() imports first: CORDS' solver module and the package re-exporting it (the
+# strategy modules bind the names when imported; later imports read the patched package).
+_CORDS_MODULES = ("cords.selectionstrategies.helpers", "cords.selectionstrategies.helpers.omp_solvers")
+
+
+def OrthogonalMP_REG_Parallel(A: torch.Tensor, b: torch.Tensor, tol: float = 1e-4, nnz: Optional[int] = None,
+                              positive: bool = False, lam: float = 1, device: Any = "cpu") -> torch.Tensor:
+    """``min ‖A x − b‖² + lam‖x‖²`` over at most ``nnz`` non-zeros (``x >= 0`` with ``positive``),
+    greedily; stops once ``‖A x − b‖ < tol·‖b‖``. ``A`` ``(d, n)``: atoms as columns. Returns the
+    dense ``[n]`` float32 weights on ``device``."""
+    return _solve_tensor("OrthogonalMP_REG_Parallel", A, b, tol, nnz, positive, lam, device)
+
+
+def OrthogonalMP_REG_Parallel_V1(A: torch.Tensor, b: torch.Tensor, tol: float = 1e-4, nnz: Optional[int] = None,
+                                 positive: bool = False, lam: float = 1, device: Any = "cpu",
+                                 dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """CORDS' ``_V1`` variant (the one ``GradMatchStrategy`` calls by default): as
+    ``OrthogonalMP_REG_Parallel``; ``dtype`` (CORDS' storage dtype for ``A``) is accepted and
+    not needed — the atoms are read as float32 either way."""
+    return _solve_tensor("OrthogonalMP_REG_Parallel_V1", A, b, tol, nnz, positive, lam, device)
+
+
+def OrthogonalMP_REG_NNLS_Parallel(A: torch.Tensor, b: torch.Tensor, tol: float = 1e-4,
+                                   nnz: Optional[int] = None, positive: bool = False, lam: float = 1,
+                                   device: Any = "cpu") -> torch.Tensor:
+    """CORDS' NNLS variant: as ``OrthogonalMP_REG_Parallel`` without the tolerance stop (CORDS
+    ignores ``tol`` here)."""
+    return _solve_tensor("OrthogonalMP_REG_NNLS_Parallel", A, b, 0.0, nnz, positive, lam, device)
+
+
+def OrthogonalMP_REG(A: np.ndarray, b: np.ndarray, tol: float = 1e-4, nnz: Optional[int] = None,
+                     positive: bool = False, lam: float = 1) -> np.ndarray:
+    """The numpy solver (CORDS' CPU path): ``A`` ``(d, n)`` array, returns float64 ``[n]``."""
+    return _solve_array("OrthogonalMP_REG", A, b, tol, nnz, positive, lam)
+
+
+def OrthogonalMP_REG_NNLS(A: np.ndarray, b: np.ndarray, tol: float = 1e-4, nnz: Optional[int] = None,
+                          positive: bool = False, lam: float = 1) -> np.ndarray:
+    """CORDS' numpy NNLS variant: as ``OrthogonalMP_REG``."""
+    return _solve_array("OrthogonalMP_REG_NNLS", A, b, tol, nnz, positive, lam)
+
+
+DROP_INS = {f.__name__: f for f in (OrthogonalMP_REG_Parallel, OrthogonalMP_REG_Parallel_V1,
+                                     OrthogonalMP_REG_NNLS_Parallel, OrthogonalMP_REG, OrthogonalMP_REG_NNLS)}
+
+
+def patch() -> Patch:
+    """Imports ``cords`` and replaces its OMP solvers (``DROP_INS``' names) in every loaded
+    ``cords.*`` module with ours. Returns a ``Patch``: ``undo()`` restores CORDS' functions."""
+    import_peer("cords", _CORDS_MODULES, "pip install cords, or put a CORDS checkout on sys.path")
+    return Patch(swap_functions("cords", DROP_INS))
+
+
+def _solve_tensor(name, A, b, tol, nnz, positive, lam, device) -> torch.Tensor:
+    if not isinstance(A, torch.Tensor) or not isinstance(b, torch.Tensor):
+        raise TypeError(f"datadiet.compat.cords.{name}: A and b must be torch tensors, got "
+                        f"{type(A).__name__} and {type(b).__name__} (the numpy solver is OrthogonalMP_REG)")
+    atoms, target, k = _problem(name, A.detach(), b.detach().to(A.device), tol, nnz, lam)
+    x = torch.zeros(atoms.shape[0], dtype=torch.float32, device=device)
+    if k == 0:
+        return x
+    res = omp(atoms, target, k, lam=float(lam), positive=bool(positive), tol=float(tol))
+    chosen = res.indices >= 0
+    x[res.indices[chosen].to(x.device)] = res.weights[chosen].to(x.device)
+    return x
+
+
+def _solve_array(name, A, b, tol, nnz, positive, lam) -> np.ndarray:
+    A, b = np.asarray(A), np.asarray(b)
+    atoms, target, k = _problem(name, torch.from_numpy(np.ascontiguousarray(A, dtype=np.float32)),
+                                torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)), tol, nnz, lam)
+    x = np.zeros(atoms.shape[0], dtype=np.float64)
+    if k == 0:
+        return x
+    res = omp(atoms, target, k, lam=float(lam), positive=bool(positive), tol=float(tol))
+    chosen = res.indices >= 0
+    x[res.indices[chosen].numpy()] = res.weights[chosen].double().numpy()
+    return x
+
+
+def _problem(name, A: torch.Tensor, b: torch.Tensor, tol, nnz, lam):
+    """Checks CORDS' conventions; returns the atoms as rows, the target and the budget."""
+    if A.dim() != 2:
+        raise ValueError(f"datadiet.compat.cords.{name}: A must be (d, n) with the atoms as columns, got shape "
+                         f"{tuple(A.shape)}")
+    if b.dim() != 1 or b.shape[0] != A.shape[0]:
+        raise ValueError(f"datadiet.compat.cords.{name}: b must be ({A.shape[0]},) to match A {tuple(A.shape)}, got "
+                         f"shape {tuple(b.shape)}")
+    n = A.shape[1]
+    if nnz is not None and int(nnz) < 0:
+        raise ValueError(f"datadiet.compat.cords.{name}: nnz must be >= 0 or None, got {nnz}")
+    if not float(lam) >= 0:
+        raise ValueError(f"datadiet.compat.cords.{name}: lam must be >= 0, got {lam}")
+    if not float(tol) >= 0:
+        raise ValueError(f"datadiet.compat.cords.{name}: tol must be >= 0, got {tol}")
+    k = n if nnz is None else min(int(nnz), n)
+    return A.T.float(), b.float(), k
