@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import datadiet
-from bench.harness import Rows
+from .harness import Rows
 
 DEFAULT_SIZES = ["256x1000", "4096x1000", "65536x1000"]
 IMAGENET = "1281167x1000"

@@ -26,7 +26,7 @@ import os
 import numpy as np
 import torch
 
-from bench.harness import Rows
+from .harness import Rows
 from datadiet.compat import cords
 
 
@@ -95,7 +95,7 @@ def load_cords_solver(source):
 
 
 def run(args) -> list[dict]:
-    from bench.omp import per_class_gradient_atoms
+    from .omp import per_class_gradient_atoms
 
     rows = Rows(args.device)
     theirs, origin = load_cords_solver(args.cords_source)
@@ -112,7 +112,7 @@ def run(args) -> list[dict]:
 def compare(rows: Rows, case: str, A: torch.Tensor, b: torch.Tensor, args, theirs, origin) -> None:
     call = dict(nnz=args.k, positive=True, lam=args.lam, tol=1e-100, device=args.device)
     if theirs is None:
-        from bench.omp import cords_omp
+        from .omp import cords_omp
 
         baseline = "CORDS-style (re-implemented; CORDS not found)"
 

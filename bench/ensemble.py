@@ -4,7 +4,7 @@ ensemble against the no-ensemble baseline at the same budget (accuracy, wall tim
 
 from __future__ import annotations
 
-from bench.harness import Rows
+from .harness import Rows
 from datadiet.pipelines import ensemble
 from datadiet.train.config import TrainConfig
 

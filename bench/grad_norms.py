@@ -17,10 +17,11 @@ norms of every method are checked against ours in the note column.
 from __future__ import annotations
 
 import multiprocessing as mp
-import statistics
 import time
 
 import torch
+
+from .harness import stats
 
 
 def add_arguments(p) -> None:
@@ -56,7 +57,7 @@ def run(args) -> list[dict]:
             norms = timed["norms"].get(method)
             if norms is not None and method != METHODS[1]:
                 note += f", max rel diff to ours {float(((norms - ours).abs() / ours).max()):.1e}"
-            rows.append({"case": case, "method": method, "seconds": timed["seconds"][method], "bytes": None,
+            rows.append({"case": case, "method": method, **timed["timings"][method], "bytes": None,
                          "baselines": ["torch.func vmap(grad)", "per-sample loop"] if method == METHODS[1] else [],
                          "floor": "forward + backward" if method == METHODS[1] else None, "note": note,
                          "peak_mib": extra})
@@ -125,7 +126,7 @@ def _child(name, batch, size, classes, chunk, device, threads, methods, repeat):
             if isinstance(out, torch.Tensor):
                 norms[m] = out.detach().double().cpu()
     peak = torch.cuda.max_memory_allocated(device) // 1024 if device.type == "cuda" else _vmhwm_kib()
-    return {"seconds": {m: statistics.median(t) for m, t in times.items() if t}, "norms": norms, "peak_kib": peak}
+    return {"timings": {m: stats(t) for m, t in times.items() if t}, "norms": norms, "peak_kib": peak}
 
 
 def _vmhwm_kib() -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from bench.harness import Rows
+from .harness import Rows
 from datadiet.pipelines.lightweight_pretraining import LiptOptions, lipt, usual_pretraining
 from datadiet.train import datasets
 from datadiet.train.config import TrainConfig

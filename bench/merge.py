@@ -24,7 +24,7 @@ import torchvision
 from torch.nn.utils import prune as torch_prune
 
 import datadiet
-from bench.harness import Rows
+from .harness import Rows
 
 ARCHS = ("resnet18", "resnet50")
 
@@ -89,8 +89,8 @@ def peak_rss_bytes() -> int:
 
 def extra_peak_bytes(arch: str, method: str, density: float) -> int:
     """The method's rise of the peak RSS above the model's, in a fresh child process."""
-    code = ("import json, bench.merge as b; m = b.make(%r); before = b.peak_rss_bytes(); b.METHODS[%r](m, %r); "
-            "print(json.dumps(b.peak_rss_bytes() - before))" % (arch, method, density))
+    code = ("import importlib, json; b = importlib.import_module(%r); m = b.make(%r); before = b.peak_rss_bytes(); "
+            "b.METHODS[%r](m, %r); print(json.dumps(b.peak_rss_bytes() - before))" % (__name__, arch, method, density))
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     return int(json.loads(out.stdout.strip().splitlines()[-1]))
 

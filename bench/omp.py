@@ -24,7 +24,7 @@ import time
 import torch
 
 import datadiet
-from bench.harness import Rows
+from .harness import Rows
 
 
 def add_arguments(p) -> None:

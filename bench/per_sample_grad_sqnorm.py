@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.harness import Rows
+from .harness import Rows
 import torch.nn.functional as F
 
 from datadiet.ops import per_sample_conv_grad_sqnorm, per_sample_grad_sqnorm

@@ -15,7 +15,7 @@ import collections
 import numpy as np
 import torch
 
-from bench.harness import Rows
+from .harness import Rows
 from datadiet.ops import selective_backprop_keep_
 from datadiet.select import SelectiveBackpropSelector
 

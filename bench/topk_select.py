@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 import datadiet
-from bench.harness import Rows
+from .harness import Rows
 
 
 def add_arguments(p) -> None:

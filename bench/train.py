@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from bench.harness import Rows, timeit
+from .harness import Rows, timeit
 from datadiet.select.adaselection import METHODS, AdaSelector
 from datadiet.select.selective_backprop import SelectiveBackpropSelector
 from datadiet.train import datasets, models

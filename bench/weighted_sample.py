@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 import datadiet
-from bench.harness import Rows
-from bench.topk_select import imagenet_classes, size_cases
+from .harness import Rows
+from .topk_select import imagenet_classes, size_cases
 
 
 def add_arguments(p) -> None:

@@ -47,6 +47,11 @@ def _ints(text: str) -> list[int]:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # the kernel benchmarks shipped in the wheel (the repository's bench/)
+        from datadiet.bench.__main__ import main as bench_main
+
+        return bench_main(argv[1:], prog="datadiet bench", results_dir="datadiet-bench")
     from datadiet.reproduce import CLAIMS
     from datadiet.train import compare as compare_module
     from datadiet.train.options import add_train_options, config_from_args, parse_params
@@ -125,6 +130,7 @@ def main(argv=None) -> int:
     demo.add_argument("--members", type=int, default=3, help="ensemble members, one per GraNd difficulty stratum")
     demo.add_argument("--density", type=float, default=0.9, help="fraction of the soup's weights pruning keeps")
     sub.add_parser("info", help="print datadiet.build_info() as JSON")
+    sub.add_parser("bench", help="kernel microbenchmarks (datadiet bench --list; results in ./datadiet-bench/)")
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["compare", *(argv or [])])
