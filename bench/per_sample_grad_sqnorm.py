@@ -49,19 +49,18 @@ def run(args) -> list[dict]:
         a = torch.randn(B, T, d, generator=g).to(device)
         grad = torch.randn(B, T, p, generator=g).to(device)
         flops = 2 * B * T * p * d // groups
+        nbytes = 4 * B * T * (d + p)  # the inputs, read once
         buffer_mib = B * p * d // groups * 4 / 2**20
         case = f"{label}, batch {B}"
         ours = rows.add(case, "datadiet fused", lambda: per_sample_grad_sqnorm(a, grad, groups=groups, backend=backend),
                         baselines=("torch.bmm + square-sum", "ghost (bmm Grams)"),
-                        note="no B x p x d buffer")
+                        note="no B x p x d buffer", nbytes=nbytes, flops=flops)
         base = rows.add(case, "torch.bmm + square-sum", lambda: per_sample_grad_sqnorm_reference(a, grad, groups),
-                        note=f"{buffer_mib:.1f} MiB B x p x d buffer")
+                        note=f"{buffer_mib:.1f} MiB B x p x d buffer", nbytes=nbytes, flops=flops)
         gram_mib = B * groups * T * T * 8 / 2**20
         if gram_mib <= 1024:  # the ghost form's two Gram batches must fit
             rows.add(case, "ghost (bmm Grams)", lambda: _ghost(a, grad, groups),
                      note=f"{gram_mib:.0f} MiB of Gram matrices")
-        for row in (ours, base):
-            row["note"] += f", {flops / row['seconds'] / 1e9:.0f} GFLOP/s"
         want = per_sample_grad_sqnorm_reference(a.double(), grad.double(), groups)
         err = float(((per_sample_grad_sqnorm(a, grad, groups=groups, backend=backend).double() - want).abs()
                      / want).max())
@@ -75,6 +74,7 @@ def run(args) -> list[dict]:
             grad = torch.randn(B, O, out, out, generator=g).to(device)
             case = f"{label}, batch {B}"
             flops = 2 * B * out * out * O * C * k * k
+            nbytes = 4 * (x.numel() + grad.numel())
 
             def unfolded(x=x, grad=grad, k=k, stride=stride):
                 cols = F.unfold(x, k, padding=k // 2, stride=stride).transpose(1, 2)
@@ -83,9 +83,8 @@ def run(args) -> list[dict]:
             ours = rows.add(case, "datadiet conv (patches gathered)",
                             lambda: per_sample_conv_grad_sqnorm(x, grad, k, stride=stride, padding=k // 2,
                                                                 backend=backend),
-                            baselines=("F.unfold + torch.bmm + square-sum",), note="no unfold, no B x p x d buffer")
+                            baselines=("F.unfold + torch.bmm + square-sum",), note="no unfold, no B x p x d buffer",
+                            nbytes=nbytes, flops=flops)
             base = rows.add(case, "F.unfold + torch.bmm + square-sum", unfolded,
-                            note=f"{B * out * out * C * k * k * 4 / 2**20:.0f} MiB unfold")
-            for row in (ours, base):
-                row["note"] += f", {flops / row['seconds'] / 1e9:.0f} GFLOP/s"
+                            note=f"{B * out * out * C * k * k * 4 / 2**20:.0f} MiB unfold", nbytes=nbytes, flops=flops)
     return rows

@@ -120,6 +120,18 @@ def test_bad_arguments(kwargs, pattern):
         gradmatch(e, **kwargs)
 
 
+def test_the_validation_target_must_come_in_the_training_gradients_form():
+    e, h, labels = data()
+    with pytest.raises(ValueError, match="must be val_embedding"):
+        gradmatch(e, labels=labels, fraction=0.1, val_errors=e[:50], val_labels=labels[:50])
+    with pytest.raises(ValueError, match="must be val_embedding"):
+        gradmatch(e, labels=labels, fraction=0.1, mode="global", val_features=h[:50])
+    with pytest.raises(ValueError, match="must be both val_errors and val_features"):
+        gradmatch(errors=e, features=h, labels=labels, fraction=0.1, val_embedding=e[:50], val_labels=labels[:50])
+    with pytest.raises(ValueError, match="must be both val_errors and val_features"):
+        gradmatch(errors=e, features=h, fraction=0.1, mode="global", val_errors=e[:50])
+
+
 def test_needs_one_gradient_form():
     e, h, labels = data()
     with pytest.raises(ValueError, match="pass embedding, or errors and features"):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Sequence, Union
+
 import torch
 
+IntSeqLike = Union[Sequence[int], torch.Tensor]  # offsets, budgets: a sequence or 1-D integer tensor
 
-def int_list(x, name: str, op: str) -> list[int]:
+
+def int_list(x: IntSeqLike, name: str, op: str) -> list[int]:
     """A sequence or 1-D integer tensor as a list of Python ints; errors name the argument."""
     if isinstance(x, torch.Tensor):
         if x.dim() != 1 or x.dtype.is_floating_point or x.dtype == torch.bool:

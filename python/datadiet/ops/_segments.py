@@ -17,7 +17,7 @@ from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
 
-from datadiet.ops._args import int_list
+from datadiet.ops._args import IntSeqLike, int_list
 
 IntsLike = Union[int, Sequence[int], torch.Tensor]
 
@@ -42,7 +42,7 @@ def _per_segment_k(k: IntsLike, sizes: list[int], op: str) -> list[int]:
     return ks
 
 
-def segments(op: str, what: str, values: torch.Tensor, k: IntsLike, offsets: Optional[IntsLike],
+def segments(op: str, what: str, values: torch.Tensor, k: IntsLike, offsets: Optional[IntSeqLike],
              groups: Optional[torch.Tensor]) -> Segments:
     """Validates the layout and returns the op's arguments plus the mapping of its output."""
     if not isinstance(values, torch.Tensor):

@@ -7,7 +7,7 @@ Wrapper, argument checks, fake (meta) registrations and the Triton custom op for
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, NoReturn, Optional, cast
 
 import torch
 
@@ -16,6 +16,9 @@ from datadiet.backends import resolve
 from datadiet.reference.ce_scores import ce_scores_reference
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# loss, el2n, grad_norm, confidence, margin, entropy, correct, embedding (see empty_outputs)
+_Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                 torch.Tensor]
 
 
 class CEScores(NamedTuple):
@@ -91,17 +94,19 @@ def ce_scores(
         _check_target_range(targets, logits.shape[1], ignore_index)
     emb_dtype = embedding_dtype if return_embedding else None
     args = (logits, targets, feature_sqnorm, int(ignore_index), float(label_smoothing), emb_dtype)
+    out: _Outputs
     if chosen in ("cpu", "cuda"):
         out = torch.ops.datadiet.ce_scores(*args)
     elif chosen == "triton":
         out = torch.ops.datadiet.ce_scores_triton(*args)
     else:
-        out = ce_scores_reference(*args)
+        out = cast("_Outputs", ce_scores_reference(*args))
     return CEScores(*out[:7], embedding=out[7] if return_embedding else None)
 
 
-def _check_args(logits, targets, features, feature_sqnorm, label_smoothing, embedding_dtype) -> None:
-    def fail(msg: str, exc=ValueError):
+def _check_args(logits: torch.Tensor, targets: torch.Tensor, features: Optional[torch.Tensor],
+                feature_sqnorm: Optional[torch.Tensor], label_smoothing: float, embedding_dtype: torch.dtype) -> None:
+    def fail(msg: str, exc: type[Exception] = ValueError) -> NoReturn:
         raise exc(f"datadiet.ce_scores: {msg}")
 
     if not isinstance(logits, torch.Tensor) or not isinstance(targets, torch.Tensor):
@@ -175,7 +180,9 @@ def empty_outputs(logits: torch.Tensor, embedding_dtype: Optional[torch.dtype]) 
     return (*scores, correct, embedding)
 
 
-def _fake_outputs(logits, targets, feature_sqnorm, ignore_index, label_smoothing, embedding_dtype):
+def _fake_outputs(logits: torch.Tensor, targets: torch.Tensor, feature_sqnorm: Optional[torch.Tensor],
+                  ignore_index: int, label_smoothing: float,
+                  embedding_dtype: Optional[torch.dtype]) -> tuple[torch.Tensor, ...]:
     return empty_outputs(logits, embedding_dtype)
 
 
@@ -191,7 +198,8 @@ def _ce_scores_triton(
            torch.Tensor, torch.Tensor]:
     from datadiet.kernels import ce_scores as kernel
 
-    return kernel.ce_scores(logits, targets, feature_sqnorm, ignore_index, label_smoothing, embedding_dtype)
+    return cast("_Outputs",
+                kernel.ce_scores(logits, targets, feature_sqnorm, ignore_index, label_smoothing, embedding_dtype))
 
 
 _ce_scores_triton.register_fake(_fake_outputs)

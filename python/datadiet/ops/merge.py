@@ -14,7 +14,7 @@ written back.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, cast
 
 import torch
 
@@ -129,7 +129,7 @@ def _check_no_nan(tensors: list[torch.Tensor]) -> None:
                              "a NaN has no magnitude order")
 
 
-def _tensor_list(op: str, name: str, ts) -> list[torch.Tensor]:
+def _tensor_list(op: str, name: str, ts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     if isinstance(ts, torch.Tensor) or not all(isinstance(t, torch.Tensor) for t in ts):
         raise TypeError(f"datadiet.{op}: {name} must be a sequence of tensors (one model's), got {type(ts).__name__}")
     return list(ts)
@@ -148,21 +148,24 @@ def _check_pairs(op: str, dst: list[torch.Tensor], other: list[torch.Tensor], na
 
 def _average_other(d: torch.Tensor, values: list[torch.Tensor], weights: list[float]) -> None:
     """float64 tensors: the weighted sum in float64; integer tensors: the weighted mean, rounded."""
-    acc = sum(w * v.double() for w, v in zip(weights, values))
+    # values is never empty (every caller passes one tensor per model), so the sum is a tensor.
+    acc = cast(torch.Tensor, sum(w * v.double() for w, v in zip(weights, values)))
     if d.dtype.is_floating_point:
         d.copy_(acc)
     else:
         d.copy_(torch.round(acc / sum(weights)))
 
 
-_REFERENCES = {"average_": average_reference, "lerp_": lerp_reference, "magnitude_prune_": magnitude_prune_reference}
+_REFERENCES: dict[str, Callable[..., None]] = {"average_": average_reference, "lerp_": lerp_reference,
+                                               "magnitude_prune_": magnitude_prune_reference}
 
 
-def _op(op: str, chosen: str):
+def _op(op: str, chosen: str) -> Callable[..., None]:
     """The implementation of ``op`` for a resolved backend."""
     if chosen == "torch":
         return _REFERENCES[op]
-    return getattr(torch.ops.datadiet, op.rstrip("_") + "_triton" if chosen == "triton" else op)
+    return cast("Callable[..., None]",
+                getattr(torch.ops.datadiet, op.rstrip("_") + "_triton" if chosen == "triton" else op))
 
 
 def _backend(op: str, tensors: list[torch.Tensor], backend: str) -> str:
@@ -176,14 +179,14 @@ def _backend(op: str, tensors: list[torch.Tensor], backend: str) -> str:
 class _contiguous:
     """Contiguous stand-ins for the given tensors, written back on exit where they are copies."""
 
-    def __init__(self, tensors: list[torch.Tensor]):
+    def __init__(self, tensors: list[torch.Tensor]) -> None:
         self.tensors = tensors
         self.views = [t if t.is_contiguous() else t.contiguous() for t in tensors]
 
     def __enter__(self) -> list[torch.Tensor]:
         return self.views
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         for t, v in zip(self.tensors, self.views):
             if v is not t:
                 t.copy_(v)

@@ -11,13 +11,13 @@ the CUDA engine, budgets up to 2048) and ``torch`` (the reference).
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence, Union
+from typing import NamedTuple, NoReturn, Optional, Sequence, Union, cast
 
 import torch
 
 from datadiet import _extension
 from datadiet.backends import resolve
-from datadiet.ops._args import int_list
+from datadiet.ops._args import IntSeqLike, int_list
 # PIVOT_EPS: an atom enters the support only if the squared sine of its angle to the span of the
 # support (its squared Cholesky pivot relative to ‖a‖² + lam) exceeds it; the Gram entries are
 # float32 dot products, so a smaller pivot is mostly rounding (csrc/ops/omp/omp_rules.h).
@@ -26,8 +26,10 @@ from datadiet.ops._args import int_list
 # "no_correlation" — no unpicked atom correlates (positive: positively) above 1e-6 of the largest
 # initial correlation, so no admissible atom is left; "rank" — lam = 0 and the support has as
 # many atoms as the atoms have dimensions, so every other atom is dependent.
-from datadiet.reference.omp import PIVOT_EPS, STOP_REASONS, omp_reference
+from datadiet.reference.omp import PIVOT_EPS as PIVOT_EPS, STOP_REASONS as STOP_REASONS, omp_reference
 
+# omp_factored's target: (errors_t, features_t) or (errors_t, features_t, offsets_t)
+FactoredTarget = Union[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, IntSeqLike]]
 
 
 class OMPResult(NamedTuple):
@@ -60,8 +62,8 @@ def omp(
     lam: float = 0.0,
     positive: bool = True,
     tol: float = 0.0,
-    offsets: Optional[Union[Sequence[int], torch.Tensor]] = None,
-    budgets: Optional[Union[Sequence[int], torch.Tensor]] = None,
+    offsets: Optional[IntSeqLike] = None,
+    budgets: Optional[IntSeqLike] = None,
     check_values: bool = True,
     backend: str = "auto",
 ) -> OMPResult:
@@ -106,7 +108,7 @@ def _check_finite(op: str, name: str, t: torch.Tensor) -> None:
         raise ValueError(f"datadiet.{op}: {name} must be finite, got {float(t[r, c])} at row {r}, column {c}")
 
 
-def _result(out, target_norm: torch.Tensor, single: bool) -> OMPResult:
+def _result(out: Sequence[torch.Tensor], target_norm: torch.Tensor, single: bool) -> OMPResult:
     indices, weights, residual, iterations, stop, rejected = out
     if single:
         return OMPResult(indices, weights, residual[0], iterations[0], target_norm[0], stop[0], rejected[0])
@@ -119,12 +121,12 @@ def omp_factored(
     k: Optional[int] = None,
     *,
     bias: bool = True,
-    target: Optional[tuple] = None,
+    target: Optional[FactoredTarget] = None,
     lam: float = 0.0,
     positive: bool = True,
     tol: float = 0.0,
-    offsets: Optional[Union[Sequence[int], torch.Tensor]] = None,
-    budgets: Optional[Union[Sequence[int], torch.Tensor]] = None,
+    offsets: Optional[IntSeqLike] = None,
+    budgets: Optional[IntSeqLike] = None,
     check_values: bool = True,
     backend: str = "auto",
 ) -> OMPResult:
@@ -183,7 +185,8 @@ def _with_bias(features: torch.Tensor, bias: bool) -> torch.Tensor:
     return torch.cat([features, features.new_ones(features.shape[0], 1)], 1).contiguous()
 
 
-def _factored_targets(e, h, offs, target):
+def _factored_targets(e: torch.Tensor, h: torch.Tensor, offs: list[int],
+                      target: Optional[FactoredTarget]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per problem, the factors (E_t, H_t) whose summed outer products (with the bias column) are
     the target."""
     problems = len(offs) - 1
@@ -204,7 +207,9 @@ def _factored_targets(e, h, offs, target):
     return ([et[a:b] for a, b in zip(t_offs[:-1], t_offs[1:])], [ht[a:b] for a, b in zip(t_offs[:-1], t_offs[1:])])
 
 
-def _target_correlations(e, h, offs, targets, bias):
+def _target_correlations(e: torch.Tensor, h: torch.Tensor, offs: list[int],
+                         targets: tuple[list[torch.Tensor], list[torch.Tensor]],
+                         bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """c0_i = e_iᵀ B h̃_i and ‖B‖²_F per problem, B = E_tᵀ H̃_t = [E_tᵀ H_t, E_tᵀ 1] (two matmuls and
     a column sum per problem; the bias column is never appended to the features)."""
     c0 = torch.empty(e.shape[0], dtype=torch.float32, device=e.device)
@@ -221,9 +226,11 @@ def _target_correlations(e, h, offs, targets, bias):
     return c0, b2
 
 
-def _check(atoms, target, k, offsets, budgets, lam, tol):
+def _check(atoms: torch.Tensor, target: torch.Tensor, k: Optional[int], offsets: Optional[IntSeqLike],
+           budgets: Optional[IntSeqLike], lam: float,
+           tol: float) -> tuple[torch.Tensor, torch.Tensor, list[int], list[int]]:
     """Dense inputs: shapes and dtypes, then the problem layout (``_problems``)."""
-    def fail(msg, exc=ValueError):
+    def fail(msg: str, exc: type[Exception] = ValueError) -> NoReturn:
         raise exc(f"datadiet.omp: {msg}")
 
     if not isinstance(atoms, torch.Tensor) or not isinstance(target, torch.Tensor):
@@ -244,9 +251,10 @@ def _check(atoms, target, k, offsets, budgets, lam, tol):
     return atoms.to(torch.float32).contiguous(), targets.to(torch.float32).contiguous(), offs, ks
 
 
-def _problems(op, n, k, offsets, budgets, lam, tol) -> tuple[list[int], list[int]]:
+def _problems(op: str, n: int, k: Optional[int], offsets: Optional[IntSeqLike], budgets: Optional[IntSeqLike],
+              lam: float, tol: float) -> tuple[list[int], list[int]]:
     """The problem layout — offsets over the N atoms and one budget per problem — and the options."""
-    def fail(msg, exc=ValueError):
+    def fail(msg: str, exc: type[Exception] = ValueError) -> NoReturn:
         raise exc(f"datadiet.{op}: {msg}")
 
     if offsets is None:
@@ -282,14 +290,16 @@ def _problems(op, n, k, offsets, budgets, lam, tol) -> tuple[list[int], list[int
     return offs, ks
 
 
-def _fake(atoms, targets, offsets, budgets, lam, positive, tol):
+def _fake(atoms: torch.Tensor, targets: Optional[torch.Tensor], offsets: list[int], budgets: list[int], lam: float,
+          positive: bool, tol: float) -> _Outputs:
     total, problems = sum(budgets), len(budgets)
     return (atoms.new_empty((total,), dtype=torch.int64), atoms.new_empty((total,), dtype=torch.float32),
             atoms.new_empty((problems,), dtype=torch.float32), atoms.new_empty((problems,), dtype=torch.int64),
             atoms.new_empty((problems,), dtype=torch.int64), atoms.new_empty((problems,), dtype=torch.int64))
 
 
-def _fake_factored(errors, features, bias, c0, b2, offsets, budgets, lam, positive, tol):
+def _fake_factored(errors: torch.Tensor, features: torch.Tensor, bias: bool, c0: torch.Tensor, b2: torch.Tensor,
+                   offsets: list[int], budgets: list[int], lam: float, positive: bool, tol: float) -> _Outputs:
     return _fake(errors, None, offsets, budgets, lam, positive, tol)
 
 
@@ -301,7 +311,7 @@ def _omp_triton(atoms: torch.Tensor, targets: torch.Tensor, offsets: list[int], 
                 positive: bool, tol: float) -> _Outputs:
     from datadiet.kernels import omp as kernel
 
-    return kernel.omp(atoms, targets, offsets, budgets, lam, positive, tol)
+    return cast("_Outputs", kernel.omp(atoms, targets, offsets, budgets, lam, positive, tol))
 
 
 @torch.library.custom_op("datadiet::omp_factored_triton", mutates_args=())
@@ -310,7 +320,7 @@ def _omp_factored_triton(errors: torch.Tensor, features: torch.Tensor, bias: boo
                          tol: float) -> _Outputs:
     from datadiet.kernels import omp as kernel
 
-    return kernel.omp_factored(errors, features, bias, c0, b2, offsets, budgets, lam, positive, tol)
+    return cast("_Outputs", kernel.omp_factored(errors, features, bias, c0, b2, offsets, budgets, lam, positive, tol))
 
 
 _omp_triton.register_fake(_fake)

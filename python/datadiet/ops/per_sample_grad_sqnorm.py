@@ -15,6 +15,8 @@ the kernels gather the patches from the input while they pack a tile, so the unf
 
 from __future__ import annotations
 
+from typing import NoReturn, Sequence, Union, cast
+
 import torch
 
 from datadiet import _extension
@@ -22,6 +24,7 @@ from datadiet.backends import resolve
 from datadiet.reference.grad_norm import per_sample_conv_grad_sqnorm_reference, per_sample_grad_sqnorm_reference
 
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+IntOrPair = Union[int, Sequence[int]]  # an int or a pair of ints, as nn.Conv2d takes them
 
 
 def per_sample_grad_sqnorm(a: torch.Tensor, g: torch.Tensor, *, groups: int = 1,
@@ -41,13 +44,13 @@ def per_sample_grad_sqnorm(a: torch.Tensor, g: torch.Tensor, *, groups: int = 1,
     _check(a, g, groups)
     chosen = resolve(backend, a.device, "per_sample_grad_sqnorm")
     if chosen in ("cpu", "cuda"):
-        return torch.ops.datadiet.per_sample_grad_sqnorm(a, g, int(groups))
+        return cast(torch.Tensor, torch.ops.datadiet.per_sample_grad_sqnorm(a, g, int(groups)))
     if chosen == "triton":
-        return torch.ops.datadiet.per_sample_grad_sqnorm_triton(a, g, int(groups))
+        return cast(torch.Tensor, torch.ops.datadiet.per_sample_grad_sqnorm_triton(a, g, int(groups)))
     return per_sample_grad_sqnorm_reference(a, g, int(groups))
 
 
-def _check(a, g, groups) -> None:
+def _check(a: torch.Tensor, g: torch.Tensor, groups: int) -> None:
     _check_tensors("per_sample_grad_sqnorm", "a", a, g, groups, 3, "[B, T, d]", "[B, T, p]")
     if a.shape[:2] != g.shape[:2]:
         raise ValueError(f"datadiet.per_sample_grad_sqnorm: a {tuple(a.shape)} and g {tuple(g.shape)} must agree in "
@@ -57,9 +60,10 @@ def _check(a, g, groups) -> None:
                          f"p={g.shape[2]}")
 
 
-def _check_tensors(op: str, name: str, a, g, groups, dims: int, a_shape: str, g_shape: str) -> None:
+def _check_tensors(op: str, name: str, a: torch.Tensor, g: torch.Tensor, groups: int, dims: int, a_shape: str,
+                   g_shape: str) -> None:
     """Types, ranks, dtypes, device and groups of (``name`` = a, g), errors naming the argument."""
-    def fail(msg: str, exc=ValueError):
+    def fail(msg: str, exc: type[Exception] = ValueError) -> NoReturn:
         raise exc(f"datadiet.{op}: {msg}")
 
     for label, t in ((name, a), ("g", g)):
@@ -77,8 +81,9 @@ def _check_tensors(op: str, name: str, a, g, groups, dims: int, a_shape: str, g_
         fail(f"groups must be an int >= 1, got {groups!r}")
 
 
-def per_sample_conv_grad_sqnorm(x: torch.Tensor, g: torch.Tensor, kernel_size, *, stride=1, padding=0, dilation=1,
-                                groups: int = 1, backend: str = "auto") -> torch.Tensor:
+def per_sample_conv_grad_sqnorm(x: torch.Tensor, g: torch.Tensor, kernel_size: IntOrPair, *, stride: IntOrPair = 1,
+                                padding: IntOrPair = 0, dilation: IntOrPair = 1, groups: int = 1,
+                                backend: str = "auto") -> torch.Tensor:
     """``per_sample_grad_sqnorm(A, G, groups)`` of a ``Conv2d`` without materialising A.
 
     A = ``F.unfold(x, kernel_size, dilation, padding, stride).transpose(1, 2)`` (zero padding,
@@ -92,29 +97,35 @@ def per_sample_conv_grad_sqnorm(x: torch.Tensor, g: torch.Tensor, kernel_size, *
         kernel_size, stride, padding, dilation: an int or a pair each, as ``nn.Conv2d`` takes them.
         groups: the convolution's groups (dividing C and O).
     """
-    pairs = [_pair(v, name) for v, name in ((kernel_size, "kernel_size"), (stride, "stride"), (padding, "padding"),
-                                            (dilation, "dilation"))]
+    pairs = (_pair(kernel_size, "kernel_size"), _pair(stride, "stride"), _pair(padding, "padding"),
+             _pair(dilation, "dilation"))
     _check_conv(x, g, groups, *pairs)
     chosen = resolve(backend, x.device, "per_sample_conv_grad_sqnorm")
     if chosen in ("cpu", "cuda"):
-        return torch.ops.datadiet.per_sample_conv_grad_sqnorm(x, g, *pairs, int(groups))
+        return cast(torch.Tensor, torch.ops.datadiet.per_sample_conv_grad_sqnorm(x, g, *pairs, int(groups)))
     if chosen == "triton":
-        return torch.ops.datadiet.per_sample_conv_grad_sqnorm_triton(x, g, *pairs, int(groups))
+        return cast(torch.Tensor, torch.ops.datadiet.per_sample_conv_grad_sqnorm_triton(x, g, *pairs, int(groups)))
     return per_sample_conv_grad_sqnorm_reference(x, g, *pairs, int(groups))
 
 
-def _pair(v, name: str) -> list[int]:
-    out = [v, v] if isinstance(v, int) and not isinstance(v, bool) else list(v)
+def _pair(v: IntOrPair, name: str) -> list[int]:
+    if isinstance(v, int) and not isinstance(v, bool):
+        out = [v, v]
+    elif isinstance(v, (tuple, list)):
+        out = list(v)
+    else:  # a bool, a string, anything else
+        out = []
     if len(out) != 2 or not all(isinstance(e, int) and not isinstance(e, bool) for e in out):
         raise ValueError(f"datadiet.per_sample_conv_grad_sqnorm: {name} must be an int or a pair of ints, got {v!r}")
     return out
 
 
-def _check_conv(x, g, groups, kernel_size, stride, padding, dilation) -> None:
+def _check_conv(x: torch.Tensor, g: torch.Tensor, groups: int, kernel_size: list[int], stride: list[int],
+                padding: list[int], dilation: list[int]) -> None:
     """Everything the kernels need, for every backend (the Triton one reads without bounds)."""
     _check_tensors("per_sample_conv_grad_sqnorm", "x", x, g, groups, 4, "[B, C, H, W]", "[B, O, Ho, Wo]")
 
-    def fail(msg: str):
+    def fail(msg: str) -> NoReturn:
         raise ValueError(f"datadiet.per_sample_conv_grad_sqnorm: {msg}")
 
     if g.shape[0] != x.shape[0]:
@@ -136,7 +147,7 @@ def _check_conv(x, g, groups, kernel_size, stride, padding, dilation) -> None:
         fail(f"g's spatial dims must flatten to one stride (contiguous or channels-last), got strides {g.stride()}")
 
 
-def _fake(a, g, groups):
+def _fake(a: torch.Tensor, g: torch.Tensor, groups: int) -> torch.Tensor:
     return a.new_empty((a.shape[0],), dtype=torch.float64 if a.dtype == torch.float64 else torch.float32)
 
 
@@ -144,7 +155,7 @@ def _fake(a, g, groups):
 def _per_sample_grad_sqnorm_triton(a: torch.Tensor, g: torch.Tensor, groups: int) -> torch.Tensor:
     from datadiet.kernels import per_sample_grad_sqnorm as kernel
 
-    return kernel.per_sample_grad_sqnorm(a, g, groups)
+    return cast(torch.Tensor, kernel.per_sample_grad_sqnorm(a, g, groups))
 
 
 _per_sample_grad_sqnorm_triton.register_fake(_fake)
@@ -152,7 +163,8 @@ if _extension.compiled_cpu():
     torch.library.register_fake("datadiet::per_sample_grad_sqnorm")(_fake)
 
 
-def _fake_conv(x, g, kernel_size, stride, padding, dilation, groups):
+def _fake_conv(x: torch.Tensor, g: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
+               dilation: list[int], groups: int) -> torch.Tensor:
     return _fake(x, g, groups)
 
 
@@ -161,7 +173,7 @@ def _per_sample_conv_grad_sqnorm_triton(x: torch.Tensor, g: torch.Tensor, kernel
                                         padding: list[int], dilation: list[int], groups: int) -> torch.Tensor:
     from datadiet.kernels import per_sample_grad_sqnorm as kernel
 
-    return kernel.per_sample_conv_grad_sqnorm(x, g, kernel_size, stride, padding, dilation, groups)
+    return cast(torch.Tensor, kernel.per_sample_conv_grad_sqnorm(x, g, kernel_size, stride, padding, dilation, groups))
 
 
 _per_sample_conv_grad_sqnorm_triton.register_fake(_fake_conv)

@@ -9,12 +9,16 @@ identical on every backend (``csrc/ops/select/select_math.h``).
 
 from __future__ import annotations
 
+from typing import NoReturn, cast
+
 import torch
 
 from datadiet import _extension
 from datadiet.backends import resolve
 from datadiet.ops._args import as_int64
 from datadiet.reference.select import selective_backprop_keep_reference
+
+_Outputs = tuple[torch.Tensor, torch.Tensor]  # (keep, percentile)
 
 
 def selective_backprop_keep_(
@@ -47,14 +51,15 @@ def selective_backprop_keep_(
     chosen = resolve(backend, losses.device, "selective_backprop_keep_")
     args = (losses.float().contiguous(), history, state, float(beta), as_int64(seed), as_int64(step))
     if chosen in ("cpu", "cuda"):
-        return torch.ops.datadiet.selective_backprop_keep_(*args)
+        return cast("_Outputs", torch.ops.datadiet.selective_backprop_keep_(*args))
     if chosen == "triton":
-        return torch.ops.datadiet.selective_backprop_keep_triton_(*args)
+        return cast("_Outputs", torch.ops.datadiet.selective_backprop_keep_triton_(*args))
     return selective_backprop_keep_reference(*args)
 
 
-def _check(losses, history, state, beta, seed, step) -> None:
-    def fail(msg, exc=ValueError):
+def _check(losses: torch.Tensor, history: torch.Tensor, state: torch.Tensor, beta: float, seed: int,
+           step: int) -> None:
+    def fail(msg: str, exc: type[Exception] = ValueError) -> NoReturn:
         raise exc(f"datadiet.selective_backprop_keep_: {msg}")
 
     for name, t in (("losses", losses), ("history", history), ("state", state)):
@@ -77,7 +82,8 @@ def _check(losses, history, state, beta, seed, step) -> None:
             fail(f"{name} must be an int, got {v!r}", TypeError)
 
 
-def _fake(losses, history, state, beta, seed, step):
+def _fake(losses: torch.Tensor, history: torch.Tensor, state: torch.Tensor, beta: float, seed: int,
+          step: int) -> _Outputs:
     return losses.new_empty(losses.shape, dtype=torch.bool), losses.new_empty(losses.shape, dtype=torch.float32)
 
 
@@ -86,7 +92,7 @@ def _selective_backprop_keep_triton(losses: torch.Tensor, history: torch.Tensor,
                                     seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     from datadiet.kernels import selective_backprop as kernel
 
-    return kernel.selective_backprop_keep_(losses, history, state, beta, seed, step)
+    return cast("_Outputs", kernel.selective_backprop_keep_(losses, history, state, beta, seed, step))
 
 
 _selective_backprop_keep_triton.register_fake(_fake)

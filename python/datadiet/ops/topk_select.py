@@ -8,12 +8,13 @@ The ordering rule lives in ``csrc/ops/select/select_math.h``; the engine in
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 
 from datadiet import _extension
 from datadiet.backends import resolve
+from datadiet.ops._args import IntSeqLike
 from datadiet.ops._segments import IntsLike, segments
 from datadiet.reference.select import topk_select_reference
 
@@ -25,7 +26,7 @@ def topk_select(
     k: IntsLike,
     *,
     largest: bool = True,
-    offsets: Optional[IntsLike] = None,
+    offsets: Optional[IntSeqLike] = None,
     groups: Optional[torch.Tensor] = None,
     backend: str = "auto",
 ) -> torch.Tensor:
@@ -64,7 +65,7 @@ def topk_select(
     return seg.finish(out)
 
 
-def _fake(scores, offsets, ks, largest):
+def _fake(scores: torch.Tensor, offsets: list[int], ks: list[int], largest: bool) -> torch.Tensor:
     return scores.new_empty((sum(ks),), dtype=torch.int64)
 
 
@@ -72,7 +73,7 @@ def _fake(scores, offsets, ks, largest):
 def _topk_select_triton(scores: torch.Tensor, offsets: list[int], ks: list[int], largest: bool) -> torch.Tensor:
     from datadiet.kernels import topk_select as kernel
 
-    return kernel.topk_select(scores, offsets, ks, largest)
+    return cast(torch.Tensor, kernel.topk_select(scores, offsets, ks, largest))
 
 
 _topk_select_triton.register_fake(_fake)

@@ -10,13 +10,13 @@ Triton and the reference, so one seed gives one sample everywhere
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 
 from datadiet import _extension
 from datadiet.backends import resolve
-from datadiet.ops._args import as_int64
+from datadiet.ops._args import IntSeqLike, as_int64
 from datadiet.ops._segments import IntsLike, segments
 from datadiet.reference.select import weighted_sample_reference
 
@@ -28,7 +28,7 @@ def weighted_sample(
     k: IntsLike,
     *,
     seed: int,
-    offsets: Optional[IntsLike] = None,
+    offsets: Optional[IntSeqLike] = None,
     groups: Optional[torch.Tensor] = None,
     check_values: bool = True,
     backend: str = "auto",
@@ -86,7 +86,7 @@ def check_weights(weights: torch.Tensor, offsets: list[int], ks: list[int]) -> N
                              "positive; zero weights are never drawn")
 
 
-def _fake(weights, offsets, ks, seed):
+def _fake(weights: torch.Tensor, offsets: list[int], ks: list[int], seed: int) -> torch.Tensor:
     return weights.new_empty((sum(ks),), dtype=torch.int64)
 
 
@@ -94,7 +94,7 @@ def _fake(weights, offsets, ks, seed):
 def _weighted_sample_triton(weights: torch.Tensor, offsets: list[int], ks: list[int], seed: int) -> torch.Tensor:
     from datadiet.kernels import weighted_sample as kernel
 
-    return kernel.weighted_sample(weights, offsets, ks, seed)
+    return cast(torch.Tensor, kernel.weighted_sample(weights, offsets, ks, seed))
 
 
 _weighted_sample_triton.register_fake(_fake)

@@ -7,7 +7,7 @@ the reconstruction in ``../shared/notes/algorithms.md`` §6, and every constant 
 - Eq. 2, each method m gives an importance ``s_m`` (a distribution over the batch of n; losses
   normalised by the batch mean first, ``l~ = l / mean(l)``): ``uniform`` 1/n; ``big_loss``
   softmax(l~/τ); ``small_loss`` softmax(−l~/τ); ``grad_norm`` g/Σg with g the per-sample output
-  gradient norm (‖p − y‖ for cross-entropy; √l when not given — |ŷ − y| up to a constant for the
+  gradient norm (‖p − y‖ for cross-entropy; √l when not given — ``|ŷ − y|`` up to a constant for the
   squared error); ``adaboost`` (Eq. 1) multi-class SAMME inside the batch, ε = clip(mean(wrong),
   δ, 1 − δ), α = ln((1 − ε)/ε) + ln(K − 1), a ∝ exp(α·wrong) — or, without classes (regression),
   AdaBoost.R2: L = l / max(l), ε = clip(mean(L), δ, 1 − δ), a ∝ (ε/(1 − ε))^(1 − L);
@@ -28,7 +28,7 @@ A non-finite loss (a diverged sample) counts as the batch's largest finite one.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 
@@ -87,9 +87,9 @@ class AdaSelector:
     trained. ``select(losses, progress, ...)`` first rewards the previous step's choice from the
     change of the loss, then returns the indices to train on (int64 [k])."""
 
-    def __init__(self, methods=("big_loss", "small_loss", "uniform"), *, keep: float = 0.5, eta: float = 0.1,
-                 tau: float = 1.0, lam: float = 0.0, ema: float = 0.9, delta: float = 1e-3, draw: bool = False,
-                 num_classes: Optional[int] = None, seed: int = 0):
+    def __init__(self, methods: Iterable[str] = ("big_loss", "small_loss", "uniform"), *, keep: float = 0.5,
+                 eta: float = 0.1, tau: float = 1.0, lam: float = 0.0, ema: float = 0.9, delta: float = 1e-3,
+                 draw: bool = False, num_classes: Optional[int] = None, seed: int = 0) -> None:
         methods = tuple(methods)
         unknown = [m for m in methods if m not in METHODS]
         if not methods or unknown or len(set(methods)) != len(methods):

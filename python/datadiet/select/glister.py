@@ -86,7 +86,8 @@ def glister(
     return GlisterSelection(indices, torch.ones(k, device=e.device), torch.tensor(gains, device=e.device))
 
 
-def _check(errors, features, val_logits, val_labels, val_features, variant) -> None:
+def _check(errors: torch.Tensor, features: torch.Tensor, val_logits: torch.Tensor, val_labels: torch.Tensor,
+           val_features: torch.Tensor, variant: str) -> None:
     if variant not in VARIANTS:
         raise ValueError(f"datadiet.glister: variant must be one of {VARIANTS}, got {variant!r}")
     if errors.dim() != 2 or features.dim() != 2 or features.shape[0] != errors.shape[0]:

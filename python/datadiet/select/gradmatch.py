@@ -3,6 +3,7 @@ the full training (or a validation) gradient, chosen by orthogonal matching purs
 (``datadiet.ops.omp`` / ``omp_factored``). ``../shared/notes/algorithms.md`` §3.
 
 Modes:
+
 - ``"per_class"``: one OMP problem per class (budget ``ceil(k · n_c / N)``, so up to one more
   than k per class in total), all in one batched call; the target is the class's gradient sum
   (or its validation gradient sum);
@@ -20,11 +21,11 @@ unselected samples of weight 1, as CORDS does — and the result says how many a
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence, cast
 
 import torch
 
-from datadiet.ops.omp import STOP_REASONS, omp, omp_factored
+from datadiet.ops.omp import STOP_REASONS, OMPResult, omp, omp_factored
 from datadiet.ops.weighted_sample import weighted_sample
 from datadiet.select._budget import class_budgets, subset_size
 
@@ -78,7 +79,7 @@ class GradMatchSelection(NamedTuple):
     filled: int
     stop: torch.Tensor
     rejected: torch.Tensor
-    fill_reasons: dict
+    fill_reasons: dict[str, int]
 
 
 def gradmatch(
@@ -115,11 +116,13 @@ def gradmatch(
         raise ValueError("datadiet.gradmatch: pass embedding, or errors and features (not both)")
     if not dense and (errors is None or features is None):
         raise ValueError("datadiet.gradmatch: the factorised form needs both errors and features")
-    n = (embedding if dense else errors).shape[0]
+    n = cast(torch.Tensor, embedding if dense else errors).shape[0]
     if mode not in MODES:
         raise ValueError(f"datadiet.gradmatch: mode must be one of {MODES}, got {mode!r}")
     k = subset_size(n, fraction, budget, "gradmatch")
-    has_val = val_embedding is not None or val_errors is not None
+    has_val = val_embedding is not None or val_errors is not None or val_features is not None
+    if has_val:
+        _check_val_form(dense, val_embedding, val_errors, val_features)
     if mode == "per_class":
         return _per_class(embedding, errors, features, labels, k, lam, tol, positive, val_embedding, val_errors,
                           val_features, val_labels if has_val else None, has_val, seed, backend)
@@ -127,17 +130,31 @@ def gradmatch(
         if not dense:
             raise ValueError("datadiet.gradmatch: per_batch needs a dense embedding (a batch's mean gradient is "
                              "not a single outer product)")
-        return _per_batch(embedding, k, batch_size, lam, tol, positive, val_embedding, seed, backend)
+        return _per_batch(cast(torch.Tensor, embedding), k, batch_size, lam, tol, positive, val_embedding, seed,
+                          backend)
     if dense:
-        target = (val_embedding if has_val else embedding).float().sum(0)
-        res = omp(embedding, target, k, lam=lam, positive=positive, tol=tol, backend=backend)
+        target = cast(torch.Tensor, val_embedding if has_val else embedding).float().sum(0)
+        res = omp(cast(torch.Tensor, embedding), target, k, lam=lam, positive=positive, tol=tol, backend=backend)
     else:
-        target = (val_errors, val_features) if has_val else None
-        res = omp_factored(errors, features, k, target=target, lam=lam, positive=positive, tol=tol, backend=backend)
-    return _finish(n, [res.indices], [res.weights], res, k, seed, embedding if dense else errors)
+        factored_target = (cast(torch.Tensor, val_errors), cast(torch.Tensor, val_features)) if has_val else None
+        res = omp_factored(cast(torch.Tensor, errors), cast(torch.Tensor, features), k, target=factored_target,
+                           lam=lam, positive=positive, tol=tol, backend=backend)
+    return _finish(n, [res.indices], [res.weights], res, k, seed, cast(torch.Tensor, embedding if dense else errors))
 
 
-def _group(labels: torch.Tensor, n: int, name: str):
+def _check_val_form(dense: bool, val_embedding: Optional[torch.Tensor], val_errors: Optional[torch.Tensor],
+                    val_features: Optional[torch.Tensor]) -> None:
+    """The validation gradients must come in the training gradients' form."""
+    factored = val_errors is not None or val_features is not None
+    if dense and (factored or val_embedding is None):
+        raise ValueError("datadiet.gradmatch: the training gradients are a dense embedding, so the validation target "
+                         "must be val_embedding (not val_errors / val_features)")
+    if not dense and (val_embedding is not None or val_errors is None or val_features is None):
+        raise ValueError("datadiet.gradmatch: the training gradients are factorised (errors, features), so the "
+                         "validation target must be both val_errors and val_features (not val_embedding)")
+
+
+def _group(labels: Optional[torch.Tensor], n: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     if labels is None or labels.shape != (n,) or labels.dtype.is_floating_point:
         raise ValueError(f"datadiet.gradmatch: per_class needs integer {name} of shape [{n}], got "
                          f"{None if labels is None else (labels.dtype, tuple(labels.shape))}")
@@ -145,10 +162,15 @@ def _group(labels: torch.Tensor, n: int, name: str):
     return order, labels.long()[order]
 
 
-def _per_class(embedding, errors, features, labels, k, lam, tol, positive, val_embedding, val_errors, val_features,
-               val_labels, has_val, seed, backend) -> GradMatchSelection:
+def _per_class(embedding: Optional[torch.Tensor], errors: Optional[torch.Tensor], features: Optional[torch.Tensor],
+               labels: Optional[torch.Tensor], k: int, lam: float, tol: float, positive: bool,
+               val_embedding: Optional[torch.Tensor], val_errors: Optional[torch.Tensor],
+               val_features: Optional[torch.Tensor], val_labels: Optional[torch.Tensor], has_val: bool, seed: int,
+               backend: str) -> GradMatchSelection:
+    # As in gradmatch: embedding is given when dense, errors and features (and their validation
+    # counterparts when has_val) otherwise.
     dense = embedding is not None
-    n = (embedding if dense else errors).shape[0]
+    n = cast(torch.Tensor, embedding if dense else errors).shape[0]
     order, sorted_labels = _group(labels, n, "labels")
     classes = int(sorted_labels[-1]) + 1 if n else 0
     counts = torch.bincount(sorted_labels, minlength=classes).tolist()
@@ -160,41 +182,43 @@ def _per_class(embedding, errors, features, labels, k, lam, tol, positive, val_e
         offsets.append(offsets[-1] + c)
     budgets = class_budgets(counts, k)
     if has_val:
-        m = (val_embedding if dense else val_errors).shape[0]
+        m = cast(torch.Tensor, val_embedding if dense else val_errors).shape[0]
         v_order, v_sorted = _group(val_labels, m, "val_labels")
         v_counts = torch.bincount(v_sorted, minlength=classes).tolist()[:classes]
         if len(v_counts) > classes or sum(v_counts) != m:
             raise ValueError("datadiet.gradmatch: val_labels hold classes that the training labels do not")
     if dense:
-        atoms = embedding.float()[order]
+        atoms = cast(torch.Tensor, embedding).float()[order]
         if has_val:
-            val = val_embedding.float()[v_order]
+            val = cast(torch.Tensor, val_embedding).float()[v_order]
             targets = torch.zeros(classes, atoms.shape[1], device=atoms.device).index_add_(0, v_sorted, val)
         else:
             targets = torch.zeros(classes, atoms.shape[1], device=atoms.device).index_add_(0, sorted_labels, atoms)
         res = omp(atoms, targets, offsets=offsets, budgets=budgets, lam=lam, positive=positive, tol=tol,
                   backend=backend)
     else:
-        e, h = errors.float()[order], features.float()[order]
-        target = None
+        e, h = cast(torch.Tensor, errors).float()[order], cast(torch.Tensor, features).float()[order]
+        target: Optional[tuple[torch.Tensor, torch.Tensor, list[int]]] = None
         if has_val:
             v_offsets = [0]
             for c in v_counts:
                 v_offsets.append(v_offsets[-1] + c)
-            target = (val_errors.float()[v_order], val_features.float()[v_order], v_offsets)
+            target = (cast(torch.Tensor, val_errors).float()[v_order],
+                      cast(torch.Tensor, val_features).float()[v_order], v_offsets)
         res = omp_factored(e, h, offsets=offsets, budgets=budgets, target=target, lam=lam, positive=positive, tol=tol,
                            backend=backend)
     picked = torch.where(res.indices >= 0, order[res.indices.clamp_min(0)], res.indices)
     parts_i = list(torch.split(picked, budgets))
     parts_w = list(torch.split(res.weights, budgets))
-    return _finish(n, parts_i, parts_w, res, k, seed, embedding if dense else errors)
+    return _finish(n, parts_i, parts_w, res, k, seed, cast(torch.Tensor, embedding if dense else errors))
 
 
-def _relative(res) -> torch.Tensor:
+def _relative(res: OMPResult) -> torch.Tensor:
     return res.residual / res.target_norm.clamp_min(1e-30)
 
 
-def _per_batch(embedding, k, batch_size, lam, tol, positive, val_embedding, seed, backend) -> GradMatchSelection:
+def _per_batch(embedding: torch.Tensor, k: int, batch_size: int, lam: float, tol: float, positive: bool,
+               val_embedding: Optional[torch.Tensor], seed: int, backend: str) -> GradMatchSelection:
     n = embedding.shape[0]
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= n:
         raise ValueError(f"datadiet.gradmatch: batch_size must be an int in [1, {n}], got {batch_size!r}")
@@ -225,7 +249,7 @@ def _per_batch(embedding, k, batch_size, lam, tol, positive, val_embedding, seed
     return sel
 
 
-def _fill(n: int, chosen: torch.Tensor, count: int, seed: int, device) -> torch.Tensor:
+def _fill(n: int, chosen: torch.Tensor, count: int, seed: int, device: torch.device) -> torch.Tensor:
     """``count`` random samples not in ``chosen`` (uniform without replacement, seeded)."""
     if count <= 0:
         return torch.zeros(0, dtype=torch.long, device=device)
@@ -234,7 +258,8 @@ def _fill(n: int, chosen: torch.Tensor, count: int, seed: int, device) -> torch.
     return weighted_sample(free, count, seed=seed)
 
 
-def _finish(n, parts_i, parts_w, res, k, seed, like) -> GradMatchSelection:
+def _finish(n: int, parts_i: Sequence[torch.Tensor], parts_w: Sequence[torch.Tensor], res: OMPResult, k: int, seed: int,
+            like: torch.Tensor) -> GradMatchSelection:
     """Concatenates the problems' picks (dropping the -1 padding) and fills up to k at random."""
     found = torch.tensor([int((p >= 0).sum()) for p in parts_i])
     indices = torch.cat([p[p >= 0] for p in parts_i])
@@ -245,7 +270,8 @@ def _finish(n, parts_i, parts_w, res, k, seed, like) -> GradMatchSelection:
     return _selection(torch.cat([indices, fill]), torch.cat([weights, ones]), res, found, fill.numel(), found, budgets)
 
 
-def _selection(indices, weights, res, found, filled, atoms, budgets) -> GradMatchSelection:
+def _selection(indices: torch.Tensor, weights: torch.Tensor, res: OMPResult, found: torch.Tensor, filled: int,
+               atoms: torch.Tensor, budgets: torch.Tensor) -> GradMatchSelection:
     """The selection with OMP's per-problem report (``atoms`` found of ``budgets`` per problem)."""
     stop, rejected, iterations = (t.reshape(-1).cpu() for t in (res.stop, res.rejected, res.iterations))
     short = atoms < budgets

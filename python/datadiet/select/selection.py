@@ -32,8 +32,8 @@ class Selection:
                              f"{getattr(idx, 'dtype', type(idx).__name__)} of shape {tuple(getattr(idx, 'shape', ()))}")
         idx = idx.to("cpu", torch.int64)
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
-            bad = int(idx[(idx < 0) | (idx >= n)][0])
-            raise ValueError(f"Selection: index {bad} is outside the dataset of {n} samples")
+            outside = int(idx[(idx < 0) | (idx >= n)][0])
+            raise ValueError(f"Selection: index {outside} is outside the dataset of {n} samples")
         if torch.unique(idx).numel() != idx.numel():
             raise ValueError("Selection: indices must be unique (a repeated sample would count twice)")
         weights = self.weights
