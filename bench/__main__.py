@@ -37,6 +37,7 @@ def main(argv=None, prog: str = "python -m bench", results_dir: Optional[str] = 
         print("\n".join(f"{op}{'  (--sweep)' if op in sweep.SWEEPS else ''}" for op in BENCHMARKS))
         return 0
     device = torch.device(known.device)
+    earlier = harness.load_rows(known.compare) if known.compare else None  # before this run may overwrite it
     if known.threads:
         torch.set_num_threads(known.threads)
     results_dir = results_dir or os.path.join(os.path.dirname(__file__), "results")
@@ -64,8 +65,8 @@ def main(argv=None, prog: str = "python -m bench", results_dir: Optional[str] = 
         png = os.path.splitext(path)[0] + ".png"
         sweep.plot(known.op, rows, device, png)
         print(f"wrote {png}")
-    if known.compare:
-        changes = harness.compare(rows, known.compare)
+    if earlier is not None:
+        changes = harness.compare(rows, earlier)
         harness.print_comparison(changes, known.compare)
         if known.fail_on_regression and any(c["verdict"] == "regression" for c in changes):
             return 1

@@ -25,31 +25,36 @@ from typing import Callable, Optional
 
 import torch
 
-# Datasheet peaks of GPUs people run this on: DRAM bytes/s and dense float32 FLOP/s (no tensor cores).
-GPU_PEAK_BYTES_PER_S = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12, "L40S": 0.864e12, "V100": 0.9e12}
-GPU_PEAK_FLOPS = {"H200": 67e12, "H100": 67e12, "A100": 19.5e12, "L40S": 91.6e12, "V100": 15.7e12}
+# Datasheet peaks of GPUs people run this on, matched against torch.cuda.get_device_name in this
+# order (the more specific names first): DRAM bytes/s and dense float32 FLOP/s (no tensor cores).
+GPU_PEAKS = [("H200", 4.8e12, 67e12), ("H100 PCIe", 2.0e12, 51e12), ("H100", 3.35e12, 67e12),
+             ("A100-PCIE-40GB", 1.555e12, 19.5e12), ("A100-SXM4-40GB", 1.555e12, 19.5e12),
+             ("A100 80GB PCIe", 1.935e12, 19.5e12), ("A100", 2.039e12, 19.5e12), ("L40S", 0.864e12, 91.6e12),
+             ("V100", 0.9e12, 15.7e12)]
 L2_FLUSH_BYTES = 256 * 2**20
 
 
-def _gpu_entry(table: dict, device: torch.device) -> Optional[float]:
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in table.items() if k in name), None)
+def peaks(device_type: str) -> dict:
+    """``{"bytes_per_s", "flops", "source"}`` the rooflines use for this device type (on CPU, at
+    the current thread count). Unknown GPUs get ``None`` peaks (no roofline)."""
+    return _peaks(device_type, torch.get_num_threads())
 
 
 @lru_cache(maxsize=None)
-def peaks(device_type: str) -> dict:
-    """``{"bytes_per_s", "flops", "source"}`` the rooflines use for this device type."""
+def _peaks(device_type: str, threads: int) -> dict:
     device = torch.device(device_type)
     if device.type == "cuda":
-        return {"bytes_per_s": _gpu_entry(GPU_PEAK_BYTES_PER_S, device), "flops": _gpu_entry(GPU_PEAK_FLOPS, device),
-                "source": "datasheet"}
+        name = torch.cuda.get_device_name(device)
+        entry = next((e for e in GPU_PEAKS if e[0] in name), None)
+        return {"bytes_per_s": entry[1] if entry else None, "flops": entry[2] if entry else None,
+                "source": f"datasheet ({entry[0]})" if entry else f"{name}: not in the datasheet table"}
     src = torch.empty(64 * 2**20, dtype=torch.float32).normal_()  # 256 MiB: far past any cache
     dst = torch.empty_like(src)
     copy = stats(_cpu_runs(lambda: dst.copy_(src), warmup=1, repeat=5, min_seconds=0))["min_s"]
     a = torch.randn(2048, 2048)
     mm = stats(_cpu_runs(lambda: a @ a, warmup=1, repeat=5, min_seconds=0))["min_s"]
-    return {"bytes_per_s": 2 * src.numel() * 4 / copy, "flops": 2 * 2048**3 / mm,
-            "source": f"measured: copy_ of 256 MiB, 2048^2 float32 mm, {torch.get_num_threads()} threads"}
+    return {"bytes_per_s": 2 * src.numel() * 4 / copy, "flops": 2 * 2048**3 / mm,  # copy: read + write, as STREAM
+            "source": f"measured: copy_ of 256 MiB, 2048^2 float32 mm, {threads} threads"}
 
 
 def _cpu_runs(fn, warmup, repeat, min_seconds) -> list[float]:
@@ -190,12 +195,17 @@ def write_json(path: str, op: str, rows: list[dict], device: torch.device) -> No
     os.replace(tmp, path)
 
 
-def compare(rows: list[dict], path: str) -> list[dict]:
-    """Each row's median against the same (case, method) in an earlier run's JSON: ``change`` =
+def load_rows(path: str) -> list[dict]:
+    """The rows of an earlier run's JSON."""
+    with open(path) as f:
+        return list(json.load(f)["rows"])
+
+
+def compare(rows: list[dict], earlier: list[dict]) -> list[dict]:
+    """Each row's median against the same (case, method) in an earlier run's rows: ``change`` =
     new / old − 1, flagged ``regression`` / ``faster`` when it moves past the noise band — the
     larger of either run's IQR and 5% of the old median — and ``within noise`` otherwise."""
-    with open(path) as f:
-        old = {(r["case"], r["method"]): r for r in json.load(f)["rows"]}
+    old = {(r["case"], r["method"]): r for r in earlier}
     out = []
     for r in rows:
         before = old.get((r["case"], r["method"]))

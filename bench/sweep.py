@@ -8,6 +8,7 @@ Each entry of ``SWEEPS`` builds one call of the op at a size and says what it mo
 
 from __future__ import annotations
 
+import os
 from typing import Callable, NamedTuple
 
 import torch
@@ -135,7 +136,8 @@ def plot(op: str, rows: list[dict], device: torch.device, path: str) -> None:
     roof = {r["bytes"]: r["roofline_s"] for r in rows if "roofline_s" in r}
     if roof:
         ax_t.plot(sorted(roof), [roof[b] * 1e3 for b in sorted(roof)], "k--", label="roofline")
-    limit = (peak["flops"] / 1e9) if flops_bound else (peak["bytes_per_s"] or 0) / 1e9
+    limit = (peak["flops"] if flops_bound else peak["bytes_per_s"]) or 0.0
+    limit /= 1e9
     if limit:
         ax_r.axhline(limit, color="k", linestyle="--", label=f"peak ({peak['source']})")
     ax_t.set(xscale="log", yscale="log", xlabel=SWEEPS[op].axis, ylabel="median ms", title=f"{op} on {device.type}")
@@ -144,5 +146,7 @@ def plot(op: str, rows: list[dict], device: torch.device, path: str) -> None:
     ax_t.legend(fontsize=7)
     ax_r.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
     plt.close(fig)
+    os.replace(tmp, path)

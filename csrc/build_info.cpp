@@ -40,15 +40,22 @@ std::vector<std::string> split(const std::string& csv) {
 }
 
 // The kernel capabilities this CPU can execute, lowest first. x86-64: the microarchitecture
-// levels the modules are compiled for (v2 = default, v3 = avx2, v4 = avx512), asked of the CPU
-// (and, through cpuid's OS bits, of the kernel's register saving) by the compiler runtime.
+// levels the modules are compiled for (default = v2, avx2 = v3, avx512 = v4), asked feature by
+// feature (libgcc's cpuid check, which also asks the OS whether it saves the AVX / AVX-512
+// registers); feature names rather than "x86-64-v3" keep gcc < 12 and older clang building.
 std::vector<std::string> cpu_capabilities() {
   std::vector<std::string> caps;
 #if defined(__x86_64__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("x86-64-v2")) caps.push_back("default");
-  if (__builtin_cpu_supports("x86-64-v3")) caps.push_back("avx2");
-  if (__builtin_cpu_supports("x86-64-v4")) caps.push_back("avx512");
+  const bool v2 = __builtin_cpu_supports("sse4.2") && __builtin_cpu_supports("popcnt");
+  const bool v3 = v2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                  __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
+  const bool v4 = v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+                  __builtin_cpu_supports("avx512cd");
+  if (v2) caps.push_back("default");
+  if (v3) caps.push_back("avx2");
+  if (v4) caps.push_back("avx512");
 #else
   caps.push_back("default");
 #endif

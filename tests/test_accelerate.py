@@ -52,18 +52,22 @@ def test_accelerate_loop_trains_as_the_plain_driver_loop(name, params):
         assert torch.equal(p, q)
 
 
-def test_accelerate_save_state_and_load_state_resume_the_selection(tmp_path):
-    name, params = CASES[1]
+@pytest.mark.parametrize("name,params,stop", [(*CASES[1], 2), (*CASES[0], 3)], ids=["sb", "subset"])
+def test_accelerate_save_state_and_load_state_resume_the_selection(tmp_path, name, params, stop):
+    """Saved at the end of epoch ``stop`` (for the subset: inside a 2-epoch selection) and resumed
+    from ``driver.next_epoch``: the parameters of the run never stopped."""
     accelerator, net, model, optimizer, driver, _ = _accelerated(name, params)
     _train(driver, model, optimizer, EPOCHS, accelerator.backward)
     full = [p.detach().clone() for p in net.parameters()]
 
     accelerator, net, model, optimizer, driver, _ = _accelerated(name, params)
-    _train(driver, model, optimizer, 2, accelerator.backward)
+    _train(driver, model, optimizer, stop, accelerator.backward)
     accelerator.save_state(str(tmp_path / "state"))
     accelerator, net, model, optimizer, driver, _ = _accelerated(name, params)
+    assert driver.next_epoch == 0
     accelerator.load_state(str(tmp_path / "state"))
-    _train(driver, model, optimizer, EPOCHS, accelerator.backward, start=2)
+    assert driver.next_epoch == stop
+    _train(driver, model, optimizer, EPOCHS, accelerator.backward, start=driver.next_epoch)
     for p, q in zip(net.parameters(), full):
         assert torch.equal(p, q)
 

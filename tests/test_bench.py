@@ -43,7 +43,7 @@ def test_compare_flags_moves_past_the_noise_band(tmp_path):
            {"case": "c", "method": "same", "seconds": 1.04, "iqr_s": 0.01},
            {"case": "c", "method": "wide", "seconds": 1.2, "iqr_s": 0.3},  # noisy: 20% inside its IQR
            {"case": "c", "method": "unmatched", "seconds": 9.0, "iqr_s": 0.0}]
-    verdicts = {c["method"]: c["verdict"] for c in harness.compare(new, str(old))}
+    verdicts = {c["method"]: c["verdict"] for c in harness.compare(new, harness.load_rows(str(old)))}
     assert verdicts == {"slow": "regression", "fast": "faster", "same": "within noise", "wide": "within noise"}
 
 
@@ -70,6 +70,12 @@ def test_sweep_writes_json_and_a_plot_and_compares(tmp_path, capsys):
     assert bench_main(["topk_select", "--sweep", "--max-size", "256", "--json", str(tmp_path / "third.json"),
                        "--compare", str(fast), "--fail-on-regression"]) == 1
     assert "REGRESSION" in capsys.readouterr().out
+    # --compare with the file this run writes: compared with the earlier contents, then replaced
+    same = tmp_path / "same.json"
+    same.write_text(fast.read_text())
+    assert bench_main(["topk_select", "--sweep", "--max-size", "256", "--json", str(same),
+                       "--compare", str(same), "--fail-on-regression"]) == 1
+    assert json.loads(same.read_text())["rows"][0]["seconds"] != json.loads(fast.read_text())["rows"][0]["seconds"]
 
 
 def test_sweep_refuses_an_op_without_one(capsys):

@@ -59,8 +59,11 @@ def test_cords_tensor_solvers_return_a_valid_answer_no_worse_than_nothing(fn, po
 
 def test_cords_conventions_nnz_none_zero_and_zero_target():
     A, b = _problem(1, d=10, n=30)
-    assert int((cords.OrthogonalMP_REG_Parallel(A, b, nnz=None, positive=True) != 0).sum()) <= 30
+    assert torch.equal(cords.OrthogonalMP_REG_Parallel(A, b, nnz=None, positive=True, tol=0),
+                       cords.OrthogonalMP_REG_Parallel(A, b, nnz=30, positive=True, tol=0))
     assert not cords.OrthogonalMP_REG_Parallel(A, b, nnz=0).any()
+    assert not cords.OrthogonalMP_REG_Parallel(A, b, nnz=5, tol=1.5).any()  # CORDS stops before a pick
+    assert int((cords.OrthogonalMP_REG_Parallel(A, b, nnz=5, positive=True, tol=1.0) != 0).sum()) == 1
     assert not cords.OrthogonalMP_REG_Parallel(A, torch.zeros(10), nnz=5).any()
     assert not cords.OrthogonalMP_REG(A.numpy(), np.zeros(10), nnz=5).any()
     # non-contiguous and float64 inputs are read as float32 atoms
@@ -140,6 +143,11 @@ def test_cords_patch_reaches_strategies_imported_before_and_after(tmp_path, fres
     handle.undo()
     assert bool((gm.ompwrapper(A, b, 10) == -1).all())
     assert helpers.OrthogonalMP_REG is not cords.OrthogonalMP_REG
+    assert later.solver is helpers.OrthogonalMP_REG_Parallel  # bound while patched, restored too
+    handle = cords.patch()
+    with pytest.raises(RuntimeError, match="already patched"):
+        cords.patch()
+    handle.undo()
 
 
 def test_patch_without_the_peer_says_what_to_install(fresh_modules):
@@ -284,6 +292,10 @@ def test_deepcore_rank_uncertainty_matches_the_formulas(method):
         top = p.topk(2, dim=1).values
         want = top[:, 0] - top[:, 1]
     torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-5, atol=1e-5 * 5)
+    # labels the scores do not use may be anything (DeepCore ignores them): -1, int32
+    state.dst_train = torch.utils.data.TensorDataset(state.dst_train.tensors[0],
+                                                     torch.full((state.n_train,), -1, dtype=torch.int32))
+    np.testing.assert_array_equal(deepcore.rank_uncertainty(state, index), got)
     state.selection_method = "Random"
     with pytest.raises(NotImplementedError, match="'Random'"):
         deepcore.rank_uncertainty(state)
@@ -330,3 +342,6 @@ def test_deepcore_patch_swaps_the_class_methods_and_back(tmp_path, fresh_modules
         assert np.count_nonzero(GradMatch().orthogonal_matching_pursuit(A, b, 5)) <= 5
         assert GraNd.finish_run is deepcore.grand_finish_run
     assert GradMatch().orthogonal_matching_pursuit(A, b, 5) == "theirs" and GraNd().finish_run() == "theirs"
+    deepcore.patch().undo()  # patching twice in a row is fine once undone
+    with deepcore.patch(), pytest.raises(RuntimeError, match="already patched"):
+        deepcore.patch()

@@ -1,7 +1,7 @@
 """``datadiet.integrations.lightning.DatadietCallback`` inside PyTorch Lightning on CPU (embedded
 digits, the small MLP): its GradMatch selections equal the reference Trainer's for the same
-seed, a per-batch strategy masks batches, and a run resumed from a Lightning checkpoint ends
-where an uninterrupted one does."""
+seed, a per-batch strategy masks batches, and a run resumed from a Lightning checkpoint (taken
+at an epoch end or inside an epoch) ends where an uninterrupted one does."""
 
 import copy
 
@@ -53,9 +53,11 @@ def _lightning(cfg, bundle, data, net, strategy, *, extra=(), ckpt_path=None, ro
                                 batch_size=cfg.batch_size, seed=cfg.seed, lr=cfg.lr, val_set=data["val_set"],
                                 score_set=data["score_set"], score_batch_size=cfg.eval_batch_size)
     module = _Module(net, cfg, callback)
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     trainer = L.Trainer(max_epochs=EPOCHS, callbacks=[callback, *extra], accelerator="cpu", devices=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=root)
+                        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in extra),
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=root)
     trainer.fit(module, ckpt_path=ckpt_path)
     return trainer, module, callback
 
@@ -76,28 +78,53 @@ def test_lightning_gradmatch_selections_equal_the_reference_trainers():
         assert torch.equal(p, q)
 
 
-def test_lightning_per_batch_strategy_masks_batches_and_resumes_exactly(tmp_path):
-    """Selective-Backprop drops part of every batch (fewer samples trained than drawn); a run
-    stopped after 2 epochs and resumed from its Lightning checkpoint ends with the parameters
-    and the strategy state of the run never stopped."""
-    cfg, bundle, data, net, strategy = setup_run("selective_backprop", rule="jiang", keep=0.5)
-    _, module, callback = _lightning(cfg, bundle, data, net, strategy)
-    drawn = EPOCHS * len(data["train_set"])
-    assert 0 < module.trained < 0.8 * drawn
-    full = {k: v.clone() for k, v in net.state_dict().items()}
-    full_state = copy.deepcopy(callback.state_dict()["strategy"])
+def _same_state(a, b):
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and bool((a == b).all())
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b))
+    return a == b
 
-    cfg, bundle, data, net, strategy = setup_run("selective_backprop", rule="jiang", keep=0.5)
-    trainer, _, _ = _lightning(cfg, bundle, data, net, strategy, extra=[_StopAfter(2)])
-    assert trainer.current_epoch == 2
-    path = tmp_path / "half.ckpt"
-    trainer.save_checkpoint(path)
-    cfg, bundle, data, net, strategy = setup_run("selective_backprop", rule="jiang", keep=0.5)
+
+RESUMES = [("selective_backprop", dict(rule="jiang", keep=0.5), 2),  # epoch end, per-batch state
+           ("random_online", dict(fraction=0.3, every=2), 3),            # epoch end, inside a selection
+           ("random_online", dict(fraction=0.3, every=2), None)]         # inside epoch 1 (7 steps each)
+
+
+@pytest.mark.parametrize("name,params,stop", RESUMES, ids=["sb-epoch-end", "subset-epoch-end", "subset-mid-epoch"])
+def test_lightning_resume_from_a_checkpoint_ends_as_the_run_never_stopped(tmp_path, name, params, stop):
+    """A run stopped at an epoch end and resumed from its Lightning checkpoint — or resumed from
+    a checkpoint ModelCheckpoint took inside an epoch — ends with the parameters and strategy
+    state of the run never stopped."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    mid = ModelCheckpoint(dirpath=tmp_path, filename="mid-{step}", every_n_train_steps=9, save_top_k=-1)
+    cfg, bundle, data, net, strategy = setup_run(name, **params)
+    _, module, callback = _lightning(cfg, bundle, data, net, strategy, extra=[mid] if stop is None else [])
+    if name == "selective_backprop":  # batches were masked: fewer samples trained than drawn
+        assert 0 < module.trained < 0.8 * EPOCHS * len(data["train_set"])
+    full = {k: v.clone() for k, v in net.state_dict().items()}
+    full_state = copy.deepcopy(callback.state_dict())
+
+    if stop is None:
+        path = tmp_path / "mid-step=9.ckpt"  # saved after step 9: 2 of epoch 1's 7 batches done
+        assert torch.load(path, weights_only=False)["callbacks"]["DatadietCallback"]["batch"] == 2
+    else:
+        cfg, bundle, data, net, strategy = setup_run(name, **params)
+        trainer, _, _ = _lightning(cfg, bundle, data, net, strategy, extra=[_StopAfter(stop)])
+        assert trainer.current_epoch == stop
+        path = tmp_path / "stopped.ckpt"
+        trainer.save_checkpoint(path)
+    cfg, bundle, data, net, strategy = setup_run(name, **params)
     torch.nn.init.zeros_(next(net.parameters()))  # the checkpoint, not the seed, must restore it
     _, _, callback = _lightning(cfg, bundle, data, net, strategy, ckpt_path=path)
     for k, v in net.state_dict().items():
         assert torch.equal(v, full[k]), k
-    assert str(callback.state_dict()["strategy"]) == str(full_state)
+    resumed = callback.state_dict()
+    assert _same_state(resumed["strategy_by_rank"], full_state["strategy_by_rank"])
+    assert _same_state(resumed["sampler"], full_state["sampler"])
 
 
 def test_lightning_refuses_what_it_cannot_run():

@@ -40,5 +40,7 @@ def _torch_ops_page() -> str:
     return "\n".join(lines)
 
 
-with open(os.path.join(os.path.dirname(__file__), "torch_ops.rst"), "w") as f:
+_page = os.path.join(os.path.dirname(__file__), "torch_ops.rst")
+with open(_page + ".tmp", "w") as f:
     f.write(_torch_ops_page())
+os.replace(_page + ".tmp", _page)

@@ -27,6 +27,8 @@ def build_info() -> dict:
     else:
         info = dict(_extension._C.build_info())
         info["cpu_capability"] = _extension.CPU_CAPABILITY
+        if _extension.CPU_KERNELS_ERROR:
+            info["cpu_kernels_missing_because"] = _extension.CPU_KERNELS_ERROR
         info["cpu_capabilities_supported"] = _extension._C.cpu_capabilities()
     info["torch"] = torch.__version__
     info["cuda_kernels_loaded"] = _extension.compiled_cuda()

@@ -95,6 +95,17 @@ def gather_rows(tensors: dict[str, torch.Tensor], device) -> dict[str, torch.Ten
     return out
 
 
+def to_cpu(value):
+    """``value`` with every tensor in it (nested dicts, lists, tuples) moved to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(v) for v in value)
+    return value
+
+
 def unwrap(model):
     """The module a (Distributed)DataParallel wrapper holds; any other model as it is (a model
     with its own submodule called ``module`` is not a wrapper)."""

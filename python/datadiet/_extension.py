@@ -29,13 +29,14 @@ except ImportError as exc:  # a source checkout without a build
 CAPABILITY_ENV = "DATADIET_CPU_CAPABILITY"
 
 
-def _load_cpu() -> Optional[str]:
-    """Registers the CPU kernels of the chosen capability; returns it (None without a build)."""
+def _load_cpu() -> tuple[Optional[str], Optional[str]]:
+    """Registers the CPU kernels of the chosen capability: ``(capability, None)``, or ``(None, why
+    not)`` — datadiet then imports with its torch backend on CPU. Only a capability forced through
+    ``DATADIET_CPU_CAPABILITY`` that cannot be loaded fails the import (the user asked for it)."""
     if _C is None:
-        return None
+        return None, CPU_ERROR
     built = _C.build_info()["cpu_capabilities_built"]
     runs = _C.cpu_capabilities()
-    usable = [c for c in runs if c in built]
     wanted = os.environ.get(CAPABILITY_ENV, "").strip().lower()
     if wanted:
         if wanted not in built:
@@ -44,16 +45,20 @@ def _load_cpu() -> Optional[str]:
         if wanted not in runs:
             raise ImportError(f"datadiet: {CAPABILITY_ENV}={wanted!r} needs instructions this CPU lacks; "
                               f"it runs {', '.join(runs) or 'none of the built ones'}")
-        chosen = wanted
-    elif usable:
-        chosen = usable[-1]
-    else:
-        raise ImportError(f"datadiet: this CPU runs none of the built kernel capabilities ({', '.join(built)})")
-    torch.ops.load_library(os.path.join(_HERE, f"_cpu_{chosen}.so"))
-    return chosen
+        torch.ops.load_library(os.path.join(_HERE, f"_cpu_{wanted}.so"))
+        return wanted, None
+    usable = [c for c in runs if c in built]
+    if not usable:
+        return None, (f"this CPU runs none of the built kernel capabilities ({', '.join(built)}; it runs "
+                      f"{', '.join(runs) or 'none'}): the CPU ops use their torch backend")
+    try:
+        torch.ops.load_library(os.path.join(_HERE, f"_cpu_{usable[-1]}.so"))
+    except OSError as exc:
+        return None, f"loading the {usable[-1]} CPU kernels failed ({exc}): the CPU ops use their torch backend"
+    return usable[-1], None
 
 
-CPU_CAPABILITY = _load_cpu()
+CPU_CAPABILITY, CPU_KERNELS_ERROR = _load_cpu()
 
 
 def _load_cuda() -> Optional[str]:
@@ -76,8 +81,14 @@ CUDA_ERROR = _load_cuda()
 TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
 
 
-def compiled_cpu() -> bool:
+def schemas_defined() -> bool:
+    """Whether ``torch.ops.datadiet`` has its schemas (fake registrations need them)."""
     return _C is not None
+
+
+def compiled_cpu() -> bool:
+    """Whether the compiled CPU kernels are registered."""
+    return CPU_CAPABILITY is not None
 
 
 def compiled_cuda() -> bool:

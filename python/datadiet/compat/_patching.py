@@ -10,18 +10,26 @@ from typing import Any, Callable, Iterable
 
 class Patch:
     """What a ``patch()`` replaced: ``(owner, name, original)`` triples. ``undo()`` restores them
-    (also on leaving a ``with`` block); ``replaced`` lists ``"module.name"`` for each."""
+    (also on leaving a ``with`` block) and, with ``package`` given, also puts the originals back
+    in that package's modules imported while the patch was on (they bound ours by name);
+    ``replaced`` lists ``"module.name"`` for each swap."""
 
-    def __init__(self, swaps: list[tuple[Any, str, Any]]) -> None:
-        self._swaps = swaps
+    def __init__(self, swaps: list[tuple[Any, str, Any]], package: str = "") -> None:
+        self._swaps, self._package = swaps, package
 
     @property
     def replaced(self) -> list[str]:
         return [f"{getattr(owner, '__name__', owner)}.{name}" for owner, name, _ in self._swaps]
 
     def undo(self) -> None:
+        originals = {id(getattr(owner, name)): original for owner, name, original in self._swaps}
         for owner, name, original in reversed(self._swaps):
             setattr(owner, name, original)
+        if self._package:
+            for module in _modules(self._package):
+                for name, value in list(vars(module).items()):
+                    if id(value) in originals:
+                        setattr(module, name, originals[id(value)])
         self._swaps = []
 
     def __enter__(self) -> "Patch":
@@ -55,15 +63,19 @@ def swap_functions(package: str, drop_ins: dict[str, Callable]) -> list[tuple[An
     """In every loaded module of ``package``, replaces each attribute named in ``drop_ins`` that is
     a function defined inside the package (so names a module bound to something else stay)."""
     swaps = []
-    for mod_name, module in sorted(sys.modules.items()):
-        if module is None or not (mod_name == package or mod_name.startswith(package + ".")):
-            continue
+    for module in _modules(package):
         for name, replacement in drop_ins.items():
             current = module.__dict__.get(name)
             if callable(current) and _defined_in(current, package):
                 swaps.append((module, name, current))
                 setattr(module, name, replacement)
     return swaps
+
+
+def _modules(package: str) -> list[Any]:
+    """The loaded modules of ``package`` (itself included)."""
+    return [m for name, m in sorted(sys.modules.items())
+            if m is not None and (name == package or name.startswith(package + "."))]
 
 
 def _defined_in(obj: Any, package: str) -> bool:

@@ -31,7 +31,8 @@ Where results differ from CORDS', and why:
 - **Precision**: CORDS works in the input dtype (float32 on the GPU path, float64 with numpy);
   ``omp`` keeps the atoms in float32 and solves in float32 with a float64 residual check.
 - A zero ``b`` returns zeros (CORDS divides by ``‖b‖ = 0``); ``OrthogonalMP_REG_NNLS_Parallel``
-  ignores ``tol`` as CORDS' does (its tolerance test is commented out).
+  ignores ``tol`` as CORDS' does (its tolerance test is commented out); ``tol > 1`` returns
+  zeros, as CORDS' first tolerance test stops it.
 
 The GradMatch input CORDS builds (per-class last-layer gradients) can also go straight to
 ``datadiet.select.gradmatch``, which batches every class in one call.
@@ -97,18 +98,22 @@ def patch() -> Patch:
     """Imports ``cords`` and replaces its OMP solvers (``DROP_INS``' names) in every loaded
     ``cords.*`` module with ours. Returns a ``Patch``: ``undo()`` restores CORDS' functions."""
     import_peer("cords", _CORDS_MODULES, "pip install cords, or put a CORDS checkout on sys.path")
-    return Patch(swap_functions("cords", DROP_INS))
+    swaps = swap_functions("cords", DROP_INS)
+    if not swaps:
+        raise RuntimeError(f"datadiet.compat.cords.patch: no CORDS function named {', '.join(DROP_INS)} was found in "
+                           "the loaded cords modules (already patched, or this CORDS version names them otherwise)")
+    return Patch(swaps, "cords")
 
 
 def _solve_tensor(name, A, b, tol, nnz, positive, lam, device) -> torch.Tensor:
     if not isinstance(A, torch.Tensor) or not isinstance(b, torch.Tensor):
         raise TypeError(f"datadiet.compat.cords.{name}: A and b must be torch tensors, got "
                         f"{type(A).__name__} and {type(b).__name__} (the numpy solver is OrthogonalMP_REG)")
-    atoms, target, k = _problem(name, A.detach(), b.detach().to(A.device), tol, nnz, lam)
+    atoms, target, k, tol = _problem(name, A.detach(), b.detach().to(A.device), tol, nnz, lam)
     x = torch.zeros(atoms.shape[0], dtype=torch.float32, device=device)
     if k == 0:
         return x
-    res = omp(atoms, target, k, lam=float(lam), positive=bool(positive), tol=float(tol))
+    res = omp(atoms, target, k, lam=float(lam), positive=bool(positive), tol=tol)
     chosen = res.indices >= 0
     x[res.indices[chosen].to(x.device)] = res.weights[chosen].to(x.device)
     return x
@@ -116,19 +121,20 @@ def _solve_tensor(name, A, b, tol, nnz, positive, lam, device) -> torch.Tensor:
 
 def _solve_array(name, A, b, tol, nnz, positive, lam) -> np.ndarray:
     A, b = np.asarray(A), np.asarray(b)
-    atoms, target, k = _problem(name, torch.from_numpy(np.ascontiguousarray(A, dtype=np.float32)),
-                                torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)), tol, nnz, lam)
+    atoms, target, k, tol = _problem(name, torch.from_numpy(np.ascontiguousarray(A, dtype=np.float32)),
+                                     torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)), tol, nnz, lam)
     x = np.zeros(atoms.shape[0], dtype=np.float64)
     if k == 0:
         return x
-    res = omp(atoms, target, k, lam=float(lam), positive=bool(positive), tol=float(tol))
+    res = omp(atoms, target, k, lam=float(lam), positive=bool(positive), tol=tol)
     chosen = res.indices >= 0
     x[res.indices[chosen].numpy()] = res.weights[chosen].double().numpy()
     return x
 
 
 def _problem(name, A: torch.Tensor, b: torch.Tensor, tol, nnz, lam):
-    """Checks CORDS' conventions; returns the atoms as rows, the target and the budget."""
+    """Checks CORDS' conventions; returns the atoms as rows, the target, the budget (0 when CORDS
+    would stop before its first pick: ``tol > 1``) and the tolerance for ``omp`` (below 1)."""
     if A.dim() != 2:
         raise ValueError(f"datadiet.compat.cords.{name}: A must be (d, n) with the atoms as columns, got shape "
                          f"{tuple(A.shape)}")
@@ -143,4 +149,6 @@ def _problem(name, A: torch.Tensor, b: torch.Tensor, tol, nnz, lam):
     if not float(tol) >= 0:
         raise ValueError(f"datadiet.compat.cords.{name}: tol must be >= 0, got {tol}")
     k = n if nnz is None else min(int(nnz), n)
-    return A.T.float(), b.float(), k
+    if float(tol) > 1:  # CORDS' first test, ‖b‖/‖b‖ < tol, already stops it
+        k = 0
+    return A.T.float(), b.float(), k, min(float(tol), 1 - 2**-24)

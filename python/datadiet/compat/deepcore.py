@@ -80,9 +80,9 @@ def grand_finish_run(self: Any) -> None:
     start = 0
     with torch.no_grad():
         for inputs, targets in loader:
-            outputs = model(inputs.to(self.args.device))
+            outputs = model(inputs.to(self.args.device)).float()
             emb = model.embedding_recorder.embedding.flatten(1)
-            scores = ce_scores(outputs, targets.to(outputs.device), feature_sqnorm=emb.float().pow(2).sum(1))
+            scores = ce_scores(outputs, targets.to(outputs.device).long(), feature_sqnorm=emb.float().pow(2).sum(1))
             batch = targets.shape[0]
             self.norm_matrix[start:start + batch, self.cur_repeat] = (scores.grad_norm / batch).to(self.norm_matrix)
             start += batch
@@ -104,12 +104,13 @@ def rank_uncertainty(self: Any, index: Any = None) -> np.ndarray:
     loader = DataLoader(data, batch_size=self.args.selection_batch, num_workers=self.args.workers)
     parts = []
     with torch.no_grad():
-        for inputs, targets in loader:
-            logits = self.model(inputs.to(self.args.device))
+        for inputs, _ in loader:
+            logits = self.model(inputs.to(self.args.device)).float()
             if self.selection_method == "LeastConfidence":
-                parts.append(logits.max(dim=1).values.float())
+                parts.append(logits.max(dim=1).values)
                 continue
-            scores = ce_scores(logits, targets.to(logits.device))
+            # Margin and entropy ignore the label; any valid class index stands in for it.
+            scores = ce_scores(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
             parts.append(-scores.entropy if self.selection_method == "Entropy" else scores.margin)
     return torch.cat(parts).cpu().numpy() if parts else np.zeros(0, dtype=np.float32)
 
@@ -130,7 +131,10 @@ def patch() -> Patch:
     swaps = []
     for cls_name, attr, ours in wanted:
         cls = getattr(methods, cls_name, None)
-        if cls is not None and attr in vars(cls):
+        if cls is not None and attr in vars(cls) and vars(cls)[attr] is not ours:
             swaps.append((cls, attr, vars(cls)[attr]))
             setattr(cls, attr, ours)
+    if not swaps:
+        raise RuntimeError("datadiet.compat.deepcore.patch: none of GradMatch, GraNd, Uncertainty with the methods "
+                           "above was found in deepcore.methods (already patched, or another DeepCore version)")
     return Patch(swaps)

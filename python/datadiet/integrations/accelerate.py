@@ -6,17 +6,22 @@
     model, optimizer = accelerator.prepare(model, optimizer)
     driver = accelerated_driver(accelerator, make("selective_backprop", keep=0.3), model, train_set,
                                 labels, num_classes=10, epochs=10)
-    for epoch in range(start_epoch, 10):
+    # accelerator.load_state(folder) here to resume a run
+    for epoch in range(driver.next_epoch, 10):
         for x, y, i, w in driver.batches(epoch):      # selection at the epoch start, batch masks
             with accelerator.autocast():
                 losses = F.cross_entropy(model(x), y, reduction="none")
             accelerator.backward(driver.loss(losses, i, w))
             optimizer.step()
             optimizer.zero_grad()
+        accelerator.save_state(folder)                # the driver's state goes with it
 
 The training data goes through the driver, not ``accelerator.prepare``: its sampler already
 gives each process its shard of the selection (a prepared loader would shard it again). The
-model may be the prepared (DDP-wrapped) one; scoring passes unwrap it.
+model may be the prepared (DDP-wrapped) one; scoring passes unwrap it. The saved state holds
+every process's strategy state (gathered when saving, each process restores its own); a state
+saved at an epoch end resumes exactly (``driver.next_epoch`` is where to continue), one saved
+inside an epoch restarts that epoch.
 """
 
 from __future__ import annotations
@@ -46,5 +51,19 @@ def accelerated_driver(accelerator: Any, strategy: Strategy, model: nn.Module, t
         options.setdefault("autocast_dtype", getattr(torch, _AUTOCAST[precision]))
     driver = Driver(strategy, model, train_set, labels, num_classes=num_classes, epochs=epochs,
                     device=accelerator.device, **options)
-    accelerator.register_for_checkpointing(driver)
+    accelerator.register_for_checkpointing(_Checkpointed(driver))
     return driver
+
+
+class _Checkpointed:
+    """The driver as accelerate checkpoints it: every process's strategy state in the one file
+    the main process writes."""
+
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.driver.checkpoint_state()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.driver.load_checkpoint_state(state)

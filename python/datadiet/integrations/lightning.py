@@ -21,11 +21,14 @@ The LightningModule takes its data from the callback and its loss through it::
 
 ``train_set`` yields ``(x, y)``; ``labels`` holds its ``[N]`` class labels. The selection is
 made at every epoch start (``on_train_epoch_start``) from the strategy's regime, so an epoch's
-length follows the selection; ``trainer.max_epochs`` must be set (strategies plan by it). Under
-DDP the callback's sampler shards the selection itself: pass ``use_distributed_sampler=False``
-(refused otherwise). Checkpoints taken at epoch ends resume exactly (the selection, its weights
-and the strategy's state are the callback's ``state_dict``); a mid-epoch checkpoint resumes at
-the next epoch's start.
+length follows the selection. Strategies plan by ``trainer.max_epochs``: set it (Lightning's
+default, 1000 when neither ``max_epochs`` nor ``max_steps`` is given, is what they would plan
+for). Lightning sizes ``estimated_stepping_batches`` from the first (full) epoch's loader; a
+step-based lr schedule should take ``callback.driver.planned_steps()`` instead. Under DDP the
+callback's sampler shards the selection itself: pass ``use_distributed_sampler=False``
+(refused otherwise); the checkpoint holds every rank's strategy state. The callback's
+``state_dict`` (the selection, its weights, the strategy's state and the position in the epoch)
+resumes a run exactly from a checkpoint taken at an epoch end or inside an epoch.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader
 
+from datadiet._seeds import derive_seed
 from datadiet.strategies.base import Strategy
 from datadiet.train.driver import Driver
 
@@ -77,14 +81,14 @@ class DatadietCallback(Callback):
         self.driver = Driver(self.strategy, pl_module, self.train_set, self.labels, epochs=epochs,
                              device=trainer.strategy.root_device, **self._options)
         if self._pending is not None:
-            self.driver.load_state_dict(self._pending)
+            self._restore(self._pending)
             self._pending = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._driver().begin_epoch(trainer.current_epoch)
 
     def state_dict(self) -> dict[str, Any]:
-        return {} if self.driver is None else self.driver.state_dict()
+        return {} if self.driver is None else self.driver.checkpoint_state()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
@@ -92,14 +96,20 @@ class DatadietCallback(Callback):
         if self.driver is None:
             self._pending = state_dict  # restored before setup: applied when the driver exists
         else:
-            self.driver.load_state_dict(state_dict)
+            self._restore(state_dict)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        drv = self._driver()
+        drv.load_checkpoint_state(state)
+        drv.resume_mid_epoch()  # Lightning restarts a stopped epoch without on_train_epoch_start
 
     # -- what the LightningModule calls ----------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         """The training loader: ``(x, y, index)`` batches drawn from the current selection."""
         drv = self._driver()
         return DataLoader(drv.train_set, batch_size=drv.batch_size, sampler=drv.sampler, num_workers=drv.workers,
-                          pin_memory=drv.device.type == "cuda")
+                          pin_memory=drv.device.type == "cuda",
+                          generator=torch.Generator().manual_seed(derive_seed(drv.seed, 7)))
 
     def batch(self, batch) -> tuple:
         """``(x, y, indices, weights)`` of a training batch, on the device, after the strategy's batch

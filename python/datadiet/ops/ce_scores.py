@@ -203,5 +203,5 @@ def _ce_scores_triton(
 
 
 _ce_scores_triton.register_fake(_fake_outputs)
-if _extension.compiled_cpu():
+if _extension.schemas_defined():
     torch.library.register_fake("datadiet::ce_scores")(_fake_outputs)

@@ -325,6 +325,6 @@ def _omp_factored_triton(errors: torch.Tensor, features: torch.Tensor, bias: boo
 
 _omp_triton.register_fake(_fake)
 _omp_factored_triton.register_fake(_fake_factored)
-if _extension.compiled_cpu():
+if _extension.schemas_defined():
     torch.library.register_fake("datadiet::omp")(_fake)
     torch.library.register_fake("datadiet::omp_factored")(_fake_factored)

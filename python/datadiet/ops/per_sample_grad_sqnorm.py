@@ -159,7 +159,7 @@ def _per_sample_grad_sqnorm_triton(a: torch.Tensor, g: torch.Tensor, groups: int
 
 
 _per_sample_grad_sqnorm_triton.register_fake(_fake)
-if _extension.compiled_cpu():
+if _extension.schemas_defined():
     torch.library.register_fake("datadiet::per_sample_grad_sqnorm")(_fake)
 
 
@@ -177,5 +177,5 @@ def _per_sample_conv_grad_sqnorm_triton(x: torch.Tensor, g: torch.Tensor, kernel
 
 
 _per_sample_conv_grad_sqnorm_triton.register_fake(_fake_conv)
-if _extension.compiled_cpu():
+if _extension.schemas_defined():
     torch.library.register_fake("datadiet::per_sample_conv_grad_sqnorm")(_fake_conv)

@@ -96,5 +96,5 @@ def _selective_backprop_keep_triton(losses: torch.Tensor, history: torch.Tensor,
 
 
 _selective_backprop_keep_triton.register_fake(_fake)
-if _extension.compiled_cpu():
+if _extension.schemas_defined():
     torch.library.register_fake("datadiet::selective_backprop_keep_")(_fake)

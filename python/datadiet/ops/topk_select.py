@@ -77,5 +77,5 @@ def _topk_select_triton(scores: torch.Tensor, offsets: list[int], ks: list[int],
 
 
 _topk_select_triton.register_fake(_fake)
-if _extension.compiled_cpu():
+if _extension.schemas_defined():
     torch.library.register_fake("datadiet::topk_select")(_fake)

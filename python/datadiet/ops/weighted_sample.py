@@ -98,5 +98,5 @@ def _weighted_sample_triton(weights: torch.Tensor, offsets: list[int], ks: list[
 
 
 _weighted_sample_triton.register_fake(_fake)
-if _extension.compiled_cpu():
+if _extension.schemas_defined():
     torch.library.register_fake("datadiet::weighted_sample")(_fake)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from datadiet._dist import gather_rows, unwrap, world
+from datadiet._dist import gather_rows, to_cpu, unwrap, world
 from datadiet._seeds import derive_seed
 from datadiet.ops.ce_scores import ce_scores
 from datadiet.scores.scoring import ScoreTable, eval_mode, final_linear, score_dataset
@@ -139,6 +139,7 @@ class Driver:
         self.times["selection"] += (time.perf_counter() - start
                                     - (self.times["scoring"] + self.times["pretraining"] - scoring))
         self.sampler.set_epoch(epoch)
+        self.sampler.resume_at(0)  # a fresh epoch: no offset left from a mid-epoch resume
         self._epoch, self._batch = epoch, 0
 
     def set_selection(self, selection: Selection) -> None:
@@ -147,6 +148,13 @@ class Driver:
         # The plain mean only when no batch can carry weights or a mask — a fact every rank shares,
         # so under DDP all ranks take the same loss path (and the same collectives).
         self._uniform = self.sampler.selection.weights is None and not self.strategy.filters_batches
+
+    @property
+    def next_epoch(self) -> int:
+        """The epoch a loop continues with from this driver's (restored) state: the one after the
+        last finished epoch (0 before any)."""
+        finished = self._batch > 0 and self._batch >= self.steps_per_epoch()
+        return self._epoch + 1 if finished else self._epoch
 
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)
@@ -241,6 +249,27 @@ class Driver:
             state["strategy"] = self.strategy.state_dict()
         return state
 
+    def checkpoint_state(self) -> dict:
+        """``state_dict`` with every rank's strategy state in ``strategy_by_rank`` (a per-batch
+        selector's history holds its rank's losses), for frameworks whose checkpoint rank 0 writes
+        alone (Lightning, accelerate). Every rank must call it (it gathers)."""
+        state = self.state_dict(with_strategy=False)
+        mine = to_cpu(self.strategy.state_dict())
+        ranks = [mine]
+        if self.world_size > 1:
+            ranks = [None] * self.world_size
+            torch.distributed.all_gather_object(ranks, mine)
+        state["strategy_by_rank"] = ranks
+        return state
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        """Restores a ``checkpoint_state``: the shared part, and this rank's strategy state."""
+        ranks = state["strategy_by_rank"]
+        if len(ranks) != self.world_size:
+            raise ValueError(f"Driver: this checkpoint was written by {len(ranks)} ranks, this run has "
+                             f"{self.world_size}: a strategy's per-rank state cannot be redistributed")
+        self.load_state_dict(state, strategy=ranks[self.rank])
+
     def load_state_dict(self, state: dict, strategy: Optional[dict] = None) -> None:
         self.sampler.load_state_dict(state["sampler"])
         self.set_selection(self.sampler.selection)
@@ -248,6 +277,13 @@ class Driver:
         self.times.update(state["times"])  # a checkpoint from before "pretraining" keeps it at 0
         self.selections = list(state["selections"])
         self._epoch, self._batch = int(state["epoch"]), int(state["batch"])
+
+    def resume_mid_epoch(self) -> None:
+        """After ``load_state_dict``: when the state was saved inside an epoch, the sampler's next
+        iteration skips what that epoch already drew (a loop that restarts the epoch where it
+        stopped, without ``begin_epoch``)."""
+        if 0 < self._batch < self.steps_per_epoch():
+            self.sampler.resume_at(self._batch * self.batch_size)
 
 
 def _maybe_head(model: nn.Module):

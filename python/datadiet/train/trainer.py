@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from datadiet import strategies as strategy_registry
 from datadiet._dist import init as dist_init
+from datadiet._dist import to_cpu
 from datadiet._dist import world
 from datadiet._seeds import derive_seed, seeded_global_rng
 from datadiet.scores.scoring import eval_mode
@@ -277,7 +278,7 @@ class Trainer:
     def _rank_state(self) -> dict:
         """What differs between ranks: the RNG, the running epoch's sums, the strategy's state
         (a per-batch selector's history holds this rank's losses)."""
-        return _to_cpu({"rng": torch.get_rng_state(), "partial": self._partial,
+        return to_cpu({"rng": torch.get_rng_state(), "partial": self._partial,
                         "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
                         "strategy": self.driver.strategy.state_dict()})
 
@@ -343,16 +344,6 @@ class Trainer:
                 "time": totals, "samples": sum(r["samples"] for r in self.history),
                 "curve": [(r["wall"], r["test_acc"]) for r in self.history],
                 "selections": self.driver.selections, "world_size": self.world_size}
-
-
-def _to_cpu(value):
-    if isinstance(value, torch.Tensor):
-        return value.cpu()
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_cpu(v) for v in value)
-    return value
 
 
 def pool_split(n: int, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
