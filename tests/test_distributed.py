@@ -45,6 +45,34 @@ def test_distributed_scoring_equals_single_process(tmp_path):
     torch.testing.assert_close(got["__grand__"], single.per_init, rtol=1e-5, atol=1e-6)
 
 
+def test_driver_checkpoint_state_gives_each_rank_its_own_strategy_state(tmp_path):
+    """What Lightning and accelerate save (rank 0 writes one file): every rank's Selective-Backprop
+    history, each restored to its own rank."""
+    _torchrun(os.path.join(REPO, "tests", "dist_driver_state.py"), str(tmp_path))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    saved = torch.load(tmp_path / "state.pt", weights_only=False)
+    assert len(saved["strategy_by_rank"]) == 2
+    histories = []
+    for got in ranks:
+        assert got["next_epoch"] == 1
+        had, restored = _leaves(got["had"]), _leaves(got["restored"])
+        assert had.keys() == restored.keys()
+        for key, a in had.items():
+            b = restored[key]
+            assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, key
+        histories.append(torch.cat([v.flatten().double() for v in had.values() if isinstance(v, torch.Tensor)]))
+    assert not torch.equal(histories[0], histories[1])  # the ranks' states differ: each got its own
+
+
+def _leaves(state, path=""):
+    """{path: leaf} of nested dicts / lists."""
+    if isinstance(state, dict):
+        return {k: v for key, sub in state.items() for k, v in _leaves(sub, f"{path}/{key}").items()}
+    if isinstance(state, (list, tuple)):
+        return {k: v for i, sub in enumerate(state) for k, v in _leaves(sub, f"{path}/{i}").items()}
+    return {path: state}
+
+
 def _train(out, *extra, ranks=2):
     args = ["-m", "datadiet", "train", "--strategy", "gradmatch", "--fraction", "0.3", "--epochs", "2", "--out",
             out, "--no-progress", "--dist-timeout", "120", *extra]
