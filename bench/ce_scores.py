@@ -57,6 +57,7 @@ def run(args) -> list[dict]:
         hsq = torch.rand(n, generator=g, device=device) * 100
         nbytes = logits.numel() * logits.element_size()
         small = n * c <= 65536 * 1000
+        rows.inputs(f"logits [{n}, {c}], targets [{n}]", dtype)
 
         def add(method, fn, baselines=(), floor=None):
             rows.add(case, method, fn, nbytes, baselines, floor)

@@ -110,6 +110,7 @@ def run(args) -> list[dict]:
 
 
 def compare(rows: Rows, case: str, A: torch.Tensor, b: torch.Tensor, args, theirs, origin) -> None:
+    rows.inputs(f"A [{A.shape[0]}, {A.shape[1]}] (atoms as columns), b [{A.shape[0]}], nnz={args.k}", A.dtype)
     call = dict(nnz=args.k, positive=True, lam=args.lam, tol=1e-100, device=args.device)
     if theirs is None:
         from .omp import cords_omp

@@ -1,7 +1,7 @@
 """Timing, rooflines, tables, JSON and comparisons for every op's benchmark.
 
 Each benchmark module exposes ``add_arguments(parser)`` and ``run(args) -> list[dict]``; rows
-carry ``case``, ``method``, the timing statistics (``seconds`` = the median, ``min_s``, ``q1_s``,
+carry ``case``, ``method``, the inputs' ``shape`` and ``dtype``, the timing statistics (``seconds`` = the median, ``min_s``, ``q1_s``,
 ``q3_s``, ``iqr_s``, ``runs``) and optionally ``bytes`` (for GB/s), ``flops`` (for GFLOP/s),
 ``baselines`` (methods to report a speed-up against) and ``floor`` (a method whose time this one
 is expressed as a multiple of, such as a plain read pass).
@@ -106,18 +106,24 @@ def timeit(fn: Callable[[], object], device: torch.device, **kw) -> float:
 
 class Rows(list):
     """Rows of one benchmark run: ``rows.add(case, method, fn, ...)`` times ``fn`` and appends.
-    ``heavy`` cases (seconds per call) run once to warm up and three times timed."""
+    ``heavy`` cases (seconds per call) run once to warm up and three times timed.
+    ``rows.inputs(shape, dtype)`` states the inputs of the rows added after it (their ``shape``
+    and ``dtype`` fields)."""
 
     def __init__(self, device: torch.device) -> None:
         super().__init__()
         self.device = device
+        self._inputs: dict = {}
+
+    def inputs(self, shape, dtype) -> None:
+        self._inputs = {"shape": str(shape), "dtype": str(dtype).replace("torch.", "")}
 
     def add(self, case: str, method: str, fn: Callable[[], object], nbytes: Optional[int] = None,
             baselines=(), floor: Optional[str] = None, heavy: bool = False, note: str = "",
             flops: Optional[float] = None) -> dict:
         timing = (measure(fn, self.device, warmup=1, repeat=3, min_seconds=0) if heavy
                   else measure(fn, self.device))
-        row = {"case": case, "method": method, **timing, "bytes": nbytes, "flops": flops,
+        row = {"case": case, "method": method, **self._inputs, **timing, "bytes": nbytes, "flops": flops,
                "baselines": list(baselines), "floor": floor, "note": note}
         self.append(row)
         return row

@@ -109,6 +109,7 @@ def run(args) -> list[dict]:
     backends = [b for b in datadiet.backends.available(device) if b in ("cpu", "cuda", "triton")]
     a, b = (t.to(device) for t in per_class_gradient_atoms(args.n, args.features))
     case = f"one class: n={args.n}, d={a.shape[1]}, k={args.k}, lam={args.lam}, w>=0"
+    rows.inputs(f"atoms [{a.shape[0]}, {a.shape[1]}], target [{a.shape[1]}], k={args.k}", a.dtype)
     support, _, base_res = cords_omp(a, b, args.k, args.lam, True)
     rows.add(case, "CORDS-style rebuild + lstsq", lambda: cords_omp(a, b, args.k, args.lam, True), heavy=True,
              note=f"residual {base_res:.4g}, {len(support)} atoms")

@@ -52,6 +52,7 @@ def run(args) -> list[dict]:
         nbytes = 4 * B * T * (d + p)  # the inputs, read once
         buffer_mib = B * p * d // groups * 4 / 2**20
         case = f"{label}, batch {B}"
+        rows.inputs(f"a [{B}, {T}, {d}], g [{B}, {T}, {p}], groups={groups}", a.dtype)
         ours = rows.add(case, "datadiet fused", lambda: per_sample_grad_sqnorm(a, grad, groups=groups, backend=backend),
                         baselines=("torch.bmm + square-sum", "ghost (bmm Grams)"),
                         note="no B x p x d buffer", nbytes=nbytes, flops=flops)
@@ -73,6 +74,7 @@ def run(args) -> list[dict]:
             out = (hw + 2 * (k // 2) - k) // stride + 1
             grad = torch.randn(B, O, out, out, generator=g).to(device)
             case = f"{label}, batch {B}"
+            rows.inputs(f"x [{B}, {C}, {hw}, {hw}], g [{B}, {O}, {out}, {out}], kernel {k}, stride {stride}", x.dtype)
             flops = 2 * B * out * out * O * C * k * k
             nbytes = 4 * (x.numel() + grad.numel())
 

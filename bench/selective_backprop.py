@@ -58,6 +58,7 @@ def run(args) -> list[dict]:
     losses = (torch.rand(args.batch, generator=g) * 5).to(device)
     backend = "cuda" if device.type == "cuda" else "cpu"
     case = f"jiang: batch {args.batch}, history {args.history}, beta {args.beta}"
+    rows.inputs(f"losses [{args.batch}], history [{args.history}]", losses.dtype)
     host = JiangHost(args.history, args.beta)
     rows.add(case, "python deque + numpy (Jiang et al.)", lambda: host.keep_mask(losses))
     state = {b: (torch.zeros(args.history, device=device), torch.zeros(2, dtype=torch.int64, device=device))
@@ -69,6 +70,7 @@ def run(args) -> list[dict]:
         baselines=["python deque + numpy (Jiang et al.)", "same rule in eager torch"])
 
     case = f"composer: batch {args.batch}, keep {args.keep}"
+    rows.inputs(f"losses [{args.batch}]", losses.dtype)
     rng = np.random.default_rng(0)
     rows.add(case, "argsort + numpy choice (Composer)", lambda: composer_host(losses, args.keep, rng))
     selector = SelectiveBackpropSelector("composer", keep=args.keep, seed=0, device=device, backend=backend)

@@ -19,7 +19,7 @@ from .harness import Rows, finish_rows, peaks
 
 
 class Point(NamedTuple):
-    label: str  # the shape, e.g. "4096x1000 float32"
+    label: str  # the shape and dtype, e.g. "4096x1000 float32"
     nbytes: int
     flops: float  # 0 for memory-bound ops
     calls: dict  # method -> zero-argument callable
@@ -110,6 +110,7 @@ def run(op: str, device: torch.device, max_size: int = 0) -> list[dict]:
         if max_size and size > max_size:
             break
         point = sweep.point(size, device)
+        rows.inputs(point.label, "float32")  # every sweep's inputs are float32
         for method, fn in point.calls.items():
             rows.add(point.label, method, fn, point.nbytes, flops=point.flops or None)
             rows[-1]["size"] = size

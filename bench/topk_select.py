@@ -46,6 +46,7 @@ def run(args) -> list[dict]:
         heavy = n >= 10_000_000
         s = torch.randn(n, generator=g).to(device)
         k = int(frac * n)
+        rows.inputs(f"[{n}], k={k}", s.dtype)
         got = datadiet.topk_select(s, k, backend=backends[0])
         assert torch.equal(s[got], torch.topk(s, k).values), f"{label}: topk_select disagrees with torch.topk"
         base = ["torch.topk sorted", "torch.topk unsorted", "torch.sort"]
@@ -63,6 +64,7 @@ def run(args) -> list[dict]:
     s = torch.randn(offsets[-1], generator=g).to(device)
     ks = [size // 10 for size in sizes]
     label = "per class: 1000 ragged classes, 10%"
+    rows.inputs(f"[{s.numel()}] in 1000 segments, k={sum(ks)}", s.dtype)
     got = datadiet.topk_select(s, ks, offsets=offsets, backend=backends[0])
     loop = [torch.topk(s[a:b], kk).indices + a for a, b, kk in zip(offsets[:-1], offsets[1:], ks)]
     assert torch.equal(s[got], s[torch.cat(loop)]), "per-class topk_select disagrees with torch.topk"

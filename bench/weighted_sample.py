@@ -47,6 +47,7 @@ def run(args) -> list[dict]:
         heavy = n >= 10_000_000
         w = (torch.rand(n, generator=g) + 1e-3).to(device)
         k = int(frac * n)
+        rows.inputs(f"[{n}], k={k}", w.dtype)
         check(w, datadiet.weighted_sample(w, k, seed=0, backend=backends[0]), k, label)
         base = []
         if n <= 2**24:
@@ -71,6 +72,7 @@ def run(args) -> list[dict]:
     w = (torch.rand(offsets[-1], generator=g) + 1e-3).to(device)
     ks = [size // 10 for size in sizes]
     label = "per class: 1000 ragged classes, 10%"
+    rows.inputs(f"[{w.numel()}] in 1000 segments, k={sum(ks)}", w.dtype)
     check(w, datadiet.weighted_sample(w, ks, offsets=offsets, seed=0, backend=backends[0]), sum(ks), label)
     add(label, "python loop of torch.multinomial",
         lambda: [torch.multinomial(w[a:b], kk) for a, b, kk in zip(offsets[:-1], offsets[1:], ks)], 4 * w.numel())

@@ -55,6 +55,7 @@ def test_sweep_writes_json_and_a_plot_and_compares(tmp_path, capsys):
     assert {"datadiet cpu", "torch.topk"} <= {r["method"] for r in data["rows"]}
     for r in data["rows"]:
         assert r["min_s"] <= r["seconds"] and r["bytes"] == 4 * r["size"] and r["pct_of_roofline"] > 0
+        assert r["dtype"] == "float32" and str(r["size"]) in r["shape"]
     assert os.path.getsize(out.with_suffix(".png")) > 10_000
     assert data["environment"]["cpu_capability"] == __import__("datadiet").build_info()["cpu_capability"]
     # Against itself with a 10x slower history: everything is faster, nothing fails.
