@@ -20,10 +20,7 @@ solver returned (it stops at its first repeated pick), a like-for-like time.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 
-import numpy as np
 import torch
 
 from .harness import Rows
@@ -76,22 +73,10 @@ def _jitter(images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 def load_cords_solver(source):
     """CORDS' ``OrthogonalMP_REG_Parallel`` and where it came from, or ``(None, why)``."""
-    path = None
-    if source:
-        path = source if source.endswith(".py") else os.path.join(
-            source, "cords", "selectionstrategies", "helpers", "omp_solvers.py")
-    elif importlib.util.find_spec("cords") is not None:
-        path = importlib.util.find_spec("cords.selectionstrategies.helpers.omp_solvers").origin
-    if not path or not os.path.exists(path):
+    module = cords.load_original(source)
+    if module is None:
         return None, "CORDS not found"
-    saved = np.geterr()  # CORDS' module sets np.seterr(all='raise')
-    try:
-        spec = importlib.util.spec_from_file_location("_cords_omp_solvers", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        np.seterr(**saved)
-    return module.OrthogonalMP_REG_Parallel, path
+    return module.OrthogonalMP_REG_Parallel, module.__file__
 
 
 def run(args) -> list[dict]:

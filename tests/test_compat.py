@@ -6,7 +6,6 @@ The peers' own source is used when it can be found: an importable ``cords`` pack
 checkout under ``$DATADIET_PEER_SOURCES`` (``cords/selectionstrategies/helpers/omp_solvers.py``);
 those tests skip otherwise. Everything else runs on hand-made cases and stand-in packages."""
 
-import importlib.util
 import os
 import sys
 import textwrap
@@ -159,22 +158,9 @@ def test_patch_without_the_peer_says_what_to_install(fresh_modules):
 # ---- against CORDS' own solver, when its source is at hand ---------------------------------------
 
 def _cords_solvers():
-    path = None
-    root = os.environ.get("DATADIET_PEER_SOURCES")
-    if root:
-        path = os.path.join(root, "cords", "selectionstrategies", "helpers", "omp_solvers.py")
-    elif importlib.util.find_spec("cords") is not None:
-        spec = importlib.util.find_spec("cords.selectionstrategies.helpers.omp_solvers")
-        path = spec.origin if spec else None
-    if not path or not os.path.exists(path):
+    module = cords.load_original(os.environ.get("DATADIET_PEER_SOURCES"))
+    if module is None:
         pytest.skip("CORDS' source is not available (pip install cords, or set DATADIET_PEER_SOURCES)")
-    saved = np.geterr()  # CORDS' module sets np.seterr(all='raise') when loaded
-    try:
-        spec = importlib.util.spec_from_file_location("_cords_omp_solvers_under_test", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        np.seterr(**saved)
     return module
 
 

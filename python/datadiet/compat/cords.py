@@ -105,6 +105,33 @@ def patch() -> Patch:
     return Patch(swaps, "cords")
 
 
+def load_original(source: Optional[str] = None) -> Optional[Any]:
+    """CORDS' own ``omp_solvers`` module, for comparing against it: from ``source`` (a CORDS
+    checkout or its ``omp_solvers.py``), else from an installed ``cords``; None when neither is
+    found. Loaded under a private name (no ``cords`` package import, nothing patched), with
+    numpy's error state restored after it (the module sets ``np.seterr(all='raise')``)."""
+    import importlib.util
+    import os
+
+    path = None
+    if source:
+        path = source if source.endswith(".py") else os.path.join(
+            source, "cords", "selectionstrategies", "helpers", "omp_solvers.py")
+    elif importlib.util.find_spec("cords") is not None:
+        spec = importlib.util.find_spec("cords.selectionstrategies.helpers.omp_solvers")
+        path = spec.origin if spec else None
+    if not path or not os.path.exists(path):
+        return None
+    saved = np.geterr()
+    try:
+        spec = importlib.util.spec_from_file_location("_datadiet_cords_omp_solvers", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        np.seterr(**saved)
+    return module
+
+
 def _solve_tensor(name, A, b, tol, nnz, positive, lam, device) -> torch.Tensor:
     if not isinstance(A, torch.Tensor) or not isinstance(b, torch.Tensor):
         raise TypeError(f"datadiet.compat.cords.{name}: A and b must be torch tensors, got "
