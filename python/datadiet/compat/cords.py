@@ -45,8 +45,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from datadiet.compat._omp import dense_weights
 from datadiet.compat._patching import Patch, import_peer, swap_functions
-from datadiet.ops.omp import omp
 
 # The modules patch() imports first: CORDS' solver module and the package re-exporting it (the
 # strategy modules bind the names when imported; later imports read the patched package).
@@ -137,26 +137,14 @@ def _solve_tensor(name, A, b, tol, nnz, positive, lam, device) -> torch.Tensor:
         raise TypeError(f"datadiet.compat.cords.{name}: A and b must be torch tensors, got "
                         f"{type(A).__name__} and {type(b).__name__} (the numpy solver is OrthogonalMP_REG)")
     atoms, target, k, tol = _problem(name, A.detach(), b.detach().to(A.device), tol, nnz, lam)
-    x = torch.zeros(atoms.shape[0], dtype=torch.float32, device=device)
-    if k == 0:
-        return x
-    res = omp(atoms, target, k, lam=float(lam), positive=bool(positive), tol=tol)
-    chosen = res.indices >= 0
-    x[res.indices[chosen].to(x.device)] = res.weights[chosen].to(x.device)
-    return x
+    return dense_weights(atoms, target, k, lam=lam, positive=positive, tol=tol).to(device)
 
 
 def _solve_array(name, A, b, tol, nnz, positive, lam) -> np.ndarray:
     A, b = np.asarray(A), np.asarray(b)
     atoms, target, k, tol = _problem(name, torch.from_numpy(np.ascontiguousarray(A, dtype=np.float32)),
                                      torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)), tol, nnz, lam)
-    x = np.zeros(atoms.shape[0], dtype=np.float64)
-    if k == 0:
-        return x
-    res = omp(atoms, target, k, lam=float(lam), positive=bool(positive), tol=tol)
-    chosen = res.indices >= 0
-    x[res.indices[chosen].numpy()] = res.weights[chosen].double().numpy()
-    return x
+    return dense_weights(atoms, target, k, lam=lam, positive=positive, tol=tol).double().numpy()
 
 
 def _problem(name, A: torch.Tensor, b: torch.Tensor, tol, nnz, lam):

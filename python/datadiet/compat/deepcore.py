@@ -40,9 +40,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from datadiet.compat._omp import dense_weights
 from datadiet.compat._patching import Patch, import_peer
 from datadiet.ops.ce_scores import ce_scores
-from datadiet.ops.omp import omp
 
 
 def orthogonal_matching_pursuit(self: Any, A: Any, b: Any, budget: int, lam: float = 1.0) -> np.ndarray:
@@ -57,15 +57,8 @@ def orthogonal_matching_pursuit(self: Any, A: Any, b: Any, budget: int, lam: flo
                          f"{tuple(A_t.shape)} and {tuple(b_t.shape)}")
     if not float(lam) >= 0:
         raise ValueError(f"datadiet.compat.deepcore.orthogonal_matching_pursuit: lam must be >= 0, got {lam}")
-    n = A_t.shape[1]
-    k = min(max(int(budget), 0), n)
-    x = np.zeros(n, dtype=np.float32)
-    if k == 0:
-        return x
-    res = omp(A_t.T.float(), b_t.float(), k, lam=float(lam), positive=True)
-    chosen = res.indices >= 0
-    x[res.indices[chosen].cpu().numpy()] = res.weights[chosen].cpu().numpy()
-    return x
+    k = min(max(int(budget), 0), A_t.shape[1])
+    return dense_weights(A_t.T.float(), b_t.float(), k, lam=lam, positive=True).cpu().numpy()
 
 
 def grand_finish_run(self: Any) -> None:

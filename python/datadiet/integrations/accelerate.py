@@ -43,9 +43,6 @@ def accelerated_driver(accelerator: Any, strategy: Strategy, model: nn.Module, t
     ``accelerator.register_for_checkpointing``."""
     import torch
 
-    if not isinstance(strategy, Strategy):
-        raise TypeError(f"accelerated_driver: strategy must be a datadiet.strategies.Strategy, got "
-                        f"{type(strategy).__name__} (make one with datadiet.strategies.make(name, ...))")
     precision = str(getattr(accelerator, "mixed_precision", "no"))
     if precision in _AUTOCAST:
         options.setdefault("autocast_dtype", getattr(torch, _AUTOCAST[precision]))

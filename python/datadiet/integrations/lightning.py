@@ -38,8 +38,7 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from datadiet._seeds import derive_seed
-from datadiet.strategies.base import Strategy
+from datadiet.strategies.base import Strategy, check_strategy
 from datadiet.train.driver import Driver
 
 try:
@@ -58,10 +57,8 @@ class DatadietCallback(Callback):
         final linear layer when it cannot be found; ``lr``: what the strategy is told (GLISTER's
         one-step update)."""
         super().__init__()
-        if not isinstance(strategy, Strategy):
-            raise TypeError(f"DatadietCallback: strategy must be a datadiet.strategies.Strategy, got "
-                            f"{type(strategy).__name__} (make one with datadiet.strategies.make(name, ...))")
-        self.strategy, self.train_set, self.labels = strategy, train_set, labels
+        self.strategy = check_strategy("DatadietCallback", strategy)  # at construction, not at fit's setup
+        self.train_set, self.labels = train_set, labels
         self._options = dict(num_classes=num_classes, batch_size=batch_size, seed=seed, lr=lr, workers=workers,
                              val_set=val_set, score_set=score_set, head=head, score_batch_size=score_batch_size)
         self.driver: Optional[Driver] = None
@@ -106,10 +103,7 @@ class DatadietCallback(Callback):
     # -- what the LightningModule calls ----------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         """The training loader: ``(x, y, index)`` batches drawn from the current selection."""
-        drv = self._driver()
-        return DataLoader(drv.train_set, batch_size=drv.batch_size, sampler=drv.sampler, num_workers=drv.workers,
-                          pin_memory=drv.device.type == "cuda",
-                          generator=torch.Generator().manual_seed(derive_seed(drv.seed, 7)))
+        return self._driver().loader()
 
     def batch(self, batch) -> tuple:
         """``(x, y, indices, weights)`` of a training batch, on the device, after the strategy's batch

@@ -117,6 +117,14 @@ class Strategy:
         pass
 
 
+def check_strategy(owner: str, strategy: Any) -> Strategy:
+    """``strategy`` if it is a ``Strategy`` object, else a TypeError naming ``owner`` and the fix."""
+    if not isinstance(strategy, Strategy):
+        raise TypeError(f"{owner}: strategy must be a datadiet.strategies.Strategy, got {type(strategy).__name__} "
+                        "(make one with datadiet.strategies.make(name, ...))")
+    return strategy
+
+
 def check_fraction(name: str, fraction: float) -> float:
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < float(fraction) <= 1.0:
         raise ValueError(f"{name}: fraction must be in (0, 1], got {fraction!r}")

@@ -35,7 +35,7 @@ from datadiet._seeds import derive_seed
 from datadiet.ops.ce_scores import ce_scores
 from datadiet.scores.scoring import ScoreTable, eval_mode, final_linear, score_dataset
 from datadiet.select.selection import Selection
-from datadiet.strategies.base import Context, Strategy
+from datadiet.strategies.base import Context, Strategy, check_strategy
 from datadiet.train.data import IndexedDataset, SelectionSampler
 from datadiet.train.datasets import per_sample_loss
 
@@ -47,7 +47,7 @@ class Driver:
                  proxy_scores: Optional[Callable[[int, int], ScoreTable]] = None,
                  autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False, progress=None,
                  run: Optional[dict] = None, task: str = "classification"):
-        self.strategy, self.model, self.device = strategy, model, torch.device(device)
+        self.strategy, self.model, self.device = check_strategy("Driver", strategy), model, torch.device(device)
         self.task, self.per_sample_loss = task, per_sample_loss(task)
         self.train_set = train_set if isinstance(train_set, IndexedDataset) else IndexedDataset(train_set)
         self.val_set = None if val_set is None or isinstance(val_set, IndexedDataset) else IndexedDataset(val_set)
