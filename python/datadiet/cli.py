@@ -10,11 +10,42 @@ import sys
 
 
 def _reproduce(args, config, parse_params) -> int:
+    import dataclasses
     import importlib
 
+    from datadiet import runfolder
+    from datadiet._dist import init as dist_init
+    from datadiet._dist import rank0_first, world
     from datadiet.reproduce import CLAIMS
+    from datadiet.train.config import TrainConfig
 
     module = importlib.import_module(CLAIMS[args.claim])
+    _check_reproduce(args, parse_params)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    setting = {"config": config.identity(), **{k: v for k, v in sorted(vars(args).items())
+                                               if k not in fields and k not in ("command", "config", "param")}}
+    names = tuple(f"{args.claim}.{ext}" for ext in ("json", "csv", "png"))
+    dist_init(config.device, config.dist_timeout)  # under torchrun: rank 0 alone claims the folder
+    claimed = rank0_first(lambda: runfolder.open_result(config.out, names[0], names, setting,
+                                                        overwrite=config.overwrite), share=lambda found: found[1])
+    folder, saved = claimed if world()[1] == 0 else (None, claimed)
+    try:
+        if saved is not None:
+            print(f"datadiet reproduce {args.claim}: finished earlier with the same setting in {config.out}")
+        else:
+            _reproduce_claim(module, args, config, parse_params)
+            if folder is not None:  # what a re-run of the same command compares with
+                path = os.path.join(config.out, names[0])
+                with open(path, encoding="utf-8") as f:
+                    runfolder.write_json(path, {**json.load(f), "setting": setting})
+    finally:
+        if folder is not None:
+            folder.release()
+    print(f"wrote {config.out}/{args.claim}.csv, .json, .png")
+    return 0
+
+
+def _reproduce_claim(module, args, config, parse_params) -> None:
     epochs = "" if args.claim == "sb-detection" else f", {config.epochs} epochs"  # detection has its own settings
     print(f"datadiet reproduce {args.claim}: seeds {args.seeds}{epochs}")
     common = dict(seeds=args.seeds, out=config.out)
@@ -34,8 +65,43 @@ def _reproduce(args, config, parse_params) -> int:
                    replay_model=args.replay_model, **common)
     elif args.claim == "infobatch":
         module.run(config, prunes=args.prunes, **common)
-    print(f"wrote {config.out}/{args.claim}.csv, .json, .png")
-    return 0
+
+
+def _check_reproduce(args, parse_params) -> None:
+    """Every list and option of ``reproduce``, before the first model trains."""
+    import inspect
+    import math
+
+    from datadiet.pipelines.detection import train_detection
+    from datadiet.train import models
+
+    def each(option: str, values, ok, what: str) -> None:
+        if values is not None and not values:
+            raise ValueError(f"{option}: give at least one value")
+        for v in values or ():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+                raise ValueError(f"{option}: {v!r} {what}")
+
+    each("--fractions", args.fractions, lambda v: 0 < v <= 1, "is not a fraction in (0, 1]")
+    each("--seeds", args.seeds, lambda v: isinstance(v, int) and 0 <= v < 2 ** 63, "is not a seed in [0, 2**63)")
+    each("--rates", args.rates, lambda v: 0 < v <= 1, "is not a sampling rate in (0, 1]")
+    each("--prunes", args.prunes, lambda v: 0 < v < 1, "is not a prune ratio in (0, 1)")
+    each("--lrs", args.lrs, lambda v: v > 0, "is not a learning rate > 0")
+    each("--keeps", args.keeps, lambda v: 0 < v <= 1, "is not a keep fraction in (0, 1]")
+    for option, value, low in (("--phases", args.phases, 1), ("--members", args.members, 1),
+                               ("--warmup-epochs", args.warmup_epochs, 0), ("--interrupt", args.interrupt, 0)):
+        if value < low:
+            raise ValueError(f"{option}: {value} must be >= {low}")
+    if not 0 <= args.sb_start < args.sb_end <= 1:
+        raise ValueError(f"--sb-start {args.sb_start} / --sb-end {args.sb_end}: need 0 <= start < end <= 1")
+    models.check_name(args.replay_model, "--replay-model")
+    accepted = set(inspect.signature(train_detection).parameters) - {"method", "keep", "start", "end", "interrupt",
+                                                                     "seed", "log", "progress"}
+    for key in parse_params(args.detection_param):
+        if key not in accepted:
+            raise ValueError(f"--detection-param {key}: not a train_detection setting ({', '.join(sorted(accepted))})")
+    parse_params(args.usual_param)
+    _lipt_options(args).validate()
 
 
 def _floats(text: str) -> list[float]:
@@ -68,6 +134,8 @@ def main(argv=None) -> int:
     compare.add_argument("--strategies", default=",".join(compare_module.DEFAULT_STRATEGIES))
     compare.add_argument("--fractions", type=_floats, default=[0.1, 0.3])
     compare.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    compare.add_argument("--resume", dest="compare_resume", default=None, metavar="DIR",
+                         help="continue the compare in DIR (= --out DIR): its finished cells are reused")
     compare.set_defaults(out="compare_out")
     ens = sub.add_parser("ensemble", help="seed 000: ensembles on difficulty subsets (or --no-ensemble baseline)")
     add_train_options(ens, skip=("strategy", "every", "warm", "resume", "checkpoint_every"))
@@ -134,14 +202,25 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["compare", *(argv or [])])
+    from datadiet.train.trainer import RunStopped
+
     try:
         return _run(args, compare_module, config_from_args, parse_params)
     except ValueError as exc:  # a bad option, dataset, model, strategy or checkpoint: one clear line
-        print(f"datadiet {args.command}: error: {exc}", file=sys.stderr)
+        print(f"datadiet {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except RunStopped as exc:  # training stopped early (non-finite loss, unreadable sample); checkpoint kept
+        print(f"datadiet {args.command}: stopped: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def _run(args, compare_module, config_from_args, parse_params) -> int:
+    import dataclasses
+
     if args.command == "info":
         import datadiet
 
@@ -176,6 +255,10 @@ def _run(args, compare_module, config_from_args, parse_params) -> int:
         if summary["world_size"] == 1 or int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps({k: summary[k] for k in ("strategy", "epochs", "steps", "test_acc", "wall", "time")}))
         return 0
+    if args.compare_resume:
+        if not os.path.isfile(os.path.join(args.compare_resume, "compare.json")):
+            raise ValueError(f"--resume {args.compare_resume}: no compare.json there (not a compare folder)")
+        config = dataclasses.replace(config, out=args.compare_resume)
     names = [s for s in args.strategies.split(",") if s]
     print(f"datadiet compare: {', '.join(names)} at fractions {args.fractions}, seeds {args.seeds}, "
           f"{config.epochs} epochs of {config.model} on {config.dataset}")

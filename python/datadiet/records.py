@@ -4,9 +4,9 @@ or made for another run.
 
 Layout: a fixed header (magic naming the kind, format version, payload length, SHA-256 of the
 payload), then the payload, ``torch.save`` of ``{"config": identity, "state": ...}``. ``save`` writes
-a temporary file beside the target, fsyncs it, renames it over the target and fsyncs the
-directory, so a crash leaves the old file or the new one, never half of one. ``load`` checks the
-header, the length and the checksum before unpickling anything (``weights_only=True``), then
+it atomically (``runfolder.write_bytes``: a fresh temporary file beside the target, fsynced,
+renamed over it), so a crash leaves the old file or the new one, never half of one. ``load``
+checks the header, the length and the checksum before unpickling anything (``weights_only=True``), then
 compares the saved identity with the caller's, naming every key that differs.
 """
 
@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import struct
-import tempfile
 from typing import Any, Mapping, Optional
 
 import torch
+
+from datadiet import runfolder
 
 _HEADER = struct.Struct("<8sIQ32s")  # magic, version, payload length, sha256
 
@@ -35,25 +35,7 @@ def save(path: str, state: Mapping[str, Any], identity: Mapping[str, Any], *, ma
     torch.save({"config": dict(identity), "state": dict(state)}, buffer)
     payload = buffer.getvalue()
     header = _HEADER.pack(magic, version, len(payload), hashlib.sha256(payload).digest())
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    directory = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    runfolder.write_bytes(path, header, payload)
 
 
 def load(path: str, identity: Optional[Mapping[str, Any]] = None, *, magic: bytes, version: int, what: str,
@@ -77,7 +59,7 @@ def load(path: str, identity: Optional[Mapping[str, Any]] = None, *, magic: byte
         raise error(f"{what} {path}: checksum mismatch (the file is corrupted)")
     saved = torch.load(io.BytesIO(payload), weights_only=True, map_location="cpu")  # any device reads it
     if identity is not None:
-        differences = _differences(saved["config"], dict(identity), what)
+        differences = runfolder.differences(saved["config"], dict(identity), what)
         if differences:
             raise error(f"{what} {path} is from another configuration: " + "; ".join(differences))
     return saved["state"], saved["config"]
@@ -89,15 +71,3 @@ def digest(path: str) -> str:
     with open(path, "rb") as f:
         header = f.read(_HEADER.size)
     return _HEADER.unpack(header)[3].hex()
-
-
-def _differences(saved: dict, current: dict, what: str) -> list[str]:
-    out = []
-    for key in sorted(set(saved) | set(current)):
-        if key not in current:
-            out.append(f"{key} = {saved[key]!r} in the {what}, absent from this run")
-        elif key not in saved:
-            out.append(f"{key} = {current[key]!r} in this run, absent from the {what}")
-        elif saved[key] != current[key]:
-            out.append(f"{key}: {what} {saved[key]!r}, this run {current[key]!r}")
-    return out

@@ -80,6 +80,9 @@ def segments(op: str, what: str, values: torch.Tensor, k: IntsLike, offsets: Opt
     return Segments(flat, offs, _per_segment_k(k, sizes, op), lambda out: out)
 
 
+_MAX_SPARSE_GROUPS = 65536
+
+
 def _group_segments(op: str, flat: torch.Tensor, k: IntsLike, groups: torch.Tensor) -> Segments:
     if not isinstance(groups, torch.Tensor) or groups.dtype.is_floating_point or groups.dtype == torch.bool:
         raise TypeError(f"datadiet.{op}: groups must be an integer tensor of group ids, got "
@@ -93,8 +96,14 @@ def _group_segments(op: str, flat: torch.Tensor, k: IntsLike, groups: torch.Tens
         i = int((ids < 0).nonzero()[0, 0])
         raise ValueError(f"datadiet.{op}: groups[{i}] = {int(ids[i])} is negative; group ids must be >= 0")
     num_groups = int(ids.max()) + 1 if ids.numel() else 0
-    if not isinstance(k, int):
-        num_groups = max(num_groups, len(int_list(k, "k", op)))
+    listed = 0 if isinstance(k, int) else len(int_list(k, "k", op))
+    # Ids are counted densely (bincount): an id far beyond the values' count would allocate a table
+    # of that size for nothing (2**40 is terabytes). Sparse ids up to 65536 stay allowed.
+    bound = max(ids.numel(), listed, _MAX_SPARSE_GROUPS)
+    if num_groups > bound:
+        raise ValueError(f"datadiet.{op}: groups hold id {num_groups - 1}, which would count {num_groups} groups for "
+                         f"{ids.numel()} values; group ids must be < {bound} (number the groups 0, 1, ...)")
+    num_groups = max(num_groups, listed)
     counts = torch.bincount(ids, minlength=num_groups).tolist()
     offs = [0]
     for c in counts:

@@ -9,6 +9,7 @@ they do and gives the same result on each.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -43,8 +44,8 @@ def stratified_select(
     if isinstance(strata, bool) or not isinstance(strata, int) or not 1 <= strata <= max(n, 1):
         raise ValueError(f"datadiet.stratified_select: strata must be an int in [1, {max(n, 1)}] (n = {n}), "
                          f"got {strata!r}")
-    if not 0.0 < float(fraction) <= 1.0:
-        raise ValueError(f"datadiet.stratified_select: fraction must be in (0, 1], got {fraction}")
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0.0 < float(fraction) <= 1.0:
+        raise ValueError(f"datadiet.stratified_select: fraction must be in (0, 1], got {fraction!r}")
     if mode not in MODES:
         raise ValueError(f"datadiet.stratified_select: mode must be one of {MODES}, got {mode!r}")
     sizes = [n // strata + (1 if s < n % strata else 0) for s in range(strata)]

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import math
 import os
 import time
@@ -33,7 +32,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from datadiet._dist import alone, world
+from datadiet import runfolder
+from datadiet._dist import alone, rank0_first, world
+from datadiet._dist import init as dist_init
 from datadiet._seeds import derive_seed
 from datadiet.ops.stratified_select import stratified_select
 from datadiet.ops.topk_select import topk_select
@@ -43,7 +44,7 @@ from datadiet.soup import uniform_soup
 from datadiet.strategies.static import FixedSubset, Full
 from datadiet.train import datasets
 from datadiet.train.config import TrainConfig
-from datadiet.train.trainer import Trainer
+from datadiet.train.trainer import Trainer, pool_split
 
 BASES = ("random", "grand")
 BN = ("average", "reestimate")
@@ -100,8 +101,38 @@ def ensemble(config: TrainConfig, *, phases: int = 2, n_models: int = 3, warmup_
             raise ValueError(f"ensemble: {key} must be an int >= {low}, got {value!r}")
     fraction = 0.3 if config.fraction is None else config.fraction
     schedule = plan(config.epochs, phases, warmup_epochs)
+    setting = {"config": config.identity(), "phases": phases, "n_models": n_models, "warmup_epochs": warmup_epochs,
+               "base": base, "bn": bn, "ensemble": ensemble, "grand_inits": grand_inits, "grand_epochs": grand_epochs,
+               "member_ranks": member_ranks}
+    folder, saved = None, None
+    dist_init(config.device, config.dist_timeout)  # under torchrun: rank 0 alone claims the folder
+    if config.out:
+        claimed = rank0_first(lambda: runfolder.open_result(config.out, "ensemble.json", ("ensemble.json",), setting,
+                                                            overwrite=config.overwrite), share=lambda found: found[1])
+        folder, saved = claimed if world()[1] == 0 else (None, claimed)
+    try:
+        if saved is not None:
+            log(f"ensemble: finished earlier with the same setting in {config.out}")
+            return saved
+        summary = _ensemble(config, schedule, fraction, n_models, warmup_epochs, base, bn, ensemble, grand_inits,
+                            grand_epochs, member_ranks, log)
+        summary["setting"] = setting
+        if folder is not None:  # under torchrun every rank runs the stages; rank 0 writes
+            runfolder.write_json(os.path.join(config.out, "ensemble.json"), summary)
+        return summary
+    finally:
+        if folder is not None:
+            folder.release()
+
+
+def _ensemble(config, schedule, fraction, n_models, warmup_epochs, base, bn, ensemble, grand_inits, grand_epochs,
+              member_ranks, log) -> dict:
     data = datasets.load(config.dataset, config.image_size)
     datasets.require_classification(config.dataset, "ensemble (GraNd strata of a classifier)", data.task)
+    pool = len(pool_split(len(data.train), config.val_fraction)[0])
+    if n_models > pool:
+        raise ValueError(f"ensemble: n_models = {n_models} members need a difficulty stratum each, more than the "
+                         f"pool's {pool} samples")
     stage = dataclasses.replace(config, strategy="full", fraction=None, every=None, warm=None, strategy_params={},
                                 out=None, resume=None, checkpoint_every=0).validate()
     rest = config.epochs - warmup_epochs
@@ -187,14 +218,9 @@ def ensemble(config: TrainConfig, *, phases: int = 2, n_models: int = 3, warmup_
         phases_out.append(record)
         log(f"phase {p}: base ({base_epochs} epochs on {record['base_size']}) {base_acc:.4f} -> "
             f"{'ensemble of ' + str(n_models) if ensemble else 'continued'} {acc:.4f}")
-    summary = {"config": config.identity(), "ensemble": ensemble, "phases": phases_out, "n_models": n_models,
-               "fraction": fraction, "plan": dataclasses.asdict(schedule), "test_acc": phases_out[-1]["acc"],
-               "wall": time.perf_counter() - started, "base": base, "bn": bn}
-    if config.out and world()[1] == 0:  # under torchrun every rank runs the stages; rank 0 writes
-        os.makedirs(config.out, exist_ok=True)
-        with open(os.path.join(config.out, "ensemble.json"), "w") as f:
-            json.dump(summary, f, indent=1)
-    return summary
+    return {"config": config.identity(), "ensemble": ensemble, "phases": phases_out, "n_models": n_models,
+            "fraction": fraction, "plan": dataclasses.asdict(schedule), "test_acc": phases_out[-1]["acc"],
+            "wall": time.perf_counter() - started, "base": base, "bn": bn}
 
 
 def mean_across_ranks(models: list, template: torch.nn.Module, n_models: int) -> dict:

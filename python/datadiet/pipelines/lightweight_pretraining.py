@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 import time
 import warnings
@@ -47,10 +46,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from datadiet import prune
+from datadiet import prune, runfolder
 from datadiet import strategies as strategy_registry
 from datadiet._dist import init as dist_init
-from datadiet._dist import world
+from datadiet._dist import rank0_first, world
 from datadiet._seeds import derive_seed, seeded_global_rng
 from datadiet.pipelines import jigsaw as jig
 from datadiet.scores.scoring import eval_mode
@@ -58,7 +57,7 @@ from datadiet.soup import greedy_soup, uniform_soup
 from datadiet.strategies.pretrained import FromModel
 from datadiet.train import datasets, models
 from datadiet.train.config import TrainConfig
-from datadiet.train.trainer import Trainer, pool_split
+from datadiet.train.trainer import RESULTS, Trainer, pool_split
 
 TASKS, MERGES, BN, HEADS = ("jigsaw", "supervised"), ("greedy", "uniform"), ("average", "reestimate"), ("fit", "keep")
 
@@ -147,6 +146,28 @@ def lipt(config: TrainConfig, options: LiptOptions = LiptOptions(), *, data: Opt
         jig.transforms_v2()  # a missing torchvision is the run's error, not every worker's
     device = dist_init(config.device, config.dist_timeout)
     size, rank = world()
+    setting = {"config": config.identity(), "options": dataclasses.asdict(options)}
+    folder, saved = None, None
+    if config.out:  # the main run's Trainer writes its files here too
+        names = ("lipt.json", *RESULTS)
+        claimed = rank0_first(lambda: runfolder.open_result(config.out, "lipt.json", names, setting,
+                                                            overwrite=config.overwrite), share=lambda found: found[1])
+        folder, saved = claimed if rank == 0 else (None, claimed)
+    try:
+        if saved is not None:
+            log(f"lipt: finished earlier with the same setting in {config.out}")
+            return saved
+        out = _lipt(config, options, strategy, data, device, size, rank, log)
+        out["setting"] = setting
+        if folder is not None:
+            runfolder.write_json(os.path.join(config.out, "lipt.json"), out)
+        return out
+    finally:
+        if folder is not None:
+            folder.release()
+
+
+def _lipt(config: TrainConfig, options: LiptOptions, strategy, data, device, size: int, rank: int, log) -> dict:
     data = data if data is not None else datasets.load(config.dataset, config.image_size)
     datasets.require_classification(config.dataset, "lipt (a classifier's gradients select)", data.task)
     started = time.perf_counter()  # like the Trainer's wall, from after loading the data
@@ -204,11 +225,6 @@ def lipt(config: TrainConfig, options: LiptOptions = LiptOptions(), *, data: Opt
         log(f"lipt: {len(merge_report['accepted'])} of {options.n_workers} workers merged "
             f"(held-out {merge_report['score']:.4f}); {config.strategy} at {config.fraction}: test acc "
             f"{summary['test_acc']:.4f}; pre-training {pretraining:.1f}s, total {out['time']['total']:.1f}s")
-    if config.out and rank == 0:
-        os.makedirs(config.out, exist_ok=True)
-        with open(os.path.join(config.out, "lipt.json.tmp"), "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(os.path.join(config.out, "lipt.json.tmp"), os.path.join(config.out, "lipt.json"))
     return out
 
 

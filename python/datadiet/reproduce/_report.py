@@ -1,12 +1,15 @@
-"""What every reproduction writes: ``CLAIM.json`` (the setting and the rows), ``CLAIM.csv`` and a
-plot of mean ± std over seeds against the subset fraction."""
+"""What every reproduction writes: ``CLAIM.json`` (the setting and the rows), ``CLAIM.csv`` (both
+atomically, non-finite numbers as empty / null) and a plot of mean ± std over seeds against the
+subset fraction."""
 
 from __future__ import annotations
 
 import csv
-import json
+import io
 import os
 import statistics
+
+from datadiet import runfolder
 
 
 def mean_std(values: list) -> tuple[float, float]:
@@ -18,13 +21,12 @@ def write(out: str, claim: str, setting: dict, rows: list[dict], series: list[tu
     """``series``: (row key prefix with ``_mean`` / ``_std`` columns, legend label) to plot against
     the rows' ``fraction``; ``plot(path)`` draws a claim's own figure instead. The CSV has every
     key any row has."""
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, f"{claim}.json"), "w") as f:
-        json.dump({"claim": claim, **setting, "rows": rows}, f, indent=1)
-    with open(os.path.join(out, f"{claim}.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
-        writer.writeheader()
-        writer.writerows(rows)
+    runfolder.write_json(os.path.join(out, f"{claim}.json"), {"claim": claim, **setting, "rows": rows})
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+    writer.writeheader()
+    writer.writerows(runfolder.finite(rows))
+    runfolder.write_text(os.path.join(out, f"{claim}.csv"), text.getvalue())
     path = os.path.join(out, f"{claim}.png")
     plot(path) if plot is not None else _plot(rows, path, series, ylabel, xlabel)
 

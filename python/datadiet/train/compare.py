@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import os
 import statistics
 from typing import Optional
 
-from datadiet import strategies
-from datadiet._dist import world
+from datadiet import runfolder, strategies
+from datadiet._dist import init as dist_init
+from datadiet._dist import rank0_first, world
 from datadiet.train import datasets
 from datadiet.train.config import TrainConfig
 from datadiet.train.trainer import Trainer
@@ -40,38 +42,138 @@ def split_params(params: dict, names: list[str]) -> dict[str, dict]:
 
 
 def run(base: TrainConfig, names: list[str], fractions: list[float], seeds: list[int], out: str,
-        log=print) -> list[dict]:
-    datasets.require_classification(base.dataset, "compare (it ranks test accuracy)")
+        log=print, *, data: Optional[datasets.DataBundle] = None) -> list[dict]:
+    """Trains every cell of the grid not already finished in ``out`` (same configuration), writing
+    the results after each cell; every cell's options are checked before the first one trains."""
+    cells = plan(base, names, fractions, seeds)
+    data = data if data is not None else datasets.load(base.dataset, base.image_size)  # once for every cell
+    datasets.require_classification(base.dataset, "compare (it ranks test accuracy)", data.task)
+    dist_init(base.device, base.dist_timeout)  # under torchrun: rank 0 alone claims the folder
+    claimed = rank0_first(lambda: _open(out, base), share=lambda found: found[1])
+    folder, done = claimed if world()[1] == 0 else (None, claimed)
+    try:
+        runs = []
+        for config in cells:
+            key = _key(config)
+            if key in done:
+                runs.append(done[key])
+                log(f"  {_label(done[key])}: finished earlier, reused")
+                continue
+            summary = Trainer(config, data=data).fit()
+            result = {"strategy": config.strategy, "fraction": config.fraction or 1.0, "seed": config.seed,
+                      "test_acc": summary["test_acc"], "wall": summary["wall"], "samples": summary["samples"],
+                      "time": summary["time"], "curve": summary["curve"], "cell": json.loads(key)}
+            runs.append(result)
+            done[key] = result
+            log(f"  {_label(result)}: test acc {summary['test_acc']:.4f} in {summary['wall']:.2f} s")
+            if folder is not None:  # under torchrun every rank trains; rank 0 writes
+                _write(out, base, runs, done)
+        rows = table(runs)
+        if folder is not None:
+            _write(out, base, runs, done)
+            runfolder.write_bytes(os.path.join(out, "compare.png"), plot(runs))
+        return rows
+    finally:
+        if folder is not None:
+            folder.release()
+
+
+def plan(base: TrainConfig, names: list[str], fractions: list[float], seeds: list[int]) -> list[TrainConfig]:
+    """The grid's cells, each one's configuration validated and its strategy built (so a bad
+    fraction, seed or parameter is refused before anything trains)."""
+    for option, values in (("--strategies", names), ("--fractions", fractions), ("--seeds", seeds)):
+        if not values:
+            raise ValueError(f"{option}: give at least one value")
+        repeated = sorted({v for v in values if list(values).count(v) > 1}, key=str)
+        if repeated:
+            raise ValueError(f"{option}: {', '.join(map(str, repeated))} given more than once")
     for name in names:
         strategies.parameters(name)  # unknown names fail before anything trains
     params = split_params(base.strategy_params, names)
-    runs = []
+    cells = []
     for seed in seeds:
         for name in names:
             takes = strategies.parameters(name)
             common = {key: getattr(base, key) if key in takes else None for key in ("every", "warm")}
-            for fraction in (fractions if "fraction" in takes else [1.0]):
-                config = dataclasses.replace(base, strategy=name, fraction=fraction if "fraction" in takes else None,
-                                             seed=seed, strategy_params=params[name], out=None, resume=None,
-                                             **common)
-                summary = Trainer(config).fit()
-                runs.append({"strategy": name, "fraction": fraction, "seed": seed, "test_acc": summary["test_acc"],
-                             "wall": summary["wall"], "samples": summary["samples"], "time": summary["time"],
-                             "curve": summary["curve"]})
-                log(f"  {name:>20} fraction {fraction:<5} seed {seed}: test acc {summary['test_acc']:.4f} "
-                    f"in {summary['wall']:.2f} s")
+            for fraction in (fractions if "fraction" in takes else [None]):
+                try:
+                    config = dataclasses.replace(base, strategy=name, fraction=fraction, seed=seed,
+                                                 strategy_params=params[name], out=None, resume=None,
+                                                 overwrite=False, **common).validate()
+                except ValueError as exc:
+                    option = {"fraction": "--fractions", "seed": "--seeds"}
+                    key = next((k for k in option if str(exc).startswith(f"config {k} ")), None)
+                    raise ValueError(f"{option[key]}: {exc}" if key else str(exc)) from exc
+                strategies.make(name, **config.strategy_kwargs(takes))  # its parameters, checked
+                cells.append(config)
+    return cells
+
+
+RESULTS = ("compare.json", "compare.csv", "compare.png")
+
+
+def _open(out: str, base: TrainConfig):
+    """Claims ``out``; returns it and the finished runs of an earlier compare there with the same
+    configuration (cell key → run). Another configuration's results are refused, or removed
+    with ``overwrite``."""
+    folder = runfolder.claim(out)
+    try:
+        if base.overwrite:
+            runfolder.remove(out, RESULTS)
+        found = runfolder.previous(out, RESULTS)
+        if not found:
+            return folder, {}
+        path = os.path.join(out, "compare.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                saved = json.load(f)
+            config, runs = saved["config"], saved["runs"] + saved["other_runs"]
+            done = {_key_of(r["cell"]): r for r in runs}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"--out {out}: holds compare results this datadiet cannot reuse ({', '.join(found)}: "
+                             f"{type(exc).__name__}); use --overwrite to replace them, or choose another folder") \
+                from exc
+        differences = runfolder.differences(config, _shared(base), "folder")
+        if differences:
+            raise ValueError(f"--out {out}: holds a compare of another configuration ({'; '.join(differences)}); "
+                             "use --overwrite to replace it, or choose another folder")
+        return folder, done
+    except BaseException:
+        folder.release()
+        raise
+
+
+def _shared(base: TrainConfig) -> dict:
+    """What every cell of a compare has in common (a folder's runs are reused only under it)."""
+    cell_keys = ("strategy", "fraction", "seed", "strategy_params", "every", "warm")
+    return json.loads(runfolder.dumps({k: v for k, v in base.identity().items() if k not in cell_keys}))
+
+
+def _key(config: TrainConfig) -> str:
+    return _key_of(config.identity())
+
+
+def _key_of(identity: dict) -> str:
+    return runfolder.dumps(identity, sort_keys=True)
+
+
+def _label(run: dict) -> str:
+    return f"{run['strategy']:>20} fraction {run['fraction']:<5} seed {run['seed']}"
+
+
+def _write(out: str, base: TrainConfig, runs: list[dict], done: dict) -> None:
+    """compare.json (this grid's rows and runs, and the folder's other finished runs, kept for a
+    later grid) and compare.csv, each written atomically."""
     rows = table(runs)
-    if world()[1] != 0:
-        return rows  # under torchrun every rank trains; rank 0 writes
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "compare.json"), "w") as f:
-        json.dump({"config": base.identity(), "rows": rows, "runs": runs}, f, indent=1)
-    with open(os.path.join(out, "compare.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    plot(runs, os.path.join(out, "compare.png"))
-    return rows
+    mine = {id(r) for r in runs}
+    others = [r for r in done.values() if id(r) not in mine]
+    runfolder.write_json(os.path.join(out, "compare.json"),
+                         {"config": _shared(base), "rows": rows, "runs": runs, "other_runs": others})
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(runfolder.finite(rows))
+    runfolder.write_text(os.path.join(out, "compare.csv"), text.getvalue())
 
 
 def table(runs: list[dict]) -> list[dict]:
@@ -101,7 +203,8 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(runs: list[dict], path: str) -> Optional[str]:
+def plot(runs: list[dict]) -> bytes:
+    """The PNG of test accuracy against wall time, one line per (strategy, fraction)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,9 +224,10 @@ def plot(runs: list[dict], path: str) -> Optional[str]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=120)
     plt.close(fig)
-    return path
+    return image.getvalue()
 
 
 def _selecting(time: dict) -> float:

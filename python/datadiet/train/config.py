@@ -15,7 +15,8 @@ from typing import Any, Optional
 
 OPTIMIZERS = ("sgd", "adamw")
 AMP = ("none", "bf16", "fp16")
-_NOT_IDENTITY = ("out", "device", "workers", "progress", "resume", "dist_timeout")
+# Not part of what a checkpoint must match: where and how the run executes, and when it stops.
+_NOT_IDENTITY = ("out", "device", "workers", "progress", "resume", "dist_timeout", "overwrite", "nonfinite_steps")
 
 
 @dataclass
@@ -52,6 +53,8 @@ class TrainConfig:
     dist_timeout: float = 300.0
     out: Optional[str] = None
     resume: Optional[str] = None
+    overwrite: bool = False
+    nonfinite_steps: int = 1
     progress: bool = True
 
     def validate(self) -> "TrainConfig":
@@ -62,6 +65,9 @@ class TrainConfig:
         for key in ("epochs", "batch_size", "eval_batch_size", "image_size"):
             value = getattr(self, key)
             need(isinstance(value, int) and not isinstance(value, bool) and value >= 1, key, "must be an int >= 1")
+        need(isinstance(self.nonfinite_steps, int) and not isinstance(self.nonfinite_steps, bool)
+             and self.nonfinite_steps >= 1, "nonfinite_steps", "must be an int >= 1 (non-finite losses in a row "
+             "that stop the run)")
         for key in ("width", "warmup_steps", "workers", "checkpoint_every"):
             value = getattr(self, key)
             need(isinstance(value, int) and not isinstance(value, bool) and value >= 0, key, "must be an int >= 0")

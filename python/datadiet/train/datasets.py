@@ -8,13 +8,19 @@
   split; ``digits:xN`` repeats every training image N times (the copies with seeded pixel noise,
   σ = 0.1), a larger pool for timing and reproductions, the same test split;
 - ``imagefolder:PATH``: the ImageNet layout ``PATH/train/<class>/...`` and ``PATH/val/<class>/...``
-  through ``torchvision.datasets.ImageFolder`` (grey or colour images, read as RGB), with the
-  standard transforms at ``image_size``: RandomResizedCrop + horizontal flip for training,
-  Resize(size·8/7) + CenterCrop for evaluation, ImageNet normalisation;
-- ``cifar10:PATH``: ``torchvision.datasets.CIFAR10`` from the ``cifar-10-batches-py`` folder in
-  PATH (never downloaded), random crop with padding 4 + flip for training. The files' MD5s are
-  not compared with the official archive's, so a re-packed or reduced copy in the same format
-  loads too; a missing or unreadable folder is an error naming the path.
+  as ``torchvision.datasets.ImageFolder`` lists it, every image read as 8-bit RGB (16-bit grey
+  scaled, transparency over white: ``datadiet.train.images``), with the standard transforms at
+  ``image_size``: RandomResizedCrop + horizontal flip for training, Resize(size·8/7) + CenterCrop
+  for evaluation, ImageNet normalisation. A split without images, a class folder without images
+  or a training split of one class is refused at load; a file that cannot be read raises
+  ``SampleError`` (a ValueError naming the split, index, class and file) when it is fetched;
+- ``cifar10:PATH``: the ``cifar-10-batches-py`` folder in PATH (never downloaded), as
+  torchvision's ``CIFAR10`` gives it, random crop with padding 4 + flip for training. The batches
+  are pickles, read without executing code (``datadiet.train.cifar``: only numpy arrays, lists,
+  dicts, strings and numbers are rebuilt; a file naming anything else is refused), their shapes
+  and labels checked. The files' MD5s are not compared with the official archive's, so a
+  re-packed or reduced copy in the same format loads too; a missing or malformed file is an
+  error naming it.
 
 ``load(spec, image_size=224)`` returns a ``DataBundle``: train and test datasets of
 ``(input, target)``, ``train_eval`` (the training samples with the evaluation transforms, for
@@ -26,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import os
-import pickle
 from dataclasses import dataclass
 from typing import Optional
 
@@ -49,6 +54,21 @@ class DataBundle:
     labels: torch.Tensor  # int64 [len(train)] (a regression: all 0, one group)
     normalization: Optional[tuple] = None  # (mean, std) per channel the transforms applied; None: inputs in [0, 1]
     task: str = "classification"
+
+
+class SampleError(ValueError):
+    """A sample whose file cannot be read, raised when the loop fetches it; the message names the
+    dataset, split, index, class and file. ``path``, ``index`` and ``label`` (the class index) are
+    None after the error crossed a DataLoader worker process: torch rebuilds it there from its
+    message alone (``type(exc)(message)``, the worker's traceback text, whose last line is ours)."""
+
+    def __init__(self, message: str, path: Optional[str] = None, index: Optional[int] = None,
+                 label: Optional[int] = None):
+        if message.startswith("Caught SampleError"):  # torch's re-raise: "Caught ... Original Traceback ..."
+            last = message.rstrip().splitlines()[-1]
+            message = last.split("SampleError: ", 1)[-1]
+        super().__init__(message)
+        self.path, self.index, self.label = path, index, label
 
 
 def task_of(spec: str) -> str:
@@ -130,23 +150,26 @@ def _diabetes() -> DataBundle:
 
 
 def _imagefolder(path: str, image_size: int) -> DataBundle:
-    tv = torchvision(f"dataset imagefolder:{path}")
-    datasets, transforms = tv.datasets, tv.transforms
+    spec = f"imagefolder:{path}"
+    tv = torchvision(f"dataset {spec}")
+    from datadiet.train.images import ImageFiles  # needs torchvision
 
+    transforms = tv.transforms
     for split in ("train", "val"):
         if not os.path.isdir(os.path.join(path, split)):
-            raise ValueError(f"dataset imagefolder:{path}: needs {os.path.join(path, split)}/<class>/<image> "
-                             "(the ImageNet layout)")
+            raise ValueError(f"dataset {spec}: needs {os.path.join(path, split)}/<class>/<image> (the ImageNet layout)")
     normalize = transforms.Normalize(_MEAN, _STD)
     train_tf = transforms.Compose([transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(),
                                    transforms.ToTensor(), normalize])
     test_tf = transforms.Compose([transforms.Resize(round(image_size * 8 / 7)), transforms.CenterCrop(image_size),
                                   transforms.ToTensor(), normalize])
-    train = datasets.ImageFolder(os.path.join(path, "train"), transform=train_tf)
+    train = ImageFiles(path, "train", spec, train_tf)
+    if len(train.classes) < 2:
+        raise ValueError(f"dataset {spec}: train has 1 class ({train.classes[0]!r}); classification needs at least 2")
     train_eval = _with_transform(train, test_tf)
-    test = datasets.ImageFolder(os.path.join(path, "val"), transform=test_tf)
+    test = ImageFiles(path, "val", spec, test_tf)
     if train.classes != test.classes:
-        raise ValueError(f"dataset imagefolder:{path}: train and val hold different classes "
+        raise ValueError(f"dataset {spec}: train and val hold different classes "
                          f"({len(train.classes)} vs {len(test.classes)})")
     return DataBundle(train, train_eval, test, len(train.classes), (3, image_size, image_size),
                       torch.tensor(train.targets, dtype=torch.int64), (_MEAN, _STD))
@@ -156,38 +179,27 @@ def _with_transform(dataset, transform):
     """The same samples (no second folder scan or file read) seen through other transforms."""
     view = copy.copy(dataset)
     view.transform = transform
-    view.transforms = type(dataset.transforms)(transform, dataset.target_transform)
+    if hasattr(dataset, "transforms"):  # a torchvision dataset keeps both, combined with target_transform
+        view.transforms = type(dataset.transforms)(transform, dataset.target_transform)
     return view
 
 
 def _cifar10(path: str) -> DataBundle:
-    tv = torchvision(f"dataset cifar10:{path}")
-    datasets, transforms = tv.datasets, tv.transforms
+    spec = f"cifar10:{path}"
+    transforms = torchvision(f"dataset {spec}").transforms
+    from datadiet.train import cifar  # needs PIL, which comes with torchvision
 
-    class LocalCIFAR10(datasets.CIFAR10):
-        def _check_integrity(self) -> bool:  # no MD5 against the official archive: any local copy
-            return all(os.path.isfile(os.path.join(self.root, self.base_folder, name))
-                       for name, _ in self.train_list + self.test_list)
-
-        def _load_meta(self) -> None:  # the same, for batches.meta
-            meta = os.path.join(self.root, self.base_folder, self.meta["filename"])
-            if not os.path.isfile(meta):
-                raise RuntimeError(f"{meta} not found")
-            with open(meta, "rb") as f:
-                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
-            self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
-
+    missing = cifar.missing_files(path)
+    if missing:
+        raise ValueError(f"dataset {spec}: needs {os.path.join(path, cifar.FOLDER)} with data_batch_1..5, test_batch "
+                         f"and batches.meta; missing {', '.join(missing)}")
     mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
     normalize = transforms.Normalize(mean, std)
     train_tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                                    transforms.ToTensor(), normalize])
     test_tf = transforms.Compose([transforms.ToTensor(), normalize])
-    try:
-        train = LocalCIFAR10(path, train=True, transform=train_tf, download=False)
-        train_eval = _with_transform(train, test_tf)
-        test = LocalCIFAR10(path, train=False, transform=test_tf, download=False)
-    except RuntimeError as exc:
-        raise ValueError(f"dataset cifar10:{path}: needs {os.path.join(path, 'cifar-10-batches-py')} with "
-                         f"data_batch_1..5 and test_batch, batches.meta ({exc})") from exc
-    return DataBundle(train, train_eval, test, 10, (3, 32, 32), torch.tensor(train.targets, dtype=torch.int64),
-                      (mean, std))
+    classes = cifar.read_classes(path, spec)
+    train = cifar.load_split(path, cifar.TRAIN, classes, spec, train_tf)
+    test = cifar.load_split(path, cifar.TEST, classes, spec, test_tf)
+    return DataBundle(train, _with_transform(train, test_tf), test, len(classes), (3, 32, 32),
+                      torch.tensor(train.targets, dtype=torch.int64), (mean, std))

@@ -59,6 +59,7 @@ class Driver:
                              "same samples (the scoring view only changes transforms)")
         if labels.shape != (n,):
             raise ValueError(f"Driver: labels must have shape [{n}] (one per training sample), got {tuple(labels.shape)}")
+        _check_labels(labels, num_classes)
         self.epochs, self.batch_size, self.seed, self.workers = epochs, batch_size, seed, workers
         self.world_size, self.rank = world()
         self.head = final_linear(model, head) if (head is not None or strategy.needs_head) else _maybe_head(model)
@@ -284,6 +285,21 @@ class Driver:
         stopped, without ``begin_epoch``)."""
         if 0 < self._batch < self.steps_per_epoch():
             self.sampler.resume_at(self._batch * self.batch_size)
+
+
+def _check_labels(labels: torch.Tensor, num_classes: int) -> None:
+    """Class ids in [0, num_classes) (a regression's: all 0, num_classes = 1): strategies count
+    and group samples by them, and an id out of range would silently index another class or size a
+    table by its value."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"Driver: num_classes must be an int >= 1, got {num_classes!r}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex:
+        raise ValueError(f"Driver: labels must be an integer tensor of class ids, got {labels.dtype}")
+    outside = ((labels < 0) | (labels >= num_classes)).nonzero()
+    if len(outside):
+        i = int(outside[0, 0])
+        raise ValueError(f"Driver: labels must be in [0, num_classes = {num_classes}), found {int(labels[i])} "
+                         f"(sample {i})")
 
 
 def _maybe_head(model: nn.Module):

@@ -28,6 +28,22 @@ def cnn(num_classes: int, input_shape: tuple, width: int = 32) -> nn.Module:
         nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes))
 
 
+def check_name(name: str, option: str = "model") -> None:
+    """Refuses a model name ``build`` cannot resolve, without building it or importing a
+    ``module:callable`` (checked when built)."""
+    if name in ("mlp", "cnn"):
+        return
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        if not module_name or not attr:
+            raise ValueError(f"{option} {name!r}: expected module:callable")
+        return
+    tv = torchvision(f"{option} {name!r}: not mlp, cnn or module:callable, and a torchvision model")
+    if name not in tv.models.list_models(module=tv.models):
+        raise ValueError(f"unknown {option} {name!r}; use mlp, cnn, a torchvision classification model (resnet18, "
+                         "resnet50, ...) or module:callable")
+
+
 def build(name: str, num_classes: int, input_shape: tuple, width: int = 0) -> nn.Module:
     if name in ("mlp", "cnn"):
         if len(input_shape) != 3 and name == "cnn":
@@ -43,10 +59,8 @@ def build(name: str, num_classes: int, input_shape: tuple, width: int = 0) -> nn
         if not isinstance(model, nn.Module):
             raise ValueError(f"model {name!r}: the callable returned {type(model).__name__}, not an nn.Module")
         return model
-    tv = torchvision(f"unknown model {name!r}: not mlp, cnn or module:callable, and a torchvision model")
-    if name not in tv.models.list_models(module=tv.models):
-        raise ValueError(f"unknown model {name!r}; use mlp, cnn, a torchvision classification model (resnet18, "
-                         "resnet50, ...) or module:callable")
+    check_name(name)
+    tv = torchvision(f"model {name!r}")
     if len(input_shape) != 3 or input_shape[0] != 3:
         raise ValueError(f"model {name!r}: torchvision classification models expect 3-channel images; the dataset "
                          f"has {input_shape[0] if len(input_shape) == 3 else input_shape} (use mlp or cnn)")

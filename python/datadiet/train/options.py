@@ -25,6 +25,9 @@ _HELP = {
     "every N optimisation steps (0: epoch ends only)", "head": "name of the final nn.Linear (default: found)",
     "amp": "none, bf16 or fp16 (CUDA)", "batch_size": "per-rank batch size",
     "final_lr": "the cosine / one-cycle schedule's last lr, a fraction of --lr",
+    "overwrite": "replace the results of a previous run in --out (without it, such a folder is refused)",
+    "nonfinite_steps": "stop when this many training losses in a row are NaN or infinite (their steps are "
+    "skipped)",
 }
 
 
@@ -64,15 +67,11 @@ def parse_params(items: list[str]) -> dict:
 def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
     values: dict = {}
     resume = getattr(args, "resume", None)
+    flags = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
     if resume:
-        saved = os.path.join(resume, "config.json")
-        if not os.path.isfile(saved):
-            raise ValueError(f"--resume {resume}: no config.json there (not a datadiet run folder)")
-        with open(saved) as f:
-            values.update(json.load(f))
+        values.update(_saved_config(resume, flags))
     if args.config:
         values.update(from_toml(args.config))
-    flags = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
     values.update(flags)
     if resume and "out" not in flags:
         values["out"] = resume  # a resumed run writes where its checkpoint is, even if the folder moved
@@ -81,3 +80,27 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
     values.update(overrides)
     values["strategy_params"] = params
     return TrainConfig(**values).validate()
+
+
+def _saved_config(folder: str, flags: dict) -> dict:
+    """The configuration a run folder recorded, as data only: a model given there as
+    ``module:callable`` (which would import code) must be given again with ``--model`` and equal."""
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"--resume {folder}: no config.json there (not a datadiet run folder)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--resume {folder}: config.json cannot be read as JSON ({exc})") from exc
+    if not isinstance(saved, dict):
+        raise ValueError(f"--resume {folder}: config.json holds {type(saved).__name__}, not a table of options")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise ValueError(f"--resume {folder}: config.json has unknown option {', '.join(map(repr, unknown))}")
+    model = saved.get("model")
+    if isinstance(model, str) and ":" in model and flags.get("model") != model:
+        raise ValueError(f"--resume {folder}: the run's model {model!r} imports code, which is never taken from a "
+                         f"run folder; give it again with --model {model}")
+    return saved

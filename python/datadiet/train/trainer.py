@@ -16,7 +16,6 @@ epoch, so a mid-epoch resume with ``workers > 0`` and random transforms draws ot
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -27,10 +26,10 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from datadiet import runfolder
 from datadiet import strategies as strategy_registry
 from datadiet._dist import init as dist_init
-from datadiet._dist import to_cpu
-from datadiet._dist import world
+from datadiet._dist import rank0_first, to_cpu, world
 from datadiet._seeds import derive_seed, seeded_global_rng
 from datadiet.scores.scoring import eval_mode
 from datadiet.strategies.base import Strategy
@@ -41,6 +40,12 @@ from datadiet.train.driver import Driver
 from datadiet.train.schedules import schedule
 
 CHECKPOINT = "checkpoint.pt"
+RESULTS = (CHECKPOINT, "config.json", "metrics.jsonl", "summary.json")  # what a run leaves in its folder
+
+
+class RunStopped(RuntimeError):
+    """Training ended early for a reason the run reports in one line (non-finite losses, an
+    unreadable sample); the last good checkpoint is kept."""
 
 
 class Trainer:
@@ -52,11 +57,23 @@ class Trainer:
         self.config = config = config.validate()
         if config.resume and config.out is None:
             config.out = config.resume
+        if strategy is None:  # a bad strategy parameter is refused before anything is read or written
+            params = config.strategy_kwargs(strategy_registry.parameters(config.strategy))
+            strategy = strategy_registry.make(config.strategy, **params)
         self.device = dist_init(config.device, config.dist_timeout)
         self.world_size, self.rank = world()
         if config.amp == "fp16" and self.device.type != "cuda":
             raise ValueError(f"config amp = 'fp16': float16 autocast needs a CUDA device, this run uses "
                              f"{self.device} (use bf16)")
+        self._folder = rank0_first(self._claim_out)  # before any data is read or model built
+        try:
+            self._setup(strategy, data, initial_state)
+        except BaseException:
+            self.release()
+            raise
+
+    def _setup(self, strategy: Strategy, data: Optional[datasets.DataBundle], initial_state: Optional[dict]) -> None:
+        config = self.config
         self.autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp]
         bundle = data if data is not None else datasets.load(config.dataset, config.image_size)
         self.num_classes, self.input_shape, self.task = bundle.num_classes, bundle.input_shape, bundle.task
@@ -70,9 +87,6 @@ class Trainer:
         self.model = self._build_model()
         if initial_state is not None:
             self.model.load_state_dict(initial_state)
-        if strategy is None:
-            params = config.strategy_kwargs(strategy_registry.parameters(config.strategy))
-            strategy = strategy_registry.make(config.strategy, **params)
         self.identity = {**config.identity(), "strategy_object": strategy.describe()}
         self.driver = Driver(strategy, self.model, self.train_set, bundle.labels[pool], num_classes=self.num_classes,
                              epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, lr=config.lr,
@@ -94,10 +108,38 @@ class Trainer:
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
         self.history: list[dict] = []
         self._partial: Optional[dict] = None  # the running epoch's sums, saved with a mid-epoch checkpoint
+        self._nonfinite = 0  # non-finite training losses in a row
         if config.resume:
             self._load(os.path.join(config.resume, CHECKPOINT))
         elif config.out and self.rank == 0:
-            _write_json(os.path.join(config.out, "config.json"), dataclasses.asdict(config))
+            runfolder.write_json(os.path.join(config.out, "config.json"), dataclasses.asdict(config))
+
+    def _claim_out(self) -> Optional[runfolder.RunFolder]:
+        """Locks ``out`` for this run; a folder holding another run's results is refused unless
+        the run resumes it or ``overwrite`` replaces them."""
+        cfg = self.config
+        if not cfg.out:
+            return None
+        if cfg.resume and cfg.overwrite:
+            raise ValueError(f"config resume = {cfg.resume!r} and overwrite = True: choose one (resume continues the "
+                             "run, overwrite replaces it)")
+        folder = runfolder.claim(cfg.out)
+        continuing = cfg.resume and os.path.realpath(cfg.resume) == os.path.realpath(cfg.out)
+        try:
+            if cfg.overwrite:
+                runfolder.remove(cfg.out, RESULTS)
+            elif not continuing:
+                runfolder.refuse_previous(cfg.out, runfolder.previous(cfg.out, RESULTS), resume=f"--resume {cfg.out}")
+        except BaseException:
+            folder.release()
+            raise
+        return folder
+
+    def release(self) -> None:
+        """Drops the lock on ``out`` (``fit`` does it when it ends)."""
+        if self._folder is not None:
+            self._folder.release()
+            self._folder = None
 
     # -- setup ---------------------------------------------------------------------------------
     def _build_model(self) -> torch.nn.Module:
@@ -146,6 +188,12 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> dict:
+        try:
+            return self._fit()
+        finally:
+            self.release()
+
+    def _fit(self) -> dict:
         cfg, drv = self.config, self.driver
         self._clock = time.perf_counter()
         for epoch in range(self.epoch, cfg.epochs):
@@ -184,7 +232,7 @@ class Trainer:
             self._save()
         summary = self._summary()
         if cfg.out and self.rank == 0:
-            _write_json(os.path.join(cfg.out, "summary.json"), summary)
+            runfolder.write_json(os.path.join(cfg.out, "summary.json"), summary)
         return summary
 
     def _replan(self, epoch: int) -> None:
@@ -211,30 +259,63 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         steps = drv.steps_per_epoch()
         bar = self._bar(f"epoch {self.epoch}")(drv.loader(), total=steps - part["steps"])
-        for x, y, i in bar:
-            x, y, i, w = drv.prepare(x, y, i, cfg.channels_last)
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-                logits = self.net(x)
-            losses = drv.per_sample_loss(logits, y)
-            correct = logits.argmax(1) == y if drv.strategy.observes and self.task == "classification" else None
-            loss = drv.loss(losses, i, w, correct)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            self.step += 1
-            part["steps"] += 1
-            loss_sum += losses.detach().sum()
-            part["samples"] += int(i.numel())
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and part["steps"] < steps:
-                part["loss"] += float(loss_sum)
-                loss_sum.zero_()
-                part["training"] += time.perf_counter() - start
-                start = time.perf_counter()
+        try:
+            for x, y, i in bar:
+                x, y, i, w = drv.prepare(x, y, i, cfg.channels_last)
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                                    enabled=self.autocast_dtype is not None):
+                    logits = self.net(x)
+                losses = drv.per_sample_loss(logits, y)
+                correct = logits.argmax(1) == y if drv.strategy.observes and self.task == "classification" else None
+                loss = drv.loss(losses, i, w, correct)
+                if self._finite(loss):  # a non-finite loss's step is skipped (or the run stops)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scaler.scale(loss).backward()
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    loss_sum += losses.detach().sum()
+                    part["samples"] += int(i.numel())
+                self.scheduler.step()
+                self.step += 1
+                part["steps"] += 1
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and part["steps"] < steps:
+                    part["loss"] += float(loss_sum)
+                    loss_sum.zero_()
+                    part["training"] += time.perf_counter() - start
+                    start = time.perf_counter()
+                    self._save()
+        except datasets.SampleError as exc:
+            # The batches before the unreadable one are trained: keep them, so a resume (once the
+            # file is readable) continues from this batch.
+            part["loss"] += float(loss_sum)
+            part["training"] += time.perf_counter() - start
+            saved = self.world_size == 1 and bool(cfg.out)  # under DDP the other ranks cannot join a save
+            if saved:
                 self._save()
+            where = f"; checkpointed at epoch {self.epoch}, step {self.step}: replace the file with a readable one " \
+                    f"and continue with --resume {cfg.out}" if saved else ""
+            raise RunStopped(f"{exc}{where}") from exc
         part["loss"] += float(loss_sum)
         part["training"] += time.perf_counter() - start
+
+    def _finite(self, loss: torch.Tensor) -> bool:
+        """Whether this step's loss is finite (on every rank: under DDP all ranks skip the step or
+        none, as the gradient all-reduce needs them all); ``nonfinite_steps`` non-finite losses in
+        a row stop the run, its last checkpoint untouched. One host sync per step."""
+        bad = (~torch.isfinite(loss.detach())).to(torch.float32)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        if not bool(bad):
+            self._nonfinite = 0
+            return True
+        self._nonfinite += 1
+        if self._nonfinite >= self.config.nonfinite_steps:
+            row = f" ({self._nonfinite} in a row)" if self._nonfinite > 1 else ""
+            saved = self.config.out and os.path.isfile(os.path.join(self.config.out, CHECKPOINT))
+            kept = f"; the last checkpoint in {self.config.out} is kept" if saved else ""
+            raise RunStopped(f"the training loss is {float(loss.detach())} at epoch {self.epoch}, step {self.step + 1}{row}"
+                             f"{kept} (lower --lr, or let --nonfinite-steps N skip up to N-1 such steps in a row)")
+        return False
 
     def _sync_buffers(self) -> None:
         """Rank 0's buffers (BatchNorm statistics) on every rank before evaluating and scoring: DDP
@@ -327,11 +408,8 @@ class Trainer:
     def _write_metrics(self) -> None:
         """The JSONL of every finished epoch, rewritten whole (so a resumed run never repeats a line)."""
         if self.config.out and self.rank == 0:
-            os.makedirs(self.config.out, exist_ok=True)
-            path = os.path.join(self.config.out, "metrics.jsonl")
-            with open(path + ".tmp", "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in self.history)
-            os.replace(path + ".tmp", path)
+            runfolder.write_text(os.path.join(self.config.out, "metrics.jsonl"),
+                                 "".join(runfolder.dumps(r) + "\n" for r in self.history))
 
     def _summary(self) -> dict:
         totals = {k: sum(r["time"][k] for r in self.history) for k in ("pretraining", "selection", "scoring",
@@ -353,9 +431,3 @@ def pool_split(n: int, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]
     m = math.floor(val_fraction * n)
     return perm[m:].sort().values, perm[:m].sort().values
 
-
-def _write_json(path: str, data: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(path + ".tmp", path)

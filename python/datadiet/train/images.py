@@ -1,0 +1,82 @@
+"""The image files of ``imagefolder:PATH``, read as 8-bit RGB, and the faults of a folder named.
+
+Reading (``read_rgb``): 16-bit grey (PIL modes ``I;16*`` and ``I``, e.g. 16-bit PNGs) is scaled
+to 8 bits (the top byte; PIL's own conversion clips every value above 255, so such images came
+out white); images with transparency (``RGBA``, ``LA``, ``PA``, a palette with a transparent
+colour) are composited over white (the page most such images were drawn for); any other mode
+goes through PIL's conversion. A file that cannot be opened or decoded to its end (corrupt,
+truncated, empty, unreadable) raises ``SampleError`` when the loop fetches it, naming the split,
+the index, the class and the file.
+
+Folders (``ImageFiles``): a split with no class folder, or a class folder with no image file, is
+refused when the dataset is loaded, by name.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+
+import numpy as np
+from PIL import Image
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from datadiet.train.datasets import SampleError
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_WHITE = (255, 255, 255, 255)
+
+
+def read_rgb(path: str) -> Image.Image:
+    """The image in ``path`` as 8-bit RGB, decoded completely (a truncated file fails here, not
+    half-way through a transform)."""
+    with Image.open(path) as image:
+        image.load()
+        return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in _SIXTEEN_BIT:
+        top_byte = (np.asarray(image, dtype=np.int64) >> 8).clip(0, 255).astype(np.uint8)
+        return Image.fromarray(top_byte).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        return Image.alpha_composite(Image.new("RGBA", image.size, _WHITE), image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
+
+
+class ImageFiles(ImageFolder):
+    """``ROOT/split/<class>/<image>`` as torchvision's ImageFolder reads it (same classes, samples
+    and order), through ``read_rgb``, a file that cannot be read a ``SampleError``."""
+
+    def __init__(self, root: str, split: str, spec: str, transform):
+        folder = os.path.join(root, split)
+        with os.scandir(folder) as entries:
+            has_class = any(entry.is_dir() for entry in entries)
+        if not has_class:
+            raise ValueError(f"dataset {spec}: {split} is empty: {folder} holds no class folder (<class>/<image>)")
+        super().__init__(folder, transform=transform, loader=read_rgb, allow_empty=True)
+        self.spec, self.split = spec, split
+        counts = collections.Counter(self.targets)
+        for label, name in enumerate(self.classes):
+            if not counts[label]:
+                raise ValueError(f"dataset {spec}: class folder {os.path.join(folder, name)} holds no image (files "
+                                 f"ending {', '.join(IMG_EXTENSIONS)})")
+
+    def __getitem__(self, index: int):
+        path, target = self.samples[index]
+        try:
+            image = self.loader(path)
+        except Exception as exc:  # PIL raises OSError, SyntaxError, EOFError, struct.error... on a broken file
+            raise self.unreadable(index, exc) from exc
+        if self.transform is not None:
+            image = self.transform(image)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return image, target
+
+    def unreadable(self, index: int, exc: Exception) -> SampleError:
+        path, label = self.samples[index]
+        where = os.path.relpath(path, self.root)
+        return SampleError(f"dataset {self.spec}: {self.split} sample {index} (class {self.classes[label]!r}, {where}) "
+                           f"cannot be read: {str(exc) or type(exc).__name__}", path=path, index=index, label=label)
