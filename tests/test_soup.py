@@ -95,3 +95,18 @@ def test_errors():
         greedy_soup([Scalar(1.0)], held_out, alphas=[1.5])
     with pytest.raises(TypeError, match="bn_loader re-estimates BatchNorm statistics and needs nn.Module"):
         uniform_soup([net(0).state_dict()], bn_loader=[torch.randn(2, 3, 8, 8)])
+
+
+def test_greedy_soup_refuses_an_evaluator_returning_nan():
+    ingredients = [Scalar(1.0), Scalar(4.0)]
+    with pytest.raises(ValueError, match="evaluate returned NaN for ingredient 0"):
+        greedy_soup(ingredients, lambda model: float("nan"))
+    # A candidate scoring NaN is simply not an improvement.
+    calls = []
+
+    def nan_after_ranking(model):
+        calls.append(1)
+        return held_out(model) if len(calls) <= 2 else float("nan")
+
+    out = greedy_soup(ingredients, nan_after_ranking)
+    assert out.accepted == [0] and [h[3] for h in out.history] == [False]

@@ -21,6 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 import datadiet
+from datadiet import runfolder
 from datadiet import backends
 
 SCORES = ("loss", "el2n", "grad_norm", "confidence", "margin", "entropy")
@@ -212,9 +213,6 @@ def main(epochs: int = 15, seed: int = 0, label_noise: float = 0.05, top: int = 
     plot(scores, flipped, plot_path)
     summary = {"val_accuracy": val_acc, "flipped": k, "flipped_found_in_top_k": found, "subsets": subsets,
                "ensemble": merged, "timings_s": timings, "build": datadiet.build_info()}
-    tmp = os.path.join(out_dir, "summary.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=1, default=str)
-    os.replace(tmp, os.path.join(out_dir, "summary.json"))
+    runfolder.write_json(os.path.join(out_dir, "summary.json"), json.loads(json.dumps(summary, default=str)))
     print(f"wrote {plot_path} and {os.path.join(out_dir, 'summary.json')}")
     return summary

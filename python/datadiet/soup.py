@@ -13,6 +13,7 @@ trained apart.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Sequence, Union
 
@@ -136,6 +137,10 @@ def greedy_soup(ingredients: Sequence[Ingredient], evaluate: Callable[[Ingredien
         return float(evaluate(_finish(candidate, bn_loader, device)))
 
     scores = [score(x) for x in ingredients]
+    unordered = [i for i, s in enumerate(scores) if math.isnan(s)]
+    if unordered:  # NaN ranks nowhere: the greedy order would be arbitrary
+        raise ValueError(f"datadiet.greedy_soup: evaluate returned NaN for ingredient {unordered[0]}; it must "
+                         "return a comparable number (higher is better)")
     order = sorted(range(len(ingredients)), key=lambda i: -scores[i])
     soup, state = _empty_like(ingredients[order[0]])
     best, accepted, history = scores[order[0]], [order[0]], []
