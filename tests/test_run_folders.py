@@ -217,7 +217,9 @@ def test_ensemble_refuses_more_members_than_samples_before_the_warm_up(tmp_path,
 # -- non-finite training stops; every JSON file is JSON ------------------------------------------------
 def test_a_non_finite_loss_stops_the_run_naming_epoch_and_step(tmp_path, capsys):
     out = tmp_path / "nan"
-    assert main(["train", *TINY, "--batch-size", "64", "--lr", "inf", "--out", str(out)]) == 1
+    assert main(["train", *TINY, "--batch-size", "64", "--lr", "inf", "--out", str(out)]) == 2
+    assert "config lr = inf" in _error(capsys)  # refused before training
+    assert main(["train", *TINY, "--batch-size", "64", "--lr", "1e30", "--out", str(out)]) == 1
     line = _error(capsys)
     assert "stopped: the training loss is nan at epoch 0, step 2" in line
     assert not (out / "summary.json").exists()
@@ -270,3 +272,20 @@ def test_resume_never_imports_a_model_named_by_the_folder(tmp_path, capsys, monk
         (out / "config.json").write_text(bad)
         assert main(["train", "--resume", str(out)]) == 2
         assert message in _error(capsys)
+
+
+def test_skip_bad_samples_leaves_unreadable_files_out_and_lists_them(tmp_path):
+    pytest.importorskip("torchvision")
+    root = pathlib.Path(image_folder(str(tmp_path / "img"), classes=2, per_class=8))
+    broken = [sorted((root / "train" / "class_1").iterdir())[0], sorted((root / "val" / "class_0").iterdir())[0]]
+    for path in broken:
+        path.write_bytes(b"")
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", f"imagefolder:{root}", "--model", "cnn", "--image-size", "16", "--epochs", "1",
+            "--batch-size", "4", "--val-fraction", "0", "--no-progress", "--out", str(out), "--skip-bad-samples"]
+    assert main(argv) == 0
+    summary = _strict((out / "summary.json").read_text())
+    assert sorted(os.path.basename(r["path"]) for r in summary["skipped_samples"]) == sorted(p.name for p in broken)
+    assert {r["split"] for r in summary["skipped_samples"]} == {"train", "val"}
+    assert summary["samples"] == 15  # 16 training images, one left out
+    assert _strict((out / "metrics.jsonl").read_text().splitlines()[0])["skipped_samples"] == 2

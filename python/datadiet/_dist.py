@@ -27,6 +27,9 @@ def init(device: str, timeout: float) -> torch.device:
             dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         elif dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
+        elif dev.index >= torch.cuda.device_count():
+            raise ValueError(f"config device = {device!r}: this machine has {torch.cuda.device_count()} CUDA "
+                             f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
         torch.cuda.set_device(dev)
     dist = torch.distributed
     if size > 1 and not dist.is_initialized():

@@ -299,6 +299,9 @@ def _lipt(args, config, parse_params) -> int:
 
     from datadiet.pipelines import lightweight_pretraining as lipt_module
 
+    usual_params = parse_params(args.usual_param)
+    if args.against_usual:  # its parameters checked now, not after LiPT has run
+        lipt_module.usual_pretraining_config(config, **usual_params)
     try:
         result = lipt_module.lipt(config, _lipt_options(args))
     except lipt_module.NoWorkerLeft as exc:
@@ -306,7 +309,7 @@ def _lipt(args, config, parse_params) -> int:
         return 1
     rows = [("lipt", result)]
     if args.against_usual:
-        usual = lipt_module.usual_pretraining(dataclasses.replace(config, out=None), **parse_params(args.usual_param))
+        usual = lipt_module.usual_pretraining(dataclasses.replace(config, out=None), **usual_params)
         rows.append((f"{config.strategy} (own pre-training)", usual))
     if int(os.environ.get("RANK", "0")) == 0:
         keys = ("pretraining", "selection", "main_training", "total")

@@ -39,13 +39,16 @@ class RunFolderError(ValueError):
 class RunFolder:
     """A claimed folder; ``release()`` (or leaving the ``with`` block) drops the lock."""
 
-    def __init__(self, path: str, fd: int | None):
-        self.path, self._fd = path, fd
+    def __init__(self, path: str, fd: int | None, created: bool = False):
+        self.path, self._fd, self._created = path, fd, created
 
     def release(self) -> None:
         if self._fd is None:
             return
         _held.pop(os.path.realpath(self.path), None)
+        if self._created and os.listdir(self.path) == [LOCK]:  # a run that wrote nothing leaves nothing
+            os.unlink(os.path.join(self.path, LOCK))
+            os.rmdir(self.path)
         os.close(self._fd)  # closing the descriptor drops the flock
         self._fd = None
 
@@ -64,6 +67,7 @@ def claim(path: str, *, option: str = "--out") -> RunFolder:
     that chose it in the errors."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise RunFolderError(f"{option} {path}: is a file, not a folder")
+    created = not os.path.exists(path)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
@@ -91,7 +95,7 @@ def claim(path: str, *, option: str = "--out") -> RunFolder:
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     for leftover in glob.glob(os.path.join(glob.escape(path), _TMP_PREFIX + "*" + _TMP_SUFFIX)):
         os.unlink(leftover)  # a write a killed run left half done; we hold the lock, so nobody else's
-    folder = RunFolder(path, fd)
+    folder = RunFolder(path, fd, created)
     _held[key] = folder
     return folder
 

@@ -127,9 +127,9 @@ def ensemble(config: TrainConfig, *, phases: int = 2, n_models: int = 3, warmup_
 
 def _ensemble(config, schedule, fraction, n_models, warmup_epochs, base, bn, ensemble, grand_inits, grand_epochs,
               member_ranks, log) -> dict:
-    data = datasets.load(config.dataset, config.image_size)
+    data = config.load_data()
     datasets.require_classification(config.dataset, "ensemble (GraNd strata of a classifier)", data.task)
-    pool = len(pool_split(len(data.train), config.val_fraction)[0])
+    pool = len(pool_split(len(data.train), config.val_fraction, data.unusable_train())[0])
     if n_models > pool:
         raise ValueError(f"ensemble: n_models = {n_models} members need a difficulty stratum each, more than the "
                          f"pool's {pool} samples")

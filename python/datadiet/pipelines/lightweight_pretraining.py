@@ -54,12 +54,15 @@ from datadiet._seeds import derive_seed, seeded_global_rng
 from datadiet.pipelines import jigsaw as jig
 from datadiet.scores.scoring import eval_mode
 from datadiet.soup import greedy_soup, uniform_soup
+from datadiet.strategies.base import check_types, is_number
 from datadiet.strategies.pretrained import FromModel
 from datadiet.train import datasets, models
 from datadiet.train.config import TrainConfig
 from datadiet.train.trainer import RESULTS, Trainer, pool_split
 
 TASKS, MERGES, BN, HEADS = ("jigsaw", "supervised"), ("greedy", "uniform"), ("average", "reestimate"), ("fit", "keep")
+MAX_GRID = 11  # the jigsaw's permutations hold tile numbers as int8: at most 121 tiles
+RANDAUGMENT_OPS, MAX_MAGNITUDE = 14, 30  # torchvision's RandAugment: 14 ops, magnitudes 0..30
 
 
 @dataclass(frozen=True)
@@ -84,34 +87,37 @@ class LiptOptions:
     soup_samples: int = 2048  # held-out samples judging the soup
 
     def validate(self) -> "LiptOptions":
-        for key in ("n_workers", "worker_batches", "worker_steps", "permutations", "head_iters", "soup_samples"):
+        def need(ok: bool, key: str, what: str):
+            if not ok:
+                raise ValueError(f"lipt: {key} = {getattr(self, key)!r}: must be {what}")
+
+        check_types(self, "lipt: ")  # every option's type first: the ranges below compare numbers
+        for key in ("n_workers", "worker_batches", "worker_steps", "head_iters", "soup_samples"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if value < 1:
                 raise ValueError(f"lipt: {key} must be an int >= 1, got {value!r}")
+        need(self.permutations >= 2, "permutations", "an int >= 2 (the jigsaw task's classes)")
+        need(self.grid is None or 2 <= self.grid <= MAX_GRID, "grid",
+             f"an int in [2, {MAX_GRID}] (tiles per side) or None (by image size)")
         for key, allowed in (("task", TASKS), ("merge", MERGES), ("bn", BN), ("scorer_head", HEADS)):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"lipt: {key} must be one of {allowed}, got {getattr(self, key)!r}")
         if self.scorer_head == "keep" and self.task != "supervised":
             raise ValueError("lipt: scorer_head='keep' keeps a classifier, which only task='supervised' trains; "
                              "the jigsaw head predicts permutations (use scorer_head='fit')")
-        for key in ("worker_batch_size", "worker_lr"):
-            value = getattr(self, key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
-                                      or (key == "worker_batch_size" and not isinstance(value, int))):
-                raise ValueError(f"lipt: {key} must be {'an int' if key == 'worker_batch_size' else 'a number'} "
-                                 f"> 0 or None (the run's own), got {value!r}")
-        if len(self.density) != 2:
-            raise ValueError(f"lipt: density must be a pair (low, high), got {self.density!r}")
+        for key, kind in (("worker_batch_size", "an int"), ("worker_lr", "a number")):
+            need(getattr(self, key) is None or getattr(self, key) > 0, key, f"{kind} > 0 or None (the run's own)")
+        if len(self.density) != 2 or not all(is_number(d) for d in self.density):
+            raise ValueError(f"lipt: density must be a pair of numbers (low, high), got {self.density!r}")
         lo, hi = self.density
         if not 0.0 < lo <= hi <= 1.0:
             raise ValueError(f"lipt: density must be (low, high) with 0 < low <= high <= 1, got {self.density}")
-        if not self.alphas or not all(0.0 < float(a) <= 1.0 for a in self.alphas):
-            raise ValueError(f"lipt: alphas must be ratios in (0, 1], got {self.alphas}")
-        if self.augment_ops < 0 or not 0 <= self.magnitude <= 30:
-            raise ValueError(f"lipt: augment_ops must be >= 0 and magnitude in [0, 30], got {self.augment_ops}, "
-                             f"{self.magnitude}")
-        if self.worker_timeout is not None and not self.worker_timeout > 0:
-            raise ValueError(f"lipt: worker_timeout must be > 0 seconds or None, got {self.worker_timeout!r}")
+        if not self.alphas or not all(is_number(a) and 0.0 < a <= 1.0 for a in self.alphas):
+            raise ValueError(f"lipt: alphas must be ratios in (0, 1], got {self.alphas!r}")
+        need(0 <= self.augment_ops <= RANDAUGMENT_OPS, "augment_ops", f"an int in [0, {RANDAUGMENT_OPS}] "
+             "(RandAugment ops per image)")
+        need(0 <= self.magnitude <= MAX_MAGNITUDE, "magnitude", f"an int in [0, {MAX_MAGNITUDE}] (RandAugment's)")
+        need(self.worker_timeout is None or self.worker_timeout > 0, "worker_timeout", "> 0 seconds or None")
         return self
 
 
@@ -168,10 +174,10 @@ def lipt(config: TrainConfig, options: LiptOptions = LiptOptions(), *, data: Opt
 
 
 def _lipt(config: TrainConfig, options: LiptOptions, strategy, data, device, size: int, rank: int, log) -> dict:
-    data = data if data is not None else datasets.load(config.dataset, config.image_size)
+    data = data if data is not None else config.load_data()
     datasets.require_classification(config.dataset, "lipt (a classifier's gradients select)", data.task)
     started = time.perf_counter()  # like the Trainer's wall, from after loading the data
-    pool, held_out = pool_split(len(data.train), config.val_fraction)
+    pool, held_out = pool_split(len(data.train), config.val_fraction, data.unusable_train())
     if held_out.numel() == 0:
         raise ValueError(f"lipt: the merge is judged on the held-out split; config val_fraction = "
                          f"{config.val_fraction} leaves none (use val_fraction > 0)")
@@ -232,12 +238,19 @@ def usual_pretraining(config: TrainConfig, *, data: Optional[datasets.DataBundle
     """The run LiPT is measured against: ``config.strategy`` with its own pre-training (GraNd's
     proxy models trained on the full pool: ``pretrain_epochs``, default ceil(0.2 · epochs), and
     ``repeats`` initialisations), in the same time breakdown as ``lipt``'s."""
-    cfg = dataclasses.replace(config, strategy_params={**config.strategy_params, **strategy_params})
+    cfg = usual_pretraining_config(config, **strategy_params)
     summary = Trainer(cfg, data=data).fit()
     t = summary["time"]
     return {"strategy": cfg.strategy, "strategy_params": cfg.strategy_params, "test_acc": summary["test_acc"],
             "time": {"pretraining": t["pretraining"], "selection": t["selection"] + t["scoring"],
                      "main_training": t["training"], "evaluation": t["evaluation"], "total": summary["wall"]}}
+
+
+def usual_pretraining_config(config: TrainConfig, **strategy_params) -> TrainConfig:
+    """``usual_pretraining``'s configuration, its strategy built once to check the parameters."""
+    cfg = dataclasses.replace(config, strategy_params={**config.strategy_params, **strategy_params}).validate()
+    strategy_registry.make(cfg.strategy, **cfg.strategy_kwargs(strategy_registry.parameters(cfg.strategy)))
+    return cfg
 
 
 def _strategy(config: TrainConfig):

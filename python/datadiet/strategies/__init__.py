@@ -40,7 +40,7 @@ def make(name: str, **params) -> Strategy:
 
 
 def _lookup(name: str) -> type:
-    if name not in STRATEGIES:
+    if not isinstance(name, str) or name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
     return STRATEGIES[name]
 

@@ -52,14 +52,11 @@ class GradMatch(Periodic):
     cache: Optional[str] = None
     _recorder: Optional[SelectionRecorder] = field(default=None, init=False, repr=False)
 
-    def setup(self, context) -> None:
-        super().setup(context)
-        self._recorder = SelectionRecorder(self.cache, self) if self.cache else None
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.mode not in MODES:
             raise ValueError(f"gradmatch: mode must be one of {MODES}, got {self.mode!r}")
-        if self.embedding is None:
-            self.embedding = "per_class" if self.mode == "per_class" else "bias"
-        if self.embedding not in EMBEDDINGS:
+        if self.embedding is not None and self.embedding not in EMBEDDINGS:
             raise ValueError(f"gradmatch: embedding must be one of {EMBEDDINGS}, got {self.embedding!r}")
         if self.embedding == "per_class" and self.mode != "per_class":
             raise ValueError(f"gradmatch: embedding='per_class' (the label's row) needs mode='per_class', got "
@@ -67,17 +64,28 @@ class GradMatch(Periodic):
         if self.embedding == "full" and self.mode == "per_batch":
             raise ValueError("gradmatch: mode='per_batch' needs a dense embedding ('bias'); the full last layer is "
                              "only kept factorised per sample")
+        if self.target not in TARGETS:
+            raise ValueError(f"gradmatch: target must be one of {TARGETS}, got {self.target!r}")
+        self.need(self.lam is None or self.lam >= 0, "lam", ">= 0 (the ridge term) or None (CORDS' default)")
+        self.need(0 <= self.tol < 1, "tol", "in [0, 1) (the residual at which OMP stops)")
+        self.need(self.batch_size is None or self.batch_size >= 1, "batch_size", "an int >= 1 or None (the run's)")
+
+    def setup(self, context) -> None:
+        super().setup(context)
+        self._recorder = SelectionRecorder(self.cache, self) if self.cache else None
+        if self.embedding is None:  # always a combination the checks at construction allow
+            self.embedding = "per_class" if self.mode == "per_class" else "bias"
         if self.embedding == "bias":
             warnings.warn("gradmatch: the bias-only embedding ignores the features and can select worse than "
                           "random (see the GradMatch docstring)", stacklevel=2)
-        if self.target not in TARGETS:
-            raise ValueError(f"gradmatch: target must be one of {TARGETS}, got {self.target!r}")
         if self.target == "val" and not context.has_val:
             raise ValueError("gradmatch: target='val' needs a held-out selection split (val_fraction > 0)")
         if self.lam is None:
             self.lam = 0.0 if self.mode == "per_batch" else 0.5
         if self.batch_size is None:
             self.batch_size = context.batch_size
+        if self.mode == "per_batch":
+            self.need(self.batch_size <= context.n, "batch_size", f"at most the pool's {context.n} samples")
         if self.mode == "per_class":
             self.size = self.per_class_size()  # an upper bound: OMP may stop short, the fill tops up to k
 
@@ -126,10 +134,14 @@ class Glister(Periodic):
     eta: Optional[float] = None
     variant: str = "stochastic"
 
-    def setup(self, context) -> None:
-        super().setup(context)
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.variant not in VARIANTS:
             raise ValueError(f"glister: variant must be one of {VARIANTS}, got {self.variant!r}")
+        self.need(self.eta is None or self.eta >= 0, "eta", ">= 0 (the step size) or None (the run's lr)")
+
+    def setup(self, context) -> None:
+        super().setup(context)
         if not context.has_val:
             raise ValueError("glister: needs a held-out selection split (val_fraction > 0)")
         if self.eta is None:

@@ -27,7 +27,10 @@ The regimes are compositions of these calls:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -62,14 +65,77 @@ class Context:
     run: dict = field(default_factory=dict)  # the run's configuration, for files a strategy writes
 
 
+# What a value of each checked type hint must be, in the words of an error message.
+_KINDS = {int: "an int", float: "a finite number", bool: "true or false", str: "a string", dict: "a table",
+          tuple: "a list", list: "a list"}
+
+
+def is_number(value: Any) -> bool:
+    """An int or a finite float; not a bool, nor an int too large for a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond the float range
+        return False
+
+
+def _fits(value: Any, kind: type) -> bool:
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return is_number(value)
+    if kind in (tuple, list):  # a list from TOML or JSON stands for a tuple
+        return isinstance(value, (tuple, list))
+    return isinstance(value, kind)
+
+
+def expected(value: Any, hint: Any) -> Optional[str]:
+    """None when ``value`` fits the type hint ``hint``, else what it must be ("an int or None").
+    Hints checked: int (not bool), float (an int or a finite float), bool, str, dict, tuple, list
+    and Optional of one of them; any other hint (Any, a tensor) is left to its owner's checks."""
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+    kinds = [k for k in typing.get_args(hint) if k is not type(None)] if optional else [hint]
+    if len(kinds) != 1 or kinds[0] not in _KINDS or (optional and value is None) or _fits(value, kinds[0]):
+        return None
+    return _KINDS[kinds[0]] + (" or None" if optional else "")
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def check_types(obj: Any, prefix: str) -> None:
+    """Each constructor field of the dataclass ``obj`` against its type hint: for the first that does
+    not fit, a ValueError ``{prefix}KEY = VALUE: must be ...``. Range checks come after it, so
+    they can compare numbers without a TypeError."""
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        what = expected(getattr(obj, f.name), hints[f.name]) if f.init else None
+        if what:
+            raise ValueError(f"{prefix}{f.name} = {getattr(obj, f.name)!r}: must be {what}")
+
+
 class Strategy:
-    """Base: trains on the full pool, never filters a batch. Subclasses override what they need."""
+    """Base: trains on the full pool, never filters a batch. Subclasses override what they need.
+    A dataclass strategy checks its parameters when constructed (``__post_init__``: types here,
+    ranges in the subclass), so a bad option fails before any model trains; ``setup`` checks only
+    what needs the run (its epochs, pool, held-out split)."""
 
     name = "full"
     observes = False  # observe() wants each training forward's per-sample losses ...
     observes_correct = False  # ... and whether each sample was classified correctly
     needs_head = False
     rescales_loss = False  # the loss is Σ w ℓ / n (weights rescale gradients), not Σ w ℓ / Σ w
+
+    def __post_init__(self) -> None:
+        check_types(self, f"strategy {self.name!r}: ")
+
+    def need(self, ok: bool, key: str, what: str) -> None:
+        """A ValueError naming the strategy, the parameter ``key``, its value and ``what`` it must be."""
+        if not ok:
+            raise ValueError(f"strategy {self.name!r}: {key} = {getattr(self, key)!r}: must be {what}")
 
     def setup(self, context: Context) -> None:
         self.context = context
@@ -125,12 +191,6 @@ def check_strategy(owner: str, strategy: Any) -> Strategy:
     return strategy
 
 
-def check_fraction(name: str, fraction: float) -> float:
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < float(fraction) <= 1.0:
-        raise ValueError(f"{name}: fraction must be in (0, 1], got {fraction!r}")
-    return float(fraction)
-
-
 @dataclass
 class Periodic(Strategy):
     """Selects ``fraction`` of the pool at epoch ``warm_epochs`` and, with ``every = R``, again at
@@ -142,16 +202,21 @@ class Periodic(Strategy):
     warm: float = 0.0
     _last: dict = field(default_factory=dict, init=False, repr=False)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        label = type(self).name
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"{label}: fraction must be in (0, 1], got {self.fraction!r}")
+        if self.every is not None and self.every < 1:
+            raise ValueError(f"{label}: every must be an int >= 1 (epochs between selections) or None (one-shot), "
+                             f"got {self.every!r}")
+        if not 0.0 <= self.warm < 1.0:
+            raise ValueError(f"{label}: warm must be in [0, 1) (CORDS' kappa), got {self.warm!r}")
+
     def setup(self, context: Context) -> None:
         super().setup(context)
         label = type(self).name
-        self.fraction = check_fraction(label, self.fraction)
-        if self.every is not None and (isinstance(self.every, bool) or not isinstance(self.every, int)
-                                       or self.every < 1):
-            raise ValueError(f"{label}: every must be an int >= 1 (epochs between selections) or None (one-shot), "
-                             f"got {self.every!r}")
-        if not 0.0 <= float(self.warm) < 1.0:
-            raise ValueError(f"{label}: warm must be in [0, 1) (CORDS' kappa), got {self.warm!r}")
+        self.fraction = float(self.fraction)
         self.warm_epochs = math.ceil(self.warm * context.epochs * self.fraction) if self.warm else 0
         if self.warm_epochs >= context.epochs:
             raise ValueError(f"{label}: warm = {self.warm} gives {self.warm_epochs} full-data epochs of "

@@ -22,12 +22,24 @@ from typing import Any, Callable, Optional
 import torch
 
 from datadiet._seeds import derive_seed
+from datadiet.select.adaselection import METHODS as ADA_METHODS
 from datadiet.select.adaselection import AdaSelector
 from datadiet.select.selective_backprop import METHODS, SelectiveBackpropSelector
 from datadiet.strategies.base import Strategy
 
 _DEFAULTS = {"composer": {"start": 0.5, "end": 0.9, "interrupt": 2},
              "jiang": {"start": None, "end": 1.0, "interrupt": 0}}
+MAX_HISTORY = 1 << 20  # losses the Jiang rule ranks against, kept on the device
+
+
+def method_names(methods: Any) -> tuple:
+    """AdaSelection's ``methods`` as a tuple: from a comma-separated string or a list of strings;
+    () for anything else (refused)."""
+    if isinstance(methods, str):
+        return tuple(m.strip() for m in methods.split(",") if m.strip())
+    if isinstance(methods, (tuple, list)) and all(isinstance(m, str) for m in methods):
+        return tuple(methods)
+    return ()
 
 
 @dataclass
@@ -50,22 +62,36 @@ class SelectiveBackprop(Strategy):
     _selector: Optional[SelectiveBackpropSelector] = field(default=None, init=False, repr=False)
     _batches: int = field(default=0, init=False, repr=False)
 
-    def setup(self, context) -> None:
-        super().setup(context)
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.rule not in METHODS:
             raise ValueError(f"selective_backprop: rule must be one of {METHODS}, got {self.rule!r}")
+        self.need(0 < self.keep <= 1, "keep", "in (0, 1] (the fraction of each batch trained on)")
+        self.need(self.beta >= 0, "beta", ">= 0 (the Jiang rule's selectivity)")
+        self.need(1 <= self.history <= MAX_HISTORY, "history", f"an int in [1, {MAX_HISTORY}] (losses kept)")
+        for key in ("start", "end"):
+            self.need(getattr(self, key) is None or 0 <= getattr(self, key) <= 1, key,
+                      "in [0, 1] (a fraction of training) or None (the rule's default)")
+        self.check_window()
+        if self.interrupt is not None and self.interrupt < 0:
+            raise ValueError(f"selective_backprop: interrupt must be an int >= 0, got {self.interrupt!r}")
+        if not 0.0 < self.scale_factor <= 1.0:
+            raise ValueError(f"selective_backprop: scale_factor must be in (0, 1], got {self.scale_factor}")
+
+    def check_window(self) -> None:
+        """start <= end, once both are known (given, or the rule's defaults at set-up)."""
+        if self.start is not None and self.end is not None and self.start > self.end:
+            raise ValueError(f"selective_backprop: need 0 <= start <= end <= 1, got start={self.start}, "
+                             f"end={self.end}")
+
+    def setup(self, context) -> None:
+        super().setup(context)
         defaults = _DEFAULTS[self.rule]
         if self.start is None:
             self.start = defaults["start"] if defaults["start"] is not None else 1.0 / context.epochs
         self.end = defaults["end"] if self.end is None else self.end
         self.interrupt = defaults["interrupt"] if self.interrupt is None else self.interrupt
-        if not 0.0 <= self.start <= self.end <= 1.0:
-            raise ValueError(f"selective_backprop: need 0 <= start <= end <= 1, got start={self.start}, "
-                             f"end={self.end}")
-        if isinstance(self.interrupt, bool) or not isinstance(self.interrupt, int) or self.interrupt < 0:
-            raise ValueError(f"selective_backprop: interrupt must be an int >= 0, got {self.interrupt!r}")
-        if not 0.0 < float(self.scale_factor) <= 1.0:
-            raise ValueError(f"selective_backprop: scale_factor must be in (0, 1], got {self.scale_factor}")
+        self.check_window()
         self._selector = SelectiveBackpropSelector(self.rule, beta=self.beta, history_size=self.history,
                                                    keep=self.keep, seed=derive_seed(context.seed, 4, context.rank),
                                                    device=context.device)
@@ -114,13 +140,23 @@ class AdaSelection(Strategy):
     start: float = 0.0
     _selector: Optional[AdaSelector] = field(default=None, init=False, repr=False)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        names = method_names(self.methods)
+        if not names or not set(names) <= set(ADA_METHODS) or len(set(names)) != len(names):
+            raise ValueError(f"adaselection: methods must be distinct names from {ADA_METHODS} (a list or a "
+                             f"comma-separated string), got {self.methods!r}")
+        for key, ok, what in (("keep", 0 < self.keep <= 1, "in (0, 1]"), ("eta", self.eta >= 0, ">= 0"),
+                              ("tau", self.tau > 0, "> 0"), ("lam", self.lam >= 0, ">= 0"),
+                              ("ema", 0 <= self.ema <= 1, "in [0, 1]"),
+                              ("delta", 0 < self.delta <= 0.5, "in (0, 0.5]")):
+            self.need(ok, key, what)
+        if not 0.0 <= self.start < 1.0:
+            raise ValueError(f"adaselection: start must be in [0, 1) (a fraction of training), got {self.start!r}")
+
     def setup(self, context) -> None:
         super().setup(context)
-        if isinstance(self.methods, str):
-            self.methods = tuple(m.strip() for m in self.methods.split(",") if m.strip())
-        self.methods = tuple(self.methods)
-        if isinstance(self.start, bool) or not isinstance(self.start, (int, float)) or not 0.0 <= self.start < 1.0:
-            raise ValueError(f"adaselection: start must be in [0, 1) (a fraction of training), got {self.start!r}")
+        self.methods = method_names(self.methods)
         self._selector = AdaSelector(self.methods, keep=self.keep, eta=self.eta, tau=self.tau, lam=self.lam,
                                      ema=self.ema, delta=self.delta, draw=self.draw, num_classes=context.num_classes,
                                      seed=derive_seed(context.seed, 11, context.rank))

@@ -80,10 +80,14 @@ class CachedGradMatch(Periodic):
     cache: Optional[str] = None
     _rounds: dict = field(default_factory=dict, init=False, repr=False)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.cache:
+            raise ValueError(f"cached_gradmatch: cache must name the file a gradmatch run recorded (--cache PATH), "
+                             f"got {self.cache!r}")
+
     def setup(self, context) -> None:
         super().setup(context)
-        if not self.cache:
-            raise ValueError("cached_gradmatch: cache must name the file a gradmatch run recorded (--cache PATH)")
         rounds, self.producer = read_cache(self.cache, cache_identity(self))
         self.digest = records.digest(self.cache)
         self._rounds = {int(r["start"]): r for r in rounds}

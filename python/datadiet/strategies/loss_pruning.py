@@ -42,14 +42,17 @@ class InfoBatch(Strategy):
     _scores: Optional[torch.Tensor] = field(default=None, init=False, repr=False)
     _last: dict = field(default_factory=dict, init=False, repr=False)
 
-    def setup(self, context) -> None:
-        super().setup(context)
-        if isinstance(self.prune, bool) or not isinstance(self.prune, (int, float)) or not 0.0 <= self.prune < 1.0:
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.prune < 1.0:
             raise ValueError(f"infobatch: prune must be in [0, 1) (the fraction of well-learned samples left out), "
                              f"got {self.prune!r}")
-        if isinstance(self.anneal, bool) or not isinstance(self.anneal, (int, float)) or not 0.0 <= self.anneal <= 1:
+        if not 0.0 <= self.anneal <= 1:
             raise ValueError(f"infobatch: anneal must be in [0, 1] (the last fraction of epochs on all data), got "
                              f"{self.anneal!r}")
+
+    def setup(self, context) -> None:
+        super().setup(context)
         self.stop = (1.0 - self.anneal) * context.epochs  # prunes in epochs e < stop
         self._scores = torch.full((context.n,), float("nan"), device=context.device)
         self._seen = torch.zeros(context.n, dtype=torch.bool, device=context.device)

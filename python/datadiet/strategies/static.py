@@ -89,12 +89,15 @@ class RandomPB(Periodic):
     every: Optional[int] = 20
     batch_size: Optional[int] = None
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"random_pb: batch_size must be an int >= 1, got {self.batch_size!r}")
+
     def setup(self, context) -> None:
         super().setup(context)
         if self.batch_size is None:
             self.batch_size = context.batch_size
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"random_pb: batch_size must be an int >= 1, got {self.batch_size!r}")
         self.batches = math.ceil(context.n / self.batch_size)
         self.size = min(context.n, math.ceil(self.budget / self.batch_size) * self.batch_size)
 
@@ -175,8 +178,8 @@ class ScoreBased(Periodic):
     def observes(self) -> bool:
         return self.source == "training"
 
-    def setup(self, context) -> None:
-        super().setup(context)
+    def __post_init__(self) -> None:
+        super().__post_init__()
         label = type(self).name
         if self.keep not in KEEP:
             raise ValueError(f"{label}: keep must be one of {KEEP}, got {self.keep!r}")
@@ -185,13 +188,17 @@ class ScoreBased(Periodic):
         if self.source == "training" and self.score != "loss":
             raise ValueError(f"{label}: source='training' records training losses; it needs score='loss', got "
                              f"{self.score!r}")
+        for key, least in (("pretrain_epochs", 0), ("repeats", 1)):
+            value = getattr(self, key)
+            if value is not None and value < least:
+                raise ValueError(f"{label}: {key} must be an int >= {least}, got {value!r}")
+
+    def setup(self, context) -> None:
+        super().setup(context)
+        label = type(self).name
         if self.pretrain_epochs is None:
             one_shot = self.every is None and self.source == "pass"
             self.pretrain_epochs = math.ceil(0.2 * context.epochs) if one_shot and not self.warm_epochs else 0
-        for key in ("pretrain_epochs", "repeats"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "repeats" else 0):
-                raise ValueError(f"{label}: {key} must be an int >= {1 if key == 'repeats' else 0}, got {value!r}")
         if (self.pretrain_epochs or self.repeats > 1) and (self.every is not None or self.source == "training"):
             raise ValueError(f"{label}: pretrain_epochs / repeats score separately trained models once; they need "
                              "every=None (one-shot) and source='pass'")
@@ -279,10 +286,10 @@ class GraNd(ScoreBased):
     def needs_head(self) -> bool:
         return self.scope == "last_layer"
 
-    def setup(self, context) -> None:
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.scope not in GRAD_SCOPES:
             raise ValueError(f"grand: scope must be one of {GRAD_SCOPES}, got {self.scope!r}")
-        super().setup(context)
 
     def scoring(self) -> dict:
         # Nothing for the default, so a user loop's proxy_scores(epochs, init) keeps working.
@@ -328,13 +335,16 @@ class Forgetting(Periodic):
     count_epochs: int = 2
     _counter: Optional[ForgettingCounter] = field(default=None, init=False, repr=False)
 
-    def setup(self, context) -> None:
-        super().setup(context)
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.keep not in KEEP:
             raise ValueError(f"forgetting: keep must be one of {KEEP}, got {self.keep!r}")
-        if isinstance(self.count_epochs, bool) or not isinstance(self.count_epochs, int) or self.count_epochs < 2:
+        if self.count_epochs < 2:
             raise ValueError(f"forgetting: count_epochs must be an int >= 2 (a forgetting event needs two "
                              f"presentations), got {self.count_epochs!r}")
+
+    def setup(self, context) -> None:
+        super().setup(context)
         self.warm_epochs = max(self.warm_epochs, self.count_epochs)
         if self.warm_epochs >= context.epochs:
             raise ValueError(f"forgetting: {self.warm_epochs} counting epochs leave none of the {context.epochs} to "

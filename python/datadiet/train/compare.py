@@ -46,7 +46,7 @@ def run(base: TrainConfig, names: list[str], fractions: list[float], seeds: list
     """Trains every cell of the grid not already finished in ``out`` (same configuration), writing
     the results after each cell; every cell's options are checked before the first one trains."""
     cells = plan(base, names, fractions, seeds)
-    data = data if data is not None else datasets.load(base.dataset, base.image_size)  # once for every cell
+    data = data if data is not None else base.load_data()  # once for every cell
     datasets.require_classification(base.dataset, "compare (it ranks test accuracy)", data.task)
     dist_init(base.device, base.dist_timeout)  # under torchrun: rank 0 alone claims the folder
     claimed = rank0_first(lambda: _open(out, base), share=lambda found: found[1])

@@ -10,11 +10,22 @@ loader workers or progress bars).
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from datadiet.strategies.base import check_types
+from datadiet.train.schedules import SCHEDULES
+
 OPTIMIZERS = ("sgd", "adamw")
 AMP = ("none", "bf16", "fp16")
+DEVICES = "'cpu', 'cuda' or 'cuda:N' (N in 0..127, torch's device indices)"
+_DEVICE = re.compile(r"cpu|cuda(?::(0|[1-9][0-9]{0,2}))?")  # torch refuses leading zeros
+# Bounds far beyond any real run, so that an absurd value (2**70) is refused here instead of hanging,
+# exhausting memory or overflowing in the model, the loaders or the lr plan.
+_AT_MOST = {"epochs": 100_000, "batch_size": 1 << 20, "eval_batch_size": 1 << 20, "image_size": 4096,
+            "width": 65536, "workers": 1024}
+_MAX_TIMEOUT = 7 * 24 * 3600.0  # seconds; a timedelta of any float would overflow
 # Not part of what a checkpoint must match: where and how the run executes, and when it stops.
 _NOT_IDENTITY = ("out", "device", "workers", "progress", "resume", "dist_timeout", "overwrite", "nonfinite_steps")
 
@@ -54,6 +65,7 @@ class TrainConfig:
     out: Optional[str] = None
     resume: Optional[str] = None
     overwrite: bool = False
+    skip_bad_samples: bool = False
     nonfinite_steps: int = 1
     progress: bool = True
 
@@ -62,28 +74,41 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"config {key} = {getattr(self, key)!r}: {what}")
 
-        for key in ("epochs", "batch_size", "eval_batch_size", "image_size"):
-            value = getattr(self, key)
-            need(isinstance(value, int) and not isinstance(value, bool) and value >= 1, key, "must be an int >= 1")
-        need(isinstance(self.nonfinite_steps, int) and not isinstance(self.nonfinite_steps, bool)
-             and self.nonfinite_steps >= 1, "nonfinite_steps", "must be an int >= 1 (non-finite losses in a row "
-             "that stop the run)")
-        for key in ("width", "warmup_steps", "workers", "checkpoint_every"):
-            value = getattr(self, key)
-            need(isinstance(value, int) and not isinstance(value, bool) and value >= 0, key, "must be an int >= 0")
-        need(self.fraction is None or (isinstance(self.fraction, (int, float)) and 0 < self.fraction <= 1),
-             "fraction", "must be in (0, 1]")
-        need(self.every is None or (isinstance(self.every, int) and not isinstance(self.every, bool)
-                                    and self.every >= 1), "every", "must be an int >= 1 (epochs between selections)")
+        check_types(self, "config ")  # every field's type first: the ranges below compare numbers
+        for key, least in (("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1), ("image_size", 1),
+                           ("width", 0), ("warmup_steps", 0), ("workers", 0), ("checkpoint_every", 0)):
+            value, most = getattr(self, key), _AT_MOST.get(key)
+            need(least <= value and (most is None or value <= most), key,
+                 f"must be an int >= {least}" if most is None else f"must be an int in [{least}, {most}]")
+        need(self.nonfinite_steps >= 1, "nonfinite_steps", "must be an int >= 1 (non-finite losses in a row that "
+             "stop the run)")
+        need(self.fraction is None or 0 < self.fraction <= 1, "fraction", "must be in (0, 1]")
+        need(self.every is None or self.every >= 1, "every", "must be an int >= 1 (epochs between selections)")
         need(self.warm is None or 0 <= self.warm < 1, "warm", "must be in [0, 1)")
         need(0 <= self.val_fraction < 1, "val_fraction", "must be in [0, 1)")
         need(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {OPTIMIZERS}")
         need(self.amp in AMP, "amp", f"must be one of {AMP}")
-        need(self.lr > 0, "lr", "must be > 0")
+        need(self.schedule in SCHEDULES, "schedule", f"must be one of {SCHEDULES}")
+        need(self.lr > 0, "lr", "must be a finite number > 0")
+        need(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
+        need(not (self.nesterov and self.optimizer == "sgd" and self.momentum == 0), "nesterov",
+             "must be false when momentum = 0 (Nesterov momentum needs a momentum)")
+        need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         need(0.0 <= self.final_lr <= 1.0, "final_lr", "must be in [0, 1] (a fraction of lr at the schedule's end)")
-        need(self.dist_timeout > 0, "dist_timeout", "must be > 0 seconds")
-        need(isinstance(self.strategy_params, dict), "strategy_params", "must be a table of strategy parameters")
+        need(0 < self.dist_timeout <= _MAX_TIMEOUT, "dist_timeout", f"must be in (0, {_MAX_TIMEOUT:.0f}] seconds")
+        need(0 <= self.seed < 2 ** 63, "seed", "must be an int in [0, 2**63) (torch's seed range)")
+        device = _DEVICE.fullmatch(self.device)
+        need(device is not None and int(device.group(1) or 0) <= 127, "device", f"must be {DEVICES}")
+        need(all(isinstance(k, str) for k in self.strategy_params), "strategy_params",
+             "must be a table of strategy parameters (named by strings)")
         return self
+
+    def load_data(self):
+        """``datasets.load`` of this run's dataset (``skip_bad_samples``: unreadable files listed
+        and left out, found by one decoding pass on ``workers`` processes)."""
+        from datadiet.train import datasets
+
+        return datasets.load(self.dataset, self.image_size, skip_bad=self.skip_bad_samples, workers=self.workers)
 
     def identity(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_IDENTITY}
@@ -115,10 +140,14 @@ def from_toml(path: str) -> dict[str, Any]:
             data = tomllib.load(f)
     except OSError as exc:
         raise ValueError(f"config file {path!r}: cannot be read ({exc.strerror})") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"config file {path!r}: not valid TOML ({exc})") from exc
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"config file {path!r}: unknown key {', '.join(map(repr, unknown))}")
+    # the flags' --param values are merged into this table before TrainConfig checks it
+    if not isinstance(data.get("strategy_params", {}), dict):
+        raise ValueError(f"config file {path!r}: strategy_params = {data['strategy_params']!r}: must be a table "
+                         "([strategy_params])")
     return data

@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 NAMES = ("digits", "digits:xN", "diabetes", "imagefolder:PATH", "cifar10:PATH")
 TASKS = ("classification", "regression")
@@ -54,6 +54,11 @@ class DataBundle:
     labels: torch.Tensor  # int64 [len(train)] (a regression: all 0, one group)
     normalization: Optional[tuple] = None  # (mean, std) per channel the transforms applied; None: inputs in [0, 1]
     task: str = "classification"
+    skipped: list = field(default_factory=list)  # unreadable samples left out: {split, index, path, error}
+
+    def unusable_train(self) -> list[int]:
+        """Training indices no pass may read (unreadable files left out by ``skip_bad``)."""
+        return [r["index"] for r in self.skipped if r["split"] == "train"]
 
 
 class SampleError(ValueError):
@@ -89,7 +94,10 @@ def per_sample_loss(task: str):
     return lambda out, y: F.cross_entropy(out.float(), y, reduction="none")
 
 
-def load(spec: str, image_size: int = 224) -> DataBundle:
+def load(spec: str, image_size: int = 224, *, skip_bad: bool = False, workers: int = 0) -> DataBundle:
+    """The dataset ``spec`` (module docstring). ``skip_bad``: an image folder's files are decoded
+    once (on ``workers`` loader processes) and the unreadable ones listed in ``skipped``: left out
+    of the test split here, and of the training pool by ``pool_split``'s callers."""
     name, _, path = spec.partition(":")
     if name == "digits" and not path:
         return _digits()
@@ -102,7 +110,7 @@ def load(spec: str, image_size: int = 224) -> DataBundle:
             raise ValueError(f"dataset {spec!r}: give a folder, {name}:PATH")
         if not os.path.isdir(path):
             raise ValueError(f"dataset {spec!r}: folder {path!r} does not exist")
-        return _imagefolder(path, image_size) if name == "imagefolder" else _cifar10(path)
+        return _imagefolder(path, image_size, skip_bad, workers) if name == "imagefolder" else _cifar10(path)
     raise ValueError(f"unknown dataset {spec!r}; choose one of {', '.join(NAMES)}")
 
 
@@ -149,10 +157,10 @@ def _diabetes() -> DataBundle:
                       torch.zeros(len(train), dtype=torch.int64), task="regression")
 
 
-def _imagefolder(path: str, image_size: int) -> DataBundle:
+def _imagefolder(path: str, image_size: int, skip_bad: bool = False, workers: int = 0) -> DataBundle:
     spec = f"imagefolder:{path}"
     tv = torchvision(f"dataset {spec}")
-    from datadiet.train.images import ImageFiles  # needs torchvision
+    from datadiet.train.images import ImageFiles, unreadable  # needs torchvision
 
     transforms = tv.transforms
     for split in ("train", "val"):
@@ -171,8 +179,12 @@ def _imagefolder(path: str, image_size: int) -> DataBundle:
     if train.classes != test.classes:
         raise ValueError(f"dataset {spec}: train and val hold different classes "
                          f"({len(train.classes)} vs {len(test.classes)})")
+    skipped = unreadable(train, workers) + unreadable(test, workers) if skip_bad else []
+    bad_test = {r["index"] for r in skipped if r["split"] == "val"}
+    if bad_test:
+        test = Subset(test, [i for i in range(len(test)) if i not in bad_test])
     return DataBundle(train, train_eval, test, len(train.classes), (3, image_size, image_size),
-                      torch.tensor(train.targets, dtype=torch.int64), (_MEAN, _STD))
+                      torch.tensor(train.targets, dtype=torch.int64), (_MEAN, _STD), skipped=skipped)
 
 
 def _with_transform(dataset, transform):

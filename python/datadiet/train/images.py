@@ -10,6 +10,9 @@ the index, the class and the file.
 
 Folders (``ImageFiles``): a split with no class folder, or a class folder with no image file, is
 refused when the dataset is loaded, by name.
+
+``unreadable(dataset, workers)`` decodes every file once (``--skip-bad-samples``) and lists those
+that fail, so a run can leave them out of every pass instead of stopping at the first.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import numpy as np
 from PIL import Image
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from torch.utils.data import DataLoader, Dataset
 
 from datadiet.train.datasets import SampleError
 
@@ -80,3 +85,28 @@ class ImageFiles(ImageFolder):
         where = os.path.relpath(path, self.root)
         return SampleError(f"dataset {self.spec}: {self.split} sample {index} (class {self.classes[label]!r}, {where}) "
                            f"cannot be read: {str(exc) or type(exc).__name__}", path=path, index=index, label=label)
+
+
+class _Probe(Dataset):
+    """``probe[i]``: None when sample i decodes, else the record of why it does not."""
+
+    def __init__(self, dataset: ImageFiles):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            read_rgb(self.dataset.samples[index][0])
+            return None
+        except Exception as exc:
+            error = self.dataset.unreadable(index, exc)
+            return {"split": self.dataset.split, "index": index, "path": error.path, "error": str(error)}
+
+
+def unreadable(dataset: ImageFiles, workers: int = 0) -> list[dict]:
+    """Every sample of ``dataset`` that cannot be read, as ``{split, index, path, error}``, from
+    one decoding pass over its files on ``workers`` loader processes."""
+    loader = DataLoader(_Probe(dataset), batch_size=64, num_workers=workers, collate_fn=list)
+    return [record for batch in loader for record in batch if record is not None]

@@ -1,8 +1,8 @@
 """Command-line options of ``datadiet train`` / ``compare``, derived from ``TrainConfig``'s fields
 (``batch_size`` → ``--batch-size``), layered: defaults < ``--config run.toml`` < flags.
 ``--param KEY=VALUE`` sets a strategy parameter (``compare``: ``STRATEGY.KEY=VALUE`` for one
-strategy); values are read as Python literals (``5``, ``0.5``, ``True``, ``None``) or else
-strings."""
+strategy); values are read as Python literals (``5``, ``0.5``, ``True``, ``None``, ``[1, 2]``) or
+else strings, and each strategy checks what it receives."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ _HELP = {
     "amp": "none, bf16 or fp16 (CUDA)", "batch_size": "per-rank batch size",
     "final_lr": "the cosine / one-cycle schedule's last lr, a fraction of --lr",
     "overwrite": "replace the results of a previous run in --out (without it, such a folder is refused)",
+    "skip_bad_samples": "decode every image once first and leave unreadable ones out (listed in summary.json) "
+    "instead of stopping at the first",
     "nonfinite_steps": "stop when this many training losses in a row are NaN or infinite (their steps are "
     "skipped)",
 }
@@ -52,14 +54,18 @@ def add_train_options(parser: argparse.ArgumentParser, *, skip: tuple = ()) -> N
 
 
 def parse_params(items: list[str]) -> dict:
+    """``KEY=VALUE`` items as a dict. A value that is no Python literal stays the text itself: the
+    strategy then names the parameter and what it expects (``keep = 'half': must be a finite number``)."""
     out = {}
     for item in items:
         key, sep, text = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ValueError(f"--param {item!r}: expected KEY=VALUE")
         try:
             out[key.strip()] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
+        # TypeError: an unhashable set member or dict key ({[1]: 2}); MemoryError and RecursionError:
+        # the parser's stack on deeply nested text
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             out[key.strip()] = text
     return out
 
@@ -75,8 +81,10 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
     values.update(flags)
     if resume and "out" not in flags:
         values["out"] = resume  # a resumed run writes where its checkpoint is, even if the folder moved
-    params = dict(values.get("strategy_params") or {})
-    params.update(overrides.pop("strategy_params", {}))
+    params = values.get("strategy_params") or {}
+    if not isinstance(params, dict):
+        raise ValueError(f"config strategy_params = {params!r}: must be a table of strategy parameters")
+    params = {**params, **overrides.pop("strategy_params", {})}
     values.update(overrides)
     values["strategy_params"] = params
     return TrainConfig(**values).validate()

@@ -75,9 +75,10 @@ class Trainer:
     def _setup(self, strategy: Strategy, data: Optional[datasets.DataBundle], initial_state: Optional[dict]) -> None:
         config = self.config
         self.autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp]
-        bundle = data if data is not None else datasets.load(config.dataset, config.image_size)
+        bundle = data if data is not None else config.load_data()
         self.num_classes, self.input_shape, self.task = bundle.num_classes, bundle.input_shape, bundle.task
-        pool, held_out = pool_split(len(bundle.train), config.val_fraction)
+        pool, held_out = pool_split(len(bundle.train), config.val_fraction, bundle.unusable_train())
+        self.skipped = bundle.skipped
         self.train_set = Subset(bundle.train, pool.tolist())
         val_set = Subset(bundle.train_eval, held_out.tolist()) if held_out.numel() else None
         self.test_set = bundle.test
@@ -220,7 +221,7 @@ class Trainer:
                                "selection": drv.times["selection"] - times0["selection"],
                                "scoring": drv.times["scoring"] - times0["scoring"],
                                "training": part["training"], "evaluation": evaluation},
-                      "selections": drv.selections[part["selection_log"]:]}
+                      "selections": drv.selections[part["selection_log"]:], "skipped_samples": len(self.skipped)}
             learned = drv.strategy.log()
             if learned:
                 record["strategy"] = learned
@@ -294,6 +295,7 @@ class Trainer:
                 self._save()
             where = f"; checkpointed at epoch {self.epoch}, step {self.step}: replace the file with a readable one " \
                     f"and continue with --resume {cfg.out}" if saved else ""
+            where += " (or start the run again with --skip-bad-samples to leave unreadable files out)"
             raise RunStopped(f"{exc}{where}") from exc
         part["loss"] += float(loss_sum)
         part["training"] += time.perf_counter() - start
@@ -421,13 +423,18 @@ class Trainer:
                 "wall": self.elapsed,
                 "time": totals, "samples": sum(r["samples"] for r in self.history),
                 "curve": [(r["wall"], r["test_acc"]) for r in self.history],
-                "selections": self.driver.selections, "world_size": self.world_size}
+                "selections": self.driver.selections, "world_size": self.world_size, "skipped_samples": self.skipped}
 
 
-def pool_split(n: int, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+def pool_split(n: int, val_fraction: float, unusable=()) -> tuple[torch.Tensor, torch.Tensor]:
     """(training pool, held-out selection split): a fixed permutation (seed 0), the same for every
-    run seed and strategy, so a comparison trains every strategy on the same pool."""
+    run seed and strategy, so a comparison trains every strategy on the same pool. ``unusable``
+    indices (unreadable files a run skips) are left out of both, the others keeping their side."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
     m = math.floor(val_fraction * n)
-    return perm[m:].sort().values, perm[:m].sort().values
+    pool, held_out = perm[m:].sort().values, perm[:m].sort().values
+    if len(unusable):
+        bad = torch.as_tensor(list(unusable), dtype=torch.int64)
+        pool, held_out = pool[~torch.isin(pool, bad)], held_out[~torch.isin(held_out, bad)]
+    return pool, held_out
 
