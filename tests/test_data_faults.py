@@ -144,6 +144,42 @@ def test_a_crafted_batch_is_refused_and_runs_nothing(tmp_path, name, payload, re
     assert marker.exists()
 
 
+def _object_dtype_payload(kind: str) -> bytes:
+    """A batch naming only admitted globals that still forges objects: ``dtype('O8')`` whose BUILD
+    state clears its flags (numpy then treats it as raw bytes), fed to ``scalar`` or to an array's
+    state, so the file's bytes become object pointers."""
+    def glob(module: str, name: str) -> bytes:
+        return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+    dtype = (glob("numpy", "dtype") + b"X\x02\x00\x00\x00O8\x89\x88\x87R"
+             + b"(K\x03X\x01\x00\x00\x00|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb")
+    if kind == "scalar":
+        body = glob("numpy._core.multiarray", "scalar") + dtype + b"C\x08AAAAAAAA\x86R"
+    else:
+        body = (glob("numpy._core.multiarray", "_reconstruct") + glob("numpy", "ndarray") + b"K\x00\x85C\x01b\x87R"
+                + b"(K\x01K\x01\x85" + dtype + b"\x89C\x08AAAAAAAAtb")
+    return b"\x80\x02}(X\x04\x00\x00\x00data" + body + b"u."
+
+
+@requires_torchvision
+@pytest.mark.parametrize("kind", ["scalar", "array"])
+def test_a_forged_object_dtype_is_refused_though_every_global_is_admitted(tmp_path, kind):
+    import subprocess
+    import sys
+
+    root = cifar10(str(tmp_path))
+    path = os.path.join(root, "cifar-10-batches-py", "batches.meta")
+    with open(path, "wb") as f:
+        f.write(_object_dtype_payload(kind))
+    # The payload is real: plain pickle builds an object array of forged pointers and crashes on use.
+    crashed = subprocess.run([sys.executable, "-c", f"import pickle; x = pickle.load(open({path!r}, 'rb'), "
+                              "encoding='latin1')['data']; print(repr(list(x.ravel()) if hasattr(x, 'ravel') "
+                              "else x))"], capture_output=True, timeout=120)
+    assert crashed.returncode != 0
+    with pytest.raises(ValueError, match="batches.meta refers to an array of dtype '\\|O'"):
+        datasets.load(f"cifar10:{root}")
+
+
 @requires_torchvision
 def test_only_the_latin1_codec_is_admitted(tmp_path):
     root = cifar10(tmp_path, per_batch=2)

@@ -66,6 +66,25 @@ def test_a_finished_run_is_refused_then_resumed_or_overwritten_on_purpose(tmp_pa
     assert json.load(open(os.path.join(out, "config.json")))["lr"] == 0.2
     assert main(["train", *TINY, "--resume", out, "--overwrite"]) == 2
     assert "choose one" in _error(capsys)
+    assert main(["train", "--resume", out, "--epochs", "2", "--no-progress"]) == 2  # the identity differs ...
+    assert "epochs: checkpoint 1, this run 2" in _error(capsys)
+    assert main(["train", "--resume", out, "--no-progress"]) == 0  # ... a run made with --overwrite resumes
+
+
+def test_one_process_cannot_claim_a_folder_twice_unless_the_claim_is_shared(tmp_path):
+    path = str(tmp_path / "f")
+    first = runfolder.claim(path)
+    with pytest.raises(runfolder.RunFolderError, match="in use by another run of this process"):
+        runfolder.claim(path)
+    first.release()
+    with runfolder.claim(path, shared=True):
+        runfolder.claim(path).release()  # a run inside the pipeline holding it: a no-op
+        child = subprocess.run([sys.executable, "-c", f"from datadiet import runfolder; runfolder.claim({path!r})"],
+                               env=env(), capture_output=True, text=True, timeout=60)
+        assert child.returncode != 0 and "in use by another datadiet run" in child.stderr  # another process: refused
+    del first
+    runfolder.claim(path)  # dropped without release: garbage collection releases it
+    runfolder.claim(path).release()
 
 
 def test_a_second_writer_is_refused_naming_the_holders_pid(tmp_path, capsys):
@@ -92,8 +111,10 @@ def test_temporary_names_are_never_followed_and_leftovers_are_removed(tmp_path):
     out.mkdir()
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
-    for name in ("metrics.jsonl.tmp", "summary.json.tmp", "config.json.tmp"):  # the old fixed names
-        os.symlink(victim, out / name)
+    os.symlink(victim, out / runfolder.LOCK)  # a lock name planted as a link is not followed
+    assert main(["train", *TINY, "--out", str(out)]) == 2
+    assert victim.read_text() == "precious"
+    os.unlink(out / runfolder.LOCK)
     leftover = out / ".tmp-killed.part"
     leftover.write_text("half a file")
     assert main(["train", *TINY, "--out", str(out)]) == 0
@@ -219,10 +240,14 @@ def test_a_non_finite_loss_stops_the_run_naming_epoch_and_step(tmp_path, capsys)
     out = tmp_path / "nan"
     assert main(["train", *TINY, "--batch-size", "64", "--lr", "inf", "--out", str(out)]) == 2
     assert "config lr = inf" in _error(capsys)  # refused before training
-    assert main(["train", *TINY, "--batch-size", "64", "--lr", "1e30", "--out", str(out)]) == 1
+    assert main(["train", *TINY, "--batch-size", "64", "--lr", "1e30", "--checkpoint-every", "1",
+                 "--out", str(out)]) == 1
     line = _error(capsys)
-    assert "stopped: the training loss is nan at epoch 0, step 2" in line
+    assert "stopped: the training loss is nan at epoch 0, step 2" in line and "the last checkpoint" in line
     assert not (out / "summary.json").exists()
+    from datadiet.train import checkpoint
+
+    assert checkpoint.load(str(out / "checkpoint.pt"))["step"] == 1  # the last good one, not step 2's
 
 
 def test_skipped_non_finite_steps_leave_valid_json(tmp_path):
@@ -253,6 +278,23 @@ def test_an_unreadable_image_stops_training_after_a_checkpoint_and_resumes_once_
     victim.write_bytes(good)
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_an_unreadable_test_image_stops_after_the_trained_epoch_is_checkpointed(tmp_path, capsys):
+    pytest.importorskip("torchvision")
+    root = pathlib.Path(image_folder(str(tmp_path / "img"), classes=2, per_class=8))
+    victim = sorted((root / "val" / "class_0").iterdir())[0]
+    good = victim.read_bytes()
+    victim.write_bytes(b"")
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", f"imagefolder:{root}", "--model", "cnn", "--image-size", "16", "--epochs", "1",
+            "--batch-size", "4", "--val-fraction", "0", "--no-progress", "--out", str(out)]
+    assert main(argv) == 1
+    assert f"val sample" in _error(capsys)
+    victim.write_bytes(good)
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0  # evaluates; trains nothing again
+    record = _strict((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["steps"] == 4 and record["samples"] == 16
 
 
 # -- a run folder never imports code ----------------------------------------------------------------
@@ -289,3 +331,18 @@ def test_skip_bad_samples_leaves_unreadable_files_out_and_lists_them(tmp_path):
     assert {r["split"] for r in summary["skipped_samples"]} == {"train", "val"}
     assert summary["samples"] == 15  # 16 training images, one left out
     assert _strict((out / "metrics.jsonl").read_text().splitlines()[0])["skipped_samples"] == 2
+
+
+def test_under_torchrun_rank_0s_refusal_reaches_every_rank_at_once(tmp_path):
+    """Only rank 0 claims the folder; the others must learn of its refusal (not wait in their next
+    collective until the timeout)."""
+    from tests.subprocesses import TORCHRUN
+
+    out = tmp_path / "ddp"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    done = subprocess.run([*TORCHRUN, "-m", "datadiet", "train", *TINY, "--out", str(out), "--dist-timeout", "600"],
+                          env=env(), timeout=300, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert done.stderr.count(f"--out {out}: holds a previous run") == 2, done.stderr[-3000:]  # both ranks
+    assert (out / "summary.json").read_text() == "{}"

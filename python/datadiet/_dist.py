@@ -73,22 +73,25 @@ def world() -> tuple[int, int]:
 
 
 def rank0_first(fn, *, share=None):
-    """``fn()`` on rank 0 alone (e.g. claiming the output folder); a ValueError it raises is raised
-    on every rank, which would otherwise wait in their next collective until the timeout. Returns
-    ``fn()``'s result on rank 0; on the others None, or ``share(result)`` as rank 0 computed it
-    (picklable data every rank needs, such as finished work found in the folder)."""
+    """``fn()`` on rank 0 alone (e.g. claiming the output folder); an error it raises is raised on
+    every rank (a ValueError as one, anything else as a RuntimeError with its text), which would
+    otherwise wait in their next collective until the timeout. Returns ``fn()``'s result on rank 0;
+    on the others None, or ``share(result)`` as rank 0 computed it (picklable data every rank
+    needs, such as finished work found in the folder)."""
     size, rank = world()
     result, error = None, None
     if rank == 0:
         try:
             result = fn()
-        except ValueError as exc:
+        except Exception as exc:
             error = exc
     if size > 1:
-        box = [None if error is None else str(error), share(result) if share and error is None and rank == 0 else None]
+        told = None if error is None else (isinstance(error, ValueError), f"{type(error).__name__}: {error}"
+                                           if not isinstance(error, ValueError) else str(error))
+        box = [told, share(result) if share and error is None and rank == 0 else None]
         torch.distributed.broadcast_object_list(box, src=0)
         if box[0] is not None and error is None:
-            raise ValueError(box[0])
+            raise (ValueError if box[0][0] else RuntimeError)(box[0][1])
         if rank != 0 and share:
             return box[1]
     if error is not None:

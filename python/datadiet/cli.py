@@ -15,7 +15,7 @@ def _reproduce(args, config, parse_params) -> int:
 
     from datadiet import runfolder
     from datadiet._dist import init as dist_init
-    from datadiet._dist import rank0_first, world
+    from datadiet._dist import world
     from datadiet.reproduce import CLAIMS
     from datadiet.train.config import TrainConfig
 
@@ -26,21 +26,15 @@ def _reproduce(args, config, parse_params) -> int:
                                                if k not in fields and k not in ("command", "config", "param")}}
     names = tuple(f"{args.claim}.{ext}" for ext in ("json", "csv", "png"))
     dist_init(config.device, config.dist_timeout)  # under torchrun: rank 0 alone claims the folder
-    claimed = rank0_first(lambda: runfolder.open_result(config.out, names[0], names, setting,
-                                                        overwrite=config.overwrite), share=lambda found: found[1])
-    folder, saved = claimed if world()[1] == 0 else (None, claimed)
-    try:
+    with runfolder.result_folder(config.out, names[0], names, setting, overwrite=config.overwrite) as saved:
         if saved is not None:
             print(f"datadiet reproduce {args.claim}: finished earlier with the same setting in {config.out}")
         else:
             _reproduce_claim(module, args, config, parse_params)
-            if folder is not None:  # what a re-run of the same command compares with
+            if world()[1] == 0:  # what a re-run of the same command compares with
                 path = os.path.join(config.out, names[0])
                 with open(path, encoding="utf-8") as f:
                     runfolder.write_json(path, {**json.load(f), "setting": setting})
-    finally:
-        if folder is not None:
-            folder.release()
     print(f"wrote {config.out}/{args.claim}.csv, .json, .png")
     return 0
 

@@ -3,10 +3,10 @@
 - ``claim(path)`` makes the folder (refusing a path that is a file or cannot be written), takes
   an advisory lock on it for as long as the run lives (``fcntl.flock`` on ``.datadiet.lock``,
   released by the kernel when the process dies, so a killed run never leaves a stale lock) and
-  removes the temporary files of writes a killed run left half done. A second process claiming
-  the same folder is refused at once, naming the holder's pid. A process may claim a folder it
-  already holds (a pipeline and the ``Trainer`` it runs share one folder): the inner claim is a
-  no-op.
+  removes the temporary files of writes a killed run left half done. A second claim of the same
+  folder is refused at once, naming the holder's pid, except inside a ``shared`` claim of this
+  process (a pipeline and the ``Trainer`` it runs write one folder): that inner claim is a no-op.
+  ``on_rank0`` claims on rank 0 alone under torchrun, every rank learning the outcome.
 - ``previous(path, names)`` lists which of a run kind's result files are already there; the
   caller refuses, reuses or (with ``--overwrite``) ``remove``\\ s them.
 - ``write_text`` / ``write_json`` write atomically: a temporary file created beside the target
@@ -18,18 +18,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import errno
 import fcntl
-import glob
+import io
 import json
 import math
 import os
 import tempfile
+import weakref
 from typing import Any, Iterable, Optional
 
 LOCK = ".datadiet.lock"
 _TMP_PREFIX, _TMP_SUFFIX = ".tmp-", ".part"
-_held: dict[str, "RunFolder"] = {}  # real path -> this process's claim
+_held: dict[str, tuple] = {}  # real path -> (weak reference to this process's claim, shared)
+_UMASK = os.umask(0o022)  # read once at import (the only way to read it is to set it) ...
+os.umask(_UMASK)  # ... and put back
 
 
 class RunFolderError(ValueError):
@@ -46,11 +51,15 @@ class RunFolder:
         if self._fd is None:
             return
         _held.pop(os.path.realpath(self.path), None)
-        if self._created and os.listdir(self.path) == [LOCK]:  # a run that wrote nothing leaves nothing
-            os.unlink(os.path.join(self.path, LOCK))
-            os.rmdir(self.path)
-        os.close(self._fd)  # closing the descriptor drops the flock
-        self._fd = None
+        try:
+            if self._created and os.listdir(self.path) == [LOCK]:  # a run that wrote nothing leaves nothing
+                os.unlink(os.path.join(self.path, LOCK))
+                os.rmdir(self.path)
+        except OSError:
+            pass  # someone else's file appeared meanwhile: the folder stays
+        finally:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
 
     def __enter__(self) -> "RunFolder":
         return self
@@ -62,9 +71,9 @@ class RunFolder:
         self.release()
 
 
-def claim(path: str, *, option: str = "--out") -> RunFolder:
+def claim(path: str, *, option: str = "--out", shared: bool = False) -> RunFolder:
     """Creates and locks ``path`` for this process (module docstring); ``option`` names the flag
-    that chose it in the errors."""
+    that chose it in the errors; ``shared``: runs this process starts inside may claim it too."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise RunFolderError(f"{option} {path}: is a file, not a folder")
     created = not os.path.exists(path)
@@ -75,8 +84,12 @@ def claim(path: str, *, option: str = "--out") -> RunFolder:
     if not os.access(path, os.W_OK | os.X_OK):
         raise RunFolderError(f"{option} {path}: the folder is not writable")
     key = os.path.realpath(path)
-    if key in _held:
-        return RunFolder(path, None)  # this process holds it already: the outer claim releases it
+    holder, joinable = _held.get(key, (lambda: None, False))
+    if holder() is not None:
+        if joinable:
+            return RunFolder(path, None)  # inside the pipeline that holds it: the outer claim releases it
+        raise RunFolderError(f"{option} {path}: in use by another run of this process (pid {os.getpid()}); "
+                             "choose another folder")
     lock = os.path.join(path, LOCK)
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
@@ -91,12 +104,19 @@ def claim(path: str, *, option: str = "--out") -> RunFolder:
             raise RunFolderError(f"{option} {path}: cannot lock the folder ({exc.strerror})") from exc
         raise RunFolderError(f"{option} {path}: in use by another datadiet run (pid {holder}); wait for it to "
                              "finish or choose another folder") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    for leftover in glob.glob(os.path.join(glob.escape(path), _TMP_PREFIX + "*" + _TMP_SUFFIX)):
-        os.unlink(leftover)  # a write a killed run left half done; we hold the lock, so nobody else's
     folder = RunFolder(path, fd, created)
-    _held[key] = folder
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with os.scandir(path) as entries:  # writes a killed run left half done; we hold the lock
+            leftovers = [e.path for e in entries if e.name.startswith(_TMP_PREFIX) and e.name.endswith(_TMP_SUFFIX)
+                         and e.is_file(follow_symlinks=False)]
+        for leftover in leftovers:
+            os.unlink(leftover)
+    except OSError as exc:
+        folder.release()
+        raise RunFolderError(f"{option} {path}: cannot prepare the folder ({exc})") from exc
+    _held[key] = (weakref.ref(folder), shared)
     return folder
 
 
@@ -119,10 +139,13 @@ def refuse_previous(path: str, found: list[str], *, option: str = "--out", resum
                              "replace it, or choose another folder")
 
 
-def remove(path: str, names: Iterable[str]) -> None:
+def remove(path: str, names: Iterable[str], option: str = "--out") -> None:
     """Deletes the result files ``names`` of a previous run (``--overwrite``); nothing else."""
     for name in previous(path, names):
-        os.unlink(os.path.join(path, name))
+        try:
+            os.unlink(os.path.join(path, name))
+        except OSError as exc:
+            raise RunFolderError(f"{option} {path}: cannot remove the previous {name} ({exc.strerror})") from exc
 
 
 def differences(saved: dict, current: dict, what: str) -> list[str]:
@@ -139,16 +162,16 @@ def differences(saved: dict, current: dict, what: str) -> list[str]:
 
 
 def open_result(path: str, result: str, names: Iterable[str], setting: dict, *, overwrite: bool,
-                option: str = "--out") -> tuple[RunFolder, Optional[dict]]:
+                option: str = "--out", shared: bool = False) -> tuple[RunFolder, Optional[dict]]:
     """Claims ``path`` for a run whose outcome is the JSON file ``result`` (among its files
     ``names``) recording ``setting`` under the key "setting". Returns the folder and, when an
     earlier run of the very same setting finished there, its result (re-running a command reuses
     it); an earlier run of another setting is refused naming the differences, unless
     ``overwrite`` removes its files."""
-    folder = claim(path, option=option)
+    folder = claim(path, option=option, shared=shared)
     try:
         if overwrite:
-            remove(path, names)
+            remove(path, names, option)
         found = previous(path, names)
         if not found:
             return folder, None
@@ -168,6 +191,40 @@ def open_result(path: str, result: str, names: Iterable[str], setting: dict, *, 
         raise
 
 
+@contextlib.contextmanager
+def on_rank0(opener):
+    """``opener()`` -> (folder, found) on rank 0 alone (``rank0_first``: its refusal is every
+    rank's); yields ``found`` (e.g. finished work in the folder) on every rank and releases the
+    folder when the block ends. Under torchrun only rank 0 writes into it."""
+    from datadiet._dist import rank0_first, world
+
+    claimed = rank0_first(opener, share=lambda opened: opened[1])
+    folder, found = claimed if world()[1] == 0 else (None, claimed)
+    try:
+        yield found
+    finally:
+        if folder is not None:
+            folder.release()
+
+
+def result_folder(path: Optional[str], result: str, names: Iterable[str], setting: dict, *, overwrite: bool,
+                  shared: bool = False):
+    """``open_result`` through ``on_rank0``: yields an earlier identical run's result or None (no
+    ``path``: nothing is claimed, None)."""
+    if not path:
+        return contextlib.nullcontext(None)
+    return on_rank0(lambda: open_result(path, result, names, setting, overwrite=overwrite, shared=shared))
+
+
+def write_csv(path: str, rows: list[dict]) -> None:
+    """``rows`` as CSV (every key any row has; non-finite numbers empty), written atomically."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+    writer.writeheader()
+    writer.writerows(finite(rows))
+    write_text(path, text.getvalue())
+
+
 def write_text(path: str, text: str) -> None:
     """Writes ``text`` to ``path`` atomically (module docstring)."""
     write_bytes(path, text.encode())
@@ -180,11 +237,11 @@ def write_bytes(path: str, *chunks: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX, dir=folder)  # O_EXCL, mode 0600
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp made it 0600: the user's umask decides
             for chunk in chunks:
                 f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from datadiet import runfolder
-from datadiet._dist import alone, rank0_first, world
+from datadiet._dist import alone, world
 from datadiet._dist import init as dist_init
 from datadiet._seeds import derive_seed
 from datadiet.ops.stratified_select import stratified_select
@@ -104,25 +104,18 @@ def ensemble(config: TrainConfig, *, phases: int = 2, n_models: int = 3, warmup_
     setting = {"config": config.identity(), "phases": phases, "n_models": n_models, "warmup_epochs": warmup_epochs,
                "base": base, "bn": bn, "ensemble": ensemble, "grand_inits": grand_inits, "grand_epochs": grand_epochs,
                "member_ranks": member_ranks}
-    folder, saved = None, None
     dist_init(config.device, config.dist_timeout)  # under torchrun: rank 0 alone claims the folder
-    if config.out:
-        claimed = rank0_first(lambda: runfolder.open_result(config.out, "ensemble.json", ("ensemble.json",), setting,
-                                                            overwrite=config.overwrite), share=lambda found: found[1])
-        folder, saved = claimed if world()[1] == 0 else (None, claimed)
-    try:
+    with runfolder.result_folder(config.out, "ensemble.json", ("ensemble.json",), setting,
+                                 overwrite=config.overwrite) as saved:
         if saved is not None:
             log(f"ensemble: finished earlier with the same setting in {config.out}")
             return saved
         summary = _ensemble(config, schedule, fraction, n_models, warmup_epochs, base, bn, ensemble, grand_inits,
                             grand_epochs, member_ranks, log)
         summary["setting"] = setting
-        if folder is not None:  # under torchrun every rank runs the stages; rank 0 writes
+        if config.out and world()[1] == 0:  # under torchrun every rank runs the stages; rank 0 writes
             runfolder.write_json(os.path.join(config.out, "ensemble.json"), summary)
         return summary
-    finally:
-        if folder is not None:
-            folder.release()
 
 
 def _ensemble(config, schedule, fraction, n_models, warmup_epochs, base, bn, ensemble, grand_inits, grand_epochs,

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from datadiet import prune, runfolder
 from datadiet import strategies as strategy_registry
 from datadiet._dist import init as dist_init
-from datadiet._dist import rank0_first, world
+from datadiet._dist import world
 from datadiet._seeds import derive_seed, seeded_global_rng
 from datadiet.pipelines import jigsaw as jig
 from datadiet.scores.scoring import eval_mode
@@ -153,24 +153,17 @@ def lipt(config: TrainConfig, options: LiptOptions = LiptOptions(), *, data: Opt
     device = dist_init(config.device, config.dist_timeout)
     size, rank = world()
     setting = {"config": config.identity(), "options": dataclasses.asdict(options)}
-    folder, saved = None, None
-    if config.out:  # the main run's Trainer writes its files here too
-        names = ("lipt.json", *RESULTS)
-        claimed = rank0_first(lambda: runfolder.open_result(config.out, "lipt.json", names, setting,
-                                                            overwrite=config.overwrite), share=lambda found: found[1])
-        folder, saved = claimed if rank == 0 else (None, claimed)
-    try:
+    # Shared: the main run's Trainer writes its files into the same folder.
+    with runfolder.result_folder(config.out, "lipt.json", ("lipt.json", *RESULTS), setting,
+                                 overwrite=config.overwrite, shared=True) as saved:
         if saved is not None:
             log(f"lipt: finished earlier with the same setting in {config.out}")
             return saved
         out = _lipt(config, options, strategy, data, device, size, rank, log)
         out["setting"] = setting
-        if folder is not None:
+        if config.out and rank == 0:
             runfolder.write_json(os.path.join(config.out, "lipt.json"), out)
         return out
-    finally:
-        if folder is not None:
-            folder.release()
 
 
 def _lipt(config: TrainConfig, options: LiptOptions, strategy, data, device, size: int, rank: int, log) -> dict:

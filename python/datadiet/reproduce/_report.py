@@ -4,8 +4,6 @@ subset fraction."""
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import statistics
 
@@ -22,11 +20,7 @@ def write(out: str, claim: str, setting: dict, rows: list[dict], series: list[tu
     the rows' ``fraction``; ``plot(path)`` draws a claim's own figure instead. The CSV has every
     key any row has."""
     runfolder.write_json(os.path.join(out, f"{claim}.json"), {"claim": claim, **setting, "rows": rows})
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
-    writer.writeheader()
-    writer.writerows(runfolder.finite(rows))
-    runfolder.write_text(os.path.join(out, f"{claim}.csv"), text.getvalue())
+    runfolder.write_csv(os.path.join(out, f"{claim}.csv"), rows)
     path = os.path.join(out, f"{claim}.png")
     plot(path) if plot is not None else _plot(rows, path, series, ylabel, xlabel)
 

@@ -2,9 +2,10 @@
 
 The batches are pickles, and ``pickle.load`` runs whatever callable a file names: a crafted
 ``data_batch_1`` would run code the moment ``--dataset cifar10:PATH`` is loaded. They are read
-here by an unpickler that can rebuild numpy arrays and nothing else (lists, dicts, strings and
-numbers need no callable); any other global a file names is refused before it is called, with
-the file and the global named. Python 2 pickles (the official files) are read with
+here by an unpickler that can rebuild numpy arrays of plain numbers or strings and nothing else
+(lists, dicts, strings and numbers need no callable); any other global a file names, any object
+or structured dtype, and any state restored onto anything but those arrays is refused before it
+takes effect, with the file named. Python 2 pickles (the official files) are read with
 ``encoding="latin1"``, as torchvision reads them; keys may be strings or bytes.
 
 The result is ``CIFAR10Batches``, the dataset torchvision's ``CIFAR10`` would give: ``data`` uint8
@@ -42,24 +43,74 @@ def _latin1(text: str, encoding: str) -> bytes:
     return codecs.encode(text, "latin1")
 
 
-# Everything a pickled ndarray, dtype or numpy scalar calls, under both numpy package names.
-_NUMPY = {("multiarray", "_reconstruct"): _multiarray._reconstruct, ("multiarray", "scalar"): _multiarray.scalar,
-          ("numeric", "_frombuffer"): _numeric._frombuffer}
-_ALLOWED = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1,
+# Plain numbers and strings only. An object dtype (or a structured one, which may hold objects)
+# would let the file's bytes stand for Python object pointers: a crafted file could then crash
+# the interpreter or corrupt its memory without calling any forbidden global.
+_PLAIN_KINDS = "biufcSU"
+
+
+def _plain(dtype) -> np.dtype:
+    """``dtype`` if it is a plain numeric or string dtype exactly as numpy itself would build it
+    (its flags included: a pickle's dtype state can set them), else refused."""
+    d = np.dtype(dtype)
+    if d.kind not in _PLAIN_KINDS or d.fields is not None or d.subdtype is not None \
+            or d.flags != np.dtype(d.str).flags:
+        raise _Refused(f"an array of dtype {d.str!r} (only plain numbers and strings are allowed)")
+    return d
+
+
+def _dtype(*args) -> np.dtype:
+    return _plain(np.dtype(*args))
+
+
+def _reconstruct(subtype, shape, dtype):
+    if subtype is not np.ndarray:
+        raise _Refused(f"an array of type {getattr(subtype, '__name__', subtype)!r}")
+    return _multiarray._reconstruct(np.ndarray, shape, _plain(dtype))
+
+
+def _scalar(dtype, *data):
+    return _multiarray.scalar(_plain(dtype), *data)
+
+
+def _frombuffer(buffer, dtype, shape, order):
+    return _numeric._frombuffer(buffer, _plain(dtype), shape, order)
+
+
+# Everything a pickled ndarray, dtype or numpy scalar calls, under both numpy package names, each checked.
+_NUMPY = {("multiarray", "_reconstruct"): _reconstruct, ("multiarray", "scalar"): _scalar,
+          ("numeric", "_frombuffer"): _frombuffer}
+_ALLOWED = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): _dtype, ("_codecs", "encode"): _latin1,
             **{(f"{core}.{module}", name): callable_ for core in ("numpy.core", "numpy._core")
                for (module, name), callable_ in _NUMPY.items()}}
 
 
 class _Refused(pickle.UnpicklingError):
-    """A global outside ``_ALLOWED``: the message is what the file asked for."""
+    """A global outside ``_ALLOWED`` or a dtype that is not plain: the message says what."""
 
 
-class _ArraysOnly(pickle.Unpickler):
+class _ArraysOnly(pickle._Unpickler):  # the Python unpickler: its BUILD step can be checked
     def find_class(self, module: str, name: str):
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
             raise _Refused(f"{module}.{name}") from None
+
+    def load_build(self) -> None:
+        """BUILD (``__setstate__``) only on the dtypes and arrays the allowed calls made, and only
+        to a plain dtype: a dtype's state can rewrite its flags, an array's can swap its dtype."""
+        target, state = self.stack[-2], self.stack[-1]
+        if isinstance(target, np.dtype):
+            super().load_build()
+            _plain(target)
+        elif type(target) is np.ndarray and isinstance(state, tuple) and len(state) == 5:
+            _plain(state[2])
+            super().load_build()
+        else:
+            raise _Refused(f"restoring the state of a {type(target).__name__}")
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch[pickle.BUILD[0]] = load_build
 
 
 def unpickle(path: str, spec: str):

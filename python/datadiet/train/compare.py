@@ -6,7 +6,6 @@ plot of test accuracy against wall time. A strategy without a ``fraction`` (``fu
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import io
 import json
@@ -16,7 +15,7 @@ from typing import Optional
 
 from datadiet import runfolder, strategies
 from datadiet._dist import init as dist_init
-from datadiet._dist import rank0_first, world
+from datadiet._dist import world
 from datadiet.train import datasets
 from datadiet.train.config import TrainConfig
 from datadiet.train.trainer import Trainer
@@ -46,12 +45,11 @@ def run(base: TrainConfig, names: list[str], fractions: list[float], seeds: list
     """Trains every cell of the grid not already finished in ``out`` (same configuration), writing
     the results after each cell; every cell's options are checked before the first one trains."""
     cells = plan(base, names, fractions, seeds)
-    data = data if data is not None else base.load_data()  # once for every cell
-    datasets.require_classification(base.dataset, "compare (it ranks test accuracy)", data.task)
     dist_init(base.device, base.dist_timeout)  # under torchrun: rank 0 alone claims the folder
-    claimed = rank0_first(lambda: _open(out, base), share=lambda found: found[1])
-    folder, done = claimed if world()[1] == 0 else (None, claimed)
-    try:
+    writes = world()[1] == 0  # under torchrun every rank trains; rank 0 writes
+    with runfolder.on_rank0(lambda: _open(out, base)) as done:
+        data = data if data is not None else base.load_data()  # once for every cell
+        datasets.require_classification(base.dataset, "compare (it ranks test accuracy)", data.task)
         runs = []
         for config in cells:
             key = _key(config)
@@ -66,16 +64,13 @@ def run(base: TrainConfig, names: list[str], fractions: list[float], seeds: list
             runs.append(result)
             done[key] = result
             log(f"  {_label(result)}: test acc {summary['test_acc']:.4f} in {summary['wall']:.2f} s")
-            if folder is not None:  # under torchrun every rank trains; rank 0 writes
+            if writes:  # each finished cell on disk at once
                 _write(out, base, runs, done)
         rows = table(runs)
-        if folder is not None:
+        if writes:
             _write(out, base, runs, done)
             runfolder.write_bytes(os.path.join(out, "compare.png"), plot(runs))
         return rows
-    finally:
-        if folder is not None:
-            folder.release()
 
 
 def plan(base: TrainConfig, names: list[str], fractions: list[float], seeds: list[int]) -> list[TrainConfig]:
@@ -146,11 +141,15 @@ def _open(out: str, base: TrainConfig):
 def _shared(base: TrainConfig) -> dict:
     """What every cell of a compare has in common (a folder's runs are reused only under it)."""
     cell_keys = ("strategy", "fraction", "seed", "strategy_params", "every", "warm")
-    return json.loads(runfolder.dumps({k: v for k, v in base.identity().items() if k not in cell_keys}))
+    return json.loads(runfolder.dumps({k: v for k, v in base.identity().items()
+                                       if k not in cell_keys and k not in _NOT_CELL}))
+
+
+_NOT_CELL = ("checkpoint_every",)  # compare's cells write no checkpoints: it changes nothing they compute
 
 
 def _key(config: TrainConfig) -> str:
-    return _key_of(config.identity())
+    return _key_of({k: v for k, v in config.identity().items() if k not in _NOT_CELL})
 
 
 def _key_of(identity: dict) -> str:
@@ -169,11 +168,7 @@ def _write(out: str, base: TrainConfig, runs: list[dict], done: dict) -> None:
     others = [r for r in done.values() if id(r) not in mine]
     runfolder.write_json(os.path.join(out, "compare.json"),
                          {"config": _shared(base), "rows": rows, "runs": runs, "other_runs": others})
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(runfolder.finite(rows))
-    runfolder.write_text(os.path.join(out, "compare.csv"), text.getvalue())
+    runfolder.write_csv(os.path.join(out, "compare.csv"), rows)
 
 
 def table(runs: list[dict]) -> list[dict]:

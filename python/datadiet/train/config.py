@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -101,6 +102,9 @@ class TrainConfig:
         need(device is not None and int(device.group(1) or 0) <= 127, "device", f"must be {DEVICES}")
         need(all(isinstance(k, str) for k in self.strategy_params), "strategy_params",
              "must be a table of strategy parameters (named by strings)")
+        for key, hint in typing.get_type_hints(TrainConfig).items():  # TOML's lr = 1 is lr = 1.0: one identity
+            if hint in (float, Optional[float]) and type(getattr(self, key)) is int:
+                setattr(self, key, float(getattr(self, key)))
         return self
 
     def load_data(self):

@@ -21,12 +21,13 @@ import collections
 import os
 
 import numpy as np
+import torch
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from torch.utils.data import DataLoader, Dataset
-
+from datadiet._dist import world
 from datadiet.train.datasets import SampleError
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -43,8 +44,10 @@ def read_rgb(path: str) -> Image.Image:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in _SIXTEEN_BIT:
-        top_byte = (np.asarray(image, dtype=np.int64) >> 8).clip(0, 255).astype(np.uint8)
-        return Image.fromarray(top_byte).convert("RGB")
+        values = np.asarray(image, dtype=np.int64)
+        # 32-bit "I" also holds 8-bit-range greys (some TIFFs): only values beyond 255 are 16-bit.
+        eight = values >> 8 if image.mode != "I" or values.max(initial=0) > 255 else values
+        return Image.fromarray(eight.clip(0, 255).astype(np.uint8)).convert("RGB")
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
         return Image.alpha_composite(Image.new("RGBA", image.size, _WHITE), image.convert("RGBA")).convert("RGB")
     return image.convert("RGB")
@@ -107,6 +110,14 @@ class _Probe(Dataset):
 
 def unreadable(dataset: ImageFiles, workers: int = 0) -> list[dict]:
     """Every sample of ``dataset`` that cannot be read, as ``{split, index, path, error}``, from
-    one decoding pass over its files on ``workers`` loader processes."""
-    loader = DataLoader(_Probe(dataset), batch_size=64, num_workers=workers, collate_fn=list)
-    return [record for batch in loader for record in batch if record is not None]
+    one decoding pass over its files on ``workers`` loader processes; under torchrun each rank
+    decodes its share (``rank::world``) and the lists are gathered."""
+    size, rank = world()
+    shard = Subset(_Probe(dataset), range(rank, len(dataset), size))
+    loader = DataLoader(shard, batch_size=64, num_workers=workers, collate_fn=list)
+    found = [record for batch in loader for record in batch if record is not None]
+    if size > 1:
+        parts = [None] * size
+        torch.distributed.all_gather_object(parts, found)
+        found = sorted((r for part in parts for r in part), key=lambda r: r["index"])
+    return found

@@ -51,11 +51,18 @@ def build(name: str, num_classes: int, input_shape: tuple, width: int = 0) -> nn
         return (mlp if name == "mlp" else cnn)(num_classes, input_shape, **({"width": width} if width else {}))
     if ":" in name:
         module_name, _, attr = name.partition(":")
+        check_name(name)
         try:
             factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
+        except (ImportError, AttributeError, TypeError) as exc:  # TypeError: a relative name (".mod")
             raise ValueError(f"model {name!r}: cannot import {attr} from {module_name} ({exc})") from exc
-        model = factory(num_classes=num_classes, input_shape=input_shape)
+        if not callable(factory):
+            raise ValueError(f"model {name!r}: {module_name}.{attr} is a {type(factory).__name__}, not a callable")
+        try:
+            model = factory(num_classes=num_classes, input_shape=input_shape)
+        except TypeError as exc:  # not a model factory: it takes other arguments
+            raise ValueError(f"model {name!r}: calling it as {attr}(num_classes=..., input_shape=...) failed "
+                             f"({exc})") from exc
         if not isinstance(model, nn.Module):
             raise ValueError(f"model {name!r}: the callable returned {type(model).__name__}, not an nn.Module")
         return model

@@ -107,6 +107,8 @@ def _saved_config(folder: str, flags: dict) -> dict:
     unknown = sorted(set(saved) - known)
     if unknown:
         raise ValueError(f"--resume {folder}: config.json has unknown option {', '.join(map(repr, unknown))}")
+    for key in ("resume", "overwrite"):  # how that run was started, not what it is
+        saved.pop(key, None)
     model = saved.get("model")
     if isinstance(model, str) and ":" in model and flags.get("model") != model:
         raise ValueError(f"--resume {folder}: the run's model {model!r} imports code, which is never taken from a "

@@ -195,6 +195,12 @@ class Trainer:
             self.release()
 
     def _fit(self) -> dict:
+        try:
+            return self._epochs()
+        except datasets.SampleError as exc:
+            raise self._unreadable(exc) from exc
+
+    def _epochs(self) -> dict:
         cfg, drv = self.config, self.driver
         self._clock = time.perf_counter()
         for epoch in range(self.epoch, cfg.epochs):
@@ -268,8 +274,8 @@ class Trainer:
                     logits = self.net(x)
                 losses = drv.per_sample_loss(logits, y)
                 correct = logits.argmax(1) == y if drv.strategy.observes and self.task == "classification" else None
-                loss = drv.loss(losses, i, w, correct)
-                if self._finite(loss):  # a non-finite loss's step is skipped (or the run stops)
+                if self._finite(losses):  # a non-finite loss's step is skipped (or the run stops)
+                    loss = drv.loss(losses, i, w, correct)  # only then seen by a strategy observing training
                     self.optimizer.zero_grad(set_to_none=True)
                     self.scaler.scale(loss).backward()
                     self.scaler.step(self.optimizer)
@@ -285,26 +291,30 @@ class Trainer:
                     part["training"] += time.perf_counter() - start
                     start = time.perf_counter()
                     self._save()
-        except datasets.SampleError as exc:
-            # The batches before the unreadable one are trained: keep them, so a resume (once the
-            # file is readable) continues from this batch.
+        finally:  # also when a sample cannot be read: the batches before it are trained and kept
             part["loss"] += float(loss_sum)
             part["training"] += time.perf_counter() - start
-            saved = self.world_size == 1 and bool(cfg.out)  # under DDP the other ranks cannot join a save
-            if saved:
-                self._save()
-            where = f"; checkpointed at epoch {self.epoch}, step {self.step}: replace the file with a readable one " \
-                    f"and continue with --resume {cfg.out}" if saved else ""
-            where += " (or start the run again with --skip-bad-samples to leave unreadable files out)"
-            raise RunStopped(f"{exc}{where}") from exc
-        part["loss"] += float(loss_sum)
+
+    def _unreadable(self, exc: "datasets.SampleError") -> RunStopped:
+        """The run stops at an unreadable sample. Inside an epoch (training or evaluating) a
+        checkpoint keeps what it trained, and a resume once the file is readable continues at that
+        batch; in a scoring pass the last epoch-end checkpoint stands."""
+        cfg = self.config
+        saved = self.world_size == 1 and bool(cfg.out) and self._partial is not None  # DDP: no rank could join
+        if saved:
+            self._save()
+        where = f"; checkpointed at epoch {self.epoch}, step {self.step}" if saved else ""
+        resume = f"; replace the file with a readable one and continue with --resume {cfg.out}" if cfg.out else ""
+        return RunStopped(f"{exc}{where}{resume} (or start the run again with --skip-bad-samples to leave "
+                          "unreadable files out)")
         part["training"] += time.perf_counter() - start
 
-    def _finite(self, loss: torch.Tensor) -> bool:
-        """Whether this step's loss is finite (on every rank: under DDP all ranks skip the step or
-        none, as the gradient all-reduce needs them all); ``nonfinite_steps`` non-finite losses in
-        a row stop the run, its last checkpoint untouched. One host sync per step."""
-        bad = (~torch.isfinite(loss.detach())).to(torch.float32)
+    def _finite(self, losses: torch.Tensor) -> bool:
+        """Whether this step's per-sample losses are all finite (on every rank: under DDP all ranks
+        skip the step or none, as the gradient all-reduce needs them all); ``nonfinite_steps``
+        non-finite steps in a row stop the run, its last checkpoint untouched. One host sync per
+        step."""
+        bad = (~torch.isfinite(losses.detach()).all()).to(torch.float32)
         if self.world_size > 1:
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
         if not bool(bad):
@@ -315,7 +325,8 @@ class Trainer:
             row = f" ({self._nonfinite} in a row)" if self._nonfinite > 1 else ""
             saved = self.config.out and os.path.isfile(os.path.join(self.config.out, CHECKPOINT))
             kept = f"; the last checkpoint in {self.config.out} is kept" if saved else ""
-            raise RunStopped(f"the training loss is {float(loss.detach())} at epoch {self.epoch}, step {self.step + 1}{row}"
+            loss = losses.detach().float().mean()
+            raise RunStopped(f"the training loss is {float(loss)} at epoch {self.epoch}, step {self.step + 1}{row}"
                              f"{kept} (lower --lr, or let --nonfinite-steps N skip up to N-1 such steps in a row)")
         return False
 
@@ -402,7 +413,8 @@ class Trainer:
         self.history, self._partial = list(state["history"]), mine["partial"]
         self.driver.load_state_dict(state["driver"], strategy=mine["strategy"])
         if self._partial is not None:
-            self.driver.sampler.resume_at(self._partial["steps"] * self.config.batch_size)
+            # (an epoch stopped while evaluating has drawn all its batches: nothing left to draw)
+            self.driver.sampler.resume_at(min(self._partial["steps"] * self.config.batch_size, len(self.driver.sampler)))
         torch.set_rng_state(mine["rng"])
         if mine["cuda_rng"] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(mine["cuda_rng"], self.device)
