@@ -19,18 +19,7 @@ from datadiet.ops.stratified_select import stratified_select
 from datadiet.train import datasets
 from datadiet.train.datasets import SampleError
 from datadiet.train.driver import Driver
-from tests.train_fixtures import cifar10, image_folder
-
-
-def _has_torchvision() -> bool:
-    try:
-        import torchvision  # noqa: F401
-    except Exception:  # absent, or built for another torch (scripts/check_wheel.sh)
-        return False
-    return True
-
-
-requires_torchvision = pytest.mark.skipif(not _has_torchvision(), reason="torchvision cannot be imported")
+from tests.train_fixtures import cifar10, image_folder, requires_torchvision
 
 
 # -- CIFAR ---------------------------------------------------------------------------------------

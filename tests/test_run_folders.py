@@ -18,7 +18,7 @@ from datadiet.cli import main
 from datadiet.train import compare as compare_module
 from datadiet.train.trainer import Trainer
 from tests.subprocesses import env
-from tests.train_fixtures import image_folder
+from tests.train_fixtures import image_folder, requires_torchvision
 
 TINY = ["--epochs", "1", "--batch-size", "256", "--no-progress"]
 
@@ -262,36 +262,38 @@ def test_skipped_non_finite_steps_leave_valid_json(tmp_path):
 
 
 # -- a bad sample stops the run after a checkpoint ------------------------------------------------------
-def test_an_unreadable_image_stops_training_after_a_checkpoint_and_resumes_once_fixed(tmp_path, capsys):
-    pytest.importorskip("torchvision")
+def _broken_image_run(tmp_path, split: str, folder: str, epochs: int):
+    """An image folder with one file of ``split``/``folder`` emptied, the ``train`` command on it,
+    and a function that puts the file back."""
     root = pathlib.Path(image_folder(str(tmp_path / "img"), classes=2, per_class=8))
-    victim = sorted((root / "train" / "class_1").iterdir())[0]
+    victim = sorted((root / split / folder).iterdir())[0]
     good = victim.read_bytes()
-    victim.write_bytes(b"\x00not an image")
+    victim.write_bytes(b"")
+    argv = ["train", "--dataset", f"imagefolder:{root}", "--model", "cnn", "--image-size", "16", "--epochs",
+            str(epochs), "--batch-size", "4", "--val-fraction", "0", "--no-progress", "--out", str(tmp_path / "run")]
+    return victim, argv, lambda: victim.write_bytes(good)
+
+
+@requires_torchvision
+def test_an_unreadable_image_stops_training_after_a_checkpoint_and_resumes_once_fixed(tmp_path, capsys):
+    victim, argv, repair = _broken_image_run(tmp_path, "train", "class_1", epochs=2)
     out = tmp_path / "run"
-    argv = ["train", "--dataset", f"imagefolder:{root}", "--model", "cnn", "--image-size", "16", "--epochs", "2",
-            "--batch-size", "4", "--val-fraction", "0", "--no-progress", "--out", str(out)]
     assert main(argv) == 1
     line = _error(capsys)
     assert f"class_1/{victim.name}" in line and "cannot be read" in line and f"--resume {out}" in line
     assert (out / "checkpoint.pt").exists()
-    victim.write_bytes(good)
+    repair()
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+@requires_torchvision
 def test_an_unreadable_test_image_stops_after_the_trained_epoch_is_checkpointed(tmp_path, capsys):
-    pytest.importorskip("torchvision")
-    root = pathlib.Path(image_folder(str(tmp_path / "img"), classes=2, per_class=8))
-    victim = sorted((root / "val" / "class_0").iterdir())[0]
-    good = victim.read_bytes()
-    victim.write_bytes(b"")
+    _, argv, repair = _broken_image_run(tmp_path, "val", "class_0", epochs=1)
     out = tmp_path / "run"
-    argv = ["train", "--dataset", f"imagefolder:{root}", "--model", "cnn", "--image-size", "16", "--epochs", "1",
-            "--batch-size", "4", "--val-fraction", "0", "--no-progress", "--out", str(out)]
     assert main(argv) == 1
-    assert f"val sample" in _error(capsys)
-    victim.write_bytes(good)
+    assert "val sample" in _error(capsys)
+    repair()
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0  # evaluates; trains nothing again
     record = _strict((out / "metrics.jsonl").read_text().splitlines()[0])
     assert record["steps"] == 4 and record["samples"] == 16
@@ -316,8 +318,8 @@ def test_resume_never_imports_a_model_named_by_the_folder(tmp_path, capsys, monk
         assert message in _error(capsys)
 
 
+@requires_torchvision
 def test_skip_bad_samples_leaves_unreadable_files_out_and_lists_them(tmp_path):
-    pytest.importorskip("torchvision")
     root = pathlib.Path(image_folder(str(tmp_path / "img"), classes=2, per_class=8))
     broken = [sorted((root / "train" / "class_1").iterdir())[0], sorted((root / "val" / "class_0").iterdir())[0]]
     for path in broken:

@@ -18,20 +18,9 @@ from datadiet.train.config import TrainConfig
 from datadiet.train.datasets import load
 from datadiet.train.driver import Driver
 from datadiet.train.trainer import Trainer
-from tests.train_fixtures import cifar10, image_folder
+from tests.train_fixtures import cifar10, image_folder, requires_torchvision
 
 TINY = dict(epochs=3, batch_size=64, progress=False)
-
-
-def _has_torchvision() -> bool:
-    try:
-        import torchvision  # noqa: F401
-    except Exception:  # absent, or built for another torch (scripts/check_wheel.sh)
-        return False
-    return True
-
-
-requires_torchvision = pytest.mark.skipif(not _has_torchvision(), reason="torchvision cannot be imported")
 
 
 def _params(name):

@@ -5,6 +5,18 @@ import os
 import pickle
 
 import numpy as np
+import pytest
+
+
+def _has_torchvision() -> bool:
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # absent, or built for another torch (scripts/check_wheel.sh)
+        return False
+    return True
+
+
+requires_torchvision = pytest.mark.skipif(not _has_torchvision(), reason="torchvision cannot be imported")
 
 
 def image_folder(root, classes=3, per_class=6, size=20, grey_every=3):
