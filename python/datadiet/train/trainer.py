@@ -11,6 +11,12 @@ written at every epoch end and every ``checkpoint_every`` steps. A killed run re
 ``resume=out`` continues mid-epoch where the checkpoint was taken and, on CPU, ends with the
 parameters of the run never stopped (loader workers with random augmentation are re-seeded per
 epoch, so a mid-epoch resume with ``workers > 0`` and random transforms draws other augmentations).
+
+The output folder (``datadiet.runfolder``) is claimed and locked by rank 0 before anything is
+read; one holding another run's results is refused unless the run resumes it or ``overwrite``
+replaces them. ``RunStopped`` ends a run early, the last good checkpoint kept: ``nonfinite_steps``
+non-finite training steps in a row (the ones before are skipped), or a sample that cannot be read
+(checkpointed first inside an epoch, so a resume continues at that batch once the file is fixed).
 """
 
 from __future__ import annotations
@@ -307,7 +313,6 @@ class Trainer:
         resume = f"; replace the file with a readable one and continue with --resume {cfg.out}" if cfg.out else ""
         return RunStopped(f"{exc}{where}{resume} (or start the run again with --skip-bad-samples to leave "
                           "unreadable files out)")
-        part["training"] += time.perf_counter() - start
 
     def _finite(self, losses: torch.Tensor) -> bool:
         """Whether this step's per-sample losses are all finite (on every rank: under DDP all ranks
