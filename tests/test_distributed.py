@@ -125,6 +125,7 @@ def test_ddp_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path):
     time.sleep(0.3)
     os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
     proc.wait(timeout=60)
+    _wait_until_gone(proc.pid)  # a rank still exiting (e.g. inside an fsync) holds the folder's lock
     assert not os.path.exists(os.path.join(killed, "summary.json")), "the run ended before it could be killed"
     state = checkpoint.load(os.path.join(killed, "checkpoint.pt"))
     assert state["epoch"] < 30 and len(state["ranks"]) == 2
@@ -133,6 +134,17 @@ def test_ddp_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path):
     _torchrun("-m", "datadiet", "train", "--resume", killed, "--no-progress")
     expected, got = (checkpoint.load(os.path.join(d, "checkpoint.pt"))["model"] for d in (whole, killed))
     assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def _wait_until_gone(group: int) -> None:
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process group {group} still alive 60 s after SIGKILL")
 
 
 def test_issue_14_strategies_under_two_ranks(tmp_path):

@@ -348,3 +348,23 @@ def test_under_torchrun_rank_0s_refusal_reaches_every_rank_at_once(tmp_path):
     assert done.returncode != 0
     assert done.stderr.count(f"--out {out}: holds a previous run") == 2, done.stderr[-3000:]  # both ranks
     assert (out / "summary.json").read_text() == "{}"
+
+
+def test_a_killed_runs_lingering_children_are_waited_for_not_reported_as_a_writer(tmp_path):
+    """Forked loader workers share the lock and outlive a SIGKILLed parent by a few seconds; the
+    next run waits for them instead of refusing (a live holder is refused at once, above)."""
+    path = str(tmp_path / "killed")
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import os, time
+        from datadiet import runfolder
+        folder = runfolder.claim({path!r})
+        if os.fork() == 0:
+            time.sleep(1.5)
+            os._exit(0)
+        print("held", flush=True)
+        time.sleep(120)
+        """)], stdout=subprocess.PIPE, env=env(), text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait(timeout=60)
+    runfolder.claim(path).release()

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import tempfile
+import time
 import weakref
 from typing import Any, Iterable, Optional
 
@@ -96,7 +97,7 @@ def claim(path: str, *, option: str = "--out", shared: bool = False) -> RunFolde
     except OSError as exc:
         raise RunFolderError(f"{option} {path}: cannot open the lock file {LOCK} ({exc.strerror})") from exc
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _lock(fd)
     except OSError as exc:
         holder = _read_pid(fd)
         os.close(fd)
@@ -118,6 +119,33 @@ def claim(path: str, *, option: str = "--out", shared: bool = False) -> RunFolde
         raise RunFolderError(f"{option} {path}: cannot prepare the folder ({exc})") from exc
     _held[key] = (weakref.ref(folder), shared)
     return folder
+
+
+def _lock(fd: int, orphans_for: float = 30.0) -> None:
+    """Takes the folder's lock at once, unless the run that wrote the lock file is dead: then its
+    forked children (loader workers share the lock; they notice their parent's death within
+    seconds) may still hold it, and the lock is waited for up to ``orphans_for`` seconds."""
+    deadline = time.monotonic() + orphans_for
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            holder = _read_pid(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or not holder.isdigit() \
+                    or _alive(int(holder)) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _read_pid(fd: int) -> str:

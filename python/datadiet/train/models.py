@@ -38,7 +38,7 @@ def check_name(name: str, option: str = "model") -> None:
         if not module_name or not attr:
             raise ValueError(f"{option} {name!r}: expected module:callable")
         return
-    tv = torchvision(f"{option} {name!r}: not mlp, cnn or module:callable, and a torchvision model")
+    tv = torchvision(f"unknown {option} {name!r}: not mlp, cnn or module:callable, and a torchvision model")
     if name not in tv.models.list_models(module=tv.models):
         raise ValueError(f"unknown {option} {name!r}; use mlp, cnn, a torchvision classification model (resnet18, "
                          "resnet50, ...) or module:callable")
