@@ -123,9 +123,12 @@ def test_ddp_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path):
     while not os.path.exists(os.path.join(killed, "checkpoint.pt")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.002)
     time.sleep(0.3)
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
+    ranks = _descendants(proc.pid)  # some torch versions start the ranks in sessions of their own
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun (and the ranks, where they share its group)
+    for pid in ranks:
+        _kill(pid)
     proc.wait(timeout=60)
-    _wait_until_gone(proc.pid)  # a rank still exiting (e.g. inside an fsync) holds the folder's lock
+    _wait_until_gone(ranks)  # a rank still exiting (e.g. inside an fsync) holds the folder's lock
     assert not os.path.exists(os.path.join(killed, "summary.json")), "the run ended before it could be killed"
     state = checkpoint.load(os.path.join(killed, "checkpoint.pt"))
     assert state["epoch"] < 30 and len(state["ranks"]) == 2
@@ -136,15 +139,49 @@ def test_ddp_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path):
     assert all(torch.equal(expected[k], got[k]) for k in expected)
 
 
-def _wait_until_gone(group: int) -> None:
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc), children first."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except FileNotFoundError:  # already gone
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    children = [int(c) for c in f.read().split()]
+            except FileNotFoundError:
+                continue
+            found += children
+            todo += children
+    return found
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "zombie" not in f.read()
+    except FileNotFoundError:
+        return False
+
+
+def _wait_until_gone(pids: list[int]) -> None:
     deadline = time.time() + 60
     while time.time() < deadline:
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
+        alive = [p for p in pids if _running(p)]
+        if not alive:
             return
         time.sleep(0.01)
-    raise AssertionError(f"process group {group} still alive 60 s after SIGKILL")
+    raise AssertionError(f"processes {alive} still alive 60 s after SIGKILL")
 
 
 def test_issue_14_strategies_under_two_ranks(tmp_path):
