@@ -86,12 +86,12 @@ def rank0_first(fn, *, share=None):
         except Exception as exc:
             error = exc
     if size > 1:
-        told = None if error is None else (isinstance(error, ValueError), f"{type(error).__name__}: {error}"
-                                           if not isinstance(error, ValueError) else str(error))
+        told = None if error is None else str(error) if isinstance(error, ValueError) \
+            else RuntimeError(f"{type(error).__name__}: {error}")  # its text: any exception pickles as this
         box = [told, share(result) if share and error is None and rank == 0 else None]
         torch.distributed.broadcast_object_list(box, src=0)
         if box[0] is not None and error is None:
-            raise (ValueError if box[0][0] else RuntimeError)(box[0][1])
+            raise box[0] if isinstance(box[0], RuntimeError) else ValueError(box[0])
         if rank != 0 and share:
             return box[1]
     if error is not None:

@@ -64,16 +64,16 @@ def _reproduce_claim(module, args, config, parse_params) -> None:
 def _check_reproduce(args, parse_params) -> None:
     """Every list and option of ``reproduce``, before the first model trains."""
     import inspect
-    import math
 
     from datadiet.pipelines.detection import train_detection
+    from datadiet.strategies.base import is_number
     from datadiet.train import models
 
     def each(option: str, values, ok, what: str) -> None:
         if values is not None and not values:
             raise ValueError(f"{option}: give at least one value")
         for v in values or ():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+            if not is_number(v) or not ok(v):
                 raise ValueError(f"{option}: {v!r} {what}")
 
     each("--fractions", args.fractions, lambda v: 0 < v <= 1, "is not a fraction in (0, 1]")
