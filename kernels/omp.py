@@ -4,8 +4,8 @@ steps, every problem advancing one atom per step, with no host synchronisation i
 The algorithm is the CPU engine's (``csrc/ops/omp/omp_engine_cpu.h``) with its rules
 (``csrc/ops/omp/omp_rules.h``): pick the best unpicked atom, append it to a Cholesky factor of
 G_SS + λI unless its pivot is too small, solve, run warm-started Lawson–Hanson NNLS when a weight
-goes negative, take the new residual and undo the pick if it rose, refresh the correlations. One
-step launches
+goes negative, take the new residual and undo the pick if the objective ‖r‖² + λ‖w‖² rose, refresh
+the correlations. One step launches
 
   pick        one program per problem: stop checks, device-side argmax over the unpicked atoms
               (ties to the lower index), factorised atoms: a Gram-column slot for the pick;
@@ -15,7 +15,7 @@ step launches
               previous support and weights (and, before an NNLS, the factor) are kept to undo
               the pick; factorised: the residual from the stored Gram columns and the verdict;
   residual    dense only, one program per problem: r = b − Σ w_s a_s in float64, ‖r‖², the
-              verdict (a residual that rose undoes the pick);
+              verdict (an objective ‖r‖² + λ‖w‖² that rose undoes the pick);
   correlate   one program per row block: dense c = A r, factorised c = c0 − G[:, slots] w.
 
 Problems that are done (budget reached, ‖r‖ ≤ tol·‖b‖, no atom with a correlation above the
@@ -53,7 +53,8 @@ PIVOT_EPS = tl.constexpr(1e-6)  # Schur complement at most this fraction of Q_jj
 READMIT_EPS = tl.constexpr(1e-12)  # relative to ‖b‖: the smallest gradient that re-admits an atom
 
 # Columns of the per-problem tables: layout (int64 [P, NT]), state (int64 [P, NS]) and
-# float64 state (dstate [P, ND]: residual², ‖b‖², correlation floor, stopping residual², λ).
+# float64 state (dstate [P, ND]: residual², ‖b‖², correlation floor, stopping residual², λ, and
+# the objective ‖r‖² + λ‖w‖² of the current weights).
 LO = tl.constexpr(0)
 N = tl.constexpr(1)
 BUDGET = tl.constexpr(2)
@@ -82,7 +83,8 @@ B2 = tl.constexpr(1)
 FLOOR = tl.constexpr(2)
 STOP2 = tl.constexpr(3)
 LAM = tl.constexpr(4)
-ND = tl.constexpr(5)
+OBJ = tl.constexpr(5)
+ND = tl.constexpr(6)
 HOST = SimpleNamespace(**{name: c.value for name, c in list(globals().items()) if isinstance(c, tl.constexpr)})
 
 _ROWS = 32
@@ -324,9 +326,17 @@ def _restore(state, g, Lp, Lsaved, sup, wp, sup_old, w_old, in_support, lo, cap,
 
 
 @triton.jit
-def _accept(state, dstate, g, r2, m, budget):
-    """Keeps this step's solve: its residual, support size, and whether the budget is reached."""
+def _keeps(r2, penalty, objective):
+    """Rule 2 (omp_rules.h keeps()): the solve stays unless the objective ‖r‖² + λ‖w‖² rose."""
+    return r2 + penalty <= objective
+
+
+@triton.jit
+def _accept(state, dstate, g, r2, objective, m, budget):
+    """Keeps this step's solve: its residual and objective, support size, and whether the budget
+    or the tolerance is reached."""
     tl.store(dstate + g * ND + R2, r2)
+    tl.store(dstate + g * ND + OBJ, objective)
     tl.store(state + g * NS + M, m)
     if m >= budget:
         tl.store(state + g * NS + STATUS, 1)
@@ -356,7 +366,7 @@ def _solve_kernel(A, G, c0, table, state, dstate, support, weights, zero, wslot,
         m0 = tl.load(state + g * NS + M)
         b2 = tl.load(dstate + g * ND + B2)
         lam = tl.load(dstate + g * ND + LAM)  # float64, as the CPU engine adds it
-        current = tl.load(dstate + g * ND + R2)  # read before _accept stores the new one
+        current = tl.load(dstate + g * ND + OBJ)  # read before _accept stores the new one
         tl.store(sup_old + cap_at + offs, tl.load(sup + offs, mask=offs < m0, other=0), mask=offs < m0)
         tl.store(w_old + cap_at + offs, tl.load(wp + offs, mask=offs < m0, other=0.0), mask=offs < m0)
         tl.store(state + g * NS + M_OLD, m0)
@@ -389,11 +399,12 @@ def _solve_kernel(A, G, c0, table, state, dstate, support, weights, zero, wslot,
                     gs = tl.load(G + G_at + tl.load(sup + s) * cap + slots, mask=offs < m, other=0.0)
                     quad += _scalar(w, offs, s) * tl.sum(gs.to(tl.float64) * w, axis=0)
                 r2 = b2 - 2.0 * tl.sum(w * p, axis=0) + quad
-                if r2 <= current:
+                penalty = lam * tl.sum(w * w, axis=0)
+                if _keeps(r2, penalty, current):
                     tl.store(wslot + cap_at + offs, tl.zeros(offs.shape, dtype=tl.float32), mask=offs < cap)
                     tl.debug_barrier()
                     tl.store(wslot + cap_at + slots, w.to(tl.float32), mask=offs < m)
-                    _accept(state, dstate, g, r2, m, budget)
+                    _accept(state, dstate, g, r2, r2 + penalty, m, budget)
                 else:
                     _restore(state, g, Lp, Ls, sup, wp, sup_old + cap_at, w_old + cap_at, in_support, lo, cap, j,
                              offs)
@@ -509,14 +520,15 @@ def _gram_kernel(E, H, G, row_problem, table, state, N, C, D1, bias, ROWS: tl.co
 def _residual_kernel(A, b, r, table, state, dstate, support, weights, L, Lsaved, sup_old, w_old, in_support, d,
                      REFRESH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
     """Dense: r = b − Σ w_s a_s accumulated in float64, stored float32, and ‖r‖² (the exact residual).
-    After a solve (not REFRESH) it is the verdict: a residual above the current one undoes the pick."""
+    After a solve (not REFRESH) it is the verdict: an objective ‖r‖² + λ‖w‖² above the current one
+    undoes the pick."""
     g = tl.program_id(0).to(tl.int64)
     j = tl.load(state + g * NS + PENDING)
     if REFRESH or (j >= 0):
         lo = tl.load(table + g * NT + LO)
         cap_at = tl.load(table + g * NT + CAP_AT)
         m = tl.load(state + g * NS + M)
-        current = tl.load(dstate + g * ND + R2)  # read before _accept stores the new one
+        current = tl.load(dstate + g * ND + OBJ)  # read before _accept stores the new one
         cols = tl.arange(0, BLOCK_D)
         r2 = tl.zeros([BLOCK_D], dtype=tl.float64)
         for d0 in range(0, d, BLOCK_D):
@@ -528,14 +540,17 @@ def _residual_kernel(A, b, r, table, state, dstate, support, weights, L, Lsaved,
             tl.store(r + g * d + d0 + cols, acc.to(tl.float32), mask=live)
             r2 += acc * acc
         total = tl.sum(r2, axis=0)
+        offs = tl.arange(0, BLOCK_K)
+        w = tl.load(weights + cap_at + offs, mask=offs < m, other=0.0)
+        penalty = tl.load(dstate + g * ND + LAM) * tl.sum(w * w, axis=0)
         if REFRESH:
             tl.store(dstate + g * ND + R2, total)
-        elif total <= current:
-            _accept(state, dstate, g, total, m, tl.load(table + g * NT + BUDGET))
+        elif _keeps(total, penalty, current):
+            _accept(state, dstate, g, total, total + penalty, m, tl.load(table + g * NT + BUDGET))
         else:
             L_at = tl.load(table + g * NT + L_AT)
             _restore(state, g, L + L_at, Lsaved + L_at, support + cap_at, weights + cap_at, sup_old + cap_at,
-                     w_old + cap_at, in_support, lo, tl.load(table + g * NT + CAP), j, tl.arange(0, BLOCK_K))
+                     w_old + cap_at, in_support, lo, tl.load(table + g * NT + CAP), j, offs)
 
 
 @triton.jit
@@ -623,6 +638,7 @@ class _Problems:
         self.state[:, HOST.PENDING] = -1
         self.dstate[:, HOST.R2] = b2
         self.dstate[:, HOST.B2] = b2
+        self.dstate[:, HOST.OBJ] = b2
         self.dstate[:, HOST.FLOOR] = MIN_CORRELATION * best0
         self.dstate[:, HOST.STOP2] = tol * tol * b2
         self.dstate[:, HOST.LAM] = lam

@@ -1,6 +1,7 @@
 """Near rank-deficient OMP inputs shared by the solver tests (CPU and device engines): the
 CORDS-style per-class-per-gradient embedding of issue 10, a low-rank matrix plus 1e-6 noise,
-duplicated atoms and the per-batch means of correlated rows."""
+duplicated atoms and the per-batch means of correlated rows; and the objective the solver
+minimises, measured from a result."""
 
 from __future__ import annotations
 
@@ -64,3 +65,21 @@ def near_rank_deficient(d, seed=0):
         "duplicated": duplicated(d + 10, d, seed),
         "batch_means": batch_means(2 * d + 20, d, seed=seed),
     }
+
+
+def true_residual(a, b, res) -> float:
+    """‖b − Σ w_s a_s‖ in float64 from the returned atoms and (float32) weights."""
+    keep = res.indices >= 0
+    return float((b.double() - a[res.indices[keep]].double().T @ res.weights[keep].double()).norm())
+
+
+def objective(a, b, res, lam) -> float:
+    """‖b − Σ w_s a_s‖² + λ‖w‖² in float64 from the returned atoms and (float32) weights."""
+    keep = res.indices >= 0
+    return true_residual(a, b, res) ** 2 + lam * float(res.weights[keep].double().square().sum())
+
+
+def non_increasing(values, b) -> bool:
+    """Each value at most the previous, up to the float32 rounding of the returned weights."""
+    slack = 1e-9 * float(b.double().square().sum())
+    return all(v2 <= v1 * (1 + 1e-6) + slack for v1, v2 in zip(values, values[1:]))

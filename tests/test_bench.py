@@ -97,3 +97,15 @@ def test_datadiet_bench_command_runs_an_op_benchmark(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "datadiet-bench" / "weighted_sample-sweep-cpu.json").exists()
     assert (tmp_path / "datadiet-bench" / "weighted_sample-sweep-cpu.png").exists()
+
+
+def test_omp_benchmark_runs_at_tiny_scale(tmp_path):
+    """``bench omp``'s code path (baseline, both floors, datadiet at λ and at 0) on a small class."""
+    out = tmp_path / "omp.json"
+    assert bench_main(["omp", "--n", "120", "--features", "8", "--k", "12", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["case"].split(":")[0] for r in rows} == {"one class, trained-like errors", "one class, softmax errors"}
+    ours = [r for r in rows if r["method"] == "datadiet cpu"]
+    assert len(ours) == 2 and all(r["x_floor"] > 0 and len(r["speedups"]) == 1 for r in ours)
+    assert all("objective" in r["note"] and "rejected" in r["note"] for r in ours)
+    assert {r["method"] for r in rows} >= {"k x torch.mv", "k reads of the atoms", "datadiet cpu, lam=0"}

@@ -1,7 +1,10 @@
-"""omp / omp_factored when the budget nears or passes the atoms' rank: the residual never rises
-(in the budget, and never above ‖b‖), dependent atoms and residual-raising solves are rejected
-and counted, the solve stops and says why; against the float64 reference where it is well
-conditioned. The case of issue 10 (CORDS' per-class-per-gradient embedding, λ = 0) first."""
+"""omp / omp_factored when the budget nears or passes the atoms' rank, and the rule that judges a
+pick: the objective the solver minimises, ‖b − Aw‖² + λ‖w‖², never rises in the budget (with λ = 0
+that is the residual) and the residual never exceeds ‖b‖; dependent atoms and objective-raising
+solves are rejected and counted, the solve stops and says why; against the float64 reference
+where it is well conditioned. CORDS' per-class-per-gradient embedding first: at λ = 0 near its
+dimension (admission), at λ = 0.5 (GradMatch's default: ridge picks that raise the residual are
+kept, so the solve takes about k steps)."""
 
 import pytest
 import torch
@@ -10,7 +13,8 @@ from hypothesis import strategies as st
 
 from datadiet.ops import PIVOT_EPS, STOP_REASONS, omp, omp_factored
 from datadiet.reference.omp import omp_reference
-from omp_cases import at_angle, cords_class_embedding, mixed_cone, near_rank_deficient
+from omp_cases import (at_angle, cords_class_embedding, mixed_cone, near_rank_deficient, non_increasing, objective,
+                       true_residual)
 from select_helpers import last_layer_case
 
 BUDGET, TOLERANCE, NO_CORRELATION, RANK = (STOP_REASONS.index(s) for s in ("budget", "tolerance", "no_correlation",
@@ -19,12 +23,6 @@ BUDGET, TOLERANCE, NO_CORRELATION, RANK = (STOP_REASONS.index(s) for s in ("budg
 
 def found(res) -> int:
     return int((res.indices >= 0).sum())
-
-
-def true_residual(a, b, res) -> float:
-    """‖b − Σ w_s a_s‖ in float64 from the returned atoms and (float32) weights."""
-    keep = res.indices >= 0
-    return float((b.double() - a[res.indices[keep]].double().T @ res.weights[keep].double()).norm())
 
 
 def assert_consistent(res, k, lam, positive, dimension):
@@ -46,17 +44,23 @@ def cords_class():
 def test_issue_case_never_worse_than_the_best_seen(cords_class, lam, positive):
     a, b = cords_class
     norm = float(b.norm())
-    residuals = []
+    residuals, objectives = [], []
     for k in (400, 480, 490, 500, 513):
         res = omp(a, b, k, lam=lam, positive=positive)
         residuals.append(float(res.residual))
+        objectives.append(objective(a, b, res, lam))
         assert float(res.residual) == pytest.approx(true_residual(a, b, res), rel=1e-3, abs=1e-6 * norm)
+        assert float(res.residual) <= norm
         assert_consistent(res, k, lam, positive, a.shape[1])
-    assert all(r2 <= r1 for r1, r2 in zip(residuals, residuals[1:])), residuals
+    assert non_increasing(objectives, b), objectives
+    if lam == 0:
+        assert all(r2 <= r1 for r1, r2 in zip(residuals, residuals[1:])), residuals
     # Before the admission rules λ = 0 ended at 4.4e4 (≈ ‖b‖) for k = 500 and 1e8 for k = 513.
     assert residuals[-1] <= 1e-4 * norm, residuals
-    if not positive:
+    if lam == 0 and not positive:  # the last atoms are dependent: rejected until none correlates
         assert found(res) < 513 and int(res.stop) == NO_CORRELATION
+    elif lam > 0:  # G_SS + λI stays definite: every atom is admissible and none raises the objective
+        assert found(res) == 513 and int(res.rejected) == 0
 
 
 @pytest.mark.parametrize("family", ["low_rank", "duplicated", "batch_means"])
@@ -66,10 +70,12 @@ def test_budgets_around_the_dimension(family, lam, positive):
     d = 48
     a, b = near_rank_deficient(d)[family]
     n, norm = a.shape[0], float(b.norm())
-    residuals = []
+    residuals, objectives = [], []
     for k in range(d - 30, d + 21):
         res = omp(a, b, k, lam=lam, positive=positive)
         residuals.append(float(res.residual))
+        objectives.append(objective(a, b, res, lam))
+        assert float(res.residual) <= norm
         assert_consistent(res, k, lam, positive, d)
         if k in (d - 30, d, d + 20):
             ref = omp_reference(a, b[None], [0, n], [k], lam, positive, 0.0)
@@ -82,8 +88,9 @@ def test_budgets_around_the_dimension(family, lam, positive):
                 assert float(res.residual) == pytest.approx(float(ref[2][0]), rel=1e-3, abs=1e-5 * norm)
             # Never far behind float64: float32 Gram entries limit the attainable residual to ~1e-4·‖b‖.
             assert float(res.residual) <= float(ref[2][0]) + 1e-4 * norm
-    assert all(r2 <= r1 for r1, r2 in zip(residuals, residuals[1:])), residuals
-    assert residuals[0] <= norm
+    assert non_increasing(objectives, b), objectives
+    if lam == 0:
+        assert all(r2 <= r1 for r1, r2 in zip(residuals, residuals[1:])), residuals
 
 
 def test_duplicates_are_rejected_and_lam_zero_stops_at_the_rank():
@@ -144,25 +151,34 @@ def small_problem(draw):
 
 @settings(max_examples=80, deadline=None)
 @given(small_problem())
-def test_property_residual_non_increasing_in_the_budget(problem):
+def test_property_objective_non_increasing_in_the_budget(problem):
     a, b, lam, positive = problem
     norm = float(b.double().norm())
-    residuals = []
+    residuals, objectives = [], []
     for k in range(a.shape[0] + 1):
         res = omp(a, b, k, lam=lam, positive=positive)
         residuals.append(float(res.residual))
+        objectives.append(objective(a, b, res, lam))
         assert float(res.residual) <= norm * (1 + 1e-6) + 1e-30
         assert_consistent(res, k, lam, positive, a.shape[1])
-    assert all(r2 <= r1 for r1, r2 in zip(residuals, residuals[1:])), residuals
+    assert non_increasing(objectives, b), objectives
+    if lam == 0:
+        assert all(r2 <= r1 for r1, r2 in zip(residuals, residuals[1:])), residuals
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 8), st.integers(1, 3), st.integers(1, 3), st.integers(0, 2**16), st.booleans())
-def test_property_factored_residual_non_increasing(n, classes, features, seed, positive):
+@given(st.integers(1, 8), st.integers(1, 3), st.integers(1, 3), st.integers(0, 2**16), st.booleans(),
+       st.sampled_from([0.0, 0.5]))
+def test_property_factored_objective_non_increasing(n, classes, features, seed, positive, lam):
     e, h, _ = last_layer_case(n, classes, features, seed)
-    residuals = [float(omp_factored(e, h, k, lam=0.0, positive=positive).residual) for k in range(n + 1)]
-    assert all(r2 <= r1 for r1, r2 in zip(residuals, residuals[1:])), residuals
-    assert residuals[0] <= float(omp_factored(e, h, 0).target_norm) * (1 + 1e-6)
+    atoms = (e.unsqueeze(2) * torch.cat([h, torch.ones(n, 1)], 1).unsqueeze(1)).reshape(n, -1)
+    b = atoms.sum(0)
+    runs = [omp_factored(e, h, k, lam=lam, positive=positive) for k in range(n + 1)]
+    assert non_increasing([objective(atoms, b, r, lam) for r in runs], b)
+    assert all(float(r.residual) <= float(r.target_norm) * (1 + 1e-6) for r in runs)
+    if lam == 0:
+        residuals = [float(r.residual) for r in runs]
+        assert all(r2 <= r1 for r1, r2 in zip(residuals, residuals[1:])), residuals
 
 
 def pivot_ratio(a, lam):
@@ -192,12 +208,35 @@ def test_pivot_threshold_is_relative_to_the_norm_plus_lam(scale, lam, outcomes):
     assert seen == outcomes
 
 
-def test_an_nnls_step_that_raises_the_residual_is_undone():
-    # The factor saved before the NNLS is restored: the run stays step for step with the
-    # float64 reference, which re-solves from scratch.
+def test_a_ridge_pick_that_raises_the_residual_is_kept():
+    # With λ > 0 and w ≥ 0 a pick may raise ‖r‖ while lowering ‖r‖² + λ‖w‖²: it stays, step for
+    # step with the float64 reference that re-solves from scratch. (The earlier residual rule
+    # undid four such picks on seed 38.)
     a, b = mixed_cone()
-    got = omp(a, b, 20, lam=0.05, positive=True)
-    ref = omp_reference(a, b[None], [0, a.shape[0]], [20], 0.05, True, 0.0)
-    assert int(got.rejected) == int(ref[5][0]) >= 4 and int(got.iterations) == int(ref[3][0])
+    lam = 0.05
+    runs = [omp(a, b, k, lam=lam, positive=True) for k in range(1, 21)]
+    ref = omp_reference(a, b[None], [0, a.shape[0]], [20], lam, True, 0.0)
+    got = runs[-1]
+    assert int(got.rejected) == int(ref[5][0]) == 0 and int(got.iterations) == int(ref[3][0])
     assert sorted(got.indices.tolist()) == sorted(ref[0].tolist())
-    assert float(got.residual) == pytest.approx(float(ref[2][0]), rel=1e-4)
+    assert float(got.residual) == pytest.approx(float(ref[2][0]), rel=1e-3)
+    residuals = [float(r.residual) for r in runs]
+    assert any(r2 > r1 for r1, r2 in zip(residuals, residuals[1:])), residuals
+    assert non_increasing([objective(a, b, r, lam) for r in runs], b)
+
+
+def test_gradmatch_default_lam_takes_about_k_steps(cords_class):
+    # One class at CORDS' defaults (λ = 0.5, w ≥ 0, k = 500). Judged by the plain residual, 915 of
+    # 1,469 picks were solved and undone; judged by the objective none is, and the steps beyond k
+    # are the atoms the NNLS dropped (they are never picked again).
+    a, b = cords_class
+    k, lam = 500, 0.5
+    res = omp(a, b, k, lam=lam, positive=True)
+    assert found(res) == k and int(res.rejected) == 0
+    assert int(res.iterations) <= 1.15 * k
+    assert float(res.residual) <= float(b.norm())
+    smaller = omp(a, b, 400, lam=lam, positive=True)
+    assert objective(a, b, res, lam) <= objective(a, b, smaller, lam)
+    # CORDS' own solver (OrthogonalMP_REG_Parallel) ends at a residual of 28.8 = 7e-4·‖b‖ on this
+    # input (bench compat_cords); the objective, not the residual, is what is minimised.
+    assert float(res.residual) <= 7e-4 * float(b.norm())

@@ -55,11 +55,12 @@ struct DenseAtoms {
     }
   }
 
-  // ‖r‖², r = b − Σ w_s a_s in float64, and when it is at most r2_max the correlations c = A r,
-  // in one parallel region: each thread builds a slice of r (the slice stays in L1 across the
-  // support), then after a barrier every thread sums the slices' ‖·‖² in the same order and,
-  // on the same verdict, takes a share of the rows.
-  double update(const int64_t* support, const double* w, int64_t m, const double*, double r2_max, float* c) {
+  // ‖r‖², r = b − Σ w_s a_s in float64, and when the solve is kept (omp::keeps) the
+  // correlations c = A r, in one parallel region: each thread builds a slice of r (the slice
+  // stays in L1 across the support), then after a barrier every thread sums the slices' ‖·‖² in
+  // the same order and, on the same verdict, takes a share of the rows.
+  double update(const int64_t* support, const double* w, int64_t m, const double*, double penalty, double objective,
+                float* c) {
     double* rr = r.data();
     float* rp = rf.data();
     std::vector<double> part(static_cast<size_t>(omp_get_max_threads()), 0.0);
@@ -79,7 +80,7 @@ struct DenseAtoms {
       double total = 0.0;
       for (int t = 0; t < threads; ++t) total += part[t];
       if (me == 0) r2 = total;
-      if (total <= r2_max) {
+      if (omp::keeps(total, penalty, objective)) {
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < n; ++i) c[i] = dot(row(i), rp, d);
       }

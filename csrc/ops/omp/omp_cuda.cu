@@ -3,7 +3,8 @@
 // over its row, and the correlations come from the explicit residual: one block per
 // problem builds r = b − Σ w_s a_s in float64 (and ‖r‖², the exact residual), then one warp
 // per row computes c_i = ⟨a_i, r⟩ for the rows of problems that changed this step. The
-// residual kernel gives each step's verdict: a residual above the current one undoes the pick.
+// residual kernel gives each step's verdict: an objective ‖r‖² + λ‖w‖² above the current one
+// undoes the pick.
 #include <torch/csrc/stable/library.h>
 
 #include "ops/omp/omp_steps_cuda.cuh"
@@ -39,8 +40,8 @@ struct DenseSource {
 };
 
 // r = b − Σ w_s a_s (float64, stored float32) and ‖r‖² for problems that changed (all when
-// `first`, which records ‖b‖²). After a solve it is the verdict: the pick stays if ‖r‖² did not
-// rise (and the problem is done at its budget or at ‖r‖ <= tol·‖b‖), else it is undone.
+// `first`, which records ‖b‖²). After a solve it is the verdict: the pick stays if ‖r‖² + λ‖w‖²
+// did not rise (and the problem is done at its budget or at ‖r‖ <= tol·‖b‖), else it is undone.
 __global__ void residual_kernel(Buffers b, const float* atoms, const float* targets, float* r, int64_t d,
                                 bool first) {
   const int64_t g = blockIdx.x;
@@ -57,11 +58,14 @@ __global__ void residual_kernel(Buffers b, const float* atoms, const float* targ
     part += acc * acc;
   }
   double* real = b.real + g * kRealCols;
-  const double current = real[R2], r2 = block_sum(part);  // read before accept writes
+  const double current = real[OBJ], r2 = block_sum(part);  // read before accept writes
   if (first) {
     if (threadIdx.x == 0) real[R2] = r2, real[B2] = r2;
-  } else if (r2 <= current) {
-    accept(p, b, r2, m);
+    return;
+  }
+  const double pen = penalty(p, b, m);
+  if (omp::keeps(r2, pen, current)) {
+    accept(p, b, r2, r2 + pen, m);
   } else {
     restore(p, b, j);
   }

@@ -10,8 +10,8 @@
 // NNLS on the support (warm-started at the previous weights, the factor downdated and updated
 // as atoms leave and re-enter the passive set) and drop the atoms it leaves at zero (they
 // are never picked again); take the new residual, and only then the correlations. An atom
-// with a too-small pivot, or whose solve would raise the residual, is rejected and the state
-// restored (omp_rules.h). No A_S A_Sᵀ + λI is rebuilt and no least-squares problem re-solved:
+// with a too-small pivot, or whose solve would raise the objective ‖b − Σ w_s a_s‖² + λ‖w‖², is
+// rejected and the state restored (omp_rules.h). No A_S A_Sᵀ + λI is rebuilt and no least-squares problem re-solved:
 // an iteration is O(|S|·d + |S|²) plus the source's correlation pass.
 //
 // The atom source (Source) supplies the data-dependent pieces:
@@ -19,9 +19,10 @@
 //   void target(float* c0, double* b2)             c0 = ⟨a_i, b⟩ for all i, b2 = ‖b‖²
 //   double inner(int64_t i, int64_t j)             ⟨a_i, a_j⟩
 //   void column(int64_t j, const int64_t* S, int64_t m, double* q)   q_s = ⟨a_{S_s}, a_j⟩
-//   double update(const int64_t* S, const double* w, int64_t m, const double* p, double r2_max, float* c)
-//       returns ‖b − Σ w_s a_s‖² (p_s = ⟨a_{S_s}, b⟩) and, when that is at most r2_max, sets
-//       the correlations c = A (b − Σ w_s a_s)
+//   double update(const int64_t* S, const double* w, int64_t m, const double* p, double penalty,
+//                 double objective, float* c)
+//       returns r2 = ‖b − Σ w_s a_s‖² (p_s = ⟨a_{S_s}, b⟩) and, when keeps(r2, penalty, objective)
+//       (omp_rules.h: the solve is kept), sets the correlations c = A (b − Σ w_s a_s)
 // `parallel` lets the source spread its loops over the OpenMP team.
 //
 // Stops (omp_rules.h) at k atoms, at ‖r‖ ≤ tol·‖b‖, when no unpicked atom correlates above the
@@ -46,7 +47,7 @@ struct Solution {
   double residual = 0.0;  // ‖b − Σ w_s a_s‖
   int64_t iterations = 0;
   int64_t stop = kStopBudget;
-  int64_t rejected = 0;  // picks not admitted: dependent, or raising the residual
+  int64_t rejected = 0;  // picks not admitted: dependent, or raising the objective
 };
 
 struct Options {
@@ -66,7 +67,7 @@ class Solver {
   Solution run() {
     Solution out;
     src_.target(c0_.data(), &b2_);
-    r2_ = b2_;
+    r2_ = objective_ = b2_;
     if (opt_.budget > 0 && n_ > 0 && b2_ > 0.0) out.stop = iterate(out);
     else out.stop = opt_.budget == 0 ? kStopBudget : kStopTolerance;
     out.residual = std::sqrt(std::max(r2_, 0.0));
@@ -105,7 +106,7 @@ class Solver {
   }
 
   // Admits atom j and re-solves; false (state unchanged) when j is dependent or the solve
-  // would raise the residual.
+  // would raise the objective.
   bool advance(int64_t j) {
     const int64_t m0 = size();
     if (!admit(j)) return false;
@@ -113,8 +114,11 @@ class Solver {
     const std::vector<double> w0 = w_;
     w_.push_back(0.0);  // the NNLS warm start: previous weights, the new atom at 0
     const bool reshaped = solve_weights(m0);
-    const double r2 = src_.update(support_.data(), w_.data(), size(), rhs().data(), r2_, c_.data());
-    if (!(r2 <= r2_)) {
+    double penalty = 0.0;
+    for (const double v : w_) penalty += v * v;
+    penalty *= opt_.lam;
+    const double r2 = src_.update(support_.data(), w_.data(), size(), rhs().data(), penalty, objective_, c_.data());
+    if (!keeps(r2, penalty, objective_)) {
       if (reshaped) chol_.restore();
       else chol_.truncate(m0);
       support_ = support0;
@@ -122,6 +126,7 @@ class Solver {
       return false;
     }
     r2_ = r2;
+    objective_ = r2 + penalty;
     return true;
   }
 
@@ -226,6 +231,7 @@ class Solver {
   const Options opt_;
   Cholesky chol_;
   double b2_ = 0.0, r2_ = 0.0;  // ‖b‖², the residual² of the current weights
+  double objective_ = 0.0;      // their r2_ + λ‖w‖² (rule 2 compares against it)
   std::vector<float> c0_, c_;    // correlations with the target / the residual
   std::vector<uint8_t> picked_;  // never pick twice
   std::vector<int64_t> support_;

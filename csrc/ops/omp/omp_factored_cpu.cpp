@@ -77,9 +77,10 @@ struct FactoredAtoms {
 
   // ‖b‖² − 2wᵀp + wᵀG_SS w from the stored Gram columns, in float64 and in support order
   // (where the columns sit depends on the budget; the verdict must not) — the residual of these
-  // weights whether or not they solve the system exactly — and when it is at most r2_max the
-  // correlations c = c0 − G[:, slots] w.
-  double update(const int64_t* support, const double* w, int64_t m, const double* p, double r2_max, float* c) {
+  // weights whether or not they solve the system exactly — and when the solve is kept
+  // (omp::keeps) the correlations c = c0 − G[:, slots] w.
+  double update(const int64_t* support, const double* w, int64_t m, const double* p, double penalty, double objective,
+                float* c) {
     for (int64_t s = 0; s < m; ++s) slots[s] = slot_of[support[s]];
     double quad = 0.0, fit = 0.0;
 #pragma omp parallel for schedule(static) reduction(+ : quad) if (parallel && m * m > 65536)
@@ -91,7 +92,7 @@ struct FactoredAtoms {
     }
     for (int64_t s = 0; s < m; ++s) fit += w[s] * p[s];
     const double r2 = b2 - 2.0 * fit + quad;
-    if (r2 <= r2_max) {
+    if (omp::keeps(r2, penalty, objective)) {
       std::fill(wf.begin(), wf.end(), 0.0f);
       for (int64_t s = 0; s < m; ++s) wf[slots[s]] = static_cast<float>(w[s]);
       const float *g = G.data(), *wp = wf.data();

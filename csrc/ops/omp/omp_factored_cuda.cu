@@ -30,7 +30,7 @@ struct FactoredSource {
   // The verdict. No C × D residual is formed: ‖r‖² = ‖b‖² − 2wᵀp + wᵀG_SS w from the stored
   // columns (float64 sums; the residual of these weights whether or not they solve the system
   // exactly), one support row per thread. A kept solve scatters its weights by slot for the
-  // correlation pass; one whose residual rose is undone.
+  // correlation pass; one whose objective ‖r‖² + λ‖w‖² rose is undone.
   __device__ void solved(const Problem& p, const Buffers& b, int64_t m, int64_t j) const {
     double part = 0.0;
     for (int64_t s = threadIdx.x; s < m; s += kThreads) {
@@ -40,8 +40,9 @@ struct FactoredSource {
       part += p.w[s] * (gw - 2.0 * b.c0[p.lo + p.sup[s]]);
     }
     const double* real = b.real + p.g * kRealCols;
-    const double current = real[R2], r2 = real[B2] + block_sum(part);  // read before accept writes
-    if (!(r2 <= current)) {
+    const double current = real[OBJ], r2 = real[B2] + block_sum(part);  // read before accept writes
+    const double pen = penalty(p, b, m);
+    if (!omp::keeps(r2, pen, current)) {
       restore(p, b, j);
       return;
     }
@@ -49,7 +50,7 @@ struct FactoredSource {
     __syncthreads();
     for (int64_t s = threadIdx.x; s < m; s += kThreads)
       p.wslot[b.slot_of[p.lo + p.sup[s]]] = static_cast<float>(p.w[s]);
-    accept(p, b, r2, m);
+    accept(p, b, r2, r2 + pen, m);
   }
 };
 

@@ -17,7 +17,7 @@
 //                     stored Gram columns and the verdict;
 //   source kernels    dense: residual r = b − Σ w_s a_s (float64) with the verdict, and
 //                     c = A r; factorised: c = c0 − G[:, slots] w.
-// A pick whose residual would rise is undone (restore) and clears PENDING, so the later
+// A pick whose objective ‖r‖² + λ‖w‖² would rise is undone (restore) and clears PENDING, so the later
 // kernels of the step skip its problem. Done problems (budget reached, ‖r‖ ≤ tol·‖b‖, no atom
 // above the floor, λ = 0 and as many atoms as dimensions) skip every kernel and record why.
 // The host runs rounds of steps and reads the status once per round: rejected atoms and
@@ -60,7 +60,8 @@ enum Layout : int { LO, N, BUDGET, CAP, CAP_AT, L_AT, G_AT, kLayoutCols };
 // whether its NNLS saved the factor first; STOP: why the problem is done; REJECTED: picks not
 // admitted.
 enum StateCol : int { STATUS, M, ITS, PENDING, NEW_SLOT, USED, STOP, REJECTED, M_OLD, SAVED, kStateCols };
-enum RealCol : int { R2, B2, FLOOR, STOP2, kRealCols };
+// OBJ: the objective ‖r‖² + λ‖w‖² of the current weights (rule 2 of omp_rules.h).
+enum RealCol : int { R2, B2, FLOOR, STOP2, OBJ, kRealCols };
 
 // Device pointers of one batched call.
 struct Buffers {
@@ -352,13 +353,21 @@ __device__ inline void copy_rows(const Problem& p, const double* src, double* ds
   __syncthreads();
 }
 
-// Keeps this step's solve: its residual, support size, and whether the budget or the
-// tolerance is reached.
-__device__ inline void accept(const Problem& p, const Buffers& b, double r2, int64_t m) {
+// λ·Σ w_s² over the m weights of the support: the objective's penalty (every thread gets it).
+__device__ inline double penalty(const Problem& p, const Buffers& b, int64_t m) {
+  double part = 0.0;
+  for (int64_t s = threadIdx.x; s < m; s += kThreads) part += p.w[s] * p.w[s];
+  return b.lam * block_sum(part);
+}
+
+// Keeps this step's solve: its residual and objective, support size, and whether the budget
+// or the tolerance is reached.
+__device__ inline void accept(const Problem& p, const Buffers& b, double r2, double objective, int64_t m) {
   if (threadIdx.x == 0) {
     int64_t* st = b.state + p.g * kStateCols;
     double* real = b.real + p.g * kRealCols;
     real[R2] = r2;
+    real[OBJ] = objective;
     st[M] = m;
     if (m >= p.budget) st[STATUS] = 1, st[STOP] = kStopBudget;
     else if (r2 <= real[STOP2]) st[STATUS] = 1, st[STOP] = kStopTolerance;
@@ -408,7 +417,7 @@ static __global__ void start_kernel(Buffers b, const float* b2, bool positive, d
     double* r = b.real + g * kRealCols;
     int64_t* st = b.state + g * kStateCols;
     if (b2 != nullptr) r[B2] = b2[g];
-    r[R2] = r[B2];
+    r[R2] = r[OBJ] = r[B2];
     r[FLOOR] = kMinCorrelation * best;
     r[STOP2] = tol * tol * r[B2];
     st[STATUS] = t[BUDGET] > 0 && t[N] > 0 && r[B2] > 0.0 ? 0 : 1;

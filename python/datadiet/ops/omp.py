@@ -35,15 +35,17 @@ FactoredTarget = Union[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, to
 class OMPResult(NamedTuple):
     """``indices`` int64 and ``weights`` float32 of the selected atoms in the order they entered
     the final support, padded with -1 / 0 up to the budget. ``residual``: ``‖target − Σ w_s a_s‖``,
-    never above the smallest seen during the solve nor above ``‖target‖``; ``iterations``: atoms
-    picked; ``target_norm``: ``‖target‖`` (``residual / target_norm`` is the relative residual);
-    ``stop``: why the solve ended, an index into ``STOP_REASONS`` (fewer atoms than the budget come
-    with ``tolerance``, ``no_correlation`` or ``rank``); ``rejected``: picks refused because the
-    atom was numerically dependent on the support (``PIVOT_EPS``) or its solve would have raised
-    the residual — they count as iterations, not atoms. ``iterations − rejected − found`` atoms
-    were dropped by the non-negative solve. Batched calls concatenate problems (``[Σ budgets]``)
-    and give ``[P]`` residuals, iterations, norms, stops and rejections; single calls give ``[k]``
-    and scalars."""
+    never above ``‖target‖``. The objective the solver minimises, ``residual² + lam·‖weights‖²``,
+    never rises from one pick to the next, so a larger budget never ends higher (with ``lam = 0``
+    that is the residual; with ``lam > 0`` a pick may trade residual for smaller weights).
+    ``iterations``: atoms picked; ``target_norm``: ``‖target‖`` (``residual / target_norm`` is the
+    relative residual); ``stop``: why the solve ended, an index into ``STOP_REASONS`` (fewer atoms
+    than the budget come with ``tolerance``, ``no_correlation`` or ``rank``); ``rejected``: picks
+    refused because the atom was numerically dependent on the support (``PIVOT_EPS``) or its solve
+    would have raised the objective (only rounding can, near a dependent atom) — they count as
+    iterations, not atoms. ``iterations − rejected − found`` atoms were dropped by the
+    non-negative solve. Batched calls concatenate problems (``[Σ budgets]``) and give ``[P]``
+    residuals, iterations, norms, stops and rejections; single calls give ``[k]`` and scalars."""
 
     indices: torch.Tensor
     weights: torch.Tensor

@@ -5,8 +5,9 @@ selection rules, so the tests can compare selections, weights and residuals.
 Rules shared with the kernels (``csrc/ops/omp/omp_rules.h``): pick the largest correlation
 (w ≥ 0) or largest |correlation| among atoms never picked, above 1e-6 of the largest initial one;
 reject an atom whose Schur complement in ``Q = G_SS + λI`` is at most ``PIVOT_EPS``·Q_jj
-(dependent) or whose solve would raise ‖b − Σ w_s a_s‖ (the support and weights stay as they
-were); with w ≥ 0, solve the exact NNLS on the support (Lawson–Hanson) and drop atoms left at
+(dependent) or whose solve would raise the objective ``‖b − Σ w_s a_s‖² + λ‖w‖²`` (the support
+and weights stay as they were; exact arithmetic never raises it, so this only guards rounding);
+with w ≥ 0, solve the exact NNLS on the support (Lawson–Hanson) and drop atoms left at
 zero; stop at the budget, at ``‖r‖ ≤ tol·‖b‖``, when no atom is left above the floor, or (λ = 0)
 when the support has as many atoms as the atoms have dimensions.
 """
@@ -60,7 +61,7 @@ def omp_one(a: torch.Tensor, b: torch.Tensor, k: int, lam: float, positive: bool
     picked = torch.zeros(n, dtype=torch.bool)
     score0 = c0 if positive else c0.abs()
     floor = MIN_CORRELATION * max(float(score0.max()) if n else 0.0, 0.0)
-    r2, iterations, rejected = b2, 0, 0
+    r2, objective, iterations, rejected = b2, b2, 0, 0
     if k == 0 or not b2 > 0:
         return support, w, b2 ** 0.5, 0, STOP_BUDGET if k == 0 else STOP_TOLERANCE, 0
     while True:
@@ -97,10 +98,11 @@ def omp_one(a: torch.Tensor, b: torch.Tensor, k: int, lam: float, positive: bool
             keep = [i for i in range(len(trial)) if x[i] > 0]
             trial, x = [trial[i] for i in keep], x[keep]
         trial_r2 = float((b - a[trial].T @ x).square().sum()) if trial else b2
-        if not trial_r2 <= r2:
+        penalty = lam * float(x.square().sum())
+        if not trial_r2 + penalty <= objective:
             rejected += 1
             continue
-        support, w, r2 = trial, x, trial_r2
+        support, w, r2, objective = trial, x, trial_r2, trial_r2 + penalty
     return support, w, max(r2, 0.0) ** 0.5, iterations, stop, rejected
 
 
