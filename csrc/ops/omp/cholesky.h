@@ -6,7 +6,7 @@
 // remove: dropping row/column p leaves the leading block, and the trailing block
 //   L33 must absorb the removed column l32: L33' L33'ᵀ = L33 L33ᵀ + l32 l32ᵀ, a
 //   rank-one update by Givens-like rotations — O(m²).
-// solve: Q w = p by two triangular solves.
+// solve: Q w = p by two triangular solves (forward: L y = p, backward: Lᵀ w = y).
 // save / restore: a copy of the factor to return to when a solve that reshaped the support
 // (NNLS) is rejected; truncate(m) returns to the first m atoms (rows depend only on earlier ones).
 #pragma once
@@ -79,10 +79,27 @@ class Cholesky {
     }
   }
 
-  // w = Q⁻¹ p over the current support (p and w of length size()): L y = p by rows,
-  // then Lᵀ w = y by columns (each step an axpy over a row of L).
+  // w = Q⁻¹ p over the current support (p and w of length size()): forward, then backward.
   void solve(const double* p, double* w) const {
-    for (int64_t i = 0; i < m_; ++i) w[i] = (p[i] - dot(at(i), w, i)) / at(i)[i];
+    std::copy(p, p + m_, w);
+    forward(w);
+    backward(w);
+  }
+
+  // y ← L⁻¹ y in place, by rows: y_i = (y_i − L[i, :i]·y[:i]) / L_ii.
+  void forward(double* y) const {
+    for (int64_t i = 0; i < m_; ++i) y[i] = (y[i] - dot(at(i), y, i)) / at(i)[i];
+  }
+
+  // The last entry of L⁻¹ p given the others (y of length size() − 1): what forward() computes
+  // for the newest row, so a support that only grows keeps L⁻¹ p in O(m) per atom.
+  double forward_last(const double* y, double p_last) const {
+    const double* row = at(m_ - 1);
+    return (p_last - dot(row, y, m_ - 1)) / row[m_ - 1];
+  }
+
+  // w ← L⁻ᵀ w in place, by columns (each step an axpy over a row of L).
+  void backward(double* w) const {
     for (int64_t i = m_ - 1; i >= 0; --i) {
       w[i] /= at(i)[i];
       const double wi = w[i];

@@ -5,7 +5,7 @@
 // Outputs, per problem g at out offset o_g = sum(budgets[:g]): the selected global row
 // indices in support order (-1 after the last), their weights (0 there), the residual
 // norm ‖targets[g] − Σ w_s a_s‖, the number of iterations run (picks), why the solve stopped
-// (omp_rules.h) and how many picks were rejected (dependent, or raising the residual).
+// (omp_rules.h) and how many picks were rejected (dependent, or raising the objective ‖r‖² + λ‖w‖²).
 #pragma once
 
 #include <cstdint>

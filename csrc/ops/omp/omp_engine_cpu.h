@@ -6,7 +6,8 @@
 // One iteration: pick j = argmax c_j (w ≥ 0) or argmax |c_j| among atoms never picked,
 // c the correlations of the atoms with the current residual; append j's row to the
 // Cholesky factor of Q = G_SS + λI from the inner products ⟨a_s, a_j⟩, s ∈ S; solve Q w = p,
-// p_s = ⟨a_s, b⟩; with w ≥ 0 asked and a negative coefficient, run Lawson–Hanson's active-set
+// p_s = ⟨a_s, b⟩ (y = L⁻¹p is kept and grows by one entry per atom, so only the backward
+// substitution Lᵀw = y is O(|S|²)); with w ≥ 0 asked and a negative coefficient, run Lawson–Hanson's active-set
 // NNLS on the support (warm-started at the previous weights, the factor downdated and updated
 // as atoms leave and re-enter the passive set) and drop the atoms it leaves at zero (they
 // are never picked again); take the new residual, and only then the correlations. An atom
@@ -111,7 +112,8 @@ class Solver {
     const int64_t m0 = size();
     if (!admit(j)) return false;
     const std::vector<int64_t> support0(support_.begin(), support_.end() - 1);
-    const std::vector<double> w0 = w_;
+    const std::vector<double> w0 = w_, y0 = y_;
+    y_.push_back(chol_.forward_last(y_.data(), c0_[j]));
     w_.push_back(0.0);  // the NNLS warm start: previous weights, the new atom at 0
     const bool reshaped = solve_weights(m0);
     double penalty = 0.0;
@@ -123,6 +125,7 @@ class Solver {
       else chol_.truncate(m0);
       support_ = support0;
       w_ = w0;
+      y_ = y0;
       return false;
     }
     r2_ = r2;
@@ -155,16 +158,19 @@ class Solver {
     return std::all_of(z.begin(), z.end(), [](double v) { return v > 0.0; });
   }
 
-  // The weights on the support; true when the NNLS ran (the factor saved at its first m0
-  // rows first, as the NNLS reshapes it).
+  // The weights on the support from y_ = L⁻¹p; true when the NNLS ran (the factor saved at its
+  // first m0 rows first, as the NNLS reshapes it; y_ is then rebuilt for the support it leaves).
   bool solve_weights(int64_t m0) {
-    std::vector<double> z = unconstrained();
+    std::vector<double> z = y_;
+    chol_.backward(z.data());
     if (!opt_.positive || all_positive(z)) {
       w_ = z;
       return false;
     }
     chol_.save(m0);
     nnls(z);
+    y_ = rhs();
+    chol_.forward(y_.data());
     return true;
   }
 
@@ -236,6 +242,7 @@ class Solver {
   std::vector<uint8_t> picked_;  // never pick twice
   std::vector<int64_t> support_;
   std::vector<double> w_;
+  std::vector<double> y_;  // L⁻¹p over the support (p_s = ⟨a_s, b⟩)
 };
 
 template <typename Source>

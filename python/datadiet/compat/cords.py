@@ -19,8 +19,8 @@ Where results differ from CORDS', and why:
   coefficient is negative, drops the most negative atom and re-solves — a heuristic that can
   drop an atom it just picked, stop early when the drop empties the support, or leave a worse
   fit. ``datadiet.ops.omp`` solves the non-negative ridge problem on the support exactly
-  (active-set NNLS), so its residual is never above the unconstrained-then-clipped answer's, and
-  the support it returns is the one the weights use.
+  (active-set NNLS), so its objective ``‖A x − b‖² + lam‖x‖²`` is never above the
+  unconstrained-then-clipped answer's, and the support it returns is the one the weights use.
 - **Fewer random-filled atoms**: CORDS stops at the first repeated pick (``index in indices``),
   which happens as soon as the best correlation belongs to an atom already chosen — typically
   well before ``nnz`` (one CIFAR-10 class: ~450 of 500 atoms); GradMatch then fills the rest at
@@ -29,7 +29,9 @@ Where results differ from CORDS', and why:
 - **First coefficient**: CORDS' first iteration uses ``proj / ‖a‖²`` (no λ); ``omp`` applies the
   same ridge λ at every size.
 - **Precision**: CORDS works in the input dtype (float32 on the GPU path, float64 with numpy);
-  ``omp`` keeps the atoms in float32 and solves in float32 with a float64 residual check.
+  ``omp`` keeps the atoms in float32 (float32 inner products), factors and solves in float64,
+  and checks in float64 that each pick lowers the objective (the residual alone may rise with
+  ``lam > 0``: a pick can trade residual for smaller weights; CORDS keeps every pick).
 - A zero ``b`` returns zeros (CORDS divides by ``‖b‖ = 0``); ``OrthogonalMP_REG_NNLS_Parallel``
   ignores ``tol`` as CORDS' does (its tolerance test is commented out); ``tol > 1`` returns
   zeros, as CORDS' first tolerance test stops it.

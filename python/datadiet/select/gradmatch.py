@@ -1,6 +1,6 @@
 """GradMatch (Killamsetty et al. 2021): a weighted subset whose weighted gradient sum matches
 the full training (or a validation) gradient, chosen by orthogonal matching pursuit
-(``datadiet.ops.omp`` / ``omp_factored``). ``../shared/notes/algorithms.md`` §3.
+(``datadiet.ops.omp`` / ``omp_factored``).
 
 Modes:
 
@@ -65,7 +65,7 @@ class GradMatchSelection(NamedTuple):
     random fill (weight 1) last; per problem (each class, or the one global / per-batch problem):
     ``residual`` (‖target − Σ w g‖ / ‖target‖), ``found`` (samples OMP chose), ``iterations``,
     ``stop`` (why its solve ended, an index into ``datadiet.ops.omp.STOP_REASONS``) and ``rejected``
-    (picks refused as dependent or raising the residual); ``filled``: how many random samples
+    (picks refused as dependent or raising OMP's objective ‖target − Σ w g‖² + λ‖w‖²); ``filled``: how many random samples
     were added because OMP found fewer than the budget, and ``fill_reasons`` why: for each stop
     reason, the problems that ended short of their budget with it, plus the atoms ``rejected``
     and ``dropped`` (zeroed by the non-negative solve) over those problems; per batch also
