@@ -244,7 +244,7 @@ def test_factored_reuses_gram_columns_after_nnls_drops():
     want = omp(atoms, atoms.sum(0), 12)
     assert int(got.iterations) == int(want.iterations) > int((got.indices >= 0).sum())  # an atom was dropped
     assert sorted(got.indices.tolist()) == sorted(want.indices.tolist())
-    # the factorised residual comes from ‖b‖² − wᵀp − λ‖w‖²: accurate to ~1e-4·‖b‖, not relatively
+    # the factorised residual comes from ‖b‖² − 2wᵀp + wᵀG_SS w: accurate to ~1e-4·‖b‖, not relatively
     torch.testing.assert_close(got.residual, want.residual, rtol=0, atol=1e-4 * float(atoms.sum(0).norm()))
 
 

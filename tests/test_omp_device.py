@@ -144,13 +144,15 @@ def test_pivot_and_objective_rules_equal_cpu(backend):
     assert int(want.rejected) == 0
     assert_same(got, want, ordered=False, w_tol=1e-2, r_tol=1e-3)
     if ON_GPU:
-        # λ = 0 near the dimension: a solve the NNLS reshaped whose residual rounding raised is
-        # undone from the factor saved before it (no small input found that does this).
+        # λ = 0 near the dimension: rounding raises the residual of a few solves, some of them
+        # reshaped by the NNLS, which are undone (on the CPU from the factor saved before the
+        # NNLS; test_omp_rank checks that undo exactly). Which solves rounding tips over depends on
+        # each engine's summation order, so the engines agree on the answer, not pick for pick.
         a, b = cords_class_embedding()
         got, want = both(backend, omp, a, b, k=513, lam=0.0, positive=True)
         assert int(want.rejected) >= 1
         assert abs(float(got.residual) - float(want.residual)) <= 1e-4 * float(b.norm())
-        assert float(got.residual) <= float(b.norm()) and int(got.stop) == int(want.stop)
+        assert float(got.residual) <= float(b.norm())
 
 
 def test_triton_rules_match_the_reference():

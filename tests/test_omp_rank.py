@@ -59,8 +59,10 @@ def test_issue_case_never_worse_than_the_best_seen(cords_class, lam, positive):
     assert residuals[-1] <= 1e-4 * norm, residuals
     if lam == 0 and not positive:  # the last atoms are dependent: rejected until none correlates
         assert found(res) < 513 and int(res.stop) == NO_CORRELATION
-    elif lam > 0:  # G_SS + λI stays definite: every atom is admissible and none raises the objective
-        assert found(res) == 513 and int(res.rejected) == 0
+    elif lam > 0:  # G_SS + λI stays definite: every atom is admissible; with weights this large
+        # (λ = 1e-3) rounding raises the objective at a few picks (none on the AVX-512 module, 10 of
+        # 523 on the SSE one), which are refused
+        assert found(res) == 513 and int(res.rejected) <= 0.03 * 513
 
 
 @pytest.mark.parametrize("family", ["low_rank", "duplicated", "batch_means"])
@@ -174,11 +176,29 @@ def test_property_factored_objective_non_increasing(n, classes, features, seed, 
     atoms = (e.unsqueeze(2) * torch.cat([h, torch.ones(n, 1)], 1).unsqueeze(1)).reshape(n, -1)
     b = atoms.sum(0)
     runs = [omp_factored(e, h, k, lam=lam, positive=positive) for k in range(n + 1)]
-    assert non_increasing([objective(atoms, b, r, lam) for r in runs], b)
+    assert non_increasing([objective(atoms, b, r, lam) for r in runs], b, floor=1e-7)
     assert all(float(r.residual) <= float(r.target_norm) * (1 + 1e-6) for r in runs)
     if lam == 0:
         residuals = [float(r.residual) for r in runs]
         assert all(r2 <= r1 for r1, r2 in zip(residuals, residuals[1:])), residuals
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 5), st.data())
+def test_property_lam_keeps_every_ridge_pick(n, d, data):
+    # λ ≥ 1e-3·(‖a‖² + λ): every pivot passes and the objective falls with every pick by far more
+    # than rounding, so nothing is refused — a pick that raises the plain residual included (the
+    # residual rule refused those).
+    values = st.sampled_from([0.0, 1.0, -1.0, 0.5, 2.0, -3.0])
+    a = torch.tensor(data.draw(st.lists(st.lists(values, min_size=d, max_size=d), min_size=n, max_size=n)))
+    copies = data.draw(st.lists(st.integers(0, n - 1), max_size=3))
+    a = torch.cat([a] + [a[i:i + 1] * data.draw(st.sampled_from([1.0, -2.0, 1 + 1e-7])) for i in copies])
+    b = torch.tensor(data.draw(st.lists(values, min_size=d, max_size=d)))
+    lam, positive = data.draw(st.sampled_from([0.05, 0.5])), data.draw(st.booleans())
+    res = omp(a, b, a.shape[0], lam=lam, positive=positive)
+    ref = omp_reference(a, b[None], [0, a.shape[0]], [a.shape[0]], lam, positive, 0.0)
+    assert int(res.rejected) == int(ref[5][0]) == 0
+    assert int(res.iterations) == int(ref[3][0])
 
 
 def pivot_ratio(a, lam):
@@ -223,6 +243,22 @@ def test_a_ridge_pick_that_raises_the_residual_is_kept():
     residuals = [float(r.residual) for r in runs]
     assert any(r2 > r1 for r1, r2 in zip(residuals, residuals[1:])), residuals
     assert non_increasing([objective(a, b, r, lam) for r in runs], b)
+
+
+def test_a_reshaped_solve_that_rounding_made_worse_is_undone_exactly():
+    # λ = 0, w ≥ 0, one CORDS-style class near its dimension (d = 129): after 135 picks (10 dropped
+    # by the NNLS) the 136th is solved, reshaped by the NNLS, and rounding raises the residual, so
+    # it is undone — the factor saved before the NNLS, the weights and L⁻¹p restored (found by
+    # instrumenting the engine; it happens on every CPU module). The run then ends exactly where
+    # the run with a budget of 125 ends.
+    a, b = cords_class_embedding(n=1000, features=128, seed=2)
+    full = omp(a, b, 129, lam=0.0, positive=True)
+    m = found(full)
+    assert int(full.rejected) >= 1 and int(full.stop) == NO_CORRELATION
+    part = omp(a, b, m, lam=0.0, positive=True)
+    assert int(part.iterations) == int(full.iterations) - int(full.rejected)
+    assert torch.equal(full.indices[:m], part.indices) and torch.equal(full.weights[:m], part.weights)
+    assert float(full.residual) == float(part.residual)
 
 
 def test_gradmatch_default_lam_takes_about_k_steps(cords_class):

@@ -6,9 +6,9 @@
 // One iteration: pick j = argmax c_j (w ≥ 0) or argmax |c_j| among atoms never picked,
 // c the correlations of the atoms with the current residual; append j's row to the
 // Cholesky factor of Q = G_SS + λI from the inner products ⟨a_s, a_j⟩, s ∈ S; solve Q w = p,
-// p_s = ⟨a_s, b⟩ (y = L⁻¹p is kept and grows by one entry per atom, so only the backward
-// substitution Lᵀw = y is O(|S|²)); with w ≥ 0 asked and a negative coefficient, run Lawson–Hanson's active-set
-// NNLS on the support (warm-started at the previous weights, the factor downdated and updated
+// p_s = ⟨a_s, b⟩ (y = L⁻¹p is kept and grows by one O(|S|) entry per atom; the append's row and
+// the back substitution Lᵀw = y are the O(|S|²) parts); with w ≥ 0 asked and a negative
+// coefficient, run Lawson–Hanson's active-set NNLS on the support (warm-started at the previous weights, the factor downdated and updated
 // as atoms leave and re-enter the passive set) and drop the atoms it leaves at zero (they
 // are never picked again); take the new residual, and only then the correlations. An atom
 // with a too-small pivot, or whose solve would raise the objective ‖b − Σ w_s a_s‖² + λ‖w‖², is

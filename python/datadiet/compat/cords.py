@@ -30,7 +30,7 @@ Where results differ from CORDS', and why:
   same ridge λ at every size.
 - **Precision**: CORDS works in the input dtype (float32 on the GPU path, float64 with numpy);
   ``omp`` keeps the atoms in float32 (float32 inner products), factors and solves in float64,
-  and checks in float64 that each pick lowers the objective (the residual alone may rise with
+  and checks in float64 that no pick raises the objective (the residual alone may rise with
   ``lam > 0``: a pick can trade residual for smaller weights; CORDS keeps every pick).
 - A zero ``b`` returns zeros (CORDS divides by ``‖b‖ = 0``); ``OrthogonalMP_REG_NNLS_Parallel``
   ignores ``tol`` as CORDS' does (its tolerance test is commented out); ``tol > 1`` returns
