@@ -1,4 +1,4 @@
-"""``datadiet`` / ``python -m datadiet``: ``compare`` (default, the main job), ``train``,
+"""``datadiet`` / ``python -m datadiet``: ``compare`` (default, the main job), ``train``, ``select``,
 ``ensemble``, ``lipt``, ``reproduce``, ``demo`` and ``info``. Argument parsing only; the work is in ``datadiet.train`` and ``datadiet.demo``."""
 
 from __future__ import annotations
@@ -123,8 +123,18 @@ def main(argv=None) -> int:
     train.add_argument("--cache", default=None, metavar="PATH",
                        help="gradmatch: record every selection round to PATH; cached_gradmatch: replay them "
                        "(= --param cache=PATH)")
+    select = sub.add_parser("select", help="score and select a dataset once: subset.csv, scores.npz and manifest.json "
+                            "in --out, for `train --subset` or any pipeline")
+    add_train_options(select, skip=("epochs", "every", "warm", "resume", "subset", "checkpoint_every",
+                                    "nonfinite_steps", "skip_bad_samples"))
+    select.add_argument("--weights", default=None, metavar="PATH",
+                        help="score with this trained model: a `datadiet train` run folder, its checkpoint.pt or a "
+                        "state_dict file of --model")
+    select.add_argument("--proxy-epochs", type=int, default=None, metavar="E",
+                        help="score with a proxy trained E epochs on the whole pool first (its time is pre-training)")
+    select.set_defaults(out="select_out")
     compare = sub.add_parser("compare", help="strategies x fractions x seeds on the same data and model (default)")
-    add_train_options(compare, skip=("strategy", "fraction", "seed", "resume"))
+    add_train_options(compare, skip=("strategy", "fraction", "seed", "resume", "subset"))
     compare.add_argument("--strategies", default=",".join(compare_module.DEFAULT_STRATEGIES))
     compare.add_argument("--fractions", type=_floats, default=[0.1, 0.3])
     compare.add_argument("--seeds", type=_ints, default=[0, 1, 2])
@@ -132,7 +142,7 @@ def main(argv=None) -> int:
                          help="continue the compare in DIR (= --out DIR): its finished cells are reused")
     compare.set_defaults(out="compare_out")
     ens = sub.add_parser("ensemble", help="seed 000: ensembles on difficulty subsets (or --no-ensemble baseline)")
-    add_train_options(ens, skip=("strategy", "every", "warm", "resume", "checkpoint_every"))
+    add_train_options(ens, skip=("strategy", "every", "warm", "resume", "checkpoint_every", "subset"))
     ens.add_argument("--phases", type=int, default=2)
     ens.add_argument("--members", type=int, default=3, help="ensemble size, one GraNd difficulty stratum each")
     ens.add_argument("--warmup-epochs", type=int, default=5, help="full-data epochs with a rising lr first")
@@ -149,7 +159,7 @@ def main(argv=None) -> int:
     ens.set_defaults(epochs=60, fraction=0.3, out="ensemble_out")
     lip = sub.add_parser("lipt", help="seed 001: LiPT pre-training by merged jigsaw workers, then selection and "
                          "training on the subset")
-    add_train_options(lip, skip=("resume", "checkpoint_every"))
+    add_train_options(lip, skip=("resume", "checkpoint_every", "subset"))
     _add_lipt_options(lip)
     lip.add_argument("--against-usual", action="store_true",
                      help="also run the strategy with its own full-data pre-training (GraNd's proxy models) and "
@@ -159,7 +169,8 @@ def main(argv=None) -> int:
     lip.set_defaults(strategy="grand", fraction=0.1, epochs=30, out="lipt_out")
     rep = sub.add_parser("reproduce", help="a miniature reproduction of a seed's claim")
     rep.add_argument("claim", choices=tuple(CLAIMS))
-    add_train_options(rep, skip=("strategy", "fraction", "every", "warm", "resume", "checkpoint_every", "seed"))
+    add_train_options(rep, skip=("strategy", "fraction", "every", "warm", "resume", "checkpoint_every", "seed",
+                                  "subset"))
     rep.add_argument("--fractions", type=_floats, default=None,
                      help="default 0.01,0.05,0.1,0.3 (ensemble-fractions), 0.05,0.1,0.3,0.5 (lipt-grand)")
     rep.add_argument("--seeds", type=_ints, default=[0, 1, 2])
@@ -242,6 +253,8 @@ def _run(args, compare_module, config_from_args, parse_params) -> int:
         return _lipt(args, config, parse_params)
     if args.command == "reproduce":
         return _reproduce(args, config, parse_params)
+    if args.command == "select":
+        return _select(args, config)
     if args.command == "train":
         from datadiet.train.trainer import Trainer
 
@@ -260,6 +273,21 @@ def _run(args, compare_module, config_from_args, parse_params) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(compare_module.format_table(rows))
         print(f"wrote {config.out}/compare.csv, compare.json, compare.png")
+    return 0
+
+
+def _select(args, config) -> int:
+    from datadiet.selection import select_dataset
+
+    chosen = select_dataset(config, weights=args.weights, proxy_epochs=args.proxy_epochs)
+    m = chosen.manifest
+    times = ", ".join(f"{k} {v:.2f} s" for k, v in m["times"].items())
+    rate = m["scoring_samples_per_s"]
+    print(f"datadiet select: {m['size']} of {m['dataset']['samples']} samples by {m['strategy']['name']} "
+          f"(fraction {m['strategy']['fraction']}); {times}"
+          + (f"; scoring {rate:.0f} samples/s" if rate else ""))
+    print(f"wrote {config.out}/subset.csv, scores.npz, manifest.json (train on it: datadiet train --subset "
+          f"{config.out})")
     return 0
 
 

@@ -39,6 +39,7 @@ class TrainConfig:
     head: Optional[str] = None
     image_size: int = 224
     val_fraction: float = 0.1
+    subset: Optional[str] = None
     strategy: str = "full"
     fraction: Optional[float] = None
     every: Optional[int] = None
@@ -102,6 +103,11 @@ class TrainConfig:
         need(device is not None and int(device.group(1) or 0) <= 127, "device", f"must be {DEVICES}")
         need(all(isinstance(k, str) for k in self.strategy_params), "strategy_params",
              "must be a table of strategy parameters (named by strings)")
+        if self.subset is not None:  # the recorded subset is the selection: no strategy chooses another
+            for key, default in (("strategy", "full"), ("fraction", None), ("every", None), ("warm", None),
+                                 ("strategy_params", {})):
+                need(getattr(self, key) == default, key, f"cannot be combined with subset = {self.subset!r} (a "
+                     "selection folder fixes the samples and weights)")
         for key, hint in typing.get_type_hints(TrainConfig).items():  # TOML's lr = 1 is lr = 1.0: one identity
             if hint in (float, Optional[float]) and type(getattr(self, key)) is int:
                 setattr(self, key, float(getattr(self, key)))

@@ -30,6 +30,8 @@ _HELP = {
     "instead of stopping at the first",
     "nonfinite_steps": "stop when this many training losses in a row are NaN or infinite (their steps are "
     "skipped)",
+    "subset": "train on the subset a `datadiet select` folder records (its samples and weights; no "
+    "held-out split)",
 }
 
 
@@ -47,7 +49,7 @@ def add_train_options(parser: argparse.ArgumentParser, *, skip: tuple = ()) -> N
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         else:
             parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text,
-                                metavar="DIR" if f.name in ("out", "resume") else None)
+                                metavar="DIR" if f.name in ("out", "resume", "subset") else None)
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="a strategy parameter (repeatable)")
     parser.add_argument("--config", default=None, help="TOML file of options (flags override it)")

@@ -63,6 +63,12 @@ class Trainer:
         self.config = config = config.validate()
         if config.resume and config.out is None:
             config.out = config.resume
+        self.subset = None
+        if config.subset is not None:  # read and checked before anything is written
+            from datadiet.selection import files as subset_files
+
+            self.subset = subset_files.load(config.subset)
+            strategy = strategy_registry.FixedSubset(indices=self.subset.indices, weights=self.subset.weights)
         if strategy is None:  # a bad strategy parameter is refused before anything is read or written
             params = config.strategy_kwargs(strategy_registry.parameters(config.strategy))
             strategy = strategy_registry.make(config.strategy, **params)
@@ -83,7 +89,10 @@ class Trainer:
         self.autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp]
         bundle = data if data is not None else config.load_data()
         self.num_classes, self.input_shape, self.task = bundle.num_classes, bundle.input_shape, bundle.task
-        pool, held_out = pool_split(len(bundle.train), config.val_fraction, bundle.unusable_train())
+        if self.subset is not None:
+            _check_subset(self.subset, bundle)
+        val_fraction = 0.0 if self.subset is not None else config.val_fraction  # a subset indexes the whole split
+        pool, held_out = pool_split(len(bundle.train), val_fraction, bundle.unusable_train())
         self.skipped = bundle.skipped
         self.train_set = Subset(bundle.train, pool.tolist())
         val_set = Subset(bundle.train_eval, held_out.tolist()) if held_out.numel() else None
@@ -434,13 +443,31 @@ class Trainer:
         totals = {k: sum(r["time"][k] for r in self.history) for k in ("pretraining", "selection", "scoring",
                                                                         "training", "evaluation")}
         last = self.history[-1] if self.history else {}
-        return {"config": self.identity, "strategy": self.config.strategy, "epochs": len(self.history),
+        strategy = f"subset {self.config.subset}" if self.config.subset else self.config.strategy
+        return {"config": self.identity, "strategy": strategy, "epochs": len(self.history),
                 "steps": self.step, "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
                 "best_test_acc": max((r["test_acc"] for r in self.history if r["test_acc"] is not None), default=None),
                 "wall": self.elapsed,
                 "time": totals, "samples": sum(r["samples"] for r in self.history),
                 "curve": [(r["wall"], r["test_acc"]) for r in self.history],
                 "selections": self.driver.selections, "world_size": self.world_size, "skipped_samples": self.skipped}
+
+
+def _check_subset(subset, bundle: datasets.DataBundle) -> None:
+    """A selection folder must come from this training split (size and fingerprint) and name no
+    sample this run leaves out as unreadable."""
+    from datadiet.selection import files as subset_files
+
+    saved, here = subset.manifest["dataset"], subset_files.dataset_fingerprint(bundle.train, bundle.labels)
+    if saved.get("samples") != here["samples"] or saved.get("sha256") != here["sha256"]:
+        what = (f"{saved.get('samples')} samples, this dataset has {here['samples']}"
+                if saved.get("samples") != here["samples"] else f"another {here['by']} digest")
+        raise ValueError(f"config subset = {subset.folder!r}: selected from another dataset ({saved.get('spec')!r}: "
+                         f"{what})")
+    bad = sorted(set(bundle.unusable_train()) & set(subset.indices.tolist()))
+    if bad:
+        raise ValueError(f"config subset = {subset.folder!r}: lists unreadable sample {bad[0]} (left out by "
+                         "skip_bad_samples)")
 
 
 def pool_split(n: int, val_fraction: float, unusable=()) -> tuple[torch.Tensor, torch.Tensor]:

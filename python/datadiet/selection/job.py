@@ -1,0 +1,239 @@
+"""``select_dataset``: score and select a dataset once, and write the subset for any pipeline.
+
+The job takes a run's data and model options (``TrainConfig``) and a one-shot strategy, and
+1. checks every option (strategy one-shot, a scorer given where the strategy scores) and claims
+   the output folder before reading any data;
+2. gets the scorer: ``weights`` (a ``datadiet train`` run folder, its ``checkpoint.pt`` or a
+   ``state_dict`` file of the same architecture) or a proxy trained ``proxy_epochs`` epochs on
+   the whole pool (DeepCore's separate selection run; its time is pre-training);
+3. runs the strategy's selection once on the scorer, through the same ``Driver`` a training run
+   uses (so ``datadiet select`` and ``datadiet train`` select identically);
+4. writes ``subset.csv``, ``scores.npz`` and ``manifest.json`` (``datadiet.selection.files``).
+
+The whole training split is selected from; a held-out selection split is carved out only for a
+strategy that needs one (``glister``, ``gradmatch`` with ``target="val"``), as ``val_fraction``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import time
+from typing import Any, Optional
+
+import torch
+from torch.utils.data import Subset
+
+from datadiet import runfolder
+from datadiet.selection import files
+from datadiet.strategies import STRATEGIES as REGISTRY
+from datadiet.strategies import make, parameters
+from datadiet.strategies.pretrained import fingerprint
+from datadiet.strategies.static import ScoreBased
+from datadiet.train import checkpoint, datasets, models
+from datadiet.train.config import TrainConfig
+from datadiet.train.driver import Driver
+from datadiet.train.trainer import CHECKPOINT, Trainer, pool_split
+
+# One-shot strategies a selection job runs; all but ``random`` score a model.
+STRATEGIES = ("random", "loss", "el2n", "grand", "least_confidence", "margin", "entropy", "gradmatch", "glister")
+_SCORE_FIELDS = ("loss", "el2n", "grad_norm", "confidence", "margin", "entropy", "correct")
+
+
+def select_dataset(config: TrainConfig, *, weights: Optional[str] = None, proxy_epochs: Optional[int] = None,
+                   progress: bool = True) -> files.SelectedSubset:
+    """Selects ``config.fraction`` of ``config.dataset`` with ``config.strategy`` and writes it to
+    ``config.out`` (module docstring); returns what ``files.load(config.out)`` returns."""
+    config = dataclasses.replace(config, progress=progress and config.progress)
+    strategy, needs_val = _check(config, weights, proxy_epochs)
+    folder = runfolder.claim(config.out)
+    try:
+        if config.overwrite:
+            runfolder.remove(config.out, files.FILES)
+        else:
+            runfolder.refuse_previous(config.out, runfolder.previous(config.out, files.FILES))
+        _run(config, strategy, needs_val, weights, proxy_epochs)
+    finally:
+        folder.release()
+    return files.load(config.out)
+
+
+def _check(config: TrainConfig, weights: Optional[str], proxy_epochs: Optional[int]):
+    """The strategy object and whether it needs a held-out split; every refusal before any work."""
+    config.validate()
+    if not config.out:
+        raise ValueError("select: give --out DIR, the folder the subset is written to")
+    if config.resume:
+        raise ValueError("select: --resume is a train option; run the same select command again instead")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("select: one process for now (torchrun is not supported yet); run it without torchrun")
+    if config.strategy not in STRATEGIES:
+        raise ValueError(f"select: strategy {config.strategy!r} is not one-shot; choose one of {', '.join(STRATEGIES)}")
+    if config.fraction is None:
+        raise ValueError("select: give --fraction, the share of the dataset to keep, in (0, 1]")
+    for key in ("every", "warm"):
+        if getattr(config, key) is not None:
+            raise ValueError(f"select: {key} = {getattr(config, key)!r}: a selection job selects once (no {key})")
+    params = config.strategy_kwargs(parameters(config.strategy))
+    for key in ("pretrain_epochs", "repeats", "every", "cache"):
+        if key in params:
+            raise ValueError(f"select: strategy parameter {key} = {params[key]!r} is not used here"
+                             + (" (use --proxy-epochs)" if key == "pretrain_epochs" else ""))
+    datasets.require_classification(config.dataset, "select")
+    scored = config.strategy != "random"
+    if weights is not None and proxy_epochs is not None:
+        raise ValueError("select: give --weights or --proxy-epochs, not both")
+    if scored and weights is None and proxy_epochs is None:
+        raise ValueError(f"select: strategy {config.strategy!r} scores a model: give --weights PATH (a trained model) "
+                         "or --proxy-epochs E (train one on the whole pool first)")
+    if not scored and (weights is not None or proxy_epochs is not None):
+        raise ValueError("select: strategy 'random' scores no model; drop --weights / --proxy-epochs")
+    if proxy_epochs is not None and (isinstance(proxy_epochs, bool) or not isinstance(proxy_epochs, int)
+                                     or proxy_epochs < 1):
+        raise ValueError(f"select: --proxy-epochs {proxy_epochs!r}: must be an int >= 1")
+    if weights is not None and not os.path.exists(weights):
+        raise ValueError(f"select: --weights {weights!r} does not exist")
+    if issubclass(REGISTRY[config.strategy], ScoreBased):
+        params["pretrain_epochs"] = 0  # score the given scorer, never a proxy of its own
+    strategy = make(config.strategy, **params)
+    needs_val = config.strategy == "glister" or params.get("target") == "val"
+    if needs_val and config.val_fraction <= 0:
+        raise ValueError(f"select: strategy {config.strategy!r} needs a held-out split: give --val-fraction > 0")
+    return strategy, needs_val
+
+
+def _run(config: TrainConfig, strategy, needs_val: bool, weights: Optional[str],
+         proxy_epochs: Optional[int]) -> dict[str, Any]:
+    times = {"loading": 0.0, "pretraining": 0.0, "scoring": 0.0, "selection": 0.0}
+    start = time.perf_counter()
+    bundle = config.load_data()
+    times["loading"] = time.perf_counter() - start
+    val_fraction = config.val_fraction if needs_val else 0.0
+    pool, held_out = pool_split(len(bundle.train), val_fraction, bundle.unusable_train())
+    run = dataclasses.replace(config, val_fraction=val_fraction, out=None, overwrite=False,
+                              epochs=proxy_epochs or 1)
+    model, model_info = _scorer(run, bundle, weights, proxy_epochs, times)
+    device = torch.device(config.device)
+    driver = Driver(strategy, model.to(device), Subset(bundle.train, pool.tolist()), bundle.labels[pool],
+                    num_classes=bundle.num_classes, epochs=1, batch_size=config.batch_size, seed=config.seed,
+                    lr=config.lr, device=device, workers=config.workers,
+                    val_set=Subset(bundle.train_eval, held_out.tolist()) if held_out.numel() else None,
+                    score_set=Subset(bundle.train_eval, pool.tolist()), head=config.head,
+                    score_batch_size=config.eval_batch_size, channels_last=config.channels_last,
+                    autocast_dtype={"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp],
+                    run=run.identity())
+    tables = []
+    score = driver.score
+
+    def recorded(split: str = "train", **kw):
+        table = score(split=split, **kw)
+        if split == "train":
+            tables.append(table)
+        return table
+
+    strategy.context.score = recorded
+    began = time.perf_counter()
+    selection = strategy.select(0)
+    times["scoring"] = driver.times["scoring"]
+    times["selection"] = time.perf_counter() - began - times["scoring"]
+    local = selection.indices.long().cpu()
+    chosen = pool[local]  # dataset indices
+    w = selection.weights if selection.weights is not None else torch.ones(local.numel())
+    scores = {}
+    if tables:
+        table, full = tables[-1], len(bundle.train)
+        for name in _SCORE_FIELDS:  # over the whole split: held-out or skipped samples are NaN
+            values = torch.full((full,), float("nan"))
+            values[pool] = getattr(table, name).float().cpu()
+            scores[name] = values
+    manifest = {
+        "dataset": {"spec": config.dataset, "image_size": config.image_size,
+                    **files.dataset_fingerprint(bundle.train, bundle.labels)},
+        "model": model_info,
+        "strategy": {"name": config.strategy, "params": strategy_params(strategy), "fraction": config.fraction,
+                     "seed": config.seed, "describe": strategy.describe()},
+        "pool": {"samples": int(pool.numel()), "held_out": int(held_out.numel()),
+                 "skipped": [r["index"] for r in bundle.skipped if r["split"] == "train"]},
+        "times": times,
+        "scoring_samples_per_s": (pool.numel() * len(tables) / times["scoring"]) if times["scoring"] > 0 else None,
+        "versions": _versions(),
+    }
+    return files.write(config.out, indices=chosen, weights=w.float().cpu(), labels=bundle.labels[chosen],
+                       ids=files.sample_ids(bundle.train, chosen.tolist()), scores=scores, manifest=manifest)
+
+
+def strategy_params(strategy) -> dict[str, Any]:
+    """The strategy's constructor parameters as JSON values."""
+    if not dataclasses.is_dataclass(strategy):
+        return {}
+    out = {}
+    for f in dataclasses.fields(strategy):
+        if f.init:
+            value = getattr(strategy, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return runfolder.finite(out)
+
+
+def _scorer(run: TrainConfig, bundle, weights: Optional[str], proxy_epochs: Optional[int], times: dict):
+    """The model the strategy scores and what identifies it in the manifest."""
+    info: dict[str, Any] = {"name": run.model, "width": run.width}
+    if proxy_epochs:
+        began = time.perf_counter()
+        trainer = Trainer(dataclasses.replace(run, strategy="full", fraction=None, strategy_params={}), data=bundle)
+        trainer.fit()
+        times["pretraining"] = time.perf_counter() - began
+        model = trainer.model
+        info.update(source="proxy", proxy_epochs=proxy_epochs)
+    else:
+        torch.manual_seed(run.seed)
+        model = models.build(run.model, bundle.num_classes, bundle.input_shape, run.width)
+        if weights is not None:
+            model.load_state_dict(_weights(weights, run.model, model))
+            info.update(source="weights", path=os.path.abspath(weights))
+        else:
+            info.update(source="none")
+    info["sha256"] = fingerprint(model)
+    return model, info
+
+
+def _weights(path: str, name: str, model: torch.nn.Module) -> dict:
+    """A state dict from a run folder, a datadiet checkpoint or a plain ``state_dict`` file, checked
+    against ``model`` (every key and shape) with a one-line error naming the first differences."""
+    if os.path.isdir(path):
+        path = os.path.join(path, CHECKPOINT)
+        if not os.path.isfile(path):
+            raise ValueError(f"select: --weights {os.path.dirname(path)!r}: a folder without {CHECKPOINT} "
+                             "(not a datadiet train run)")
+    with open(path, "rb") as f:
+        head = f.read(len(checkpoint.MAGIC))
+    if head == checkpoint.MAGIC:
+        state = checkpoint.load(path)["model"]
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is one clear error
+            raise ValueError(f"select: --weights {path!r}: not a state_dict file torch can read with "
+                             f"weights_only=True ({type(exc).__name__})") from None
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise ValueError(f"select: --weights {path!r}: holds no state_dict (a mapping of names to tensors)")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = [f"{label} {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
+                 for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)) if items]
+        raise ValueError(f"select: --weights {path!r} are not weights of model {name!r} for this dataset: "
+                         + "; ".join(parts))
+    return state
+
+
+def _versions() -> dict[str, str]:
+    import datadiet
+
+    return {"datadiet": datadiet.__version__, "torch": torch.__version__, "python": platform.python_version()}

@@ -1,0 +1,204 @@
+"""``datadiet select`` / ``datadiet.selection``: a subset selected once, written, checked on load,
+trained by ``train --subset`` exactly as through the Python API, and every refusal one line."""
+
+import csv
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from datadiet import runfolder
+from datadiet.cli import main as cli
+from datadiet.selection import files, load, select_dataset
+from datadiet.strategies import FixedSubset
+from datadiet.train.config import TrainConfig
+from datadiet.train.datasets import load as load_data
+from datadiet.train.trainer import Trainer
+
+DIGITS_TRAIN = 1438
+
+
+def config(out, **kw) -> TrainConfig:
+    base = dict(dataset="digits", model="mlp", epochs=2, batch_size=64, seed=0, progress=False,
+                out=None if out is None else str(out))
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 2-epoch MLP run folder on digits: the scorer given by --weights."""
+    out = tmp_path_factory.mktemp("run") / "mlp"
+    Trainer(config(out)).fit()
+    return out
+
+
+def test_select_writes_a_checked_subset_and_train_uses_it(tmp_path, capsys):
+    sel = tmp_path / "sel"
+    assert cli(["select", "--strategy", "el2n", "--proxy-epochs", "2", "--fraction", "0.3", "--out", str(sel),
+                "--no-progress"]) == 0
+    assert f"wrote {sel}/subset.csv" in capsys.readouterr().out
+    chosen = load(str(sel))
+    bundle = load_data("digits")
+    m = chosen.manifest
+    assert m["dataset"]["samples"] == DIGITS_TRAIN and m["model"]["source"] == "proxy"
+    assert m["strategy"]["name"] == "el2n" and m["strategy"]["params"]["pretrain_epochs"] == 0
+    assert len(chosen.indices) == m["size"] and torch.equal(chosen.indices, torch.sort(chosen.indices).values)
+    assert abs(len(chosen.indices) - 0.3 * DIGITS_TRAIN) <= 10  # per-class budgets round up
+    assert torch.equal(chosen.labels, bundle.labels[chosen.indices]) and bool((chosen.weights == 1).all())
+    assert set(chosen.scores) >= {"loss", "el2n", "grad_norm", "margin"}
+    el2n = torch.from_numpy(chosen.scores["el2n"])
+    assert el2n.shape == (DIGITS_TRAIN,) and bool(torch.isfinite(el2n).all())
+    # per class, the kept samples are the hardest by the recorded EL2N
+    for c in range(10):
+        of_class = (bundle.labels == c).nonzero().flatten()
+        kept = set(chosen.indices.tolist()) & set(of_class.tolist())
+        threshold = min(float(el2n[i]) for i in kept)
+        assert all(float(el2n[i]) <= threshold for i in set(of_class.tolist()) - kept)
+    # the CSV alone, as a tool without datadiet reads it
+    with open(sel / "subset.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["index"]) for r in rows] == chosen.indices.tolist()
+    assert cli(["train", "--subset", str(sel), "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == -(-len(chosen.indices) // 64)
+
+
+def test_train_subset_equals_the_python_api(tmp_path, trained):
+    chosen = select_dataset(config(tmp_path / "sel", strategy="gradmatch", fraction=0.2), weights=str(trained),
+                            progress=False)
+    assert not bool((chosen.weights == 1).all())  # GradMatch's weights travel with the subset
+    by_cli = Trainer(config(tmp_path / "a", subset=str(tmp_path / "sel"))).fit()
+    by_api = Trainer(config(tmp_path / "b", val_fraction=0.0),
+                     FixedSubset(indices=chosen.indices, weights=chosen.weights)).fit()
+    assert by_cli["steps"] == by_api["steps"] and by_cli["test_acc"] == by_api["test_acc"]
+    a = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
+
+
+def test_weights_from_a_run_folder_its_checkpoint_or_a_state_dict_agree(tmp_path, trained):
+    model = Trainer(config(None)).model
+    from datadiet.train import checkpoint
+
+    model.load_state_dict(checkpoint.load(str(trained / "checkpoint.pt"))["model"])
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    picks = []
+    for i, weights in enumerate((trained, trained / "checkpoint.pt", tmp_path / "plain.pt")):
+        chosen = select_dataset(config(tmp_path / f"s{i}", strategy="margin", fraction=0.1), weights=str(weights),
+                                progress=False)
+        assert chosen.manifest["model"]["source"] == "weights"
+        picks.append((chosen.indices, chosen.manifest["model"]["sha256"]))
+    assert all(torch.equal(p[0], picks[0][0]) and p[1] == picks[0][1] for p in picks)
+
+
+def test_random_and_glister_select_without_and_with_a_held_out_split(tmp_path, trained):
+    rnd = select_dataset(config(tmp_path / "r", strategy="random", fraction=0.1), progress=False)
+    again = select_dataset(config(tmp_path / "r2", strategy="random", fraction=0.1), progress=False)
+    assert torch.equal(rnd.indices, again.indices) and rnd.scores == {}
+    assert rnd.manifest["pool"]["held_out"] == 0
+    gl = select_dataset(config(tmp_path / "g", strategy="glister", fraction=0.1), weights=str(trained),
+                        progress=False)
+    held = gl.manifest["pool"]["held_out"]
+    assert held == int(0.1 * DIGITS_TRAIN) and np.isnan(gl.scores["loss"]).sum() == held
+
+
+def test_the_subset_round_trips_and_any_change_is_refused(tmp_path):
+    folder = tmp_path / "sel"
+    select_dataset(config(folder, strategy="random", fraction=0.05), progress=False)
+    chosen = load(str(folder))
+    bundle = load_data("digits")
+    assert len(chosen.subset(bundle.train)) == len(chosen.indices)
+    order = list(chosen.sampler(torch.Generator().manual_seed(0)))
+    assert sorted(order) == chosen.indices.tolist()
+    with pytest.raises(ValueError, match="this dataset has 10"):
+        chosen.subset(torch.utils.data.TensorDataset(torch.zeros(10)))
+
+    text = (folder / "subset.csv").read_text()
+    (folder / "subset.csv").write_text(text.replace(",1.0\n", ",2.0\n", 1))
+    with pytest.raises(ValueError, match="subset.csv does not match the digest"):
+        load(str(folder))
+
+    def rewrite(rows_text: str) -> None:  # a consistent folder with these rows: the row checks must catch it
+        data = rows_text.encode()
+        runfolder.write_bytes(str(folder / "subset.csv"), data)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["files"]["subset.csv"] = files.sha256(data)
+        runfolder.write_json(str(folder / "manifest.json"), manifest)
+
+    header = "index,id,label,weight\n"
+    for rows, message in ((f"{DIGITS_TRAIN},x,0,1.0\n", "outside the dataset's 1438"), ("3,3,0,1.0\n3,3,0,1.0\n",
+                          "lists a sample twice"), ("3,3,0,nan\n", "weight 'nan'"), ("3,3,0\n", "line 2"),
+                          ("3,3,zero,1.0\n", "line 2")):
+        rewrite(header + rows)
+        with pytest.raises(ValueError, match=message):
+            load(str(folder))
+    rewrite("idx,id,label,weight\n")
+    with pytest.raises(ValueError, match="must start with the header"):
+        load(str(folder))
+    (folder / "manifest.json").write_text('{"format": "something/2"}')
+    with pytest.raises(ValueError, match="format 'something/2'"):
+        load(str(folder))
+    os.remove(folder / "manifest.json")
+    with pytest.raises(ValueError, match="manifest.json is missing"):
+        load(str(folder))
+
+
+def test_scores_are_plain_arrays(tmp_path, trained):
+    chosen = select_dataset(config(tmp_path / "s", strategy="loss", fraction=0.1), weights=str(trained),
+                            progress=False)
+    with np.load(io.BytesIO((tmp_path / "s" / "scores.npz").read_bytes()), allow_pickle=False) as arrays:
+        assert sorted(arrays.files) == sorted(chosen.scores) and arrays["loss"].dtype == np.float32
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--strategy", "infobatch", "--fraction", "0.3"], "strategy 'infobatch' is not one-shot"),
+    (["--strategy", "el2n", "--fraction", "0.3"], "give --weights PATH"),
+    (["--strategy", "el2n", "--fraction", "0.3", "--proxy-epochs", "1", "--weights", "x"], "not both"),
+    (["--strategy", "random", "--fraction", "0.3", "--proxy-epochs", "1"], "scores no model"),
+    (["--strategy", "el2n", "--fraction", "0.3", "--proxy-epochs", "0"], "must be an int >= 1"),
+    (["--strategy", "el2n", "--fraction", "0.3", "--weights", "/nonexistent/w.pt"], "does not exist"),
+    (["--strategy", "el2n", "--proxy-epochs", "1"], "give --fraction"),
+    (["--strategy", "el2n", "--fraction", "0.3", "--proxy-epochs", "1", "--param", "pretrain_epochs=3"],
+     "use --proxy-epochs"),
+    (["--strategy", "el2n", "--fraction", "0.3", "--proxy-epochs", "1", "--dataset", "diabetes"], "regression"),
+    (["--strategy", "glister", "--fraction", "0.3", "--proxy-epochs", "1", "--val-fraction", "0"],
+     "needs a held-out split"),
+])
+def test_select_refuses_bad_options_in_one_line(tmp_path, capsys, argv, message):
+    assert cli(["select", *argv, "--out", str(tmp_path / "sel"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "sel" / "manifest.json").exists()
+
+
+def test_refusals_that_need_a_trained_model_or_a_finished_folder(tmp_path, capsys, trained):
+    out = str(tmp_path / "sel")
+    assert cli(["select", "--strategy", "loss", "--fraction", "0.1", "--weights", str(trained), "--model", "cnn",
+                "--out", out, "--no-progress"]) == 2
+    assert "are not weights of model 'cnn'" in capsys.readouterr().err
+    assert cli(["select", "--strategy", "random", "--fraction", "0.1", "--out", out, "--no-progress"]) == 0
+    assert cli(["select", "--strategy", "random", "--fraction", "0.2", "--out", out, "--no-progress"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli(["select", "--strategy", "random", "--fraction", "0.2", "--out", out, "--overwrite",
+                "--no-progress"]) == 0
+    assert load(out).manifest["strategy"]["fraction"] == 0.2
+    for argv, message in ((["--dataset", "digits:x2"], "selected from another dataset"),
+                          (["--strategy", "el2n"], "cannot be combined with subset"),
+                          (["--fraction", "0.5"], "cannot be combined with subset")):
+        assert cli(["train", "--subset", out, *argv, "--epochs", "1", "--out", str(tmp_path / "t"),
+                    "--no-progress"]) == 2
+        assert message in capsys.readouterr().err
+    assert cli(["train", "--subset", str(tmp_path / "nowhere"), "--out", str(tmp_path / "t"), "--no-progress"]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
+def test_the_dataset_fingerprint_follows_files_and_tensors():
+    bundle = load_data("digits")
+    a = files.dataset_fingerprint(bundle.train, bundle.labels)
+    assert a == files.dataset_fingerprint(bundle.train, bundle.labels) and a["by"] == "tensors"
+    x, y = bundle.train.tensors
+    changed = torch.utils.data.TensorDataset(x.clone().index_fill_(0, torch.tensor([5]), 0.0), y)
+    assert files.dataset_fingerprint(changed, bundle.labels)["sha256"] != a["sha256"]
