@@ -56,7 +56,7 @@ def _error_line(capsys, argv) -> str:
     ("strategy = 3", "config strategy = 3: must be a string"),
     ('strategy = "random"\nfraction = "half"', "config fraction = 'half': must be a finite number or None"),
     ("every = 0", "config every = 0: must be an int >= 1"),
-    ('device = "tpu"', "config device = 'tpu': must be 'cpu', 'cuda' or 'cuda:N'"),
+    ('device = "tpu"', "config device = 'tpu': must be 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"),
     ("strategy_params = 3", "strategy_params = 3: must be a table"),
     ('strategy = "selective_backprop"\n[strategy_params]\nkeep = "half"',
      "strategy 'selective_backprop': keep = 'half': must be a finite number"),
@@ -84,7 +84,7 @@ def test_a_bad_value_in_a_run_folders_config_json_is_one_line(tmp_path, capsys, 
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--device", "tpu"], "config device = 'tpu': must be 'cpu', 'cuda' or 'cuda:N' (N in 0..127"),
+    (["--device", "tpu"], "config device = 'tpu': must be 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N' (N in 0..127"),
     (["--device", "cuda:x"], "config device = 'cuda:x': must be"),
     (["--device", "cuda:007"], "config device = 'cuda:007': must be"),
     (["--device", "cuda:128"], "config device = 'cuda:128': must be"),

@@ -202,3 +202,69 @@ def test_the_dataset_fingerprint_follows_files_and_tensors():
     x, y = bundle.train.tensors
     changed = torch.utils.data.TensorDataset(x.clone().index_fill_(0, torch.tensor([5]), 0.0), y)
     assert files.dataset_fingerprint(changed, bundle.labels)["sha256"] != a["sha256"]
+
+
+def embeddings(n=300, d=16, classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = 3 * torch.randn(classes, d, generator=g)
+    labels = torch.arange(n) % classes
+    return centres[labels] + torch.randn(n, d, generator=g), labels
+
+
+def test_features_file_npz_and_pt_select_and_train_a_linear_head(tmp_path):
+    x, y = embeddings(380)
+    x, y, tx, ty = x[:300], y[:300], x[300:], y[300:]  # the same clusters
+    np.savez(tmp_path / "emb.npz", features=x.numpy(), labels=y.numpy(), ids=np.array([f"img{i:04d}.jpg" for i in
+                                                                                       range(300)]))
+    torch.save({"features": x, "labels": y, "test_features": tx, "test_labels": ty}, tmp_path / "emb.pt")
+    chosen = select_dataset(config(tmp_path / "s", dataset=f"features:{tmp_path / 'emb.npz'}", model="linear",
+                                   strategy="el2n", fraction=0.2), proxy_epochs=3, progress=False)
+    assert chosen.manifest["dataset"]["samples"] == 300 and len(chosen.indices) == 60
+    assert chosen.ids == [f"img{i:04d}.jpg" for i in chosen.indices.tolist()]
+    assert torch.equal(chosen.labels, y[chosen.indices])
+    other = select_dataset(config(tmp_path / "s2", dataset=f"features:{tmp_path / 'emb.pt'}", model="linear",
+                                  strategy="el2n", fraction=0.2), proxy_epochs=3, progress=False)
+    assert torch.equal(other.indices, chosen.indices)  # the same rows, however stored
+    summary = Trainer(config(tmp_path / "t", dataset=f"features:{tmp_path / 'emb.pt'}", model="linear",
+                             subset=str(tmp_path / "s2"), epochs=5, lr=0.1)).fit()
+    assert summary["test_acc"] > 0.9  # well-separated clusters
+    no_test = Trainer(config(tmp_path / "t2", dataset=f"features:{tmp_path / 'emb.npz'}", model="linear",
+                             epochs=1)).fit()
+    assert no_test["test_acc"] is None
+
+
+@pytest.mark.parametrize("content, message", [
+    (lambda x, y: {"features": x}, "needs an array 'labels'"),
+    (lambda x, y: {"features": x[:, 0], "labels": y}, "features must be a float array"),
+    (lambda x, y: {"features": x, "labels": y.float()}, "labels must be an int array"),
+    (lambda x, y: {"features": x, "labels": y[:-1]}, "features has 300 rows, labels 299"),
+    (lambda x, y: {"features": x.index_fill(0, torch.tensor([7]), float("nan")), "labels": y}, "row 7 is not finite"),
+    (lambda x, y: {"features": x, "labels": y - 1}, "must lie in 0..2"),
+    (lambda x, y: {"features": x, "labels": y * 0}, "1 class"),
+    (lambda x, y: {"features": x, "labels": y, "test_features": x}, "both test_features and test_labels"),
+])
+def test_features_files_are_checked(tmp_path, content, message):
+    x, y = embeddings()
+    torch.save(content(x, y), tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=message):
+        load_data(f"features:{tmp_path / 'bad.pt'}")
+
+
+def test_features_files_never_run_code(tmp_path):
+    x, y = embeddings()
+    np.savez(tmp_path / "obj.npz", features=x.numpy(), labels=y.numpy(), ids=np.array([{"a": 1}] * 300, dtype=object))
+    with pytest.raises(ValueError, match="other than plain arrays"):
+        load_data(f"features:{tmp_path / 'obj.npz'}")
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    torch.save({"features": x, "labels": y, "x": Boom()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="weights_only=True"):
+        load_data(f"features:{tmp_path / 'evil.pt'}")
+    assert not (tmp_path / "pwned").exists()
+    for name, message in (("emb.csv", "must end in .npz or .pt"), ("missing.npz", "does not exist")):
+        (tmp_path / "emb.csv").write_text("1,2\n")
+        with pytest.raises(ValueError, match=message):
+            load_data(f"features:{tmp_path / name}")

@@ -15,11 +15,18 @@ import torch
 _alone = 0  # > 0 inside ``alone()``
 
 
+def resolve(device: str) -> str:
+    """``"auto"``: ``"cuda"`` when a CUDA device is available, else ``"cpu"``; any other name as is."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def init(device: str, timeout: float) -> torch.device:
-    """This process's device; under torchrun (``WORLD_SIZE`` > 1) joins the process group (NCCL
-    on CUDA, gloo on CPU) and takes the ``LOCAL_RANK``-th GPU."""
+    """This process's device (``"auto"``: CUDA when available); under torchrun (``WORLD_SIZE`` > 1)
+    joins the process group (NCCL on CUDA, gloo on CPU) and takes the ``LOCAL_RANK``-th GPU."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
-    dev = torch.device(device)
+    dev = torch.device(resolve(device))
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"config device = {device!r}: no CUDA device is available")

@@ -69,11 +69,13 @@ def dataset_fingerprint(dataset: Dataset, labels: torch.Tensor) -> dict[str, Any
 
 
 def sample_ids(dataset: Dataset, indices: Sequence[int]) -> list[str]:
-    """File paths of an image folder's samples, else the indices as text."""
-    samples = getattr(dataset, "samples", None)
-    if samples is None:
-        return [str(i) for i in indices]
-    return [samples[i][0] for i in indices]
+    """File paths of an image folder's samples, a features file's ``ids``, else the indices as text."""
+    samples, ids = getattr(dataset, "samples", None), getattr(dataset, "ids", None)
+    if samples is not None:
+        return [samples[i][0] for i in indices]
+    if ids is not None:
+        return [ids[i] for i in indices]
+    return [str(i) for i in indices]
 
 
 def subset_csv(indices: torch.Tensor, ids: Sequence[str], labels: torch.Tensor, weights: torch.Tensor) -> bytes:

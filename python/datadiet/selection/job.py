@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Subset
 
 from datadiet import runfolder
+from datadiet._dist import init as dist_init
 from datadiet.selection import files
 from datadiet.strategies import STRATEGIES as REGISTRY
 from datadiet.strategies import make, parameters
@@ -114,7 +115,7 @@ def _run(config: TrainConfig, strategy, needs_val: bool, weights: Optional[str],
     run = dataclasses.replace(config, val_fraction=val_fraction, out=None, overwrite=False,
                               epochs=proxy_epochs or 1)
     model, model_info = _scorer(run, bundle, weights, proxy_epochs, times)
-    device = torch.device(config.device)
+    device = dist_init(config.device, config.dist_timeout)
     driver = Driver(strategy, model.to(device), Subset(bundle.train, pool.tolist()), bundle.labels[pool],
                     num_classes=bundle.num_classes, epochs=1, batch_size=config.batch_size, seed=config.seed,
                     lr=config.lr, device=device, workers=config.workers,

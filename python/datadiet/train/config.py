@@ -20,8 +20,8 @@ from datadiet.train.schedules import SCHEDULES
 
 OPTIMIZERS = ("sgd", "adamw")
 AMP = ("none", "bf16", "fp16")
-DEVICES = "'cpu', 'cuda' or 'cuda:N' (N in 0..127, torch's device indices)"
-_DEVICE = re.compile(r"cpu|cuda(?::(0|[1-9][0-9]{0,2}))?")  # torch refuses leading zeros
+DEVICES = "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N' (N in 0..127, torch's device indices)"
+_DEVICE = re.compile(r"auto|cpu|cuda(?::(0|[1-9][0-9]{0,2}))?")  # torch refuses leading zeros
 # Bounds far beyond any real run, so that an absurd value (2**70) is refused here instead of hanging,
 # exhausting memory or overflowing in the model, the loaders or the lr plan.
 _AT_MOST = {"epochs": 100_000, "batch_size": 1 << 20, "eval_batch_size": 1 << 20, "image_size": 4096,
@@ -38,6 +38,7 @@ class TrainConfig:
     width: int = 0
     head: Optional[str] = None
     image_size: int = 224
+    augment: Optional[str] = None
     val_fraction: float = 0.1
     subset: Optional[str] = None
     strategy: str = "full"
@@ -60,7 +61,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
     workers: int = 0
     checkpoint_every: int = 0
     dist_timeout: float = 300.0
@@ -103,6 +104,9 @@ class TrainConfig:
         need(device is not None and int(device.group(1) or 0) <= 127, "device", f"must be {DEVICES}")
         need(all(isinstance(k, str) for k in self.strategy_params), "strategy_params",
              "must be a table of strategy parameters (named by strings)")
+        from datadiet.train.datasets import check_augment
+
+        check_augment(self.augment, self.dataset)
         if self.subset is not None:  # the recorded subset is the selection: no strategy chooses another
             for key, default in (("strategy", "full"), ("fraction", None), ("every", None), ("warm", None),
                                  ("strategy_params", {})):
@@ -118,7 +122,8 @@ class TrainConfig:
         and left out, found by one decoding pass on ``workers`` processes)."""
         from datadiet.train import datasets
 
-        return datasets.load(self.dataset, self.image_size, skip_bad=self.skip_bad_samples, workers=self.workers)
+        return datasets.load(self.dataset, self.image_size, skip_bad=self.skip_bad_samples, workers=self.workers,
+                             augment=self.augment)
 
     def identity(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_IDENTITY}

@@ -9,11 +9,20 @@
   σ = 0.1), a larger pool for timing and reproductions, the same test split;
 - ``imagefolder:PATH``: the ImageNet layout ``PATH/train/<class>/...`` and ``PATH/val/<class>/...``
   as ``torchvision.datasets.ImageFolder`` lists it, every image read as 8-bit RGB (16-bit grey
-  scaled, transparency over white: ``datadiet.train.images``), with the standard transforms at
-  ``image_size``: RandomResizedCrop + horizontal flip for training, Resize(size·8/7) + CenterCrop
-  for evaluation, ImageNet normalisation. A split without images, a class folder without images
+  scaled, transparency over white: ``datadiet.train.images``), at ``image_size``: for training
+  the ``augment`` preset — ``imagenet`` (default: RandomResizedCrop + horizontal flip), ``light``
+  (the crop's scale from 0.35 instead of 0.08), ``crop`` (Resize(size·8/7) + RandomCrop + flip),
+  ``none`` (the evaluation view), ``randaugment`` (imagenet + RandAugment) — or ``module:callable``;
+  Resize(size·8/7) + CenterCrop for evaluation; ImageNet normalisation. A split without images, a class folder without images
   or a training split of one class is refused at load; a file that cannot be read raises
   ``SampleError`` (a ValueError naming the split, index, class and file) when it is fetched;
+- ``features:PATH``: precomputed embeddings (CLIP / DINO features, a model's penultimate layer) in
+  a ``.npz`` (read with ``allow_pickle=False``) or ``.pt`` file (read with ``weights_only=True``)
+  holding ``features`` [n, D] (float) and ``labels`` [n] (int, 0..C−1), optionally ``ids`` [n]
+  (strings: what ``datadiet select`` writes as each sample's id) and ``test_features`` /
+  ``test_labels`` (the test split; without them the test split is empty and runs report no
+  test accuracy). Every row of the file is a training sample, so selections index the file's
+  rows. Use it with model ``linear`` (a softmax head);
 - ``cifar10:PATH``: the ``cifar-10-batches-py`` folder in PATH (never downloaded), as
   torchvision's ``CIFAR10`` gives it, random crop with padding 4 + flip for training. The batches
   are pickles, read without executing code (``datadiet.train.cifar``: only numpy arrays, lists,
@@ -39,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-NAMES = ("digits", "digits:xN", "diabetes", "imagefolder:PATH", "cifar10:PATH")
+NAMES = ("digits", "digits:xN", "diabetes", "imagefolder:PATH", "cifar10:PATH", "features:PATH")
 TASKS = ("classification", "regression")
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -94,10 +103,60 @@ def per_sample_loss(task: str):
     return lambda out, y: F.cross_entropy(out.float(), y, reduction="none")
 
 
-def load(spec: str, image_size: int = 224, *, skip_bad: bool = False, workers: int = 0) -> DataBundle:
+AUGMENTS = ("imagenet", "light", "crop", "none", "randaugment")
+
+
+def check_augment(augment: Optional[str], spec: str) -> None:
+    """Refuses an ``augment`` that is no preset or ``module:callable``, or one given for a dataset
+    other than an image folder (the others have fixed transforms)."""
+    if augment is None:
+        return
+    module_name, sep, attr = augment.partition(":")
+    if augment not in AUGMENTS and not (sep and module_name and attr):
+        raise ValueError(f"config augment = {augment!r}: must be one of {', '.join(AUGMENTS)} or module:callable")
+    if not spec.startswith("imagefolder:"):
+        raise ValueError(f"config augment = {augment!r}: applies to imagefolder: datasets; {spec!r} has fixed "
+                         "transforms")
+
+
+def train_transform(augment: Optional[str], image_size: int, normalize):
+    """The training transform of an image folder: a preset (module docstring) or ``module:callable``
+    (called with the image size, returning a transform of PIL images; ToTensor and the
+    normalisation are appended)."""
+    import importlib
+
+    transforms = torchvision("--augment").transforms
+    s, resize = image_size, round(image_size * 8 / 7)
+    steps = {
+        "imagenet": lambda: [transforms.RandomResizedCrop(s), transforms.RandomHorizontalFlip()],
+        "light": lambda: [transforms.RandomResizedCrop(s, scale=(0.35, 1.0)), transforms.RandomHorizontalFlip()],
+        "crop": lambda: [transforms.Resize(resize), transforms.RandomCrop(s), transforms.RandomHorizontalFlip()],
+        "none": lambda: [transforms.Resize(resize), transforms.CenterCrop(s)],
+        "randaugment": lambda: [transforms.RandomResizedCrop(s), transforms.RandomHorizontalFlip(),
+                                transforms.RandAugment()],
+    }
+    name = augment or "imagenet"
+    if name in steps:
+        head = steps[name]()
+    else:
+        module_name, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+            head = [factory(image_size)]
+        except Exception as exc:  # noqa: BLE001 - a user's callable: one clear error
+            raise ValueError(f"config augment = {name!r}: calling {attr}(image_size) from {module_name} failed "
+                             f"({type(exc).__name__}: {exc})") from None
+    return transforms.Compose([*head, transforms.ToTensor(), normalize])
+
+
+def load(spec: str, image_size: int = 224, *, skip_bad: bool = False, workers: int = 0,
+         augment: Optional[str] = None) -> DataBundle:
     """The dataset ``spec`` (module docstring). ``skip_bad``: an image folder's files are decoded
     once (on ``workers`` loader processes) and the unreadable ones listed in ``skipped``: left out
-    of the test split here, and of the training pool by ``pool_split``'s callers."""
+    of the test split here, and of the training pool by ``pool_split``'s callers. ``augment``: an
+    image folder's training augmentation (``AUGMENTS`` or ``module:callable``; default
+    ``imagenet``)."""
+    check_augment(augment, spec)
     name, _, path = spec.partition(":")
     if name == "digits" and not path:
         return _digits()
@@ -105,12 +164,14 @@ def load(spec: str, image_size: int = 224, *, skip_bad: bool = False, workers: i
         return _diabetes()
     if name == "digits" and path.startswith("x") and path[1:].isdigit() and int(path[1:]) >= 1:
         return _digits(int(path[1:]))
+    if name == "features":
+        return _features(spec, path)
     if name in ("imagefolder", "cifar10"):
         if not path:
             raise ValueError(f"dataset {spec!r}: give a folder, {name}:PATH")
         if not os.path.isdir(path):
             raise ValueError(f"dataset {spec!r}: folder {path!r} does not exist")
-        return _imagefolder(path, image_size, skip_bad, workers) if name == "imagefolder" else _cifar10(path)
+        return _imagefolder(path, image_size, skip_bad, workers, augment) if name == "imagefolder" else _cifar10(path)
     raise ValueError(f"unknown dataset {spec!r}; choose one of {', '.join(NAMES)}")
 
 
@@ -157,7 +218,8 @@ def _diabetes() -> DataBundle:
                       torch.zeros(len(train), dtype=torch.int64), task="regression")
 
 
-def _imagefolder(path: str, image_size: int, skip_bad: bool = False, workers: int = 0) -> DataBundle:
+def _imagefolder(path: str, image_size: int, skip_bad: bool = False, workers: int = 0,
+                 augment: Optional[str] = None) -> DataBundle:
     spec = f"imagefolder:{path}"
     tv = torchvision(f"dataset {spec}")
     from datadiet.train.images import ImageFiles, unreadable  # needs torchvision
@@ -167,8 +229,7 @@ def _imagefolder(path: str, image_size: int, skip_bad: bool = False, workers: in
         if not os.path.isdir(os.path.join(path, split)):
             raise ValueError(f"dataset {spec}: needs {os.path.join(path, split)}/<class>/<image> (the ImageNet layout)")
     normalize = transforms.Normalize(_MEAN, _STD)
-    train_tf = transforms.Compose([transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(),
-                                   transforms.ToTensor(), normalize])
+    train_tf = train_transform(augment, image_size, normalize)
     test_tf = transforms.Compose([transforms.Resize(round(image_size * 8 / 7)), transforms.CenterCrop(image_size),
                                   transforms.ToTensor(), normalize])
     train = ImageFiles(path, "train", spec, train_tf)
@@ -185,6 +246,88 @@ def _imagefolder(path: str, image_size: int, skip_bad: bool = False, workers: in
         test = Subset(test, [i for i in range(len(test)) if i not in bad_test])
     return DataBundle(train, train_eval, test, len(train.classes), (3, image_size, image_size),
                       torch.tensor(train.targets, dtype=torch.int64), (_MEAN, _STD), skipped=skipped)
+
+
+class FeatureRows(TensorDataset):
+    """Rows of a features file: ``(features[i], labels[i])``; ``ids`` names each row."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, ids: Optional[list[str]] = None):
+        super().__init__(features, labels)
+        self.ids = ids
+
+
+def _features(spec: str, path: str) -> DataBundle:
+    if not path:
+        raise ValueError(f"dataset {spec!r}: give a file, features:PATH (.npz or .pt)")
+    if not os.path.isfile(path):
+        raise ValueError(f"dataset {spec!r}: file {path!r} does not exist")
+    arrays = _read_arrays(spec, path)
+
+    def table(key: str, floating: bool, required: bool = True) -> Optional[torch.Tensor]:
+        value = arrays.get(key)
+        if value is None:
+            if required:
+                raise ValueError(f"dataset {spec!r}: needs an array {key!r} (found {', '.join(sorted(arrays)) or 'none'})")
+            return None
+        t = torch.as_tensor(value)
+        if floating and not (t.is_floating_point() and t.dim() == 2 and t.shape[0] > 0 and t.shape[1] > 0):
+            raise ValueError(f"dataset {spec!r}: {key} must be a float array [n, D], got {t.dtype} {tuple(t.shape)}")
+        if not floating and not (t.dim() == 1 and not t.is_floating_point() and t.dtype != torch.bool):
+            raise ValueError(f"dataset {spec!r}: {key} must be an int array [n], got {t.dtype} {tuple(t.shape)}")
+        return t.float() if floating else t.long()
+
+    x, y = table("features", True), table("labels", False)
+    tx, ty = table("test_features", True, False), table("test_labels", False, False)
+    if (tx is None) != (ty is None):
+        raise ValueError(f"dataset {spec!r}: give both test_features and test_labels, or neither")
+    pairs = [("features", x, "labels", y)] + ([("test_features", tx, "test_labels", ty)] if tx is not None else [])
+    for xk, xv, yk, yv in pairs:
+        if xv.shape[0] != yv.shape[0]:
+            raise ValueError(f"dataset {spec!r}: {xk} has {xv.shape[0]} rows, {yk} {yv.shape[0]}")
+        bad = (~torch.isfinite(xv)).nonzero()
+        if bad.numel():
+            raise ValueError(f"dataset {spec!r}: {xk} row {int(bad[0, 0])} is not finite")
+    if tx is not None and tx.shape[1] != x.shape[1]:
+        raise ValueError(f"dataset {spec!r}: test_features have {tx.shape[1]} columns, features {x.shape[1]}")
+    classes = int(y.max()) + 1
+    for key, labels in (("labels", y), ("test_labels", ty)):
+        if labels is not None and labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < classes):
+            raise ValueError(f"dataset {spec!r}: {key} must lie in 0..{classes - 1} (the training labels' classes), "
+                             f"got {int(labels.min())}..{int(labels.max())}")
+    if classes < 2:
+        raise ValueError(f"dataset {spec!r}: labels hold 1 class; classification needs at least 2")
+    ids = arrays.get("ids")
+    if ids is not None:
+        ids = [str(v) for v in ids.tolist()] if hasattr(ids, "tolist") else [str(v) for v in ids]
+        if len(ids) != x.shape[0]:
+            raise ValueError(f"dataset {spec!r}: ids has {len(ids)} entries, features {x.shape[0]} rows")
+    train = FeatureRows(x, y, ids)
+    test = TensorDataset(tx, ty) if tx is not None else TensorDataset(x[:0], y[:0])
+    return DataBundle(train, train, test, classes, (x.shape[1],), y)
+
+
+def _read_arrays(spec: str, path: str) -> dict:
+    """The named arrays of a ``.npz`` (no pickled objects) or ``.pt`` (tensors only) file."""
+    import numpy as np
+
+    if path.endswith(".npz"):
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except ValueError as exc:  # an object array needs pickle: refused
+            raise ValueError(f"dataset {spec!r}: holds something other than plain arrays ({exc})") from None
+        except (OSError, EOFError) as exc:
+            raise ValueError(f"dataset {spec!r}: not a readable .npz file ({exc})") from None
+    if path.endswith(".pt"):
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable or unsafe file: one clear error
+            raise ValueError(f"dataset {spec!r}: not a file torch reads with weights_only=True "
+                             f"({type(exc).__name__})") from None
+        if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+            raise ValueError(f"dataset {spec!r}: must hold a dict of named tensors (features, labels, ...)")
+        return data
+    raise ValueError(f"dataset {spec!r}: a features file must end in .npz or .pt")
 
 
 def _with_transform(dataset, transform):

@@ -1,4 +1,5 @@
-"""Models by name: ``mlp`` and ``cnn`` (small, for the embedded dataset and tests), any torchvision
+"""Models by name: ``mlp`` and ``cnn`` (small, for the embedded dataset and tests), ``linear`` (a
+softmax head on flat inputs, for ``features:`` datasets of precomputed embeddings), any torchvision
 classification model (``resnet18``, ``resnet50``, ``mobilenet_v3_small``, ...; randomly
 initialised with ``num_classes``), or ``module:callable`` (called with ``num_classes=`` and
 ``input_shape=``). The classification layer is found by ``datadiet.scores.final_linear``.
@@ -28,23 +29,29 @@ def cnn(num_classes: int, input_shape: tuple, width: int = 32) -> nn.Module:
         nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes))
 
 
+def linear(num_classes: int, input_shape: tuple) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))
+
+
 def check_name(name: str, option: str = "model") -> None:
     """Refuses a model name ``build`` cannot resolve, without building it or importing a
     ``module:callable`` (checked when built)."""
-    if name in ("mlp", "cnn"):
+    if name in ("mlp", "cnn", "linear"):
         return
     if ":" in name:
         module_name, _, attr = name.partition(":")
         if not module_name or not attr:
             raise ValueError(f"{option} {name!r}: expected module:callable")
         return
-    tv = torchvision(f"unknown {option} {name!r}: not mlp, cnn or module:callable, and a torchvision model")
+    tv = torchvision(f"unknown {option} {name!r}: not mlp, cnn, linear or module:callable, and a torchvision model")
     if name not in tv.models.list_models(module=tv.models):
-        raise ValueError(f"unknown {option} {name!r}; use mlp, cnn, a torchvision classification model (resnet18, "
-                         "resnet50, ...) or module:callable")
+        raise ValueError(f"unknown {option} {name!r}; use mlp, cnn, linear, a torchvision classification model "
+                         "(resnet18, resnet50, ...) or module:callable")
 
 
 def build(name: str, num_classes: int, input_shape: tuple, width: int = 0) -> nn.Module:
+    if name == "linear":
+        return linear(num_classes, input_shape)
     if name in ("mlp", "cnn"):
         if len(input_shape) != 3 and name == "cnn":
             raise ValueError(f"model 'cnn' needs image inputs [C, H, W], got input shape {input_shape}")

@@ -16,8 +16,8 @@ import typing
 from datadiet.train.config import TrainConfig, from_toml
 
 _HELP = {
-    "dataset": "digits (default), imagefolder:PATH or cifar10:PATH", "model": "mlp, cnn, a torchvision model "
-    "name or module:callable", "strategy": "selection strategy (datadiet.strategies.STRATEGIES)",
+    "dataset": "digits (default), imagefolder:PATH, cifar10:PATH or features:PATH (.npz/.pt embeddings)",
+    "model": "mlp, cnn, linear, a torchvision model name or module:callable", "strategy": "selection strategy (datadiet.strategies.STRATEGIES)",
     "fraction": "subset fraction in (0, 1]", "every": "re-select every R epochs", "warm": "CORDS' kappa: "
     "fraction of the budget on full data first", "resume": "continue the run whose checkpoint is in DIR",
     "out": "folder for metrics.jsonl, summary.json, checkpoint.pt", "val_fraction": "held-out selection split "
@@ -30,6 +30,8 @@ _HELP = {
     "instead of stopping at the first",
     "nonfinite_steps": "stop when this many training losses in a row are NaN or infinite (their steps are "
     "skipped)",
+    "augment": "imagefolder training augmentation: imagenet (default), light, crop, none, randaugment or "
+    "module:callable (image_size -> transform of PIL images)",
     "subset": "train on the subset a `datadiet select` folder records (its samples and weights; no "
     "held-out split)",
 }

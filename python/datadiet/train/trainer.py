@@ -372,7 +372,9 @@ class Trainer:
         if self.world_size > 1:
             torch.distributed.all_reduce(sums)
         correct, loss, count = sums.tolist()
-        return (correct / max(count, 1.0) if self.task == "classification" else None), loss / max(count, 1.0)
+        if count == 0:  # no test split (a features file without test arrays)
+            return None, float("nan")
+        return (correct / count if self.task == "classification" else None), loss / count
 
     def _sum(self, value: float) -> float:
         if self.world_size == 1:
