@@ -2,6 +2,7 @@
 trained by ``train --subset`` exactly as through the Python API, and every refusal one line."""
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -268,3 +269,89 @@ def test_features_files_never_run_code(tmp_path):
         (tmp_path / "emb.csv").write_text("1,2\n")
         with pytest.raises(ValueError, match=message):
             load_data(f"features:{tmp_path / name}")
+
+
+SLOW_MODEL = '''
+import time
+from torch import nn
+
+
+class Slow(nn.Module):
+    """An MLP whose evaluation pass sleeps 50 ms a batch: a scoring pass long enough to kill."""
+
+    def __init__(self, num_classes, input_shape):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU())
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        if not self.training:
+            time.sleep(0.05)
+        return self.head(self.body(x))
+
+
+def make(num_classes, input_shape):
+    return Slow(num_classes, input_shape)
+'''
+
+
+def test_a_killed_select_continues_from_its_shards_to_the_same_subset(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "slowmodel.py").write_text(SLOW_MODEL)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    torch.manual_seed(3)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import slowmodel
+        torch.save(slowmodel.make(10, (1, 8, 8)).state_dict(), tmp_path / "w.pt")
+    finally:
+        sys.path.remove(str(tmp_path))
+
+    def command(out, weights="w.pt"):
+        return [sys.executable, "-m", "datadiet", "select", "--model", "slowmodel:make", "--weights",
+                str(tmp_path / weights), "--strategy", "el2n", "--fraction", "0.3", "--eval-batch-size", "16",
+                "--shard-size", "160", "--device", "cpu", "--no-progress", "--out", str(tmp_path / out)]
+
+    whole = subprocess.run(command("whole"), env=env, capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    proc = subprocess.Popen(command("killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    index = tmp_path / "killed" / "shards" / "index.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if index.exists() and sum(len(p) for p in json.loads(index.read_text())["passes"].values()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (tmp_path / "killed" / "manifest.json").exists(), "the job ended before it was killed"
+    other = {k: v + 1 for k, v in torch.load(tmp_path / "w.pt").items()}
+    torch.save(other, tmp_path / "other.pt")
+    refused = subprocess.run(command("killed", "other.pt"), env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "holds the scores of another selection" in refused.stderr
+    again = subprocess.run(command("killed"), env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    shards = json.loads((tmp_path / "killed" / "manifest.json").read_text())["shards"]
+    assert shards["reused"] >= 3 and shards["scored"] + shards["reused"] == 9
+    for name in ("subset.csv", "scores.npz"):
+        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+    assert not (tmp_path / "killed" / "shards").exists()  # dropped once the subset is written
+
+
+def test_a_proxy_is_trained_once_and_read_back_by_the_same_job(tmp_path):
+    cfg = config(tmp_path / "s", strategy="el2n", fraction=0.3)
+    first = select_dataset(cfg, proxy_epochs=2, progress=False)
+    assert first.manifest["model"]["reused"] is False and (tmp_path / "s" / "proxy.pt").exists()
+    os.remove(tmp_path / "s" / "manifest.json")  # as if killed before the manifest was written
+    again = select_dataset(cfg, proxy_epochs=2, progress=False)
+    assert again.manifest["model"]["reused"] is True
+    assert torch.equal(again.indices, first.indices) and again.manifest["model"]["sha256"] == first.manifest["model"][
+        "sha256"]
+    os.remove(tmp_path / "s" / "manifest.json")
+    with pytest.raises(ValueError, match="proxy of another selection"):
+        select_dataset(dataclasses.replace(cfg, lr=0.01), proxy_epochs=2, progress=False)
+    fresh = select_dataset(dataclasses.replace(cfg, lr=0.01, overwrite=True), proxy_epochs=2, progress=False)
+    assert fresh.manifest["model"]["reused"] is False

@@ -132,6 +132,8 @@ def main(argv=None) -> int:
                         "state_dict file of --model")
     select.add_argument("--proxy-epochs", type=int, default=None, metavar="E",
                         help="score with a proxy trained E epochs on the whole pool first (its time is pre-training)")
+    select.add_argument("--shard-size", type=int, default=65536, metavar="N",
+                        help="samples per scoring shard kept on disk (a killed select continues from them)")
     select.set_defaults(out="select_out")
     compare = sub.add_parser("compare", help="strategies x fractions x seeds on the same data and model (default)")
     add_train_options(compare, skip=("strategy", "fraction", "seed", "resume", "subset"))
@@ -279,7 +281,7 @@ def _run(args, compare_module, config_from_args, parse_params) -> int:
 def _select(args, config) -> int:
     from datadiet.selection import select_dataset
 
-    chosen = select_dataset(config, weights=args.weights, proxy_epochs=args.proxy_epochs)
+    chosen = select_dataset(config, weights=args.weights, proxy_epochs=args.proxy_epochs, shard_size=args.shard_size)
     m = chosen.manifest
     times = ", ".join(f"{k} {v:.2f} s" for k, v in m["times"].items())
     rate = m["scoring_samples_per_s"]

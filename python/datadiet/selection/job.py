@@ -7,8 +7,13 @@ The job takes a run's data and model options (``TrainConfig``) and a one-shot st
    ``state_dict`` file of the same architecture) or a proxy trained ``proxy_epochs`` epochs on
    the whole pool (DeepCore's separate selection run; its time is pre-training);
 3. runs the strategy's selection once on the scorer, through the same ``Driver`` a training run
-   uses (so ``datadiet select`` and ``datadiet train`` select identically);
+   uses (so ``datadiet select`` and ``datadiet train`` select identically), its scoring pass in
+   shards kept on disk (``datadiet.selection.shards``);
 4. writes ``subset.csv``, ``scores.npz`` and ``manifest.json`` (``datadiet.selection.files``).
+
+A job killed at any point and started again with the same command continues: the proxy's weights
+(``proxy.pt``, kept as the scorer of record) and the finished shards are reused, and the subset is
+the same. ``overwrite`` replaces a finished selection in the folder.
 
 The whole training split is selected from; a held-out selection split is carved out only for a
 strategy that needs one (``glister``, ``gradmatch`` with ``target="val"``), as ``val_fraction``.
@@ -28,6 +33,7 @@ from torch.utils.data import Subset
 from datadiet import runfolder
 from datadiet._dist import init as dist_init
 from datadiet.selection import files
+from datadiet.selection.shards import ShardedScores
 from datadiet.strategies import STRATEGIES as REGISTRY
 from datadiet.strategies import make, parameters
 from datadiet.strategies.pretrained import fingerprint
@@ -40,21 +46,26 @@ from datadiet.train.trainer import CHECKPOINT, Trainer, pool_split
 # One-shot strategies a selection job runs; all but ``random`` score a model.
 STRATEGIES = ("random", "loss", "el2n", "grand", "least_confidence", "margin", "entropy", "gradmatch", "glister")
 _SCORE_FIELDS = ("loss", "el2n", "grad_norm", "confidence", "margin", "entropy", "correct")
+PROXY = "proxy.pt"
 
 
 def select_dataset(config: TrainConfig, *, weights: Optional[str] = None, proxy_epochs: Optional[int] = None,
-                   progress: bool = True) -> files.SelectedSubset:
+                   shard_size: int = 65536, progress: bool = True) -> files.SelectedSubset:
     """Selects ``config.fraction`` of ``config.dataset`` with ``config.strategy`` and writes it to
-    ``config.out`` (module docstring); returns what ``files.load(config.out)`` returns."""
+    ``config.out`` (module docstring); returns what ``files.load(config.out)`` returns.
+    ``shard_size``: samples per scoring shard kept on disk."""
     config = dataclasses.replace(config, progress=progress and config.progress)
     strategy, needs_val = _check(config, weights, proxy_epochs)
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        raise ValueError(f"select: --shard-size {shard_size!r}: must be an int >= 1")
     folder = runfolder.claim(config.out)
     try:
         if config.overwrite:
-            runfolder.remove(config.out, files.FILES)
+            runfolder.remove(config.out, (*files.FILES, PROXY))
         else:
-            runfolder.refuse_previous(config.out, runfolder.previous(config.out, files.FILES))
-        _run(config, strategy, needs_val, weights, proxy_epochs)
+            # a folder without a manifest is an unfinished job (killed): continued, not refused
+            runfolder.refuse_previous(config.out, runfolder.previous(config.out, (files.MANIFEST,)))
+        _run(config, strategy, needs_val, weights, proxy_epochs, shard_size)
     finally:
         folder.release()
     return files.load(config.out)
@@ -104,8 +115,8 @@ def _check(config: TrainConfig, weights: Optional[str], proxy_epochs: Optional[i
     return strategy, needs_val
 
 
-def _run(config: TrainConfig, strategy, needs_val: bool, weights: Optional[str],
-         proxy_epochs: Optional[int]) -> dict[str, Any]:
+def _run(config: TrainConfig, strategy, needs_val: bool, weights: Optional[str], proxy_epochs: Optional[int],
+         shard_size: int) -> dict[str, Any]:
     times = {"loading": 0.0, "pretraining": 0.0, "scoring": 0.0, "selection": 0.0}
     start = time.perf_counter()
     bundle = config.load_data()
@@ -114,7 +125,7 @@ def _run(config: TrainConfig, strategy, needs_val: bool, weights: Optional[str],
     pool, held_out = pool_split(len(bundle.train), val_fraction, bundle.unusable_train())
     run = dataclasses.replace(config, val_fraction=val_fraction, out=None, overwrite=False,
                               epochs=proxy_epochs or 1)
-    model, model_info = _scorer(run, bundle, weights, proxy_epochs, times)
+    model, model_info = _scorer(run, bundle, weights, proxy_epochs, times, config.out, config.overwrite)
     device = dist_init(config.device, config.dist_timeout)
     driver = Driver(strategy, model.to(device), Subset(bundle.train, pool.tolist()), bundle.labels[pool],
                     num_classes=bundle.num_classes, epochs=1, batch_size=config.batch_size, seed=config.seed,
@@ -124,11 +135,16 @@ def _run(config: TrainConfig, strategy, needs_val: bool, weights: Optional[str],
                     score_batch_size=config.eval_batch_size, channels_last=config.channels_last,
                     autocast_dtype={"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp],
                     run=run.identity())
+    fingerprint_ = files.dataset_fingerprint(bundle.train, bundle.labels)
+    setting = {"dataset": fingerprint_["sha256"], "pool": int(pool.numel()), "model": model_info["sha256"],
+               "strategy": strategy.describe(), "seed": config.seed, "image_size": config.image_size,
+               "shard_size": shard_size}
+    sharded = ShardedScores(config.out, setting, shard_size, driver.score, int(pool.numel()),
+                            overwrite=config.overwrite)
     tables = []
-    score = driver.score
 
     def recorded(split: str = "train", **kw):
-        table = score(split=split, **kw)
+        table = sharded(split=split, **kw)
         if split == "train":
             tables.append(table)
         return table
@@ -149,19 +165,21 @@ def _run(config: TrainConfig, strategy, needs_val: bool, weights: Optional[str],
             values[pool] = getattr(table, name).float().cpu()
             scores[name] = values
     manifest = {
-        "dataset": {"spec": config.dataset, "image_size": config.image_size,
-                    **files.dataset_fingerprint(bundle.train, bundle.labels)},
+        "dataset": {"spec": config.dataset, "image_size": config.image_size, **fingerprint_},
         "model": model_info,
         "strategy": {"name": config.strategy, "params": strategy_params(strategy), "fraction": config.fraction,
                      "seed": config.seed, "describe": strategy.describe()},
         "pool": {"samples": int(pool.numel()), "held_out": int(held_out.numel()),
                  "skipped": [r["index"] for r in bundle.skipped if r["split"] == "train"]},
         "times": times,
+        "shards": {"size": shard_size, "scored": sharded.scored, "reused": sharded.reused},
         "scoring_samples_per_s": (pool.numel() * len(tables) / times["scoring"]) if times["scoring"] > 0 else None,
         "versions": _versions(),
     }
-    return files.write(config.out, indices=chosen, weights=w.float().cpu(), labels=bundle.labels[chosen],
-                       ids=files.sample_ids(bundle.train, chosen.tolist()), scores=scores, manifest=manifest)
+    written = files.write(config.out, indices=chosen, weights=w.float().cpu(), labels=bundle.labels[chosen],
+                          ids=files.sample_ids(bundle.train, chosen.tolist()), scores=scores, manifest=manifest)
+    sharded.remove()
+    return written
 
 
 def strategy_params(strategy) -> dict[str, Any]:
@@ -176,16 +194,26 @@ def strategy_params(strategy) -> dict[str, Any]:
     return runfolder.finite(out)
 
 
-def _scorer(run: TrainConfig, bundle, weights: Optional[str], proxy_epochs: Optional[int], times: dict):
-    """The model the strategy scores and what identifies it in the manifest."""
+def _scorer(run: TrainConfig, bundle, weights: Optional[str], proxy_epochs: Optional[int], times: dict,
+            folder: str, overwrite: bool):
+    """The model the strategy scores and what identifies it in the manifest. A proxy is trained
+    once and kept in ``folder/proxy.pt``; a later run of the same job reads it back."""
     info: dict[str, Any] = {"name": run.model, "width": run.width}
     if proxy_epochs:
+        proxy_config = dataclasses.replace(run, strategy="full", fraction=None, strategy_params={})
+        identity = proxy_config.identity()
+        path = os.path.join(folder, PROXY)
+        saved = _saved_proxy(path, identity, overwrite)
         began = time.perf_counter()
-        trainer = Trainer(dataclasses.replace(run, strategy="full", fraction=None, strategy_params={}), data=bundle)
-        trainer.fit()
+        trainer = Trainer(proxy_config, data=bundle)
+        if saved is None:
+            trainer.fit()
+            checkpoint.save(path, {"model": trainer.model.state_dict()}, identity)
+        else:
+            trainer.model.load_state_dict(saved)
         times["pretraining"] = time.perf_counter() - began
         model = trainer.model
-        info.update(source="proxy", proxy_epochs=proxy_epochs)
+        info.update(source="proxy", proxy_epochs=proxy_epochs, reused=saved is not None, path=PROXY)
     else:
         torch.manual_seed(run.seed)
         model = models.build(run.model, bundle.num_classes, bundle.input_shape, run.width)
@@ -196,6 +224,18 @@ def _scorer(run: TrainConfig, bundle, weights: Optional[str], proxy_epochs: Opti
             info.update(source="none")
     info["sha256"] = fingerprint(model)
     return model, info
+
+
+def _saved_proxy(path: str, identity: dict, overwrite: bool) -> Optional[dict]:
+    """The weights of an earlier run's proxy of the same configuration, or None (none saved, or
+    ``overwrite``); one of another configuration is refused."""
+    if not os.path.isfile(path) or overwrite:
+        return None
+    try:
+        return checkpoint.load(path, identity)["model"]
+    except checkpoint.CheckpointError as exc:
+        raise ValueError(f"select: {path} is the proxy of another selection ({exc}); use --overwrite to start "
+                         "over") from None
 
 
 def _weights(path: str, name: str, model: torch.nn.Module) -> dict:

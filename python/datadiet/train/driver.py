@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from datadiet._dist import gather_rows, to_cpu, unwrap, world
 from datadiet._seeds import derive_seed
@@ -78,10 +78,12 @@ class Driver:
         self._epoch, self._batch = 0, 0
 
     # -- selection -----------------------------------------------------------------------------
-    def score(self, split: str = "train", model: Optional[nn.Module] = None, **wanted) -> ScoreTable:
+    def score(self, split: str = "train", model: Optional[nn.Module] = None, rows: Optional[range] = None,
+              **wanted) -> ScoreTable:
         """One scoring pass (``Context.score``) over the pool or the held-out split, of the training
         model or of ``model`` (same architecture: its head at the training head's path); the time
-        is booked as scoring."""
+        is booked as scoring. ``rows``: only these samples of the split (a shard; table row r is
+        sample ``rows[r]``)."""
         if split not in ("train", "val"):
             raise ValueError(f"Context.score: split must be 'train' or 'val', got {split!r}")
         if self.task != "classification":
@@ -92,9 +94,11 @@ class Driver:
             raise ValueError("Context.score: this run has no held-out selection split (val_fraction = 0)")
         start = time.perf_counter()
         head = self.head if model is None else self._same_head(model)
-        table = score_dataset(self.model if model is None else model,
-                              self.score_set if split == "train" else self.val_set, head=head,
-                              **wanted, **self._score_kwargs)
+        dataset = self.score_set if split == "train" else self.val_set
+        if rows is not None:  # a shard, indexed from 0
+            dataset = IndexedDataset(Subset(dataset.dataset, rows))
+        table = score_dataset(self.model if model is None else model, dataset, head=head, **wanted,
+                              **self._score_kwargs)
         self.times["scoring"] += time.perf_counter() - start
         return table
 
