@@ -17,6 +17,16 @@ import pytest  # noqa: E402
 
 import datadiet  # noqa: E402
 
+@pytest.fixture(autouse=True)
+def _auto_device_is_cpu_in_process(monkeypatch):
+    """The suite's in-process runs keep to the CPU when no device is named (``device="auto"``, the
+    default, would take a GPU where there is one): tests that want CUDA say so."""
+    import datadiet._dist as dist
+
+    resolve = dist.resolve
+    monkeypatch.setattr(dist, "resolve", lambda device: "cpu" if device == "auto" else resolve(device))
+
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 requires_cuda_kernels = pytest.mark.skipif(
     not (torch.cuda.is_available() and datadiet._extension.compiled_cuda()),

@@ -54,10 +54,13 @@ def test_bad_augment_or_device_is_refused_in_one_line(tmp_path, capsys, argv, me
     assert message in err and err.count("\n") == 1
 
 
-def test_device_auto_is_the_default_and_picks_cuda_when_available(tmp_path):
+def test_device_auto_is_the_default_and_picks_cuda_when_available(monkeypatch):
     assert TrainConfig().device == "auto"
-    assert resolve("auto") == ("cuda" if torch.cuda.is_available() else "cpu") and resolve("cpu") == "cpu"
+    assert resolve("cpu") == "cpu" and resolve("cuda:1") == "cuda:1"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve("auto") == "cpu"
     from datadiet.train.trainer import Trainer
 
-    trainer = Trainer(TrainConfig(epochs=1, progress=False))
-    assert trainer.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert Trainer(TrainConfig(epochs=1, progress=False)).device.type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve("auto") == "cuda"

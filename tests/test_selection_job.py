@@ -23,7 +23,7 @@ DIGITS_TRAIN = 1438
 
 
 def config(out, **kw) -> TrainConfig:
-    base = dict(dataset="digits", model="mlp", epochs=2, batch_size=64, seed=0, progress=False,
+    base = dict(dataset="digits", model="mlp", epochs=2, batch_size=64, seed=0, progress=False, device="cpu",
                 out=None if out is None else str(out))
     return TrainConfig(**{**base, **kw})
 
@@ -104,6 +104,7 @@ def test_random_and_glister_select_without_and_with_a_held_out_split(tmp_path, t
                         progress=False)
     held = gl.manifest["pool"]["held_out"]
     assert held == int(0.1 * DIGITS_TRAIN) and np.isnan(gl.scores["loss"]).sum() == held
+    assert np.isfinite(gl.scores["loss"][gl.indices.numpy()]).all()  # chosen from the pool, by dataset index
 
 
 def test_the_subset_round_trips_and_any_change_is_refused(tmp_path):
@@ -117,8 +118,8 @@ def test_the_subset_round_trips_and_any_change_is_refused(tmp_path):
     with pytest.raises(ValueError, match="this dataset has 10"):
         chosen.subset(torch.utils.data.TensorDataset(torch.zeros(10)))
 
-    text = (folder / "subset.csv").read_text()
-    (folder / "subset.csv").write_text(text.replace(",1.0\n", ",2.0\n", 1))
+    data = (folder / "subset.csv").read_bytes()
+    (folder / "subset.csv").write_bytes(data.replace(b",1.0\r\n", b",2.0\r\n", 1))
     with pytest.raises(ValueError, match="subset.csv does not match the digest"):
         load(str(folder))
 
@@ -319,7 +320,7 @@ def test_a_killed_select_continues_from_its_shards_to_the_same_subset(tmp_path):
     whole = subprocess.run(command("whole"), env=env, capture_output=True, text=True, timeout=300)
     assert whole.returncode == 0, whole.stderr[-2000:]
     proc = subprocess.Popen(command("killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    index = tmp_path / "killed" / "shards" / "index.json"
+    index = tmp_path / "killed" / ".datadiet-shards" / "index.json"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if index.exists() and sum(len(p) for p in json.loads(index.read_text())["passes"].values()) >= 3:
@@ -338,7 +339,7 @@ def test_a_killed_select_continues_from_its_shards_to_the_same_subset(tmp_path):
     assert shards["reused"] >= 3 and shards["scored"] + shards["reused"] == 9
     for name in ("subset.csv", "scores.npz"):
         assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
-    assert not (tmp_path / "killed" / "shards").exists()  # dropped once the subset is written
+    assert not (tmp_path / "killed" / ".datadiet-shards").exists()  # dropped once the subset is written
 
 
 def test_a_proxy_is_trained_once_and_read_back_by_the_same_job(tmp_path):
@@ -355,3 +356,43 @@ def test_a_proxy_is_trained_once_and_read_back_by_the_same_job(tmp_path):
         select_dataset(dataclasses.replace(cfg, lr=0.01), proxy_epochs=2, progress=False)
     fresh = select_dataset(dataclasses.replace(cfg, lr=0.01, overwrite=True), proxy_epochs=2, progress=False)
     assert fresh.manifest["model"]["reused"] is False
+
+
+def test_a_users_files_in_out_are_never_removed_or_overwritten(tmp_path, capsys):
+    out = tmp_path / "sel"
+    (out / "shards").mkdir(parents=True)
+    (out / "shards" / "train-000.tar").write_bytes(b"user data")
+    assert cli(["select", "--strategy", "random", "--fraction", "0.1", "--device", "cpu", "--out", str(out),
+                "--no-progress"]) == 0
+    assert (out / "shards" / "train-000.tar").read_bytes() == b"user data"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "subset.csv").write_text("my own list\n")
+    assert cli(["select", "--strategy", "random", "--fraction", "0.1", "--device", "cpu", "--out", str(mine),
+                "--no-progress"]) == 2
+    assert "holds a previous run (subset.csv)" in capsys.readouterr().err
+    assert (mine / "subset.csv").read_text() == "my own list\n"
+
+
+def test_ids_with_separators_quotes_and_line_breaks_round_trip(tmp_path):
+    ids = ["a,b.jpg", 'q"uote.jpg', "line\nbreak.jpg", "cr\rname.jpg", "caf\udce9.jpg"]  # the last: non-UTF-8 bytes
+    data = files.subset_csv(torch.arange(5), ids, torch.zeros(5, dtype=torch.int64), torch.ones(5))
+    assert files._parse_rows(str(tmp_path), data, 5)[1] == ids
+
+
+def test_train_subset_maps_dataset_indices_past_skipped_samples(tmp_path):
+    """With a sample left out as unreadable the pool is no longer 0..n-1: the subset's dataset
+    indices are mapped to pool positions."""
+    from datadiet.train.datasets import DataBundle
+
+    bundle = load_data("digits")
+    skipped = DataBundle(bundle.train, bundle.train_eval, bundle.test, bundle.num_classes, bundle.input_shape,
+                         bundle.labels, skipped=[{"split": "train", "index": 0, "path": "x", "error": "bad"}])
+    select_dataset(config(tmp_path / "s", strategy="random", fraction=0.05), progress=False)
+    chosen = load(str(tmp_path / "s"))
+    if 0 in chosen.indices.tolist():
+        pytest.skip("the random subset holds sample 0")
+    trainer = Trainer(config(tmp_path / "t", subset=str(tmp_path / "s"), epochs=1), data=skipped)
+    trainer.fit()
+    pool = trainer.train_set.indices
+    assert sorted(pool[i] for i in trainer.driver.strategy.selection.indices.tolist()) == chosen.indices.tolist()

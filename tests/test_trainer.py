@@ -130,7 +130,7 @@ def test_torchvision_model_by_name(tmp_path):
     (dict(model="nope"), "unknown model 'nope'"),
     pytest.param(dict(model="resnet18"), "expect 3-channel images; the dataset has 1", marks=requires_torchvision),
     (dict(optimizer="lbfgs"), "config optimizer = 'lbfgs'"),
-    (dict(amp="fp16"), "float16 autocast needs a CUDA device"),
+    (dict(amp="fp16", device="cpu"), "float16 autocast needs a CUDA device"),
     (dict(strategy="gradmatch", fraction=0.3, model="tests.test_trainer:no_linear"), "has no nn.Linear layer"),
 ])
 def test_bad_configurations_fail_clearly(config, message):

@@ -121,6 +121,7 @@ def ensemble(config: TrainConfig, *, phases: int = 2, n_models: int = 3, warmup_
 def _ensemble(config, schedule, fraction, n_models, warmup_epochs, base, bn, ensemble, grand_inits, grand_epochs,
               member_ranks, log) -> dict:
     data = config.load_data()
+    data.require_test("ensemble", config.dataset)
     datasets.require_classification(config.dataset, "ensemble (GraNd strata of a classifier)", data.task)
     pool = len(pool_split(len(data.train), config.val_fraction, data.unusable_train())[0])
     if n_models > pool:

@@ -168,6 +168,7 @@ def lipt(config: TrainConfig, options: LiptOptions = LiptOptions(), *, data: Opt
 
 def _lipt(config: TrainConfig, options: LiptOptions, strategy, data, device, size: int, rank: int, log) -> dict:
     data = data if data is not None else config.load_data()
+    data.require_test("lipt", config.dataset)
     datasets.require_classification(config.dataset, "lipt (a classifier's gradients select)", data.task)
     started = time.perf_counter()  # like the Trainer's wall, from after loading the data
     pool, held_out = pool_split(len(data.train), config.val_fraction, data.unusable_train())

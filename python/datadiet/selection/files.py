@@ -81,12 +81,12 @@ def sample_ids(dataset: Dataset, indices: Sequence[int]) -> list[str]:
 def subset_csv(indices: torch.Tensor, ids: Sequence[str], labels: torch.Tensor, weights: torch.Tensor) -> bytes:
     """The CSV bytes, rows in dataset order (weights as shortest round-trip decimals)."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = csv.writer(out, lineterminator="\r\n")  # so a name holding \r or \n is quoted
     writer.writerow(COLUMNS)
     order = torch.argsort(indices)
     for j in order.tolist():
         writer.writerow((int(indices[j]), ids[j], int(labels[j]), repr(float(weights[j]))))
-    return out.getvalue().encode("utf-8")
+    return out.getvalue().encode("utf-8", "surrogateescape")  # a non-UTF-8 file name keeps its bytes
 
 
 def scores_npz(scores: dict[str, torch.Tensor]) -> bytes:
@@ -194,7 +194,7 @@ def load(folder: str) -> SelectedSubset:
 
 def _parse_rows(folder: str, table: bytes, samples: int):
     try:
-        rows = list(csv.reader(io.StringIO(table.decode("utf-8"))))
+        rows = list(csv.reader(io.StringIO(table.decode("utf-8", "surrogateescape"), newline="")))
     except (UnicodeDecodeError, csv.Error) as exc:
         raise _refuse(folder, SUBSET, f"is not UTF-8 CSV ({exc})") from None
     if not rows or tuple(rows[0]) != COLUMNS:

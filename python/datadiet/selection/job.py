@@ -33,7 +33,7 @@ from torch.utils.data import Subset
 from datadiet import runfolder
 from datadiet._dist import init as dist_init
 from datadiet.selection import files
-from datadiet.selection.shards import ShardedScores
+from datadiet.selection.shards import FOLDER, INDEX, ShardedScores
 from datadiet.strategies import STRATEGIES as REGISTRY
 from datadiet.strategies import make, parameters
 from datadiet.strategies.pretrained import fingerprint
@@ -63,8 +63,12 @@ def select_dataset(config: TrainConfig, *, weights: Optional[str] = None, proxy_
         if config.overwrite:
             runfolder.remove(config.out, (*files.FILES, PROXY))
         else:
-            # a folder without a manifest is an unfinished job (killed): continued, not refused
-            runfolder.refuse_previous(config.out, runfolder.previous(config.out, (files.MANIFEST,)))
+            # an unfinished job of ours (its shard index or proxy there, no manifest) is continued;
+            # subset files without them are someone else's and refused
+            ours = os.path.exists(os.path.join(config.out, FOLDER, INDEX)) or os.path.exists(
+                os.path.join(config.out, PROXY))
+            runfolder.refuse_previous(config.out, runfolder.previous(
+                config.out, (files.MANIFEST,) if ours else files.FILES))
         _run(config, strategy, needs_val, weights, proxy_epochs, shard_size)
     finally:
         folder.release()
@@ -88,7 +92,7 @@ def _check(config: TrainConfig, weights: Optional[str], proxy_epochs: Optional[i
         if getattr(config, key) is not None:
             raise ValueError(f"select: {key} = {getattr(config, key)!r}: a selection job selects once (no {key})")
     params = config.strategy_kwargs(parameters(config.strategy))
-    for key in ("pretrain_epochs", "repeats", "every", "cache"):
+    for key in ("pretrain_epochs", "repeats", "every", "warm", "source", "cache"):
         if key in params:
             raise ValueError(f"select: strategy parameter {key} = {params[key]!r} is not used here"
                              + (" (use --proxy-epochs)" if key == "pretrain_epochs" else ""))
@@ -138,8 +142,9 @@ def _run(config: TrainConfig, strategy, needs_val: bool, weights: Optional[str],
     fingerprint_ = files.dataset_fingerprint(bundle.train, bundle.labels)
     setting = {"dataset": fingerprint_["sha256"], "pool": int(pool.numel()), "model": model_info["sha256"],
                "strategy": strategy.describe(), "seed": config.seed, "image_size": config.image_size,
-               "shard_size": shard_size}
-    sharded = ShardedScores(config.out, setting, shard_size, driver.score, int(pool.numel()),
+               "shard_size": shard_size, "amp": config.amp, "head": config.head, "channels_last": config.channels_last,
+               "eval_batch_size": config.eval_batch_size, "device": device.type}
+    sharded = ShardedScores(config.out, setting, shard_size, driver.score, int(pool.numel()), device,
                             overwrite=config.overwrite)
     tables = []
 
@@ -173,7 +178,8 @@ def _run(config: TrainConfig, strategy, needs_val: bool, weights: Optional[str],
                  "skipped": [r["index"] for r in bundle.skipped if r["split"] == "train"]},
         "times": times,
         "shards": {"size": shard_size, "scored": sharded.scored, "reused": sharded.reused},
-        "scoring_samples_per_s": (pool.numel() * len(tables) / times["scoring"]) if times["scoring"] > 0 else None,
+        "scoring_samples_per_s": (min(pool.numel(), sharded.scored * shard_size) * len(tables) / times["scoring"])
+        if times["scoring"] > 0 and sharded.scored else None,  # shards read back took no scoring time
         "versions": _versions(),
     }
     written = files.write(config.out, indices=chosen, weights=w.float().cpu(), labels=bundle.labels[chosen],
@@ -201,7 +207,8 @@ def _scorer(run: TrainConfig, bundle, weights: Optional[str], proxy_epochs: Opti
     info: dict[str, Any] = {"name": run.model, "width": run.width}
     if proxy_epochs:
         proxy_config = dataclasses.replace(run, strategy="full", fraction=None, strategy_params={})
-        identity = proxy_config.identity()
+        identity = {**proxy_config.identity(),
+                    "dataset_sha256": files.dataset_fingerprint(bundle.train, bundle.labels)["sha256"]}
         path = os.path.join(folder, PROXY)
         saved = _saved_proxy(path, identity, overwrite)
         began = time.perf_counter()

@@ -3,8 +3,9 @@ started again with the same command scores only what is missing and selects the 
 
 ``ShardedScores(folder, setting, shard_size, score)`` wraps a ``Driver.score``: a pass over the
 training pool is cut into shards of ``shard_size`` samples, scored one at a time (host and device
-memory of one shard), each written to ``folder/shards/<pass>/NNNNN.npz`` (atomically, plain arrays)
-with its SHA-256 in ``folder/shards/index.json``. A shard whose file and digest agree is read back
+memory of one shard while it is scored; the assembled table is the whole pool's), each written to
+``folder/.datadiet-shards/<pass>/NNNNN.npz`` (atomically, plain arrays) with its SHA-256 in
+``folder/.datadiet-shards/index.json``. A shard whose file and digest agree is read back
 instead of scored. ``setting`` (dataset fingerprint, scorer digest, strategy, shard size) is
 recorded in the index: shards of another setting are refused unless the job overwrites them. A
 held-out split is small and scored whole.
@@ -26,15 +27,15 @@ from datadiet import runfolder
 from datadiet.scores.scoring import ScoreTable
 from datadiet.selection.files import sha256
 
-FOLDER = "shards"
+FOLDER = ".datadiet-shards"  # a name no user folder has: removing it never removes the user's files
 INDEX = "index.json"
 
 
 class ShardedScores:
     def __init__(self, folder: str, setting: dict[str, Any], shard_size: int, score: Callable[..., ScoreTable],
-                 pool: int, overwrite: bool = False):
-        self.root, self.setting, self.shard_size, self.score, self.pool = (
-            os.path.join(folder, FOLDER), runfolder.finite(setting), shard_size, score, pool)
+                 pool: int, device: torch.device, overwrite: bool = False):
+        self.root, self.setting, self.shard_size, self.score, self.pool, self.device = (
+            os.path.join(folder, FOLDER), runfolder.finite(setting), shard_size, score, pool, device)
         self.reused = self.scored = 0
         self.index = self._open(overwrite)
 
@@ -77,7 +78,7 @@ class ShardedScores:
             else:
                 self.reused += 1
             parts.append(table)
-        return _concat(parts)
+        return _concat(parts, self.device) if parts else self.score(split="train", model=model, **wanted)
 
     @staticmethod
     def _read(path: str, digest, rows: int):
@@ -103,6 +104,7 @@ def _to_npz(table: ScoreTable) -> bytes:
     return buffer.getvalue()
 
 
-def _concat(parts: list[ScoreTable]) -> ScoreTable:
+def _concat(parts: list[ScoreTable], device: torch.device) -> ScoreTable:
+    """One table on the scoring device, as an unsharded pass returns it."""
     names = [k for k, v in vars(parts[0]).items() if v is not None]
-    return ScoreTable(**{k: torch.cat([getattr(p, k).cpu() for p in parts]) for k in names})
+    return ScoreTable(**{k: torch.cat([getattr(p, k).to(device) for p in parts]) for k in names})

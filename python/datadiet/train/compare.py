@@ -49,6 +49,7 @@ def run(base: TrainConfig, names: list[str], fractions: list[float], seeds: list
     writes = world()[1] == 0  # under torchrun every rank trains; rank 0 writes
     with runfolder.on_rank0(lambda: _open(out, base)) as done:
         data = data if data is not None else base.load_data()  # once for every cell
+        data.require_test("compare", base.dataset)
         datasets.require_classification(base.dataset, "compare (it ranks test accuracy)", data.task)
         runs = []
         for config in cells:

@@ -65,6 +65,13 @@ class DataBundle:
     task: str = "classification"
     skipped: list = field(default_factory=list)  # unreadable samples left out: {split, index, path, error}
 
+    def require_test(self, what: str, spec: str) -> None:
+        """Refuses a dataset without a test split (a features file without test arrays) for ``what``,
+        which reports test accuracy."""
+        if len(self.test) == 0:  # type: ignore[arg-type]
+            raise ValueError(f"{what} reports test accuracy; dataset {spec!r} has no test split (give the features "
+                             "file test_features and test_labels)")
+
     def unusable_train(self) -> list[int]:
         """Training indices no pass may read (unreadable files left out by ``skip_bad``)."""
         return [r["index"] for r in self.skipped if r["split"] == "train"]

@@ -93,6 +93,8 @@ class Trainer:
             _check_subset(self.subset, bundle)
         val_fraction = 0.0 if self.subset is not None else config.val_fraction  # a subset indexes the whole split
         pool, held_out = pool_split(len(bundle.train), val_fraction, bundle.unusable_train())
+        if self.subset is not None:  # dataset indices -> positions in the pool (skipped samples are not in it)
+            strategy.indices = torch.searchsorted(pool, self.subset.indices)
         self.skipped = bundle.skipped
         self.train_set = Subset(bundle.train, pool.tolist())
         val_set = Subset(bundle.train_eval, held_out.tolist()) if held_out.numel() else None
