@@ -91,7 +91,7 @@ def test_weights_from_a_run_folder_its_checkpoint_or_a_state_dict_agree(tmp_path
         chosen = select_dataset(config(tmp_path / f"s{i}", strategy="margin", fraction=0.1), weights=str(weights),
                                 progress=False)
         assert chosen.manifest["model"]["source"] == "weights"
-        picks.append((chosen.indices, chosen.manifest["model"]["sha256"]))
+        picks.append((chosen.indices, chosen.manifest["model"]["fingerprint"]))
     assert all(torch.equal(p[0], picks[0][0]) and p[1] == picks[0][1] for p in picks)
 
 
@@ -255,7 +255,7 @@ def test_features_files_are_checked(tmp_path, content, message):
 def test_features_files_never_run_code(tmp_path):
     x, y = embeddings()
     np.savez(tmp_path / "obj.npz", features=x.numpy(), labels=y.numpy(), ids=np.array([{"a": 1}] * 300, dtype=object))
-    with pytest.raises(ValueError, match="other than plain arrays"):
+    with pytest.raises(ValueError, match="other than named plain arrays"):
         load_data(f"features:{tmp_path / 'obj.npz'}")
 
     class Boom:
@@ -349,8 +349,8 @@ def test_a_proxy_is_trained_once_and_read_back_by_the_same_job(tmp_path):
     os.remove(tmp_path / "s" / "manifest.json")  # as if killed before the manifest was written
     again = select_dataset(cfg, proxy_epochs=2, progress=False)
     assert again.manifest["model"]["reused"] is True
-    assert torch.equal(again.indices, first.indices) and again.manifest["model"]["sha256"] == first.manifest["model"][
-        "sha256"]
+    assert torch.equal(again.indices, first.indices) and again.manifest["model"]["fingerprint"] == first.manifest[
+        "model"]["fingerprint"]
     os.remove(tmp_path / "s" / "manifest.json")
     with pytest.raises(ValueError, match="proxy of another selection"):
         select_dataset(dataclasses.replace(cfg, lr=0.01), proxy_epochs=2, progress=False)
@@ -396,3 +396,18 @@ def test_train_subset_maps_dataset_indices_past_skipped_samples(tmp_path):
     trainer.fit()
     pool = trainer.train_set.indices
     assert sorted(pool[i] for i in trainer.driver.strategy.selection.indices.tolist()) == chosen.indices.tolist()
+
+
+def test_features_npz_oddities_are_one_line_errors(tmp_path):
+    x, y = embeddings()
+    np.save(tmp_path / "one.npy", x.numpy())
+    os.replace(tmp_path / "one.npy", tmp_path / "one.npz")
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not a zip")
+    np.savez(tmp_path / "ids2d.npz", features=x.numpy(), labels=y.numpy(), ids=np.zeros((300, 2)))
+    np.savez(tmp_path / "idsbytes.npz", features=x.numpy(), labels=y.numpy(), ids=np.array([b"a%d" % i for i in
+                                                                                        range(300)]))
+    for name, message in (("one.npz", "named plain arrays"), ("broken.npz", "not a readable .npz"),
+                          ("ids2d.npz", "ids must be a 1-D array of strings")):
+        with pytest.raises(ValueError, match=message):
+            load_data(f"features:{tmp_path / name}")
+    assert load_data(f"features:{tmp_path / 'idsbytes.npz'}").train.ids[:2] == ["a0", "a1"]

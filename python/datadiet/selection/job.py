@@ -140,7 +140,7 @@ def _run(config: TrainConfig, strategy, needs_val: bool, weights: Optional[str],
                     autocast_dtype={"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp],
                     run=run.identity())
     fingerprint_ = files.dataset_fingerprint(bundle.train, bundle.labels)
-    setting = {"dataset": fingerprint_["sha256"], "pool": int(pool.numel()), "model": model_info["sha256"],
+    setting = {"dataset": fingerprint_["sha256"], "pool": int(pool.numel()), "model": model_info["fingerprint"],
                "strategy": strategy.describe(), "seed": config.seed, "image_size": config.image_size,
                "shard_size": shard_size, "amp": config.amp, "head": config.head, "channels_last": config.channels_last,
                "eval_batch_size": config.eval_batch_size, "device": device.type}
@@ -229,7 +229,7 @@ def _scorer(run: TrainConfig, bundle, weights: Optional[str], proxy_epochs: Opti
             info.update(source="weights", path=os.path.abspath(weights))
         else:
             info.update(source="none")
-    info["sha256"] = fingerprint(model)
+    info["fingerprint"] = fingerprint(model)  # a digest of every parameter and buffer
     return model, info
 
 

@@ -126,7 +126,9 @@ class TrainConfig:
                              augment=self.augment)
 
     def identity(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_IDENTITY}
+        # augment and subset appear only when set, so runs from before these options still resume
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in _NOT_IDENTITY and not (k in ("augment", "subset") and v is None)}
 
     def strategy_kwargs(self, accepted: dict) -> dict[str, Any]:
         """``strategy_params`` plus ``fraction`` / ``every`` / ``warm``; one the strategy does not

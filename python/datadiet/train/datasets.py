@@ -303,14 +303,22 @@ def _features(spec: str, path: str) -> DataBundle:
                              f"got {int(labels.min())}..{int(labels.max())}")
     if classes < 2:
         raise ValueError(f"dataset {spec!r}: labels hold 1 class; classification needs at least 2")
-    ids = arrays.get("ids")
-    if ids is not None:
-        ids = [str(v) for v in ids.tolist()] if hasattr(ids, "tolist") else [str(v) for v in ids]
-        if len(ids) != x.shape[0]:
-            raise ValueError(f"dataset {spec!r}: ids has {len(ids)} entries, features {x.shape[0]} rows")
+    ids = _ids(spec, arrays.get("ids"), x.shape[0])
     train = FeatureRows(x, y, ids)
     test = TensorDataset(tx, ty) if tx is not None else TensorDataset(x[:0], y[:0])
     return DataBundle(train, train, test, classes, (x.shape[1],), y)
+
+
+def _ids(spec: str, ids, rows: int) -> Optional[list[str]]:
+    """A features file's ``ids``: one string (or UTF-8 bytes) per row, or None."""
+    if ids is None:
+        return None
+    values = ids.tolist() if hasattr(ids, "tolist") else ids
+    if not isinstance(values, (list, tuple)) or not all(isinstance(v, (str, bytes)) for v in values):
+        raise ValueError(f"dataset {spec!r}: ids must be a 1-D array of strings, one per row")
+    if len(values) != rows:
+        raise ValueError(f"dataset {spec!r}: ids has {len(values)} entries, features {rows} rows")
+    return [v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v for v in values]
 
 
 def _read_arrays(spec: str, path: str) -> dict:
@@ -318,13 +326,18 @@ def _read_arrays(spec: str, path: str) -> dict:
     import numpy as np
 
     if path.endswith(".npz"):
+        import zipfile
+
         try:
-            with np.load(path, allow_pickle=False) as data:
+            data = np.load(path, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):  # a lone .npy array under an .npz name
+                raise ValueError("one array, not named arrays")
+            with data:
                 return {k: data[k] for k in data.files}
         except ValueError as exc:  # an object array needs pickle: refused
-            raise ValueError(f"dataset {spec!r}: holds something other than plain arrays ({exc})") from None
-        except (OSError, EOFError) as exc:
-            raise ValueError(f"dataset {spec!r}: not a readable .npz file ({exc})") from None
+            raise ValueError(f"dataset {spec!r}: holds something other than named plain arrays ({exc})") from None
+        except (OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"dataset {spec!r}: not a readable .npz file ({type(exc).__name__})") from None
     if path.endswith(".pt"):
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)

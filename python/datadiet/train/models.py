@@ -51,6 +51,8 @@ def check_name(name: str, option: str = "model") -> None:
 
 def build(name: str, num_classes: int, input_shape: tuple, width: int = 0) -> nn.Module:
     if name == "linear":
+        if width:
+            raise ValueError(f"config width = {width}: model 'linear' is one layer, it has no width (drop --width)")
         return linear(num_classes, input_shape)
     if name in ("mlp", "cnn"):
         if len(input_shape) != 3 and name == "cnn":

@@ -106,6 +106,8 @@ class Trainer:
         if initial_state is not None:
             self.model.load_state_dict(initial_state)
         self.identity = {**config.identity(), "strategy_object": strategy.describe()}
+        if self.subset is not None:  # the recorded samples themselves, not only the folder's name
+            self.identity["subset_sha256"] = self.subset.manifest["files"]["subset.csv"]
         self.driver = Driver(strategy, self.model, self.train_set, bundle.labels[pool], num_classes=self.num_classes,
                              epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, lr=config.lr,
                              device=self.device, workers=config.workers, val_set=val_set,
