@@ -88,14 +88,12 @@ def _check(config: TrainConfig, weights: Optional[str], proxy_epochs: Optional[i
         raise ValueError(f"select: strategy {config.strategy!r} is not one-shot; choose one of {', '.join(STRATEGIES)}")
     if config.fraction is None:
         raise ValueError("select: give --fraction, the share of the dataset to keep, in (0, 1]")
-    for key in ("every", "warm"):
-        if getattr(config, key) is not None:
-            raise ValueError(f"select: {key} = {getattr(config, key)!r}: a selection job selects once (no {key})")
-    params = config.strategy_kwargs(parameters(config.strategy))
-    for key in ("pretrain_epochs", "repeats", "every", "warm", "source", "cache"):
+    params = config.strategy_kwargs(parameters(config.strategy))  # with --every / --warm, if given
+    for key, why in (("pretrain_epochs", "use --proxy-epochs"), ("repeats", "one scorer"),
+                     ("every", "a selection job selects once"), ("warm", "a selection job selects once"),
+                     ("source", "scores come from a scoring pass"), ("cache", "a train option")):
         if key in params:
-            raise ValueError(f"select: strategy parameter {key} = {params[key]!r} is not used here"
-                             + (" (use --proxy-epochs)" if key == "pretrain_epochs" else ""))
+            raise ValueError(f"select: {key} = {params[key]!r} is not used here ({why})")
     datasets.require_classification(config.dataset, "select")
     scored = config.strategy != "random"
     if weights is not None and proxy_epochs is not None:
@@ -129,7 +127,9 @@ def _run(config: TrainConfig, strategy, needs_val: bool, weights: Optional[str],
     pool, held_out = pool_split(len(bundle.train), val_fraction, bundle.unusable_train())
     run = dataclasses.replace(config, val_fraction=val_fraction, out=None, overwrite=False,
                               epochs=proxy_epochs or 1)
-    model, model_info = _scorer(run, bundle, weights, proxy_epochs, times, config.out, config.overwrite)
+    fingerprint_ = files.dataset_fingerprint(bundle.train, bundle.labels)
+    model, model_info = _scorer(run, bundle, fingerprint_["sha256"], weights, proxy_epochs, times, config.out,
+                                config.overwrite)
     device = dist_init(config.device, config.dist_timeout)
     driver = Driver(strategy, model.to(device), Subset(bundle.train, pool.tolist()), bundle.labels[pool],
                     num_classes=bundle.num_classes, epochs=1, batch_size=config.batch_size, seed=config.seed,
@@ -139,7 +139,6 @@ def _run(config: TrainConfig, strategy, needs_val: bool, weights: Optional[str],
                     score_batch_size=config.eval_batch_size, channels_last=config.channels_last,
                     autocast_dtype={"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp],
                     run=run.identity())
-    fingerprint_ = files.dataset_fingerprint(bundle.train, bundle.labels)
     setting = {"dataset": fingerprint_["sha256"], "pool": int(pool.numel()), "model": model_info["fingerprint"],
                "strategy": strategy.describe(), "seed": config.seed, "image_size": config.image_size,
                "shard_size": shard_size, "amp": config.amp, "head": config.head, "channels_last": config.channels_last,
@@ -200,15 +199,14 @@ def strategy_params(strategy) -> dict[str, Any]:
     return runfolder.finite(out)
 
 
-def _scorer(run: TrainConfig, bundle, weights: Optional[str], proxy_epochs: Optional[int], times: dict,
-            folder: str, overwrite: bool):
+def _scorer(run: TrainConfig, bundle, dataset_sha256: str, weights: Optional[str], proxy_epochs: Optional[int],
+            times: dict, folder: str, overwrite: bool):
     """The model the strategy scores and what identifies it in the manifest. A proxy is trained
     once and kept in ``folder/proxy.pt``; a later run of the same job reads it back."""
     info: dict[str, Any] = {"name": run.model, "width": run.width}
     if proxy_epochs:
         proxy_config = dataclasses.replace(run, strategy="full", fraction=None, strategy_params={})
-        identity = {**proxy_config.identity(),
-                    "dataset_sha256": files.dataset_fingerprint(bundle.train, bundle.labels)["sha256"]}
+        identity = {**proxy_config.identity(), "dataset_sha256": dataset_sha256}
         path = os.path.join(folder, PROXY)
         saved = _saved_proxy(path, identity, overwrite)
         began = time.perf_counter()
