@@ -18,6 +18,7 @@ from datadiet.strategies import FixedSubset
 from datadiet.train.config import TrainConfig
 from datadiet.train.datasets import load as load_data
 from datadiet.train.trainer import Trainer
+from train_fixtures import image_folder, requires_torchvision
 
 DIGITS_TRAIN = 1438
 
@@ -415,3 +416,29 @@ def test_features_npz_oddities_are_one_line_errors(tmp_path):
         with pytest.raises(ValueError, match=message):
             load_data(f"features:{tmp_path / name}")
     assert load_data(f"features:{tmp_path / 'idsbytes.npz'}").train.ids[:2] == ["a0", "a1"]
+
+
+@requires_torchvision
+def test_an_image_folder_selection_names_its_files_and_scores_at_a_smaller_size(tmp_path, capsys):
+    from PIL import Image
+
+    from datadiet.train.images import read_rgb
+
+    image_folder(tmp_path / "imgs", per_class=8, size=24)
+    spec = f"imagefolder:{tmp_path / 'imgs'}"
+    common = ["select", "--dataset", spec, "--model", "cnn", "--strategy", "el2n", "--fraction", "0.5",
+              "--proxy-epochs", "1", "--image-size", "24", "--device", "cpu", "--no-progress"]
+    assert cli([*common, "--out", str(tmp_path / "full")]) == 0
+    assert cli([*common, "--score-image-size", "12", "--out", str(tmp_path / "small")]) == 0
+    full, small = load(str(tmp_path / "full")), load(str(tmp_path / "small"))
+    assert full.manifest["dataset"]["by"] == "files" and small.manifest["dataset"]["score_image_size"] == 12
+    assert all(os.path.isfile(i) and i.startswith(str(tmp_path / "imgs" / "train")) for i in full.ids)
+    assert full.manifest["model"]["fingerprint"] == small.manifest["model"]["fingerprint"]  # the same proxy
+    assert not np.array_equal(full.scores["loss"], small.scores["loss"])  # other pixels scored
+    assert cli([*common[:-1], "--dataset", "digits", "--score-image-size", "12", "--out", str(tmp_path / "d")]) == 2
+    assert "--score-image-size applies to imagefolder" in capsys.readouterr().err
+    # JPEGs decode at a reduced scale in draft mode; the size asked for is a lower bound
+    Image.new("RGB", (500, 375), (200, 30, 30)).save(tmp_path / "big.jpg", quality=90)
+    assert read_rgb(str(tmp_path / "big.jpg")).size == (500, 375)
+    small_jpeg = read_rgb(str(tmp_path / "big.jpg"), draft=64)
+    assert small_jpeg.size == (125, 94) and small_jpeg.mode == "RGB"

@@ -132,6 +132,8 @@ def main(argv=None) -> int:
                         "state_dict file of --model")
     select.add_argument("--proxy-epochs", type=int, default=None, metavar="E",
                         help="score with a proxy trained E epochs on the whole pool first (its time is pre-training)")
+    select.add_argument("--score-image-size", type=int, default=None, metavar="S",
+                        help="imagefolder: score at S pixels instead of --image-size (JPEGs decoded at reduced scale)")
     select.add_argument("--shard-size", type=int, default=65536, metavar="N",
                         help="samples per scoring shard kept on disk (a killed select continues from them)")
     select.set_defaults(out="select_out")
@@ -281,7 +283,8 @@ def _run(args, compare_module, config_from_args, parse_params) -> int:
 def _select(args, config) -> int:
     from datadiet.selection import select_dataset
 
-    chosen = select_dataset(config, weights=args.weights, proxy_epochs=args.proxy_epochs, shard_size=args.shard_size)
+    chosen = select_dataset(config, weights=args.weights, proxy_epochs=args.proxy_epochs, shard_size=args.shard_size,
+                            score_image_size=args.score_image_size)
     m = chosen.manifest
     times = ", ".join(f"{k} {v:.2f} s" for k, v in m["times"].items())
     rate = m["scoring_samples_per_s"]

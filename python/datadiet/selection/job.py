@@ -24,11 +24,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import sys
 import time
 from typing import Any, Optional
 
 import torch
 from torch.utils.data import Subset
+from tqdm import tqdm
 
 from datadiet import runfolder
 from datadiet._dist import init as dist_init
@@ -50,14 +52,19 @@ PROXY = "proxy.pt"
 
 
 def select_dataset(config: TrainConfig, *, weights: Optional[str] = None, proxy_epochs: Optional[int] = None,
-                   shard_size: int = 65536, progress: bool = True) -> files.SelectedSubset:
+                   shard_size: int = 65536, score_image_size: Optional[int] = None,
+                   progress: bool = True) -> files.SelectedSubset:
     """Selects ``config.fraction`` of ``config.dataset`` with ``config.strategy`` and writes it to
     ``config.out`` (module docstring); returns what ``files.load(config.out)`` returns.
-    ``shard_size``: samples per scoring shard kept on disk."""
+    ``shard_size``: samples per scoring shard kept on disk; ``score_image_size``: an image folder's
+    scoring pass at this size instead of ``image_size`` (JPEGs decoded at reduced scale)."""
     config = dataclasses.replace(config, progress=progress and config.progress)
     strategy, needs_val = _check(config, weights, proxy_epochs)
-    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
-        raise ValueError(f"select: --shard-size {shard_size!r}: must be an int >= 1")
+    for option, value, most in (("--shard-size", shard_size, 1 << 40), ("--score-image-size", score_image_size, 4096)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most):
+            raise ValueError(f"select: {option} {value!r}: must be an int in [1, {most}]")
+    if score_image_size is not None and not config.dataset.startswith("imagefolder:"):
+        raise ValueError(f"select: --score-image-size applies to imagefolder: datasets; {config.dataset!r} is not one")
     folder = runfolder.claim(config.out)
     try:
         if config.overwrite:
@@ -69,7 +76,7 @@ def select_dataset(config: TrainConfig, *, weights: Optional[str] = None, proxy_
                 os.path.join(config.out, PROXY))
             runfolder.refuse_previous(config.out, runfolder.previous(
                 config.out, (files.MANIFEST,) if ours else files.FILES))
-        _run(config, strategy, needs_val, weights, proxy_epochs, shard_size)
+        _run(config, strategy, needs_val, weights, proxy_epochs, shard_size, score_image_size)
     finally:
         folder.release()
     return files.load(config.out)
@@ -118,7 +125,7 @@ def _check(config: TrainConfig, weights: Optional[str], proxy_epochs: Optional[i
 
 
 def _run(config: TrainConfig, strategy, needs_val: bool, weights: Optional[str], proxy_epochs: Optional[int],
-         shard_size: int) -> dict[str, Any]:
+         shard_size: int, score_image_size: Optional[int]) -> dict[str, Any]:
     times = {"loading": 0.0, "pretraining": 0.0, "scoring": 0.0, "selection": 0.0}
     start = time.perf_counter()
     bundle = config.load_data()
@@ -135,14 +142,17 @@ def _run(config: TrainConfig, strategy, needs_val: bool, weights: Optional[str],
                     num_classes=bundle.num_classes, epochs=1, batch_size=config.batch_size, seed=config.seed,
                     lr=config.lr, device=device, workers=config.workers,
                     val_set=Subset(bundle.train_eval, held_out.tolist()) if held_out.numel() else None,
-                    score_set=Subset(bundle.train_eval, pool.tolist()), head=config.head,
+                    score_set=Subset(bundle.train_eval if score_image_size is None else
+                                     datasets.scoring_view(bundle, config.dataset, score_image_size), pool.tolist()),
+                    head=config.head, progress=_bar(config),
                     score_batch_size=config.eval_batch_size, channels_last=config.channels_last,
                     autocast_dtype={"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp],
                     run=run.identity())
     setting = {"dataset": fingerprint_["sha256"], "pool": int(pool.numel()), "model": model_info["fingerprint"],
                "strategy": strategy.describe(), "seed": config.seed, "image_size": config.image_size,
                "shard_size": shard_size, "amp": config.amp, "head": config.head, "channels_last": config.channels_last,
-               "eval_batch_size": config.eval_batch_size, "device": device.type}
+               "eval_batch_size": config.eval_batch_size, "device": device.type,
+               "score_image_size": score_image_size}
     sharded = ShardedScores(config.out, setting, shard_size, driver.score, int(pool.numel()), device,
                             overwrite=config.overwrite)
     tables = []
@@ -169,7 +179,8 @@ def _run(config: TrainConfig, strategy, needs_val: bool, weights: Optional[str],
             values[pool] = getattr(table, name).float().cpu()
             scores[name] = values
     manifest = {
-        "dataset": {"spec": config.dataset, "image_size": config.image_size, **fingerprint_},
+        "dataset": {"spec": config.dataset, "image_size": config.image_size, "score_image_size": score_image_size,
+                    **fingerprint_},
         "model": model_info,
         "strategy": {"name": config.strategy, "params": strategy_params(strategy), "fraction": config.fraction,
                      "seed": config.seed, "describe": strategy.describe()},
@@ -185,6 +196,15 @@ def _run(config: TrainConfig, strategy, needs_val: bool, weights: Optional[str],
                           ids=files.sample_ids(bundle.train, chosen.tolist()), scores=scores, manifest=manifest)
     sharded.remove()
     return written
+
+
+def _bar(config: TrainConfig):
+    """A tqdm over the scoring batches counting samples (so its rate is samples/s) when stderr is a
+    terminal; None (no bar) otherwise."""
+    if not (config.progress and sys.stderr.isatty()):
+        return None
+    return lambda batches, **kw: tqdm(batches, desc="scoring", unit="sample", unit_scale=config.eval_batch_size,
+                                      leave=False, **kw)
 
 
 def strategy_params(strategy) -> dict[str, Any]:

@@ -350,6 +350,17 @@ def _read_arrays(spec: str, path: str) -> dict:
     raise ValueError(f"dataset {spec!r}: a features file must end in .npz or .pt")
 
 
+def scoring_view(bundle: DataBundle, spec: str, size: int):
+    """``bundle.train_eval`` of an image folder at another image size, for a faster scoring pass
+    (JPEGs decoded at reduced scale)."""
+    if not spec.startswith("imagefolder:"):
+        raise ValueError(f"--score-image-size applies to imagefolder: datasets; {spec!r} is not one")
+    transforms = torchvision("--score-image-size").transforms
+    from datadiet.train.images import scoring_view as view
+
+    return view(bundle.train_eval, size, transforms, transforms.Normalize(*bundle.normalization))
+
+
 def _with_transform(dataset, transform):
     """The same samples (no second folder scan or file read) seen through other transforms."""
     view = copy.copy(dataset)
