@@ -1,4 +1,4 @@
-"""Seed 000's ensemble pipeline on CPU, one run: per phase, the ensemble's own work (the GraNd
+"""The difficulty-ensembles study's ensemble pipeline on CPU, one run: per phase, the ensemble's own work (the GraNd
 scoring pass and the merge) as a fraction of the phase's training time (target ≤ 5%), and the
 ensemble against the no-ensemble baseline at the same budget (accuracy, wall time)."""
 

@@ -1,4 +1,4 @@
-"""Seed 001's pre-training tax on CPU, one run: LiPT's pre-training (workers, merge, head fit)
+"""The LiPT study's pre-training tax on CPU, one run: LiPT's pre-training (workers, merge, head fit)
 against the GraNd pre-training it replaces (``repeats`` proxy models, each ``pretrain_epochs``
 epochs on the full pool; the GraNd paper averages 10), the ratio the seed reports as 15×, and
 both runs' test accuracy after the same main training on the GraNd subset."""

@@ -1,7 +1,7 @@
 """Model merging on resnet18- and resnet50-sized parameter lists (torchvision, random init):
 
 - ``magnitude_prune_`` (global, density 0.9, the conv/linear weights) vs
-  ``torch.nn.utils.prune.global_unstructured(L1Unstructured, amount=0.1)`` — what seeds 000/001's
+  ``torch.nn.utils.prune.global_unstructured(L1Unstructured, amount=0.1)`` — what the ensembles' and LiPT's
   code runs — on fresh copies of the model each time, and the extra peak memory of each: on CPU
   measured in a child process as the rise of its peak RSS over the model's own footprint, on
   CUDA (``--device cuda``) as the rise of allocated GPU memory;

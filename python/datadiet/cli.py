@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     compare.add_argument("--resume", dest="compare_resume", default=None, metavar="DIR",
                          help="continue the compare in DIR (= --out DIR): its finished cells are reused")
     compare.set_defaults(out="compare_out")
-    ens = sub.add_parser("ensemble", help="seed 000: ensembles on difficulty subsets (or --no-ensemble baseline)")
+    ens = sub.add_parser("ensemble", help="ensembles on difficulty subsets (or the --no-ensemble baseline)")
     add_train_options(ens, skip=("strategy", "every", "warm", "resume", "checkpoint_every", "subset"))
     ens.add_argument("--phases", type=int, default=2)
     ens.add_argument("--members", type=int, default=3, help="ensemble size, one GraNd difficulty stratum each")
@@ -161,17 +161,17 @@ def main(argv=None) -> int:
                      help="under torchrun: one member per rank, merged by one all_reduce (--no-member-ranks: "
                      "members one after another, each a DDP run)")
     ens.set_defaults(epochs=60, fraction=0.3, out="ensemble_out")
-    lip = sub.add_parser("lipt", help="seed 001: LiPT pre-training by merged jigsaw workers, then selection and "
+    lip = sub.add_parser("lipt", help="LiPT: pre-training by merged jigsaw workers, then selection and "
                          "training on the subset")
     add_train_options(lip, skip=("resume", "checkpoint_every", "subset"))
     _add_lipt_options(lip)
     lip.add_argument("--against-usual", action="store_true",
                      help="also run the strategy with its own full-data pre-training (GraNd's proxy models) and "
-                     "print both time breakdowns (the seed's Table 1)")
+                     "print both time breakdowns (the LiPT paper's Table 1)")
     lip.add_argument("--usual-param", action="append", default=[], metavar="KEY=VALUE",
                      help="a strategy parameter of that run only (e.g. repeats=10)")
     lip.set_defaults(strategy="grand", fraction=0.1, epochs=30, out="lipt_out")
-    rep = sub.add_parser("reproduce", help="a miniature reproduction of a seed's claim")
+    rep = sub.add_parser("reproduce", help="a miniature reproduction of a paper's claim")
     rep.add_argument("claim", choices=tuple(CLAIMS))
     add_train_options(rep, skip=("strategy", "fraction", "every", "warm", "resume", "checkpoint_every", "seed",
                                   "subset"))

@@ -2,7 +2,7 @@
 package (scikit-learn's handwritten digits), score every training sample with
 ``datadiet.ce_scores``, report what the scores say, select subsets with the selection ops and
 retrain on them, then merge members fine-tuned on difficulty strata into soups and prune one
-(seed 000's ensembles in miniature).
+(the difficulty ensembles in miniature).
 
 Some training labels are flipped on purpose (``--label-noise``); difficulty scores should
 rank those samples first, which is what data pruning and noisy-label filtering rely on:

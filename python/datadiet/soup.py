@@ -1,4 +1,4 @@
-"""Model soups (Wortsman et al.; used by seed 000's difficulty ensembles and seed 001's LiPT):
+"""Model soups (Wortsman et al.; used by the difficulty ensembles and LiPT):
 uniform, streaming and greedy (optionally interpolated) averages of models that share an
 architecture, on ``nn.Module``s or state dicts, over the fused ``datadiet.ops.average_`` /
 ``lerp_`` kernels.

@@ -1,4 +1,4 @@
-"""``stratified_select``: the difficulty classes of "ensembling on difficulty subsets" (seed 000).
+"""``stratified_select``: the difficulty classes of "ensembling on difficulty subsets".
 
 Samples are ordered by score, cut into S contiguous strata of near-equal size, and a fraction
 of each stratum is taken — at random or its top. A composition of the two selection kernels

@@ -1,13 +1,12 @@
-"""Seed 003's detection experiment: Selective-Backprop on an SSD detector
-(``../shared/notes/algorithms.md`` §5).
+"""The Cached-GradMatch study's detection experiment: Selective-Backprop on an SSD detector.
 
 - ``build_model``, ``per_image_losses`` (``detection_model``): SSD and its loss split by image.
 - ``mean_average_precision``: COCO's AP (101-point interpolated, greedy matching by score).
 - ``train_detection``: AdamW with a cosine schedule, with or without Selective-Backprop.
 
-Selective-Backprop (Composer's schedule, seed 003's Algorithm 1): a step whose training progress
+Selective-Backprop (Composer's schedule, the Cached-GradMatch study's Algorithm 1): a step whose training progress
 is in [``start``, ``end``) and which is not an ``interrupt``-th step (``interrupt=0``: none is)
-first runs ``per_image_losses`` (``normalise="batch"``: the seed's per-image sum of box losses) on
+first runs ``per_image_losses`` (``normalise="batch"``: the paper's per-image sum of box losses) on
 the whole batch under ``torch.no_grad`` with the model in eval mode — BatchNorm uses and keeps its
 running statistics, so the selection pass leaves the model untouched — then ``SelectiveBackpropSelector``
 picks images and the model's own train-mode loss on those images alone is back-propagated. Other

@@ -1,4 +1,4 @@
-"""A small synthetic detection set for seed 003's experiment on CPU: solid-coloured rectangles,
+"""A small synthetic detection set for the Cached-GradMatch study's experiment on CPU: solid-coloured rectangles,
 ellipses and triangles on a noise background, with their boxes.
 
 Every image is drawn from its own ``torch.Generator`` seeded by ``derive_seed(seed, index)``, so

@@ -1,4 +1,4 @@
-"""SSD detectors for seed 003's experiment and their loss split by image.
+"""SSD detectors for the Cached-GradMatch study's experiment and their loss split by image.
 
 ``build_model`` returns a torchvision ``SSD`` with no pre-trained weights at a fixed input size of
 ``image_size``² (anchors follow the feature maps, so they scale with it), at most 100

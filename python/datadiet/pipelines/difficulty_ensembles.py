@@ -1,5 +1,4 @@
-"""Seed 000: ensembles on difficulty subsets, as stages of the ``Trainer``
-(``../shared/notes/algorithms.md`` §7).
+"""Ensembles on difficulty subsets, as stages of the ``Trainer``.
 
 A budget of ``epochs`` is spent as: ``warmup_epochs`` on the full pool with a linearly rising
 learning rate, then ``phases`` phases. Each phase (a) trains the current model on a base subset
@@ -85,7 +84,7 @@ def _cosine(t: float) -> float:
 def ensemble(config: TrainConfig, *, phases: int = 2, n_models: int = 3, warmup_epochs: int = 1,
              base: str = "random", bn: str = "average", ensemble: bool = True, grand_inits: int = 0,
              grand_epochs: int = 1, member_ranks: bool = True, log=print) -> dict:
-    """Runs seed 000's schedule (module docstring) with ``config``'s data, model, optimiser, seed
+    """Runs the difficulty-ensembles study's schedule (module docstring) with ``config``'s data, model, optimiser, seed
     and ``fraction`` (default 0.3); returns (and with ``config.out`` writes ``ensemble.json``) the
     accuracy and wall time of every phase. ``grand_inits`` > 0: the strata come from GraNd averaged
     over that many fresh initialisations each trained ``grand_epochs`` on the full pool (the GraNd

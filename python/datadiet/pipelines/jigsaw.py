@@ -1,4 +1,4 @@
-"""The pieces of LiPT's local worker training (seed 001): a fixed set of tile permutations, images
+"""The pieces of LiPT's local worker training (the LiPT study): a fixed set of tile permutations, images
 cut into a ``grid × grid`` jigsaw and re-assembled in a permuted order (the self-supervised task:
 predict which permutation of the set was applied), strong per-image RandAugment, and swapping a
 model's classification layer for another head on the same features.

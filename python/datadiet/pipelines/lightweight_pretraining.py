@@ -1,5 +1,4 @@
-"""Seed 001, LiPT: lightweight distributed pre-training for gradient-based subset selection
-(``../shared/notes/algorithms.md`` §8), over the ``Trainer``.
+"""LiPT: lightweight distributed pre-training for gradient-based subset selection, over the ``Trainer``.
 
 1. ``n_workers`` workers start from one initial model θ*. Worker w gets ``worker_batches`` (M)
    disjoint random minibatches of ``worker_batch_size`` from the training pool (together

@@ -1,4 +1,4 @@
-"""Seed 002, Tables 3–4 in miniature: does AdaSelection rank best on average against each of its
+"""The AdaSelection paper, Tables 3–4 in miniature: does AdaSelection rank best on average against each of its
 candidate methods used alone, over sampling rates 0.1–0.5, on a classification task and on a
 regression task? Classification: the ``Trainer`` on the embedded digits with
 ``adaselection`` (each candidate alone is ``methods=(m,)``). Regression: the loop is

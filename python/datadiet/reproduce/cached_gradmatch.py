@@ -1,4 +1,4 @@
-"""Seed 003, Tables 1–3 in miniature: does replaying a GradMatch run's recorded subsets
+"""The Cached-GradMatch paper, Tables 1–3 in miniature: does replaying a GradMatch run's recorded subsets
 (Cached-GradMatch) keep GradMatch's accuracy without its selection cost, when the cache was made
 at one learning rate and replayed at others, or made on one architecture and replayed on another
 — against GradMatch recomputed in each setting, RandomPB, a random subset re-drawn as often, and

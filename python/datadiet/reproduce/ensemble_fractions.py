@@ -1,4 +1,4 @@
-"""Seed 000, Table 2's shape: does ensembling on difficulty subsets beat continuing on the base
+"""The difficulty-ensembles paper, Table 2's shape: does ensembling on difficulty subsets beat continuing on the base
 subset, and most at small fractions (the paper: 18.1 → 38.6 at 1% of ImageNet)? Runs
 ``datadiet.pipelines.ensemble`` with and without the ensemble at each fraction and seed on the
 same data, model and budget, and reports the test accuracies it observes."""

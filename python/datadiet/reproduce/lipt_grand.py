@@ -1,4 +1,4 @@
-"""Seed 001's claims in miniature: does LiPT's merged model make GraNd subsets better than GraNd
+"""The LiPT study's claims in miniature: does LiPT's merged model make GraNd subsets better than GraNd
 with its usual full-data pre-training and than random, at 5–50% (the paper: +6–13 points), at a
 fraction of the pre-training time (the paper: 15×), and does the greedy merge beat merging every
 worker (App. C)? Each seed and fraction runs four pipelines on the same data, model and budget:

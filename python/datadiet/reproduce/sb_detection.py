@@ -1,4 +1,4 @@
-"""Seed 003, §6.2: does Selective-Backprop speed up training an SSD detector without costing mAP?
+"""The Cached-GradMatch paper, §6.2: does Selective-Backprop speed up training an SSD detector without costing mAP?
 (The paper, on COCO: it did not help.) Runs ``datadiet.pipelines.detection.train_detection`` on
 the same images, model and budget at each ``keep`` fraction and seed: keep 1.0 trains on every
 image, a smaller keep uses the Composer rule with the paper's schedule (SB from ``start`` to

@@ -1,8 +1,8 @@
-"""AdaSelection (seed 002): per-minibatch selection that mixes candidate methods and learns how
+"""AdaSelection: per-minibatch selection that mixes candidate methods and learns how
 much to trust each from the training loss it sees.
 
-RECONSTRUCTION. The paper's equations did not survive in any copy we could find; this follows
-the reconstruction in ``../shared/notes/algorithms.md`` §6, and every constant is a parameter:
+RECONSTRUCTION. The paper's equations did not survive in any copy we could find; this is our
+reconstruction, set out below, and every constant is a parameter:
 
 - Eq. 2, each method m gives an importance ``s_m`` (a distribution over the batch of n; losses
   normalised by the batch mean first, ``l~ = l / mean(l)``): ``uniform`` 1/n; ``big_loss``

@@ -1,6 +1,5 @@
 """GLISTER (Killamsetty et al. 2021b): greedy selection that maximises the validation
-log-likelihood under a one-step Taylor approximation, on last-layer gradients
-(``../shared/notes/algorithms.md`` §4).
+log-likelihood under a one-step Taylor approximation, on last-layer gradients.
 
 Each candidate's gain is ``⟨g_i, g_val⟩`` with ``g_i = e_i ⊗ h̃_i`` the training sample's gradient
 and ``g_val`` the summed validation-loss gradient, both w.r.t. the final linear layer

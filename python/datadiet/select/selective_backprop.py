@@ -1,6 +1,6 @@
 """Selective-Backprop: keep the high-loss part of each batch for the backward pass.
 
-Two rules (``../shared/notes/algorithms.md`` §5), both on any per-sample loss vector and
+Two rules, both on any per-sample loss vector and
 with state on the losses' device:
 
 - ``"jiang"`` (Jiang et al. 2019): keep each sample with probability percentile^β of its loss

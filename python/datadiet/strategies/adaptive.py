@@ -1,5 +1,5 @@
 """Adaptive subsets re-selected from the current model every R epochs: ``gradmatch`` and
-``glister`` (``../shared/notes/algorithms.md`` §3–§4), on last-layer gradients from one scoring
+``glister``, on last-layer gradients from one scoring
 pass (the final ``nn.Linear``'s inputs captured by a hook, ``ce_scores``' p − onehot).
 """
 
@@ -37,7 +37,7 @@ class GradMatch(Periodic):
     sum. ``lam`` defaults to CORDS' 0.5 (per class, global) and 0 (per batch).
 
     ``cache=PATH`` records every round to a selection cache that ``cached_gradmatch`` replays
-    (seed 003's Cached-GradMatch, ``strategies.cached``).
+    (the Cached-GradMatch study's Cached-GradMatch, ``strategies.cached``).
     """
 
     name = "gradmatch"

@@ -1,5 +1,5 @@
 """Per-batch selection: ``selective_backprop`` (Jiang et al. 2019; MosaicML Composer's rule) and
-``adaselection`` (seed 002; ``datadiet.select.adaselection``, a reconstruction).
+``adaselection`` (the AdaSelection study; ``datadiet.select.adaselection``, a reconstruction).
 
 Before each backward pass the loop may ask for a keep mask. Between ``start`` and ``end`` (fractions
 of training) and except every ``interrupt``-th batch, the strategy runs the selection pass
@@ -118,7 +118,7 @@ class SelectiveBackprop(Strategy):
 
 @dataclass
 class AdaSelection(Strategy):
-    """AdaSelection (seed 002; a RECONSTRUCTION, see ``datadiet.select.adaselection``): each batch
+    """AdaSelection (the AdaSelection study; a RECONSTRUCTION, see ``datadiet.select.adaselection``): each batch
     after ``start`` (a fraction of training) keeps ``ceil(keep · B)`` samples by the method-weighted
     importance of ``methods`` (a tuple or a comma-separated string of ``uniform``, ``big_loss``,
     ``small_loss``, ``grad_norm``, ``adaboost``, ``coreset1``, ``coreset2``); the method weights

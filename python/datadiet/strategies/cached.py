@@ -1,4 +1,4 @@
-"""Seed 003's Cached-GradMatch: a GradMatch run with ``cache=PATH`` records every selection round
+"""The Cached-GradMatch study's Cached-GradMatch: a GradMatch run with ``cache=PATH`` records every selection round
 — its epochs, indices and weights — and a ``cached_gradmatch`` run replays them at the same
 epochs, under another learning rate, optimiser or architecture, with no scoring and no solver.
 

@@ -1,4 +1,4 @@
-"""``infobatch`` (Qin et al., ICLR 2024; ``../shared/notes/algorithms.md`` §11): per-epoch pruning
+"""``infobatch`` (Qin et al., ICLR 2024): per-epoch pruning
 from the training losses alone.
 
 Each sample's score is its latest training loss (``observe``: no extra pass). At every epoch start

@@ -1,5 +1,5 @@
 """``FromModel``: any strategy whose first selections score a given model instead of the one being
-trained — how a pre-trained scorer (seed 001's LiPT soup, a checkpoint from elsewhere) supplies
+trained — how a pre-trained scorer (the LiPT study's LiPT soup, a checkpoint from elsewhere) supplies
 the gradients of GraNd / GradMatch / GLISTER while the main run starts from a fresh
 initialisation. Later re-selections (``every`` R epochs) score the training model again.
 """

@@ -39,7 +39,7 @@ class Full(Strategy):
 @dataclass
 class FixedSubset(Strategy):
     """A given subset (pool indices, optional weights) from the first epoch on: the building block
-    of pipelines that choose subsets themselves (seed 000's base and member stages)."""
+    of pipelines that choose subsets themselves (the difficulty-ensembles study's base and member stages)."""
 
     name = "fixed"
     indices: torch.Tensor = None
@@ -79,7 +79,7 @@ class RandomOnline(Random):
 
 @dataclass
 class RandomPB(Periodic):
-    """Seed 003's RandomPB: the pool cut into fixed consecutive batches of ``batch_size`` (default
+    """The Cached-GradMatch study's RandomPB: the pool cut into fixed consecutive batches of ``batch_size`` (default
     the run's; the last one may be ragged) and whole batches taken in a seeded random order until
     they hold the budget (``ceil(budget / batch_size)`` batches, one more when the ragged one is
     among them), re-drawn every ``every`` epochs (CORDS' default 20) — the random twin of
