@@ -140,7 +140,7 @@ def _context() -> Context:
                    proxy_scores=lambda *a, **k: None, has_val=True)
 
 
-REQUIRED = {"cached_gradmatch": {"cache": "recorded.cache"}}  # refused without one
+REQUIRED = {"cached_gradmatch": {"cache": "recorded.cache"}, "strata": {"stratum": 0}}  # refused without one
 
 
 @pytest.mark.parametrize("name, key", [(name, key) for name in strategies.STRATEGIES

@@ -36,8 +36,12 @@ def context(seed=0, epochs=10, n=N, has_val=True, calls=None):
                    score=score, proxy_scores=lambda epochs, init: _table(n, 10 + init), has_val=has_val)
 
 
+REQUIRED = {"strata": {"stratum": 1}}  # refused without one
+
+
 def _make(name, seed=0, **params):
     allowed = strategies.parameters(name)
+    params = {**REQUIRED.get(name, {}), **params}
     if "fraction" in allowed:
         params.setdefault("fraction", 0.25)
     s = strategies.make(name, **params)

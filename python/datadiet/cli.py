@@ -281,10 +281,18 @@ def _run(args, compare_module, config_from_args, parse_params) -> int:
 
 
 def _select(args, config) -> int:
-    from datadiet.selection import select_dataset
+    import dataclasses
 
+    from datadiet.selection import select_dataset
+    from datadiet.selection.job import default_workers
+    from datadiet.train.options import from_toml
+
+    if not hasattr(args, "workers") and not (args.config and "workers" in from_toml(args.config)):
+        config = dataclasses.replace(config, workers=default_workers(config.dataset))
     chosen = select_dataset(config, weights=args.weights, proxy_epochs=args.proxy_epochs, shard_size=args.shard_size,
                             score_image_size=args.score_image_size)
+    if chosen is None:
+        return 0  # a torchrun rank other than 0: rank 0 writes and reports
     m = chosen.manifest
     times = ", ".join(f"{k} {v:.2f} s" for k, v in m["times"].items())
     rate = m["scoring_samples_per_s"]

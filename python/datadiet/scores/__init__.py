@@ -7,7 +7,7 @@ from datadiet.scores.forgetting import ForgettingCounter
 from datadiet.scores.grad_norms import grad_norms
 from datadiet.scores.indexed import IndexedDataset
 from datadiet.scores.repeated import RepeatedScores, el2n, grand
-from datadiet.scores.scoring import GRAD_SCOPES, ScoreTable, eval_mode, final_linear, score_dataset
+from datadiet.scores.scoring import GRAD_SCOPES, ScoreTable, eval_mode, final_linear, score_dataset, score_shards
 
 __all__ = ["ForgettingCounter", "GRAD_SCOPES", "IndexedDataset", "RepeatedScores", "ScoreTable", "el2n",
-           "eval_mode", "final_linear", "grad_norms", "grand", "score_dataset"]
+           "eval_mode", "final_linear", "grad_norms", "grand", "score_dataset", "score_shards"]

@@ -8,13 +8,18 @@ distributed passes fill the same table. Under ``torch.distributed`` each rank sc
 (``rank::world``) and the shards are gathered, so every rank holds the full table. The model's
 train/eval modes are restored afterwards; BatchNorm statistics never move. ``grad_scope="full"``
 replaces last-layer GraNd by the exact whole-model per-sample gradient norm (``grad_norms``).
+
+``score_shards(model, dataset, shards)`` is the same pass over ranges of rows, one table per
+range as it finishes, through one DataLoader (a selection job's shards kept on disk). On CUDA the
+loaders pin host memory so the copies overlap the forward passes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, fields
-from typing import Optional
+from typing import Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -99,22 +104,95 @@ def score_dataset(model: nn.Module, dataset, *, head: Optional[nn.Linear] = None
     parameter instead (``grad_norms``, one extra forward and backward per batch, in eval mode,
     full precision; ``grad_mode`` is its mode). ``progress`` wraps the batch iterator (e.g. a
     tqdm factory)."""
-    if grad_scope not in GRAD_SCOPES:
-        raise ValueError(f"score_dataset: grad_scope must be one of {GRAD_SCOPES}, got {grad_scope!r}")
     model = unwrap(model)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     n = len(dataset)
     world, rank = dist_world()
     if world > n:
         raise ValueError(f"score_dataset: {n} samples cannot be sharded over {world} ranks")
-    shard = list(range(rank, n, world))
-    loader = DataLoader(Subset(dataset, shard), batch_size=batch_size, shuffle=False, num_workers=workers)
+    loader = DataLoader(Subset(dataset, list(range(rank, n, world))), batch_size=batch_size, shuffle=False,
+                        num_workers=workers, pin_memory=device.type == "cuda")
+    parts: dict[str, list[torch.Tensor]] = {}
+    for rows in _score_batches(model, loader, head=head, features=features, errors=errors, logits=logits,
+                               device=device, autocast_dtype=autocast_dtype, channels_last=channels_last,
+                               progress=progress, grad_scope=grad_scope, grad_mode=grad_mode):
+        for name, value in rows.items():
+            parts.setdefault(name, []).append(value)
+    local = {name: torch.cat(values) for name, values in parts.items()}
+    index = local.pop("index", torch.zeros(0, dtype=torch.int64))
+    if world > 1:
+        local = gather_rows({**local, "__index__": index}, device)
+        index = local.pop("__index__")
+    table = {}
+    for name, value in local.items():
+        full = value.new_empty((n, *value.shape[1:]))
+        full[index.to(value.device)] = value
+        table[name] = full
+    return ScoreTable(**table) if table else _empty(device)
+
+
+class ShardBatches:
+    """A batch sampler over ``shards`` (ranges of dataset rows) in order, cutting each shard into
+    batches of ``batch_size`` (its last one ragged) so that no batch spans two shards."""
+
+    def __init__(self, shards: Sequence[range], batch_size: int):
+        self.shards, self.batch_size = list(shards), batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for shard in self.shards:
+            for start in range(shard.start, shard.stop, self.batch_size):
+                yield list(range(start, min(shard.stop, start + self.batch_size)))
+
+    def __len__(self) -> int:
+        return sum(math.ceil(len(shard) / self.batch_size) for shard in self.shards)
+
+
+def score_shards(model: nn.Module, dataset, shards: Sequence[range], *, head: Optional[nn.Linear] = None,
+                 features: bool = False, errors: bool = False, logits: bool = False, batch_size: int = 256,
+                 device=None, workers: int = 0, autocast_dtype: Optional[torch.dtype] = None,
+                 channels_last: bool = False, progress=None, grad_scope: str = "last_layer",
+                 grad_mode: str = "auto") -> Iterator[tuple[int, ScoreTable]]:
+    """Scores ``shards`` (ranges of ``dataset`` rows, in the order given) through one DataLoader, so
+    its workers start once and stay busy across shard boundaries; yields ``(s, table)`` as shard
+    ``shards[s]`` finishes, table row r = sample ``shards[s][r]``. Batches never span two shards
+    (``ShardBatches``): a shard's scores are the same whichever shards are scored with it, by
+    whichever process. No collectives: under torchrun each rank scores the shards it is given.
+    Options as ``score_dataset``'s."""
+    model = unwrap(model)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    shards = [shard for shard in shards]
+    for shard in shards:
+        if not (isinstance(shard, range) and shard.step == 1 and 0 <= shard.start < shard.stop <= len(dataset)):
+            raise ValueError(f"score_shards: a shard must be a non-empty range of rows in [0, {len(dataset)}), got "
+                             f"{shard!r}")
+    loader = DataLoader(dataset, batch_sampler=ShardBatches(shards, batch_size), num_workers=workers,
+                        pin_memory=device.type == "cuda")
+    batches = _score_batches(model, loader, head=head, features=features, errors=errors, logits=logits,
+                             device=device, autocast_dtype=autocast_dtype, channels_last=channels_last,
+                             progress=progress, grad_scope=grad_scope, grad_mode=grad_mode)
+    for s, shard in enumerate(shards):
+        parts: dict[str, list[torch.Tensor]] = {}
+        for _ in range(math.ceil(len(shard) / batch_size)):
+            for name, value in next(batches).items():
+                parts.setdefault(name, []).append(value)
+        table = {name: torch.cat(values) for name, values in parts.items()}
+        index = table.pop("index")
+        if not torch.equal(index.cpu(), torch.arange(shard.start, shard.stop)):
+            raise RuntimeError(f"score_shards: the dataset returned indices other than rows {shard.start}..."
+                               f"{shard.stop - 1} (it must be index-aware: ds[i] -> (x, y, i))")
+        yield s, ScoreTable(**table)
+
+
+def _score_batches(model: nn.Module, loader, *, head, features, errors, logits, device, autocast_dtype, channels_last,
+                   progress, grad_scope, grad_mode) -> Iterator[dict[str, torch.Tensor]]:
+    """Each batch's rows: every ``ce_scores`` score, labels, the dataset indices (``index``) and
+    what was asked for (errors, features, logits), on ``device``."""
+    if grad_scope not in GRAD_SCOPES:
+        raise ValueError(f"score_dataset: grad_scope must be one of {GRAD_SCOPES}, got {grad_scope!r}")
     if head is None and (features or errors):
         head = final_linear(model)
     captured = []
     hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0])) if head is not None else None
-    parts: dict[str, list[torch.Tensor]] = {}
-    order = []
     try:
         with eval_mode(model):
             for x, y, i in (progress(loader) if progress else loader):
@@ -140,24 +218,14 @@ def score_dataset(model: nn.Module, dataset, *, head: Optional[nn.Linear] = None
                     row["features"] = h
                 if logits:
                     row["logits"] = z
-                for name, value in row.items():
-                    parts.setdefault(name, []).append(value)
-                order.append(torch.as_tensor(i, dtype=torch.int64))
+                row["index"] = torch.as_tensor(i, dtype=torch.int64)
+                yield row
     finally:
         if hook is not None:
             hook.remove()
-    local = {name: torch.cat(values) for name, values in parts.items()}
-    index = torch.cat(order) if order else torch.zeros(0, dtype=torch.int64)
-    if world > 1:
-        local = gather_rows({**local, "__index__": index}, device)
-        index = local.pop("__index__")
-    table = {}
-    for name, value in local.items():
-        full = value.new_empty((n, *value.shape[1:]))
-        full[index.to(value.device)] = value
-        table[name] = full
-    if not table:
-        empty = torch.zeros(0, device=device)
-        table = {name: empty for name in ("loss", "el2n", "grad_norm", "confidence", "margin", "entropy")}
-        table.update(correct=empty.bool(), labels=empty.long())
-    return ScoreTable(**table)
+
+
+def _empty(device) -> ScoreTable:
+    empty = torch.zeros(0, device=device)
+    table = {name: empty for name in ("loss", "el2n", "grad_norm", "confidence", "margin", "entropy")}
+    return ScoreTable(**table, correct=empty.bool(), labels=empty.long())

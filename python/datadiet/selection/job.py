@@ -11,6 +11,10 @@ The job takes a run's data and model options (``TrainConfig``) and a one-shot st
    shards kept on disk (``datadiet.selection.shards``);
 4. writes ``subset.csv``, ``scores.npz`` and ``manifest.json`` (``datadiet.selection.files``).
 
+Under torchrun a proxy is trained once, by DDP over the ranks; each rank scores its own shards of
+the pass (no rows cross ranks); rank 0 reads them back, selects alone and writes the files, and
+the subset is the one a single process selects (``datadiet.selection.shards``).
+
 A job killed at any point and started again with the same command continues: the proxy's weights
 (``proxy.pt``, kept as the scorer of record) and the finished shards are reused, and the subset is
 the same. ``overwrite`` replaces a finished selection in the folder.
@@ -33,9 +37,10 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from datadiet import runfolder
+from datadiet._dist import alone, rank0_first, world
 from datadiet._dist import init as dist_init
 from datadiet.selection import files
-from datadiet.selection.shards import FOLDER, INDEX, ShardedScores
+from datadiet.selection.shards import FOLDER, INDEX, ShardedScores, ShardsDone
 from datadiet.strategies import STRATEGIES as REGISTRY
 from datadiet.strategies import make, parameters
 from datadiet.strategies.pretrained import fingerprint
@@ -46,16 +51,18 @@ from datadiet.train.driver import Driver
 from datadiet.train.trainer import CHECKPOINT, Trainer, pool_split
 
 # One-shot strategies a selection job runs; all but ``random`` score a model.
-STRATEGIES = ("random", "loss", "el2n", "grand", "least_confidence", "margin", "entropy", "gradmatch", "glister")
+STRATEGIES = ("random", "loss", "el2n", "grand", "least_confidence", "margin", "entropy", "strata", "gradmatch",
+              "glister")
 _SCORE_FIELDS = ("loss", "el2n", "grad_norm", "confidence", "margin", "entropy", "correct")
 PROXY = "proxy.pt"
 
 
 def select_dataset(config: TrainConfig, *, weights: Optional[str] = None, proxy_epochs: Optional[int] = None,
                    shard_size: int = 65536, score_image_size: Optional[int] = None,
-                   progress: bool = True) -> files.SelectedSubset:
+                   progress: bool = True) -> Optional[files.SelectedSubset]:
     """Selects ``config.fraction`` of ``config.dataset`` with ``config.strategy`` and writes it to
-    ``config.out`` (module docstring); returns what ``files.load(config.out)`` returns.
+    ``config.out`` (module docstring); returns what ``files.load(config.out)`` returns (under
+    torchrun: on rank 0; the other ranks return None once their part is done).
     ``shard_size``: samples per scoring shard kept on disk; ``score_image_size``: an image folder's
     scoring pass at this size instead of ``image_size`` (JPEGs decoded at reduced scale)."""
     config = dataclasses.replace(config, progress=progress and config.progress)
@@ -65,6 +72,19 @@ def select_dataset(config: TrainConfig, *, weights: Optional[str] = None, proxy_
             raise ValueError(f"select: {option} {value!r}: must be an int in [1, {most}]")
     if score_image_size is not None and not config.dataset.startswith("imagefolder:"):
         raise ValueError(f"select: --score-image-size applies to imagefolder: datasets; {config.dataset!r} is not one")
+    device = dist_init(config.device, config.dist_timeout)
+    folder = rank0_first(lambda: _claim(config))
+    try:
+        written = _run(config, device, strategy, needs_val, weights, proxy_epochs, shard_size, score_image_size)
+    finally:
+        if folder is not None:
+            folder.release()
+    return None if written is None else files.load(config.out)
+
+
+def _claim(config: TrainConfig) -> runfolder.RunFolder:
+    """Rank 0: the output folder, locked; a finished selection there refused (or with
+    ``overwrite`` removed), an unfinished one of ours kept to be continued."""
     folder = runfolder.claim(config.out)
     try:
         if config.overwrite:
@@ -76,10 +96,10 @@ def select_dataset(config: TrainConfig, *, weights: Optional[str] = None, proxy_
                 os.path.join(config.out, PROXY))
             runfolder.refuse_previous(config.out, runfolder.previous(
                 config.out, (files.MANIFEST,) if ours else files.FILES))
-        _run(config, strategy, needs_val, weights, proxy_epochs, shard_size, score_image_size)
-    finally:
+    except BaseException:
         folder.release()
-    return files.load(config.out)
+        raise
+    return folder
 
 
 def _check(config: TrainConfig, weights: Optional[str], proxy_epochs: Optional[int]):
@@ -89,8 +109,6 @@ def _check(config: TrainConfig, weights: Optional[str], proxy_epochs: Optional[i
         raise ValueError("select: give --out DIR, the folder the subset is written to")
     if config.resume:
         raise ValueError("select: --resume is a train option; run the same select command again instead")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError("select: one process for now (torchrun is not supported yet); run it without torchrun")
     if config.strategy not in STRATEGIES:
         raise ValueError(f"select: strategy {config.strategy!r} is not one-shot; choose one of {', '.join(STRATEGIES)}")
     if config.fraction is None:
@@ -124,8 +142,9 @@ def _check(config: TrainConfig, weights: Optional[str], proxy_epochs: Optional[i
     return strategy, needs_val
 
 
-def _run(config: TrainConfig, strategy, needs_val: bool, weights: Optional[str], proxy_epochs: Optional[int],
-         shard_size: int, score_image_size: Optional[int]) -> dict[str, Any]:
+def _run(config: TrainConfig, device: torch.device, strategy, needs_val: bool, weights: Optional[str],
+         proxy_epochs: Optional[int], shard_size: int, score_image_size: Optional[int]) -> Optional[dict[str, Any]]:
+    """The job after the checks; what ``files.write`` returns on rank 0, None on the others."""
     times = {"loading": 0.0, "pretraining": 0.0, "scoring": 0.0, "selection": 0.0}
     start = time.perf_counter()
     bundle = config.load_data()
@@ -137,14 +156,13 @@ def _run(config: TrainConfig, strategy, needs_val: bool, weights: Optional[str],
     fingerprint_ = files.dataset_fingerprint(bundle.train, bundle.labels)
     model, model_info = _scorer(run, bundle, fingerprint_["sha256"], weights, proxy_epochs, times, config.out,
                                 config.overwrite)
-    device = dist_init(config.device, config.dist_timeout)
     driver = Driver(strategy, model.to(device), Subset(bundle.train, pool.tolist()), bundle.labels[pool],
                     num_classes=bundle.num_classes, epochs=1, batch_size=config.batch_size, seed=config.seed,
                     lr=config.lr, device=device, workers=config.workers,
                     val_set=Subset(bundle.train_eval, held_out.tolist()) if held_out.numel() else None,
                     score_set=Subset(bundle.train_eval if score_image_size is None else
                                      datasets.scoring_view(bundle, config.dataset, score_image_size), pool.tolist()),
-                    head=config.head, progress=_bar(config),
+                    head=config.head, progress=_bar(config) if world()[1] == 0 else None,
                     score_batch_size=config.eval_batch_size, channels_last=config.channels_last,
                     autocast_dtype={"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp],
                     run=run.identity())
@@ -153,8 +171,9 @@ def _run(config: TrainConfig, strategy, needs_val: bool, weights: Optional[str],
                "shard_size": shard_size, "amp": config.amp, "head": config.head, "channels_last": config.channels_last,
                "eval_batch_size": config.eval_batch_size, "device": device.type,
                "score_image_size": score_image_size}
-    sharded = ShardedScores(config.out, setting, shard_size, driver.score, int(pool.numel()), device,
-                            overwrite=config.overwrite)
+    size, rank = world()
+    sharded = ShardedScores(config.out, setting, shard_size, driver.score, driver.score_shards, int(pool.numel()),
+                            device, overwrite=config.overwrite, rank=rank, world=size)
     tables = []
 
     def recorded(split: str = "train", **kw):
@@ -165,9 +184,15 @@ def _run(config: TrainConfig, strategy, needs_val: bool, weights: Optional[str],
 
     strategy.context.score = recorded
     began = time.perf_counter()
-    selection = strategy.select(0)
-    times["scoring"] = driver.times["scoring"]
-    times["selection"] = time.perf_counter() - began - times["scoring"]
+    try:
+        with alone():  # rank 0 selects on its own once the ranks' shards are on disk
+            selection = strategy.select(0)
+    except ShardsDone:
+        return None  # ranks other than 0: their shards are written
+    if rank != 0:
+        return None  # a selection without a scoring pass (random): rank 0 writes it
+    times["scoring"] = sharded.wall
+    times["selection"] = time.perf_counter() - began - sharded.wall
     local = selection.indices.long().cpu()
     chosen = pool[local]  # dataset indices
     w = selection.weights if selection.weights is not None else torch.ones(local.numel())
@@ -187,15 +212,26 @@ def _run(config: TrainConfig, strategy, needs_val: bool, weights: Optional[str],
         "pool": {"samples": int(pool.numel()), "held_out": int(held_out.numel()),
                  "skipped": [r["index"] for r in bundle.skipped if r["split"] == "train"]},
         "times": times,
-        "shards": {"size": shard_size, "scored": sharded.scored, "reused": sharded.reused},
-        "scoring_samples_per_s": (min(pool.numel(), sharded.scored * shard_size) * len(tables) / times["scoring"])
-        if times["scoring"] > 0 and sharded.scored else None,  # shards read back took no scoring time
+        "shards": {"size": shard_size, "scored": sharded.scored, "reused": sharded.reused, "ranks": size},
+        "scoring_samples_per_s": sharded.scored_samples / sharded.train_wall
+        if sharded.train_wall > 0 and sharded.scored else None,  # shards read back took no scoring time
         "versions": _versions(),
     }
     written = files.write(config.out, indices=chosen, weights=w.float().cpu(), labels=bundle.labels[chosen],
                           ids=files.sample_ids(bundle.train, chosen.tolist()), scores=scores, manifest=manifest)
     sharded.remove()
     return written
+
+
+def default_workers(dataset: str) -> int:
+    """``datadiet select``'s loader workers when ``--workers`` is not given: for an image folder
+    (a JPEG decoded per sample) the CPUs this process may use, shared among torchrun's processes on
+    this machine, up to 16; for data held in memory as tensors (digits, CIFAR-10, features) 0, as a
+    worker would only copy rows."""
+    if not dataset.startswith("imagefolder:"):
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(16, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
 
 
 def _bar(config: TrainConfig):
@@ -232,8 +268,9 @@ def _scorer(run: TrainConfig, bundle, dataset_sha256: str, weights: Optional[str
         began = time.perf_counter()
         trainer = Trainer(proxy_config, data=bundle)
         if saved is None:
-            trainer.fit()
-            checkpoint.save(path, {"model": trainer.model.state_dict()}, identity)
+            trainer.fit()  # under torchrun one DDP run over all ranks; its weights are the same on each
+            if world()[1] == 0:
+                checkpoint.save(path, {"model": trainer.model.state_dict()}, identity)
         else:
             trainer.model.load_state_dict(saved)
         times["pretraining"] = time.perf_counter() - began

@@ -1,14 +1,24 @@
 """The scoring pass of a selection job in shards, each kept on disk as it finishes, so a killed job
-started again with the same command scores only what is missing and selects the same subset.
+started again with the same command scores only what is missing and selects the same subset, and
+so torchrun's ranks can share the pass without holding each other's rows.
 
-``ShardedScores(folder, setting, shard_size, score)`` wraps a ``Driver.score``: a pass over the
-training pool is cut into shards of ``shard_size`` samples, scored one at a time (host and device
-memory of one shard while it is scored; the assembled table is the whole pool's), each written to
-``folder/.datadiet-shards/<pass>/NNNNN.npz`` (atomically, plain arrays) with its SHA-256 in
-``folder/.datadiet-shards/index.json``. A shard whose file and digest agree is read back
-instead of scored. ``setting`` (dataset fingerprint, scorer digest, strategy, shard size) is
-recorded in the index: shards of another setting are refused unless the job overwrites them. A
-held-out split is small and scored whole.
+``ShardedScores(folder, setting, shard_size, score, stream, pool, device)`` stands in for a
+``Driver``'s ``score``: a pass over the training pool is cut into shards of ``shard_size``
+samples, each written to ``folder/.datadiet-shards/<pass>/NNNNN.npz`` (atomically, plain arrays)
+and then its SHA-256 to ``NNNNN.sha256`` beside it. A shard whose file matches its digest is read
+back instead of scored. The missing shards are scored through one loader (``Driver.score_shards``:
+workers start once per pass; batches never span shards, so a shard's rows do not depend on which
+process scored it or what was scored with it).
+
+Under torchrun (``world`` > 1) rank r scores the missing shards s with s mod world = r, with no
+collective; rank 0 then waits for every shard's digest to appear (polling the folder, so no
+process-group timeout applies to a long pass), assembles the table and returns it, while the
+other ranks raise ``ShardsDone``: their part of the job is over. A held-out split is small and
+scored whole by the rank that asks.
+
+``setting`` (dataset fingerprint, scorer digest, strategy, shard size, ...) is recorded in
+``index.json`` by rank 0 before any shard is scored: shards of another setting are refused
+unless the job overwrites them.
 """
 
 from __future__ import annotations
@@ -18,12 +28,14 @@ import json
 import math
 import os
 import shutil
-from typing import Any, Callable
+import time
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
 from datadiet import runfolder
+from datadiet._dist import rank0_first
 from datadiet.scores.scoring import ScoreTable
 from datadiet.selection.files import sha256
 
@@ -31,15 +43,24 @@ FOLDER = ".datadiet-shards"  # a name no user folder has: removing it never remo
 INDEX = "index.json"
 
 
+class ShardsDone(Exception):
+    """Raised on ranks other than 0 once their shards of the pass are on disk."""
+
+
 class ShardedScores:
     def __init__(self, folder: str, setting: dict[str, Any], shard_size: int, score: Callable[..., ScoreTable],
-                 pool: int, device: torch.device, overwrite: bool = False):
-        self.root, self.setting, self.shard_size, self.score, self.pool, self.device = (
-            os.path.join(folder, FOLDER), runfolder.finite(setting), shard_size, score, pool, device)
-        self.reused = self.scored = 0
-        self.index = self._open(overwrite)
+                 stream: Callable[..., Iterator[tuple[int, ScoreTable]]], pool: int, device: torch.device, *,
+                 overwrite: bool = False, rank: int = 0, world: int = 1, poll: float = 0.5):
+        self.root, self.setting, self.shard_size = os.path.join(folder, FOLDER), runfolder.finite(setting), shard_size
+        self.score, self.stream, self.pool, self.device = score, stream, pool, device
+        self.rank, self.world, self.poll = rank, world, poll
+        self.reused = self.scored = self.scored_samples = 0
+        self.wall = 0.0  # every pass's wall time on this rank, waiting for other ranks included
+        self.train_wall = 0.0
+        rank0_first(lambda: self._open(overwrite))
 
-    def _open(self, overwrite: bool) -> dict[str, Any]:
+    def _open(self, overwrite: bool) -> None:
+        """Rank 0: keeps the shards of this setting, refuses (or with ``overwrite`` drops) others."""
         path = os.path.join(self.root, INDEX)
         if os.path.isfile(path):
             try:
@@ -48,49 +69,74 @@ class ShardedScores:
             except (OSError, ValueError):
                 index = None
             if isinstance(index, dict) and index.get("setting") == self.setting:
-                return index
+                return
             if not overwrite:
                 saved = index.get("setting", {}) if isinstance(index, dict) else {}
                 differ = runfolder.differences(saved, self.setting, "setting") if isinstance(saved, dict) else []
                 raise ValueError(f"select: {self.root} holds the scores of another selection ("
                                  f"{'; '.join(differ[:3]) or 'unreadable index'}); use --overwrite to start over")
+        if os.path.isdir(self.root):
             shutil.rmtree(self.root)
-        return {"setting": self.setting, "passes": {}}
+        runfolder.write_json(path, {"setting": self.setting})
+
+    def shards(self) -> list[range]:
+        return [range(s * self.shard_size, min(self.pool, (s + 1) * self.shard_size))
+                for s in range(math.ceil(self.pool / self.shard_size))]
 
     def __call__(self, split: str = "train", model=None, **wanted) -> ScoreTable:
+        began = time.perf_counter()
         if split != "train":
-            return self.score(split=split, model=model, **wanted)
+            table = self.score(split=split, model=model, **wanted)
+            self.wall += time.perf_counter() - began
+            return table
         name = "-".join(sorted(k for k, v in wanted.items() if v is True)) or "scores"
         name += "".join(f"-{k}={v}" for k, v in sorted(wanted.items()) if not isinstance(v, bool))
-        done = self.index["passes"].setdefault(name, {})
-        parts = []
-        for s in range(math.ceil(self.pool / self.shard_size)):
-            rows = range(s * self.shard_size, min(self.pool, (s + 1) * self.shard_size))
-            key, path = f"{s:05d}", os.path.join(self.root, name, f"{s:05d}.npz")
-            table = self._read(path, done.get(key), len(rows))
-            if table is None:
-                table = self.score(split="train", model=model, rows=rows, **wanted)
+        shards = self.shards()
+        paths = [os.path.join(self.root, name, f"{s:05d}.npz") for s in range(len(shards))]
+        tables = []
+        for path, rows in zip(paths, shards):  # the other ranks only look: rank 0 assembles the table
+            table = self._read(path, len(rows))
+            tables.append(table if table is None or self.rank == 0 else True)
+        missing = [s for s, table in enumerate(tables) if table is None]
+        self.reused, self.scored = len(shards) - len(missing), len(missing)
+        self.scored_samples = sum(len(shards[s]) for s in missing)
+        mine = [s for s in missing if s % self.world == self.rank]
+        if mine:
+            for position, table in self.stream([shards[s] for s in mine], model=model, **wanted):
+                s = mine[position]
                 data = _to_npz(table)
-                runfolder.write_bytes(path, data)
-                done[key] = sha256(data)
-                runfolder.write_json(os.path.join(self.root, INDEX), self.index)
-                self.scored += 1
-            else:
-                self.reused += 1
-            parts.append(table)
-        return _concat(parts, self.device) if parts else self.score(split="train", model=model, **wanted)
+                runfolder.write_bytes(paths[s], data)
+                runfolder.write_bytes(paths[s][:-len(".npz")] + ".sha256", sha256(data).encode())
+                tables[s] = table if self.rank == 0 else True
+        if self.rank != 0:
+            raise ShardsDone
+        for s in missing:  # the other ranks' shards, as they appear
+            while tables[s] is None:
+                tables[s] = self._read(paths[s], len(shards[s]))
+                if tables[s] is None:
+                    time.sleep(self.poll)
+        self.train_wall = time.perf_counter() - began
+        self.wall += self.train_wall
+        return _concat(tables, self.device)
 
     @staticmethod
-    def _read(path: str, digest, rows: int):
-        """The shard at ``path`` if its bytes match ``digest`` and it holds ``rows`` rows, else None."""
-        if digest is None or not os.path.isfile(path):
+    def _read(path: str, rows: int):
+        """The shard at ``path`` if its digest file is there, its bytes match it and it holds
+        ``rows`` rows, else None."""
+        try:
+            with open(path[:-len(".npz")] + ".sha256", encoding="ascii") as f:
+                digest = f.read().strip()
+            with open(path, "rb") as f:
+                data = f.read()
+        except (OSError, UnicodeDecodeError):
             return None
-        with open(path, "rb") as f:
-            data = f.read()
         if sha256(data) != digest:
             return None
-        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-            table = ScoreTable(**{k: torch.from_numpy(arrays[k].copy()) for k in arrays.files})
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+                table = ScoreTable(**{k: torch.from_numpy(arrays[k].copy()) for k in arrays.files})
+        except (ValueError, TypeError, OSError):
+            return None
         return table if len(table) == rows else None
 
     def remove(self) -> None:

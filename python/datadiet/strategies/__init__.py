@@ -13,9 +13,10 @@ from datadiet.strategies.cached import CachedGradMatch
 from datadiet.strategies.loss_pruning import InfoBatch
 from datadiet.strategies.static import (EL2N, Entropy, FixedSubset, Forgetting, Full, GraNd, LeastConfidence, Loss, Margin,
                                         Random, RandomOnline, RandomPB, ScoreBased)
+from datadiet.strategies.strata import Strata
 
 STRATEGIES: dict[str, type] = {cls.name: cls for cls in (
-    Full, Random, RandomOnline, RandomPB, Loss, EL2N, GraNd, LeastConfidence, Margin, Entropy, Forgetting, GradMatch,
+    Full, Random, RandomOnline, RandomPB, Loss, EL2N, GraNd, LeastConfidence, Margin, Entropy, Strata, Forgetting, GradMatch,
     CachedGradMatch, Glister, InfoBatch, SelectiveBackprop, AdaSelection)}
 
 
@@ -47,4 +48,4 @@ def _lookup(name: str) -> type:
 
 __all__ = ["AdaSelection", "CachedGradMatch", "Context", "EL2N", "Entropy", "FixedSubset", "Forgetting", "Full", "Glister", "GradMatch", "GraNd", "InfoBatch", "LeastConfidence",
            "Loss", "Margin", "Periodic", "Random", "RandomOnline", "RandomPB", "STRATEGIES", "ScoreBased", "SelectiveBackprop",
-           "Strategy", "make", "parameters"]
+           "Strata", "Strategy", "make", "parameters"]

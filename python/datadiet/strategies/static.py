@@ -28,6 +28,7 @@ from datadiet.strategies.base import Periodic, Strategy
 
 KEEP = ("hard", "easy", "middle")
 SOURCES = ("pass", "training")
+SCORES = ("loss", "el2n", "grand", "least_confidence", "margin", "entropy")  # names ``difficulty`` knows
 
 
 class Full(Strategy):

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Subset
 from datadiet._dist import gather_rows, to_cpu, unwrap, world
 from datadiet._seeds import derive_seed
 from datadiet.ops.ce_scores import ce_scores
-from datadiet.scores.scoring import ScoreTable, eval_mode, final_linear, score_dataset
+from datadiet.scores.scoring import ScoreTable, eval_mode, final_linear, score_dataset, score_shards
 from datadiet.select.selection import Selection
 from datadiet.strategies.base import Context, Strategy, check_strategy
 from datadiet.train.data import IndexedDataset, SelectionSampler
@@ -101,6 +101,23 @@ class Driver:
                               **self._score_kwargs)
         self.times["scoring"] += time.perf_counter() - start
         return table
+
+    def score_shards(self, shards, model: Optional[nn.Module] = None, **wanted):
+        """``score_shards`` over the pool's rows ``shards`` (ranges), of the training model or of
+        ``model``; yields ``(s, table)`` per finished shard, the time spent scoring (not what the
+        caller does between shards) booked as scoring. No collectives."""
+        head = self.head if model is None else self._same_head(model)
+        stream = score_shards(self.model if model is None else model, self.score_set, shards, head=head, **wanted,
+                              **self._score_kwargs)
+        while True:
+            start = time.perf_counter()
+            try:
+                item = next(stream)
+            except StopIteration:
+                return
+            finally:
+                self.times["scoring"] += time.perf_counter() - start
+            yield item
 
     def _same_head(self, model: nn.Module) -> Optional[nn.Linear]:
         """The module of ``model`` at the path the training model's head has (another model of

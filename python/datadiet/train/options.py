@@ -58,13 +58,18 @@ def add_train_options(parser: argparse.ArgumentParser, *, skip: tuple = ()) -> N
 
 
 def parse_params(items: list[str]) -> dict:
-    """``KEY=VALUE`` items as a dict. A value that is no Python literal stays the text itself: the
-    strategy then names the parameter and what it expects (``keep = 'half': must be a finite number``)."""
+    """``KEY=VALUE`` items as a dict. ``true`` / ``false`` / ``none`` (any case) are booleans and None
+    as in TOML; a value that is no Python literal stays the text itself: the strategy then names
+    the parameter and what it expects (``keep = 'half': must be a finite number``)."""
     out = {}
+    words = {"true": True, "false": False, "none": None, "null": None}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"--param {item!r}: expected KEY=VALUE")
+        if text.strip().lower() in words:
+            out[key.strip()] = words[text.strip().lower()]
+            continue
         try:
             out[key.strip()] = ast.literal_eval(text)
         # TypeError: an unhashable set member or dict key ({[1]: 2}); MemoryError and RecursionError:
