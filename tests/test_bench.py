@@ -12,6 +12,7 @@ import torch
 
 from datadiet.bench import harness
 from datadiet.bench.__main__ import main as bench_main
+from train_fixtures import requires_torchvision
 
 
 def test_stats_are_the_median_min_and_quartiles():
@@ -109,3 +110,21 @@ def test_omp_benchmark_runs_at_tiny_scale(tmp_path):
     assert len(ours) == 2 and all(r["x_floor"] > 0 and len(r["speedups"]) == 1 for r in ours)
     assert all("objective" in r["note"] and "rejected" in r["note"] for r in ours)
     assert {r["method"] for r in rows} >= {"k x torch.mv", "k reads of the atoms", "datadiet cpu, lam=0"}
+
+
+@requires_torchvision
+def test_select_benchmark_runs_at_tiny_scale(tmp_path):
+    """``bench select``'s three stages: JPEG scoring against the bare loop, selection from a features
+    file in child processes with their peak memory, and 2 gloo ranks equal to one process."""
+    out = tmp_path / "select.json"
+    assert bench_main(["select", "--images", "12", "--model", "mobilenet_v3_small", "--image-size", "64",
+                       "--small-size", "32", "--batch-size", "8", "--workers", "0", "--repeats", "1", "--rows", "800",
+                       "--dim", "8", "--classes", "4", "--glister-rows", "300", "--keep", str(tmp_path / "data"),
+                       "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    by = {r["method"]: r for r in rows}
+    assert by["datadiet select scoring stage at 64"]["x_floor"] > 0
+    assert by["datadiet select --score-image-size 32"]["speedups"]
+    for method in ("el2n per class", "gradmatch per class"):
+        assert by[method]["peak_rss_bytes"] > by[method]["file_bytes"] > 0
+    assert "identical to 1 process" in by["el2n, torchrun 2 gloo ranks"]["note"]

@@ -118,6 +118,8 @@ def test_argparse_refuses_what_is_no_number_itself(capsys):
 def test_param_values_are_literals_or_else_text():
     assert parse_params(["a=[1, 2]", "b={'x': 1}", "c={1, 2}", "d=(1, 2)", "e=0.5", "f=half", "g={[1]: 2}"]) == {
         "a": [1, 2], "b": {"x": 1}, "c": {1, 2}, "d": (1, 2), "e": 0.5, "f": "half", "g": "{[1]: 2}"}
+    assert parse_params(["a=true", "b=False", "c=NONE", "d=null", "e=True"]) == {
+        "a": True, "b": False, "c": None, "d": None, "e": True}  # TOML's words and Python's
     deep = "-" * 100_000 + "1"  # beyond the parser's stack
     assert parse_params([f"h={deep}"]) == {"h": deep}
     with pytest.raises(ValueError, match="expected KEY=VALUE"):

@@ -442,3 +442,20 @@ def test_an_image_folder_selection_names_its_files_and_scores_at_a_smaller_size(
     assert read_rgb(str(tmp_path / "big.jpg")).size == (500, 375)
     small_jpeg = read_rgb(str(tmp_path / "big.jpg"), draft=64)
     assert small_jpeg.size == (125, 94) and small_jpeg.mode == "RGB"
+
+
+def test_loader_workers_default_to_the_cpus_for_image_folders_only(monkeypatch):
+    from datadiet.selection.job import default_workers
+
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_workers("imagefolder:/data") == max(1, min(16, cpus))
+    assert default_workers("digits") == default_workers("features:x.npz") == default_workers("cifar10:/d") == 0
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(4 * cpus))  # more ranks than CPUs: one worker each
+    assert default_workers("imagefolder:/data") == 1
+
+
+def test_the_manifest_records_peak_memory(tmp_path):
+    chosen = select_dataset(config(tmp_path / "m", strategy="random", fraction=0.2), progress=False)
+    memory = chosen.manifest["memory"]
+    assert memory["host_peak_bytes"] > 50 * 2 ** 20 and memory["device_peak_bytes"] is None

@@ -60,8 +60,8 @@ def dataset_fingerprint(dataset: Dataset, labels: torch.Tensor) -> dict[str, Any
             digest.update(os.path.relpath(path, root).encode("utf-8", "surrogatepass") + b"\0")
         by = "files"
     elif tensors is not None:
-        for t in tensors:
-            digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        for t in tensors:  # hashed from the tensor's own memory, never a copy of it
+            digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
         by = "tensors"
     else:
         by = "labels"

@@ -178,8 +178,8 @@ def _run(config: TrainConfig, device: torch.device, strategy, needs_val: bool, w
 
     def recorded(split: str = "train", **kw):
         table = sharded(split=split, **kw)
-        if split == "train":
-            tables.append(table)
+        if split == "train":  # the scores scores.npz keeps, not the features or errors
+            tables.append({name: getattr(table, name) for name in _SCORE_FIELDS})
         return table
 
     strategy.context.score = recorded
@@ -201,7 +201,7 @@ def _run(config: TrainConfig, device: torch.device, strategy, needs_val: bool, w
         table, full = tables[-1], len(bundle.train)
         for name in _SCORE_FIELDS:  # over the whole split: held-out or skipped samples are NaN
             values = torch.full((full,), float("nan"))
-            values[pool] = getattr(table, name).float().cpu()
+            values[pool] = table[name].float().cpu()
             scores[name] = values
     manifest = {
         "dataset": {"spec": config.dataset, "image_size": config.image_size, "score_image_size": score_image_size,
@@ -215,6 +215,7 @@ def _run(config: TrainConfig, device: torch.device, strategy, needs_val: bool, w
         "shards": {"size": shard_size, "scored": sharded.scored, "reused": sharded.reused, "ranks": size},
         "scoring_samples_per_s": sharded.scored_samples / sharded.train_wall
         if sharded.train_wall > 0 and sharded.scored else None,  # shards read back took no scoring time
+        "memory": _peak_memory(device),
         "versions": _versions(),
     }
     written = files.write(config.out, indices=chosen, weights=w.float().cpu(), labels=bundle.labels[chosen],
@@ -334,6 +335,19 @@ def _weights(path: str, name: str, model: torch.nn.Module) -> dict:
         raise ValueError(f"select: --weights {path!r} are not weights of model {name!r} for this dataset: "
                          + "; ".join(parts))
     return state
+
+
+def _peak_memory(device: torch.device) -> dict[str, Optional[int]]:
+    """This process's peak resident host memory so far and, on CUDA, the peak device memory
+    allocated by torch, in bytes (None where the platform does not say)."""
+    try:
+        import resource
+
+        host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    except ImportError:  # not on Windows
+        host = None
+    return {"host_peak_bytes": host,
+            "device_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}
 
 
 def _versions() -> dict[str, str]:

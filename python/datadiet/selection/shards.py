@@ -151,6 +151,15 @@ def _to_npz(table: ScoreTable) -> bytes:
 
 
 def _concat(parts: list[ScoreTable], device: torch.device) -> ScoreTable:
-    """One table on the scoring device, as an unsharded pass returns it."""
+    """One table on the scoring device, as an unsharded pass returns it, filled shard by shard and
+    each shard let go once copied (so the peak is the table and one shard, not twice the table)."""
     names = [k for k, v in vars(parts[0]).items() if v is not None]
-    return ScoreTable(**{k: torch.cat([getattr(p, k).to(device) for p in parts]) for k in names})
+    n = sum(len(p) for p in parts)
+    out = {k: getattr(parts[0], k).new_empty((n, *getattr(parts[0], k).shape[1:]), device=device) for k in names}
+    start = 0
+    for s in range(len(parts)):
+        part, parts[s] = parts[s], None
+        for k in names:
+            out[k][start:start + len(part)] = getattr(part, k)
+        start += len(part)
+    return ScoreTable(**out)

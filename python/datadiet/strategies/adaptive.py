@@ -9,6 +9,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
+
 from datadiet._seeds import derive_seed
 from datadiet.select.glister import VARIANTS, glister
 from datadiet.select.gradmatch import EMBEDDINGS, MODES, gradmatch, last_layer_embedding
@@ -89,19 +91,32 @@ class GradMatch(Periodic):
         if self.mode == "per_class":
             self.size = self.per_class_size()  # an upper bound: OMP may stop short, the fill tops up to k
 
+    def _wanted(self) -> dict:
+        """What the scoring pass keeps: the per-class embedding needs the features and only the
+        label's entry of p − onehot, which the loss gives (below), so no [n, C] table is kept;
+        the bias embedding needs the errors alone."""
+        if self.embedding == "per_class":
+            return {"features": True}
+        return {"errors": True} if self.embedding == "bias" else {"features": True, "errors": True}
+
     def _embed(self, table):
         if self.embedding == "full":
             return {"errors": table.errors, "features": table.features}
-        return {"embedding": last_layer_embedding(table.errors, table.features, table.labels, self.embedding)}
+        if self.embedding == "per_class":
+            # e_{i,y_i} = p_{y_i} − 1 = exp(−ℓ_i) − 1, as expm1 for accuracy near p = 1
+            e_y = torch.expm1(-table.loss.float()).unsqueeze(1)
+            return {"embedding": torch.cat([e_y, e_y * table.features.float()], 1)}
+        return {"embedding": last_layer_embedding(table.errors)}
 
     def choose(self, epoch: int) -> Selection:
         ctx = self.context
-        table = ctx.score(features=True, errors=True)
+        table = ctx.score(**self._wanted())
         kwargs = dict(labels=table.labels, budget=self.budget, mode=self.mode, batch_size=self.batch_size,
                       lam=self.lam, tol=self.tol, seed=derive_seed(ctx.seed, 2, self.round(epoch)))
         kwargs.update(self._embed(table))
+        del table  # its features are in the embedding now: let them go before the solve
         if self.target == "val":
-            val = ctx.score(split="val", features=True, errors=True)
+            val = ctx.score(split="val", **self._wanted())
             kwargs.update({"val_" + key: value for key, value in self._embed(val).items()})
             kwargs["val_labels"] = val.labels
         result = gradmatch(**kwargs)

@@ -291,9 +291,10 @@ def _features(spec: str, path: str) -> DataBundle:
     for xk, xv, yk, yv in pairs:
         if xv.shape[0] != yv.shape[0]:
             raise ValueError(f"dataset {spec!r}: {xk} has {xv.shape[0]} rows, {yk} {yv.shape[0]}")
-        bad = (~torch.isfinite(xv)).nonzero()
-        if bad.numel():
-            raise ValueError(f"dataset {spec!r}: {xk} row {int(bad[0, 0])} is not finite")
+        for start in range(0, xv.shape[0], 1 << 14):  # in blocks: isfinite's temporaries are x-sized
+            bad = (~torch.isfinite(xv[start:start + (1 << 14)])).nonzero()
+            if bad.numel():
+                raise ValueError(f"dataset {spec!r}: {xk} row {start + int(bad[0, 0])} is not finite")
     if tx is not None and tx.shape[1] != x.shape[1]:
         raise ValueError(f"dataset {spec!r}: test_features have {tx.shape[1]} columns, features {x.shape[1]}")
     classes = int(y.max()) + 1
