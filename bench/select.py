@@ -98,12 +98,12 @@ def bare_loop(folder: str, model: torch.nn.Module, image_size: int, batch_size: 
     """What a user writes: ImageFolder, the evaluation transforms, a DataLoader, a no-grad forward."""
     from torchvision import datasets, transforms
 
-    start = time.perf_counter()
     tf = transforms.Compose([transforms.Resize(round(image_size * 8 / 7)), transforms.CenterCrop(image_size),
                              transforms.ToTensor(),
                              transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-    loader = torch.utils.data.DataLoader(datasets.ImageFolder(os.path.join(folder, "train"), tf),
-                                         batch_size=batch_size, num_workers=workers,
+    folder_set = datasets.ImageFolder(os.path.join(folder, "train"), tf)
+    start = time.perf_counter()  # from here, as select's scoring stage is timed (its folder scan is loading)
+    loader = torch.utils.data.DataLoader(folder_set, batch_size=batch_size, num_workers=workers,
                                          pin_memory=device.type == "cuda")
     model.eval()
     with torch.no_grad():

@@ -8,12 +8,15 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pytest
 import torch
 
 from datadiet.scores import IndexedDataset, ScoreTable, score_dataset, score_shards
 from datadiet.scores.scoring import ShardBatches
 from datadiet.selection.shards import ShardedScores, ShardsDone
-from datadiet.train import datasets, models
+from datadiet.strategies.pretrained import fingerprint
+from datadiet.train import checkpoint, datasets, models
 from tests.subprocesses import TORCHRUN, env
 
 TIMEOUT = 300
@@ -53,13 +56,21 @@ def test_two_ranks_write_the_files_one_process_writes(tmp_path):
         assert not (two / ".datadiet-shards").exists()
 
 
-def test_a_proxy_is_trained_once_over_the_ranks(tmp_path):
+def test_a_ddp_proxy_is_the_scorer_of_every_rank(tmp_path):
+    """The proxy is trained by DDP over both ranks and saved once; both ranks' shards are scored by
+    that one model: scores.npz equals scoring the saved proxy in this process."""
     out = tmp_path / "proxy"
     _select(["--strategy", "el2n", "--fraction", "0.3", "--proxy-epochs", "1", "--shard-size", "500", "--out",
              str(out)], launcher=TORCHRUN)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["model"]["source"] == "proxy" and (out / "proxy.pt").exists()
-    assert manifest["size"] == 438 and manifest["shards"]["ranks"] == 2
+    assert manifest["model"]["source"] == "proxy" and manifest["size"] == 438 and manifest["shards"]["ranks"] == 2
+    bundle = datasets.load("digits")
+    model = models.build("mlp", bundle.num_classes, bundle.input_shape, manifest["model"]["width"])
+    model.load_state_dict(checkpoint.load(str(out / "proxy.pt"))["model"])
+    assert fingerprint(model) == manifest["model"]["fingerprint"]
+    ours = score_dataset(model, IndexedDataset(bundle.train_eval), batch_size=256)
+    saved = np.load(out / "scores.npz")
+    torch.testing.assert_close(torch.from_numpy(saved["el2n"]), ours.el2n, rtol=1e-5, atol=1e-6)
 
 
 def _dataset(n=53):
@@ -86,7 +97,7 @@ def test_score_shards_equals_the_whole_pass_row_for_row():
                 torch.testing.assert_close(value, getattr(whole, name)[rows], rtol=1e-6, atol=1e-6)
 
 
-def test_ranks_split_the_missing_shards_and_only_rank_0_assembles(tmp_path):
+def test_ranks_split_the_missing_shards_and_only_rank_0_assembles(tmp_path, monkeypatch):
     ds = _dataset()
     torch.manual_seed(1)
     model = models.build("mlp", 10, (1, 8, 8), 16)
@@ -95,29 +106,71 @@ def test_ranks_split_the_missing_shards_and_only_rank_0_assembles(tmp_path):
     def stream(rank):
         def run(shards, model=None, **wanted):
             asked[rank].extend(shards)
-            return score_shards(model or models_, ds, shards, batch_size=8)
+            return score_shards(model, ds, shards, batch_size=8)
         return run
 
-    models_ = model
-    setting = {"case": 1}
-    first = ShardedScores(str(tmp_path), setting, 10, None, stream(1), len(ds), torch.device("cpu"), rank=1, world=2)
-    try:
-        first()
-    except ShardsDone:
-        pass
+    # two ranks played in one process: rank 0's list of missing shards (a broadcast under torchrun)
+    monkeypatch.setattr(ShardedScores, "_agree", lambda self, missing: list(range(6)))
+    setting, cpu = {"case": 1}, torch.device("cpu")
+    first = ShardedScores(str(tmp_path), setting, 10, None, stream(1), len(ds), cpu, rank=1, world=2)
+    with pytest.raises(ShardsDone):
+        first(model=model)
     assert asked[1] == [range(10, 20), range(30, 40), range(50, 53)]  # shards 1, 3 and 5 of 0..5
-    second = ShardedScores(str(tmp_path), setting, 10, None, stream(0), len(ds), torch.device("cpu"), rank=0, world=2,
-                           poll=0.01)
-    table = second()
-    assert asked[0] == [range(0, 10), range(20, 30), range(40, 50)]
+    monkeypatch.undo()
+    second = ShardedScores(str(tmp_path), setting, 10, None, stream(0), len(ds), cpu, rank=0, world=1, poll=0.01)
+    table = second(model=model)
+    assert asked[0] == [range(0, 10), range(20, 30), range(40, 50)]  # rank 1's are read back
     assert second.reused == 3 and second.scored == 3 and isinstance(table, ScoreTable)
     torch.testing.assert_close(table.loss, score_dataset(model, ds, batch_size=8).loss, rtol=1e-6, atol=1e-6)
     # a shard whose bytes no longer match its digest is scored again
-    path = next((tmp_path / ".datadiet-shards" / "scores").glob("00001.npz"))
+    path = tmp_path / ".datadiet-shards" / "scores" / "00001.npz"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    again = ShardedScores(str(tmp_path), setting, 10, None, stream(0), len(ds), torch.device("cpu"))
+    again = ShardedScores(str(tmp_path), setting, 10, None, stream(0), len(ds), cpu)
     asked[0].clear()
-    again()
+    again(model=model)
     assert asked[0] == [range(10, 20)] and again.reused == 5
+
+
+def test_rank_0_waits_for_the_shards_it_did_not_score(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    ds = _dataset()
+    torch.manual_seed(1)
+    model = models.build("mlp", 10, (1, 8, 8), 16)
+    monkeypatch.setattr(ShardedScores, "_agree", lambda self, missing: [0, 1])  # rank 0's list, both missing
+    cpu = torch.device("cpu")
+
+    def ranked(rank):
+        return ShardedScores(str(tmp_path), {"case": 2}, 30, None,
+                             lambda shards, model=None, **kw: score_shards(model, ds, shards, batch_size=8), len(ds),
+                             cpu, rank=rank, world=2, poll=0.01)
+    zero, one = ranked(0), ranked(1)
+    result = {}
+    waiting = threading.Thread(target=lambda: result.setdefault("table", zero(model=model)), daemon=True)
+    waiting.start()  # scores shard 0, then polls for shard 1
+    time.sleep(0.3)
+    with pytest.raises(ShardsDone):
+        one(model=model)  # rank 1 writes shard 1 (rows 30..52)
+    waiting.join(timeout=120)
+    assert "table" in result, "rank 0 did not see rank 1's shard"
+    assert zero.scored == 2 and zero.reused == 0 and len(result["table"]) == len(ds)
+    torch.testing.assert_close(result["table"].loss, score_dataset(model, ds, batch_size=8).loss, rtol=1e-6,
+                               atol=1e-6)
+
+
+def test_a_rank_that_does_not_see_rank_0s_folder_is_refused(tmp_path):
+    cpu = torch.device("cpu")
+    zero = ShardedScores(str(tmp_path / "a"), {"case": 3}, 10, None, None, 20, cpu)
+    told = {"setting": zero.setting, "token": "not what the folder holds"}
+    other = ShardedScores.__new__(ShardedScores)
+    other.root, other.rank, other.setting = zero.root, 1, zero.setting
+    with pytest.raises(ValueError, match="rank 1 does not see the files rank 0 writes"):
+        other._check_shared(told)
+    with open(os.path.join(zero.root, "index.json")) as f:
+        told = json.load(f)
+    other.setting = {"case": 4}
+    with pytest.raises(ValueError, match="rank 1 scores another setting than rank 0"):
+        other._check_shared(told)

@@ -211,6 +211,17 @@ def test_the_dataset_fingerprint_follows_files_and_tensors():
     assert files.dataset_fingerprint(changed, bundle.labels)["sha256"] != a["sha256"]
 
 
+@requires_torchvision
+def test_a_cifar_fingerprint_follows_its_images(tmp_path):
+    from train_fixtures import cifar10
+
+    bundle = load_data(f"cifar10:{cifar10(tmp_path)}")
+    a = files.dataset_fingerprint(bundle.train, bundle.labels)
+    assert a["by"] == "tensors" and a["samples"] == len(bundle.train)
+    bundle.train.data[3, 0, 0, 0] ^= 1  # one pixel of one image
+    assert files.dataset_fingerprint(bundle.train, bundle.labels)["sha256"] != a["sha256"]
+
+
 def embeddings(n=300, d=16, classes=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     centres = 3 * torch.randn(classes, d, generator=g)

@@ -97,3 +97,32 @@ def test_a_budget_the_stratum_cannot_hold_is_refused_with_the_largest_fraction()
         _strategy(d, labels, 2, strata=3, stratum=1, fraction=0.3, per_class=True)
     ok = _strategy(d, labels, 2, strata=3, stratum=1, fraction=0.2, per_class=True).select(0).indices
     assert torch.bincount(labels[ok], minlength=2).tolist() == [1, 2]
+
+
+def test_the_fraction_a_refusal_names_is_accepted():
+    """Over many pool sizes, strata and strata kept: the largest fraction the refusal names fits,
+    and a fraction a little above the stratum's share is refused."""
+    import re
+
+    for n in range(3, 40):
+        for strata in range(2, min(n, 6) + 1):
+            for j in range(strata):
+                d = torch.arange(float(n))
+                with pytest.raises(ValueError, match="at most") as refused:
+                    _strategy(d, torch.zeros(n, dtype=torch.long), 1, strata=strata, stratum=j, fraction=1.0)
+                most = float(re.search(r"at most ([0-9.e-]+),", str(refused.value)).group(1))
+                s = _strategy(d, torch.zeros(n, dtype=torch.long), 1, strata=strata, stratum=j, fraction=most)
+                assert s.select(0).indices.numel() == s.budget <= n // strata + (j < n % strata)
+
+
+def test_per_class_strata_need_classes_at_least_as_large():
+    labels = torch.tensor([0, 0] + [1] * 10)
+    with pytest.raises(ValueError, match="class 0 holds 2 samples: use fewer strata or per_class = False"):
+        _strategy(torch.arange(12.0), labels, 2, strata=3, stratum=0, fraction=0.1, per_class=True)
+
+
+def test_the_stratum_range_ignores_nan_scores():
+    d = torch.tensor([0.0, 1.0, float("nan"), float("nan")])
+    s = _strategy(d, torch.zeros(4, dtype=torch.long), 1, strata=2, stratum=1, fraction=0.5)
+    assert sorted(s.select(0).indices.tolist()) == [2, 3]
+    assert s.report()["stratum_score_min"] is None

@@ -254,3 +254,16 @@ def test_gradmatch_weights_and_target_val():
 def test_bias_embedding_warns():
     with pytest.warns(UserWarning, match="bias-only embedding"):
         _make("gradmatch", mode="global", embedding="bias")
+
+
+def test_gradmatch_per_class_embedding_from_the_loss_equals_the_errors_table():
+    """The per-class embedding built from the loss (e_y = expm1(−ℓ), no [n, C] table) equals
+    ``last_layer_embedding`` of the full errors table."""
+    from datadiet.select.gradmatch import last_layer_embedding
+
+    table = _table(N, 4)
+    s = _make("gradmatch", embedding="per_class")
+    assert s._wanted() == {"features": True}
+    ours = s._embed(table)["embedding"]
+    torch.testing.assert_close(ours, last_layer_embedding(table.errors, table.features, table.labels, "per_class"),
+                               rtol=1e-5, atol=1e-6)

@@ -26,7 +26,7 @@ TINY = dict(epochs=3, batch_size=64, progress=False)
 def _params(name):
     return {"forgetting": {"warm": 0.99}, "gradmatch": {"every": 1}, "glister": {"every": 2},
             "random_online": {"every": 1}, "selective_backprop": {"start": 0.0}, "random_pb": {"batch_size": 8},
-            "cached_gradmatch": {"every": 1}}.get(name, {})
+            "cached_gradmatch": {"every": 1}, "strata": {"stratum": 0}}.get(name, {})
 
 
 @pytest.mark.parametrize("name", list(strategies.STRATEGIES))
@@ -58,7 +58,7 @@ def test_every_strategy_trains_end_to_end(name, tmp_path):
 
 
 SELECTION_EPOCHS = {"full": [0], "random": [0], "random_online": [0, 1, 2], "loss": [0], "el2n": [0], "grand": [0],
-                    "least_confidence": [0], "margin": [0], "entropy": [0], "forgetting": [0, 2],
+                    "least_confidence": [0], "margin": [0], "entropy": [0], "strata": [0], "forgetting": [0, 2],
                     "gradmatch": [0, 1, 2], "glister": [0, 2], "selective_backprop": [0], "random_pb": [0],
                     "cached_gradmatch": [0, 1, 2], "infobatch": [0, 1, 2], "adaselection": [0]}
 

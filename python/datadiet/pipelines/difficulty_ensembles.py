@@ -38,6 +38,7 @@ from datadiet._seeds import derive_seed
 from datadiet.ops.stratified_select import stratified_select
 from datadiet.ops.topk_select import topk_select
 from datadiet.ops.weighted_sample import weighted_sample
+from datadiet.select._budget import fraction_budget
 from datadiet.scores.scoring import final_linear, score_dataset
 from datadiet.soup import uniform_soup
 from datadiet.strategies.static import FixedSubset, Full
@@ -150,7 +151,7 @@ def _ensemble(config, schedule, fraction, n_models, warmup_epochs, base, bn, ens
         if state is None:  # no warm-up: every stage descends from this one initialisation
             state = probe.model.state_dict()
         n = probe.driver.sampler.n
-        k = max(1, math.ceil(fraction * n))
+        k = fraction_budget(fraction, n)
         if base == "random":
             base_idx = weighted_sample(torch.ones(n), k, seed=derive_seed(config.seed, 20, p))
         else:

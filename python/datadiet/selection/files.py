@@ -48,19 +48,22 @@ def sha256(data: bytes) -> str:
 
 def dataset_fingerprint(dataset: Dataset, labels: torch.Tensor) -> dict[str, Any]:
     """What identifies a training split: its size and a digest of its labels and of its file list
-    (image folders: paths relative to the root) or its tensors (in-memory datasets). A dataset that
-    is neither is identified by size and labels alone (``"by": "labels"``)."""
+    (image folders: paths relative to the root), its tensors (in-memory datasets) or its ``data``
+    array (CIFAR-10's images). A dataset that is none of these is identified by size and labels
+    alone (``"by": "labels"``)."""
     digest = hashlib.sha256()
     digest.update(labels.to(torch.int64).cpu().contiguous().numpy().tobytes())
     samples = getattr(dataset, "samples", None)
     tensors = getattr(dataset, "tensors", None)
+    data = getattr(dataset, "data", None)
     if samples is not None:
         root = getattr(dataset, "root", "")
         for path, _ in samples:
             digest.update(os.path.relpath(path, root).encode("utf-8", "surrogatepass") + b"\0")
         by = "files"
-    elif tensors is not None:
-        for t in tensors:  # hashed from the tensor's own memory, never a copy of it
+    elif tensors is not None or isinstance(data, (torch.Tensor, np.ndarray)):
+        for t in tensors if tensors is not None else (torch.as_tensor(data),):
+            # hashed from the tensor's own memory (no copy of a contiguous CPU tensor)
             digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
         by = "tensors"
     else:

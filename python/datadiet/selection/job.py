@@ -12,8 +12,10 @@ The job takes a run's data and model options (``TrainConfig``) and a one-shot st
 4. writes ``subset.csv``, ``scores.npz`` and ``manifest.json`` (``datadiet.selection.files``).
 
 Under torchrun a proxy is trained once, by DDP over the ranks; each rank scores its own shards of
-the pass (no rows cross ranks); rank 0 reads them back, selects alone and writes the files, and
-the subset is the one a single process selects (``datadiet.selection.shards``).
+the pass (no rows cross ranks); rank 0 reads them back, selects alone and writes the files
+(``datadiet.selection.shards``). With ``weights`` the subset and scores are those one process
+writes; a proxy trained by DDP sees world × batch_size samples a step, so it, and the subset it
+scores, depend on the number of ranks.
 
 A job killed at any point and started again with the same command continues: the proxy's weights
 (``proxy.pt``, kept as the scorer of record) and the finished shards are reused, and the subset is
@@ -133,6 +135,8 @@ def _check(config: TrainConfig, weights: Optional[str], proxy_epochs: Optional[i
         raise ValueError(f"select: --proxy-epochs {proxy_epochs!r}: must be an int >= 1")
     if weights is not None and not os.path.exists(weights):
         raise ValueError(f"select: --weights {weights!r} does not exist")
+    if "every" in parameters(config.strategy):
+        params["every"] = None  # one selection (the manifest records it so, not a schedule's default)
     if issubclass(REGISTRY[config.strategy], ScoreBased):
         params["pretrain_epochs"] = 0  # score the given scorer, never a proxy of its own
     strategy = make(config.strategy, **params)
@@ -265,7 +269,8 @@ def _scorer(run: TrainConfig, bundle, dataset_sha256: str, weights: Optional[str
         proxy_config = dataclasses.replace(run, strategy="full", fraction=None, strategy_params={})
         identity = {**proxy_config.identity(), "dataset_sha256": dataset_sha256}
         path = os.path.join(folder, PROXY)
-        saved = _saved_proxy(path, identity, overwrite)
+        # rank 0 decides and hands its reading to the others, so every rank trains (DDP) or none does
+        saved = rank0_first(lambda: _saved_proxy(path, identity, overwrite), share=lambda state: state)
         began = time.perf_counter()
         trainer = Trainer(proxy_config, data=bundle)
         if saved is None:

@@ -27,7 +27,9 @@ import io
 import json
 import math
 import os
+import secrets
 import shutil
+import sys
 import time
 from typing import Any, Callable, Iterator
 
@@ -57,27 +59,49 @@ class ShardedScores:
         self.reused = self.scored = self.scored_samples = 0
         self.wall = 0.0  # every pass's wall time on this rank, waiting for other ranks included
         self.train_wall = 0.0
-        rank0_first(lambda: self._open(overwrite))
+        self._passes = 0
+        told = rank0_first(lambda: self._open(overwrite), share=lambda opened: opened)
+        if rank != 0:
+            self._check_shared(told)
 
-    def _open(self, overwrite: bool) -> None:
-        """Rank 0: keeps the shards of this setting, refuses (or with ``overwrite`` drops) others."""
+    def _open(self, overwrite: bool) -> dict[str, Any]:
+        """Rank 0: keeps the shards of this setting, refuses (or with ``overwrite`` drops) others;
+        writes the index with a fresh token, which the other ranks read back (``_check_shared``)."""
         path = os.path.join(self.root, INDEX)
+        opened = {"setting": self.setting, "token": secrets.token_hex(16)}
         if os.path.isfile(path):
             try:
                 with open(path, encoding="utf-8") as f:
                     index = json.load(f)
             except (OSError, ValueError):
                 index = None
-            if isinstance(index, dict) and index.get("setting") == self.setting:
-                return
-            if not overwrite:
+            same = isinstance(index, dict) and index.get("setting") == self.setting
+            if not same and not overwrite:
                 saved = index.get("setting", {}) if isinstance(index, dict) else {}
                 differ = runfolder.differences(saved, self.setting, "setting") if isinstance(saved, dict) else []
                 raise ValueError(f"select: {self.root} holds the scores of another selection ("
                                  f"{'; '.join(differ[:3]) or 'unreadable index'}); use --overwrite to start over")
-        if os.path.isdir(self.root):
+            if not same:
+                shutil.rmtree(self.root)
+        elif os.path.isdir(self.root):
             shutil.rmtree(self.root)
-        runfolder.write_json(path, {"setting": self.setting})
+        runfolder.write_json(path, opened)
+        return opened
+
+    def _check_shared(self, opened: dict[str, Any]) -> None:
+        """Another rank: sees rank 0's index in the folder (a filesystem every rank shares) and
+        has rank 0's setting (the same data and scorer)."""
+        try:
+            with open(os.path.join(self.root, INDEX), encoding="utf-8") as f:
+                seen = json.load(f).get("token")
+        except (OSError, ValueError, AttributeError):
+            seen = None
+        if seen != opened["token"]:
+            raise ValueError(f"select: rank {self.rank} does not see the files rank 0 writes in {self.root}: under "
+                             "torchrun --out must be on a filesystem every rank shares")
+        if opened["setting"] != self.setting:
+            differ = runfolder.differences(opened["setting"], self.setting, "setting")
+            raise ValueError(f"select: rank {self.rank} scores another setting than rank 0 ({'; '.join(differ[:3])})")
 
     def shards(self) -> list[range]:
         return [range(s * self.shard_size, min(self.pool, (s + 1) * self.shard_size))
@@ -93,31 +117,49 @@ class ShardedScores:
         name += "".join(f"-{k}={v}" for k, v in sorted(wanted.items()) if not isinstance(v, bool))
         shards = self.shards()
         paths = [os.path.join(self.root, name, f"{s:05d}.npz") for s in range(len(shards))]
-        tables = []
-        for path, rows in zip(paths, shards):  # the other ranks only look: rank 0 assembles the table
-            table = self._read(path, len(rows))
-            tables.append(table if table is None or self.rank == 0 else True)
-        missing = [s for s, table in enumerate(tables) if table is None]
+        if self.world > 1 and self._passes:  # the other ranks left after the first: nobody would score it
+            raise RuntimeError("select: this strategy scores the training pool twice; under torchrun a selection "
+                               "job scores it once")
+        self._passes += 1
+        tables, missing = [], []
+        if self.rank == 0:  # rank 0 decides what is missing (the others would race their own writes)
+            tables = [self._read(path, len(rows)) for path, rows in zip(paths, shards)]
+            missing = [s for s, table in enumerate(tables) if table is None]
+        missing = self._agree(missing)
         self.reused, self.scored = len(shards) - len(missing), len(missing)
         self.scored_samples = sum(len(shards[s]) for s in missing)
-        mine = [s for s in missing if s % self.world == self.rank]
+        mine = missing[self.rank::self.world]  # dealt round the ranks: none idle while others score two
         if mine:
             for position, table in self.stream([shards[s] for s in mine], model=model, **wanted):
                 s = mine[position]
                 data = _to_npz(table)
                 runfolder.write_bytes(paths[s], data)
                 runfolder.write_bytes(paths[s][:-len(".npz")] + ".sha256", sha256(data).encode())
-                tables[s] = table if self.rank == 0 else True
+                if self.rank == 0:
+                    tables[s] = table
         if self.rank != 0:
             raise ShardsDone
+        waited = time.monotonic()
         for s in missing:  # the other ranks' shards, as they appear
             while tables[s] is None:
                 tables[s] = self._read(paths[s], len(shards[s]))
                 if tables[s] is None:
+                    if time.monotonic() - waited > 600:
+                        print(f"select: rank 0 still waits for shard {s} of {len(shards)} from rank "
+                              f"{missing.index(s) % self.world}", file=sys.stderr, flush=True)
+                        waited = time.monotonic()
                     time.sleep(self.poll)
         self.train_wall = time.perf_counter() - began
         self.wall += self.train_wall
         return _concat(tables, self.device)
+
+    def _agree(self, missing: list[int]) -> list[int]:
+        """Rank 0's list of the missing shards, on every rank (one broadcast)."""
+        if self.world == 1:
+            return missing
+        box = [missing]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
 
     @staticmethod
     def _read(path: str, rows: int):
@@ -153,6 +195,8 @@ def _to_npz(table: ScoreTable) -> bytes:
 def _concat(parts: list[ScoreTable], device: torch.device) -> ScoreTable:
     """One table on the scoring device, as an unsharded pass returns it, filled shard by shard and
     each shard let go once copied (so the peak is the table and one shard, not twice the table)."""
+    if not parts:
+        raise ValueError("select: the training pool is empty: nothing to score")
     names = [k for k, v in vars(parts[0]).items() if v is not None]
     n = sum(len(p) for p in parts)
     out = {k: getattr(parts[0], k).new_empty((n, *getattr(parts[0], k).shape[1:]), device=device) for k in names}

@@ -37,7 +37,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from datadiet.scores.scoring import ScoreTable
-from datadiet.select._budget import class_budgets
+from datadiet.select._budget import class_budgets, fraction_budget
 from datadiet.select.selection import Selection
 
 
@@ -221,7 +221,7 @@ class Periodic(Strategy):
         if self.warm_epochs >= context.epochs:
             raise ValueError(f"{label}: warm = {self.warm} gives {self.warm_epochs} full-data epochs of "
                              f"{context.epochs}, leaving none to select for")
-        self.budget = max(1, math.ceil(self.fraction * context.n))
+        self.budget = fraction_budget(self.fraction, context.n)
         self.size = self.budget  # what a selection holds; per-class strategies round up per class
 
     def per_class_size(self) -> int:

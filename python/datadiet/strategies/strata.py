@@ -14,6 +14,7 @@ the subset keeps the class balance; ``False`` (default, as the ensembles do) ran
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -61,6 +62,10 @@ class Strata(ScoreBased):
         if self.strata > context.n:
             raise ValueError(f"strata: strata = {self.strata} is more than the pool's {context.n} samples")
         counts = self._counts()
+        small = [c for c, count in enumerate(counts) if 0 < count < self.strata] if self.per_class else []
+        if small:
+            raise ValueError(f"strata: per_class = True cuts every class into strata = {self.strata}, and class "
+                             f"{small[0]} holds {counts[small[0]]} samples: use fewer strata or per_class = False")
         budgets = class_budgets(counts, self.budget) if self.per_class else [self.budget]
         for c, (count, k) in enumerate(zip(counts, budgets)):
             room = stratum_size(count, self.strata, self.stratum)
@@ -68,7 +73,7 @@ class Strata(ScoreBased):
                 where = f"class {c}'s stratum" if self.per_class else "the stratum"
                 raise ValueError(f"strata: fraction = {self.fraction} asks {k} samples of {where} {self.stratum}, "
                                  f"which holds {room} (1/{self.strata} of {count}): use a fraction of at most "
-                                 f"{self._most():.4g}, or fewer strata")
+                                 f"{self._most():g}, or fewer strata")
         self.size = sum(budgets)
 
     @property
@@ -82,10 +87,11 @@ class Strata(ScoreBased):
 
     def _most(self) -> float:
         """The largest fraction whose budget every stratum ``stratum`` holds (the refusal's hint)."""
-        # ceil(k · n_c / n) <= s_c  <=>  k <= s_c · n / n_c, for every class with samples
+        # ceil(k · n_c / n) <= s_c  <=>  k <= s_c · n / n_c, for every class with samples; printed
+        # rounded down, so the fraction the message names is one the check accepts
         n = self.context.n
         most = min((stratum_size(c, self.strata, self.stratum) * n) // c for c in self._counts() if c)
-        return most / n
+        return math.floor(most / n * 1e4) / 1e4
 
     def choose(self, epoch: int) -> Selection:
         d, ctx = self.scores().float().cpu(), self.context
@@ -93,16 +99,19 @@ class Strata(ScoreBased):
         if not self.per_class:
             picks = stratified_select(d, self.strata, 1.0, seed=seed)[self.stratum][:self.budget]
         else:
-            labels = ctx.labels.cpu()
+            counts = self._counts()
+            by_class = torch.split(torch.sort(ctx.labels.cpu(), stable=True).indices, counts)  # O(n log n)
             parts = []
-            for c, k in enumerate(class_budgets(self._counts(), self.budget)):
-                members = torch.nonzero(labels == c).flatten()
+            for c, k in enumerate(class_budgets(counts, self.budget)):
+                members = by_class[c]
                 if k:
                     drawn = stratified_select(d[members], self.strata, 1.0, seed=derive_seed(seed, c))[self.stratum]
                     parts.append(members[drawn[:k]])
             picks = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
         picks = torch.sort(picks).values
         chosen = d[picks]
+        chosen = chosen[~torch.isnan(chosen)]  # NaN counts as hardest; the range is of the numbers
         self._last = {"size": int(picks.numel()), "score_mean": float(torch.nanmean(d)),
-                      "stratum_score_min": float(chosen.min()), "stratum_score_max": float(chosen.max())}
+                      "stratum_score_min": float(chosen.min()) if chosen.numel() else None,
+                      "stratum_score_max": float(chosen.max()) if chosen.numel() else None}
         return Selection(picks)
