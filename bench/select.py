@@ -8,8 +8,8 @@
     at reduced scale) over the full size;
 (b) the selection stage at ImageNet's shape from a ``features:`` file (``--rows`` × ``--dim``,
     ``--classes`` classes; a linear scorer, the classes' means, as ``--weights``): EL2N per class,
-    GradMatch per class and GLISTER (at ``--glister-rows``, as its greedy loop is O(k · n)), each
-    a ``datadiet select`` child process: time per stage and the child's peak resident memory
+    GradMatch per class and GLISTER (10% of the pool held out; the validation gradient refreshed
+    64 times, its default), each a ``datadiet select`` child process: time per stage and the child's peak resident memory
     against the features file's size (target ≤ 2.5×);
 (c) (b)'s EL2N under torchrun with 2 gloo ranks: the subset file equal to one process's (both
     one thread per process), and the largest rank's peak memory.
@@ -48,7 +48,8 @@ def add_arguments(p) -> None:
     p.add_argument("--dim", type=int, default=512, help="(b) feature dimension")
     p.add_argument("--classes", type=int, default=1000, help="(b) classes")
     p.add_argument("--fraction", type=float, default=0.1, help="(b) the fraction kept")
-    p.add_argument("--glister-rows", type=int, default=20000, help="(b) rows GLISTER selects from")
+    p.add_argument("--strategies", default="el2n,gradmatch,glister", help="(b) the strategies run")
+    p.add_argument("--glister-rows", type=int, default=None, help="(b) rows GLISTER selects from (default all)")
     p.add_argument("--keep", default=None, help="a folder to keep the generated data in (default: temporary)")
 
 
@@ -239,14 +240,15 @@ def selection_rows(args, root: str, stages: set) -> list[dict]:
     rows = []
     runs = {}
     if "selection" in stages:
-        small = path
-        if args.glister_rows < args.rows:
-            small, _ = features_in_child(root, args.glister_rows, args.dim, args.classes)
+        small, glister_rows = path, args.glister_rows or args.rows
+        if glister_rows < args.rows:
+            small, _ = features_in_child(root, glister_rows, args.dim, args.classes)
         plans = [("el2n per class", path, ["--strategy", "el2n"]),
                  ("gradmatch per class", path, ["--strategy", "gradmatch"]),
-                 (f"glister ({args.glister_rows} rows, 10% held out)", small,
+                 (f"glister ({glister_rows} rows, 10% held out)", small,
                   ["--strategy", "glister", "--val-fraction", "0.1"])]
-        for method, data, extra in plans:
+        wanted = {name for name in args.strategies.split(",") if name}
+        for method, data, extra in [plan for plan in plans if plan[0].split()[0] in wanted]:
             child = ["--dataset", f"features:{data}", *common[2:], *extra, "--out",
                      os.path.join(root, method.split()[0])]
             runs[method] = result = select_child(child)

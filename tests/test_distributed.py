@@ -210,3 +210,14 @@ def test_issue_14_strategies_under_two_ranks(tmp_path):
     _torchrun(*common, "--strategy", "adaselection", "--param", "keep=0.3", "--out", ada)
     states = [r["strategy"]["selector"] for r in checkpoint.load(os.path.join(ada, "checkpoint.pt"))["ranks"]]
     assert all(s["steps"] > 0 for s in states) and not torch.equal(states[0]["weights"], states[1]["weights"])
+
+
+def test_a_one_shot_proxy_is_trained_once_by_ddp(tmp_path):
+    """EL2N one-shot under 2 ranks: the default proxy (ceil(0.2 · 3) = 1 epoch) is trained by DDP
+    over the ranks (a shard each, gradients averaged) and the run trains on its selection."""
+    out = str(tmp_path / "el2n")
+    _torchrun("-m", "datadiet", "train", "--strategy", "el2n", "--fraction", "0.3", "--epochs", "3", "--no-progress",
+              "--dist-timeout", "120", "--out", out)
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["world_size"] == 2 and summary["time"]["pretraining"] > 0
+    assert 0.29 * 1294 < summary["selections"][0]["size"] < 0.32 * 1294  # 30% (per class) of the pool

@@ -87,3 +87,47 @@ def test_bad_arguments(kwargs, pattern):
         glister(e, h, zv, yv, hv, **kwargs)
     with pytest.raises(ValueError, match=r"need val_logits \[V, 5\]"):
         glister(e, h, zv[:, :3], yv, hv, budget=3)
+
+
+def _trained_like(n=6000, v=600, c=10, d=24, seed=0):
+    """A classification layer some way from the truth: errors, features and held-out logits."""
+    g = torch.Generator().manual_seed(seed)
+    truth = torch.randn(d, c, generator=g)
+    h, hv = torch.randn(n, d, generator=g), torch.randn(v, d, generator=g)
+    y = (h @ truth + 2 * torch.randn(n, c, generator=g)).argmax(1)
+    yv = (hv @ truth + 2 * torch.randn(v, c, generator=g)).argmax(1)
+    w0 = truth + 1.5 * torch.randn(d, c, generator=g)
+    return (h @ w0).softmax(1) - nn.functional.one_hot(y, c), h, hv @ w0, yv, hv
+
+
+def held_out_loss(e, h, zv, yv, hv, picks, eta):
+    """The objective GLISTER climbs: the held-out loss after the picks' one-step updates."""
+    ht, hvt = (torch.cat([t, torch.ones(t.shape[0], 1)], 1) for t in (h, hv))
+    return float(nn.functional.cross_entropy(zv - eta * (hvt @ (ht[picks].T @ e[picks])), yv))
+
+
+@pytest.mark.parametrize("variant", ["naive", "stochastic"])
+def test_refreshing_every_b_picks_keeps_the_objective_of_the_exact_greedy(variant):
+    e, h, zv, yv, hv = _trained_like()
+    k, eta = 600, 0.002
+    exact = glister(e, h, zv, yv, hv, budget=k, eta=eta, variant=variant, seed=1, refresh=1)
+    f_exact = held_out_loss(e, h, zv, yv, hv, exact.indices, eta)
+    f_random = held_out_loss(e, h, zv, yv, hv, torch.randperm(6000, generator=torch.Generator().manual_seed(0))[:k],
+                             eta)
+    for refresh in (7, 75, None):  # None: ceil(600 / 64) = 10
+        got = glister(e, h, zv, yv, hv, budget=k, eta=eta, variant=variant, seed=1, refresh=refresh)
+        assert got.indices.unique().numel() == k and got.gains.shape == (k,)
+        f = held_out_loss(e, h, zv, yv, hv, got.indices, eta)
+        assert f <= f_exact * 1.01 and f < f_random, (refresh, f, f_exact, f_random)
+
+
+def test_refresh_one_is_the_per_pick_greedy_and_bad_refresh_is_refused():
+    layer, h, y, hv, yv = setup()
+    e = (layer(h).softmax(1) - nn.functional.one_hot(y, 5)).detach()
+    zv = layer(hv).detach()
+    a = glister(e, h, zv, yv, hv, budget=15, eta=0.05, variant="naive")  # k <= 64: the default is 1
+    b = glister(e, h, zv, yv, hv, budget=15, eta=0.05, variant="naive", refresh=1)
+    assert torch.equal(a.indices, b.indices) and a.indices.tolist() == simulate(layer, h, y, hv, yv, 15, 0.05)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="refresh must be an int >= 1"):
+            glister(e, h, zv, yv, hv, budget=15, refresh=bad)

@@ -9,6 +9,7 @@ import contextlib
 import datetime
 import os
 import time
+import warnings
 
 import torch
 
@@ -31,7 +32,9 @@ def init(device: str, timeout: float) -> torch.device:
         if not torch.cuda.is_available():
             raise ValueError(f"config device = {device!r}: no CUDA device is available")
         if size > 1:
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            # a launcher that shows each task only its own GPU (SLURM, CUDA_VISIBLE_DEVICES per task)
+            # leaves one visible device whatever LOCAL_RANK is
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         elif dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
         elif dev.index >= torch.cuda.device_count():
@@ -41,13 +44,34 @@ def init(device: str, timeout: float) -> torch.device:
     dist = torch.distributed
     if size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(seconds=timeout))
-        if dev.type != "cuda":
-            atexit.register(_leave)
+        atexit.register(_leave)  # NCCL wants its group destroyed before exit too
     return dev
 
 
+def warn_unbalanced(what: str, items: int, size: int) -> None:
+    """Warns, once per call on rank 0, when ``items`` dealt round ``size`` ranks (item i on rank
+    i mod size) leave some ranks with fewer: they wait in the next collective while the others
+    work, within the process group's timeout."""
+    if size <= 1 or items % size == 0 or world()[1] != 0:
+        return
+    counts = [(items - r + size - 1) // size for r in range(size)]
+    fewer = [r for r in range(size) if counts[r] < counts[0]]
+    warnings.warn(f"{what}s: {items} over {size} ranks give ranks {', '.join(map(str, fewer))} {counts[-1]} each and "
+                  f"the others {counts[0]}: those wait in a collective meanwhile; keep --dist-timeout above one "
+                  f"{what}'s time, or use a multiple of {size}", RuntimeWarning, stacklevel=2)
+
+
+def clock(device: torch.device) -> float:
+    """``time.perf_counter()`` once ``device``'s queued work is done: phase timings on CUDA count
+    the kernels a phase launched, not the next phase that waits for them."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def _leave() -> None:
-    """At exit (gloo groups), while Python is still whole: a gloo worker thread that finished a collective may
+    """At exit, while Python is still whole: the group is destroyed (NCCL warns of leaked resources
+    otherwise). For gloo: a gloo worker thread that finished a collective may
     still be waiting for the GIL to drop the op's tensors; were the interpreter to finalise first,
     that thread would be killed inside a C++ destructor ("terminate called without an active
     exception", SIGABRT, about one exit in ten). Releasing the GIL for a moment lets it finish; then

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from datadiet import _extension as ext
@@ -38,6 +40,9 @@ def _compute_available(device: torch.device) -> tuple[str, ...]:
         out.append("cpu")
     if device.type == "cuda" and ext.compiled_cuda():
         out.append("cuda")
+    elif device.type == "cuda":  # once per process: CUDA tensors, slower kernels, and why
+        warnings.warn(f"datadiet: the CUDA kernels are not loaded ({ext.CUDA_ERROR}); ops on CUDA tensors run on "
+                      "Triton or plain torch, slower and with Triton's limits", RuntimeWarning, stacklevel=3)
     if ext.TRITON_AVAILABLE and (device.type == "cuda" or (device.type == "cpu" and ext.triton_interpret())):
         out.append("triton")
     out.append("torch")

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from datadiet import runfolder
-from datadiet._dist import alone, world
+from datadiet._dist import alone, warn_unbalanced, world
 from datadiet._dist import init as dist_init
 from datadiet._seeds import derive_seed
 from datadiet.ops.stratified_select import stratified_select
@@ -178,6 +178,8 @@ def _ensemble(config, schedule, fraction, n_models, warmup_epochs, base, bn, ens
             clock["scoring"] = time.perf_counter() - tick
             size, rank = world()
             spread = member_ranks and size > 1
+            if spread:
+                warn_unbalanced("ensemble member", n_models, size)
             mine = [m for m in range(n_models) if not spread or m % size == rank]
             members, clock["members"] = [], 0.0
             for m in mine:

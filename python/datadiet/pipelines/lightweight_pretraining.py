@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from datadiet import prune, runfolder
 from datadiet import strategies as strategy_registry
 from datadiet._dist import init as dist_init
-from datadiet._dist import world
+from datadiet._dist import warn_unbalanced, world
 from datadiet._seeds import derive_seed, seeded_global_rng
 from datadiet.pipelines import jigsaw as jig
 from datadiet.scores.scoring import eval_mode
@@ -190,6 +190,7 @@ def _lipt(config: TrainConfig, options: LiptOptions, strategy, data, device, siz
         theta = jig.with_head(theta, path, len(perm_set), seed=derive_seed(config.seed, 33))
     densities = prune.worker_densities(options.n_workers, *options.density, seed=derive_seed(config.seed, 34))
     job = _Job(config, options, data, device, perm_set, densities)
+    warn_unbalanced("lipt worker", options.n_workers, size)
     mine = [job.run(w, theta, shipped[w]) for w in range(rank, options.n_workers, size)]
     reports = _gather(mine, size, rank)  # the one gather; rank 0 holds every worker's model
     t_workers = time.perf_counter()

@@ -141,19 +141,24 @@ class GradMatch(Periodic):
 class Glister(Periodic):
     """GLISTER (Killamsetty et al. 2021b): greedy gains on the held-out selection split's
     likelihood after one last-layer step of ``eta`` (default: the run's learning rate);
-    ``variant`` ``stochastic`` (default) or ``naive`` greedy. Weights are 1."""
+    ``variant`` ``stochastic`` (default) or ``naive`` greedy; ``refresh`` picks between
+    recomputations of the validation gradient (None: ``ceil(k / 64)``; 1: exact greedy; see
+    ``datadiet.select.glister``). Weights are 1."""
 
     name = "glister"
     needs_head = True
     every: Optional[int] = 20
     eta: Optional[float] = None
     variant: str = "stochastic"
+    refresh: Optional[int] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.variant not in VARIANTS:
             raise ValueError(f"glister: variant must be one of {VARIANTS}, got {self.variant!r}")
         self.need(self.eta is None or self.eta >= 0, "eta", ">= 0 (the step size) or None (the run's lr)")
+        self.need(self.refresh is None or self.refresh >= 1, "refresh",
+                  "an int >= 1 (picks per validation-gradient refresh) or None (ceil(k / 64))")
 
     def setup(self, context) -> None:
         super().setup(context)
@@ -167,7 +172,8 @@ class Glister(Periodic):
         train = ctx.score(features=True, errors=True)
         val = ctx.score(split="val", features=True, logits=True)
         result = glister(train.errors, train.features, val.logits, val.labels, val.features, budget=self.budget,
-                         eta=self.eta, variant=self.variant, seed=derive_seed(ctx.seed, 3, self.round(epoch)))
+                         eta=self.eta, variant=self.variant, seed=derive_seed(ctx.seed, 3, self.round(epoch)),
+                         refresh=self.refresh)
         self._last = {"round": self.round(epoch), "size": int(result.indices.numel()),
                       "gain_first": float(result.gains[0]) if result.gains.numel() else 0.0}
         return Selection(result.indices.cpu())

@@ -64,7 +64,7 @@ class TrainConfig:
     device: str = "auto"
     workers: int = 0
     checkpoint_every: int = 0
-    dist_timeout: float = 300.0
+    dist_timeout: float = 1800.0
     out: Optional[str] = None
     resume: Optional[str] = None
     overwrite: bool = False

@@ -22,7 +22,6 @@ Nothing in torch is patched and the strategy never sees the loop.
 from __future__ import annotations
 
 import math
-import time
 from typing import Callable, Iterator, Optional
 
 import torch
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from datadiet._dist import gather_rows, to_cpu, unwrap, world
+from datadiet._dist import clock, gather_rows, to_cpu, unwrap, world
 from datadiet._seeds import derive_seed
 from datadiet.ops.ce_scores import ce_scores
 from datadiet.scores.scoring import ScoreTable, eval_mode, final_linear, score_dataset, score_shards
@@ -92,14 +91,14 @@ class Driver:
                              "adaselection")
         if split == "val" and self.val_set is None:
             raise ValueError("Context.score: this run has no held-out selection split (val_fraction = 0)")
-        start = time.perf_counter()
+        start = clock(self.device)
         head = self.head if model is None else self._same_head(model)
         dataset = self.score_set if split == "train" else self.val_set
         if rows is not None:  # a shard, indexed from 0
             dataset = IndexedDataset(Subset(dataset.dataset, rows))
         table = score_dataset(self.model if model is None else model, dataset, head=head, **wanted,
                               **self._score_kwargs)
-        self.times["scoring"] += time.perf_counter() - start
+        self.times["scoring"] += clock(self.device) - start
         return table
 
     def score_shards(self, shards, model: Optional[nn.Module] = None, **wanted):
@@ -110,13 +109,13 @@ class Driver:
         stream = score_shards(self.model if model is None else model, self.score_set, shards, head=head, **wanted,
                               **self._score_kwargs)
         while True:
-            start = time.perf_counter()
+            start = clock(self.device)
             try:
                 item = next(stream)
             except StopIteration:
                 return
             finally:
-                self.times["scoring"] += time.perf_counter() - start
+                self.times["scoring"] += clock(self.device) - start
             yield item
 
     def _same_head(self, model: nn.Module) -> Optional[nn.Linear]:
@@ -132,9 +131,9 @@ class Driver:
         """Proxy models' training booked as pre-training (the tax LiPT cuts); their scoring passes
         (through ``score``) stay scoring, as a pre-trained scorer's do."""
         def timed(epochs: int, init: int, **wanted) -> ScoreTable:
-            start, scoring = time.perf_counter(), self.times["scoring"]
+            start, scoring = clock(self.device), self.times["scoring"]
             table = proxy_scores(epochs, init, **wanted)
-            self.times["pretraining"] += time.perf_counter() - start - (self.times["scoring"] - scoring)
+            self.times["pretraining"] += clock(self.device) - start - (self.times["scoring"] - scoring)
             return table
         return timed
 
@@ -148,7 +147,7 @@ class Driver:
 
     def begin_epoch(self, epoch: int) -> None:
         """Asks the strategy for this epoch's selection (all ranks compute it; rank 0's is used)."""
-        start, scoring = time.perf_counter(), self.times["scoring"] + self.times["pretraining"]
+        start, scoring = clock(self.device), self.times["scoring"] + self.times["pretraining"]
         selection = self.strategy.select(epoch)
         if selection is not None:
             if self.world_size > 1:
@@ -158,7 +157,7 @@ class Driver:
             self.set_selection(selection)
             self.selections.append({"epoch": epoch, "size": len(self.sampler.selection),
                                     "weighted": selection.weights is not None, **self.strategy.report()})
-        self.times["selection"] += (time.perf_counter() - start
+        self.times["selection"] += (clock(self.device) - start
                                     - (self.times["scoring"] + self.times["pretraining"] - scoring))
         self.sampler.set_epoch(epoch)
         self.sampler.resume_at(0)  # a fresh epoch: no offset left from a mid-epoch resume
@@ -220,7 +219,8 @@ class Driver:
         model = unwrap(self.model)
         if scale < 1.0 and x.dim() == 4:
             x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
-        with eval_mode(model):
+        dtype = self._score_kwargs["autocast_dtype"]  # the run's precision, as its training forward
+        with eval_mode(model), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(x).float()
         if not details:
             return self.per_sample_loss(logits, y)
@@ -245,12 +245,17 @@ class Driver:
                     raise ValueError(f"Driver.loss: strategy {self.strategy.name!r} counts correct classifications; "
                                      "pass correct=(logits.argmax(1) == targets)")
                 correct = torch.zeros_like(indices, dtype=torch.bool)
-            seen = {"i": indices, "loss": losses.detach().float(), "correct": correct,
-                    "w": torch.ones_like(losses, dtype=torch.float32) if weights is None else weights}
+            seen_w = torch.ones_like(losses, dtype=torch.float32) if weights is None else weights.float()
+            seen_i, seen_loss, seen_correct = indices, losses.detach().float(), correct
             if self.world_size > 1:
-                seen = gather_rows(seen, self.device)
-            real = seen["w"] > 0  # a weight-0 placeholder row was not trained on
-            self.strategy.observe(seen["i"][real], seen["loss"][real], seen["correct"][real])
+                # one float64 table (indices < 2**53 and float32 values are exact in it): two
+                # collectives a step (the ranks' lengths, the rows) instead of one per column
+                rows = torch.stack([seen_i.double(), seen_loss.double(), seen_correct.double(), seen_w.double()], 1)
+                rows = gather_rows({"rows": rows}, self.device)["rows"]
+                seen_i, seen_loss, seen_correct, seen_w = (rows[:, 0].long(), rows[:, 1].float(), rows[:, 2] > 0,
+                                                           rows[:, 3])
+            real = seen_w > 0  # a weight-0 placeholder row was not trained on
+            self.strategy.observe(seen_i[real], seen_loss[real], seen_correct[real])
         if weights is None:
             return losses.mean()
         total = weights.sum() if not self.strategy.rescales_loss else torch.full((), float(weights.numel()),

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from datadiet import runfolder
 from datadiet import strategies as strategy_registry
 from datadiet._dist import init as dist_init
-from datadiet._dist import rank0_first, to_cpu, world
+from datadiet._dist import clock, rank0_first, to_cpu, world
 from datadiet._seeds import derive_seed, seeded_global_rng
 from datadiet.scores.scoring import eval_mode
 from datadiet.strategies.base import Strategy
@@ -100,7 +100,9 @@ class Trainer:
         val_set = Subset(bundle.train_eval, held_out.tolist()) if held_out.numel() else None
         self.test_set = bundle.test
         self.test_loader = DataLoader(Subset(bundle.test, list(range(self.rank, len(bundle.test), self.world_size))),
-                                      batch_size=config.eval_batch_size, num_workers=config.workers)
+                                      batch_size=config.eval_batch_size, num_workers=config.workers,
+                                      pin_memory=self.device.type == "cuda",
+                                      persistent_workers=config.workers > 0)  # evaluated every epoch
         torch.manual_seed(config.seed)
         self.model = self._build_model()
         if initial_state is not None:
@@ -183,27 +185,42 @@ class Trainer:
 
     def proxy_scores(self, epochs: int, init: int, **wanted):
         """A fresh model (initialisation ``init``) trained ``epochs`` epochs on the full pool, scored
-        (``wanted``: options of the scoring pass). Under DDP every rank trains the same proxy on the
-        whole pool (no communication)."""
+        (``wanted``: options of the scoring pass). Under DDP the proxy is trained once, by DDP over
+        the ranks (each rank a shard of every epoch, gradients averaged), so every rank scores its
+        shard with the same model; fp16 has its gradient scaler, as the run does."""
         cfg = self.config
         with seeded_global_rng(derive_seed(cfg.seed, 6, init)):
             model = self._build_model()
             if epochs:
                 opt = self._optimizer(model)
-                loader = DataLoader(IndexedDataset(self.train_set), batch_size=cfg.batch_size, shuffle=True,
-                                    num_workers=cfg.workers,
-                                    generator=torch.Generator().manual_seed(derive_seed(cfg.seed, 8, init)))
+                pool = IndexedDataset(self.train_set)
+                shuffle = derive_seed(cfg.seed, 8, init)
+                size, rank = world()  # at the call: inside alone() a rank trains a proxy of its own
+                sampler = (torch.utils.data.DistributedSampler(pool, size, rank, shuffle=True, seed=shuffle)
+                           if size > 1 else None)
+                loader = DataLoader(pool, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                                    num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
+                                    generator=torch.Generator().manual_seed(shuffle) if sampler is None else None)
+                net = model if size == 1 else torch.nn.parallel.DistributedDataParallel(
+                    model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
                 sched = schedule(opt, cfg.schedule, epochs * len(loader))
-                for _ in range(epochs):
+                for epoch in range(epochs):
+                    if sampler is not None:
+                        sampler.set_epoch(epoch)
                     for x, y, _i in self._bar(f"proxy {init}")(loader):
                         with torch.autocast(self.device.type, dtype=self.autocast_dtype,
                                             enabled=self.autocast_dtype is not None):
-                            out = model(x.to(self.device))
+                            out = net(x.to(self.device, non_blocking=True))
                         loss = self.driver.per_sample_loss(out, y.to(self.device)).mean()
                         opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
+                        scaler.scale(loss).backward()
+                        scaler.step(opt)
+                        scaler.update()
                         sched.step()
+                if size > 1:  # BatchNorm statistics as rank 0 has them, as after training
+                    for buffer in model.buffers():
+                        torch.distributed.broadcast(buffer, 0)
             return self.driver.score(model=model, **wanted)
 
     # -- the loop ------------------------------------------------------------------------------
@@ -232,10 +249,10 @@ class Trainer:
             self.epoch = epoch
             times0 = self._partial["times0"]
             self._train_epoch()
-            t_eval = time.perf_counter()
+            t_eval = clock(self.device)
             self._sync_buffers()
             test_acc, test_loss = self.evaluate()
-            evaluation = time.perf_counter() - t_eval
+            evaluation = clock(self.device) - t_eval
             part = self._partial
             samples = self._sum(part["samples"])
             record = {"epoch": epoch, "train_loss": self._sum(part["loss"]) / max(1, samples),
