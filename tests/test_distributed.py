@@ -213,11 +213,16 @@ def test_issue_14_strategies_under_two_ranks(tmp_path):
 
 
 def test_a_one_shot_proxy_is_trained_once_by_ddp(tmp_path):
-    """EL2N one-shot under 2 ranks: the default proxy (ceil(0.2 · 3) = 1 epoch) is trained by DDP
-    over the ranks (a shard each, gradients averaged) and the run trains on its selection."""
-    out = str(tmp_path / "el2n")
+    """The proxy of a one-shot strategy under 2 ranks is one DDP model (each rank half of every
+    epoch): the ranks' tables agree, and differ from a proxy each rank trains alone on the whole
+    pool, as every rank used to. A 2-rank EL2N run trains on its selection."""
+    out = str(tmp_path / "proxy.pt")
+    _torchrun(os.path.join(REPO, "tests", "dist_proxy.py"), out)
+    got = torch.load(out)
+    assert torch.equal(got["ddp"][0], got["ddp"][1])
+    assert not torch.allclose(got["ddp"][0], got["local"], rtol=1e-3, atol=1e-4)
+    run = str(tmp_path / "el2n")
     _torchrun("-m", "datadiet", "train", "--strategy", "el2n", "--fraction", "0.3", "--epochs", "3", "--no-progress",
-              "--dist-timeout", "120", "--out", out)
-    summary = json.load(open(os.path.join(out, "summary.json")))
+              "--dist-timeout", "120", "--out", run)
+    summary = json.load(open(os.path.join(run, "summary.json")))
     assert summary["world_size"] == 2 and summary["time"]["pretraining"] > 0
-    assert 0.29 * 1294 < summary["selections"][0]["size"] < 0.32 * 1294  # 30% (per class) of the pool

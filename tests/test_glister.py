@@ -131,3 +131,27 @@ def test_refresh_one_is_the_per_pick_greedy_and_bad_refresh_is_refused():
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="refresh must be an int >= 1"):
             glister(e, h, zv, yv, hv, budget=15, refresh=bad)
+
+
+def reference_rounds(e, h, zv, yv, hv, k, eta, b):
+    """Naive greedy refreshed every b picks, written plainly: per round the b largest gains at the
+    round's validation gradient, then the b one-step updates applied one after another."""
+    ht, hvt = (torch.cat([t, torch.ones(t.shape[0], 1)], 1).double() for t in (h, hv))
+    e, z, picks = e.double(), zv.double().clone(), []
+    onehot = nn.functional.one_hot(yv, zv.shape[1]).double()
+    while len(picks) < k:
+        g_val = (z.softmax(1) - onehot).T @ hvt
+        gains = ((e @ g_val) * ht).sum(1)
+        gains[picks] = -float("inf")
+        round_ = torch.topk(gains, min(b, k - len(picks))).indices.tolist()
+        for j in round_:
+            z = z - eta * torch.outer(hvt @ ht[j], e[j])
+        picks += round_
+    return picks
+
+
+@pytest.mark.parametrize("b", [2, 3, 7])
+def test_rounds_of_b_picks_match_a_plain_reference(b):
+    e, h, zv, yv, hv = _trained_like(n=300, v=60, c=5, d=6, seed=2)
+    got = glister(e, h, zv, yv, hv, budget=20, eta=0.5, variant="naive", refresh=b)
+    assert got.indices.tolist() == reference_rounds(e, h, zv, yv, hv, 20, 0.5, b)

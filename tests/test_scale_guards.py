@@ -36,7 +36,14 @@ def test_cuda_tensors_without_the_cuda_kernels_warn_with_the_reason(monkeypatch)
     assert "cuda" not in choices and choices[-1] == "torch"
 
 
-def test_the_clock_and_the_default_timeout():
-    a = _dist.clock(torch.device("cpu"))
-    assert _dist.clock(torch.device("cpu")) >= a
-    assert TrainConfig().dist_timeout >= 1800  # covers a long per-rank phase between collectives
+def test_the_phase_clock_waits_for_cuda_work(monkeypatch):
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    _dist.clock(torch.device("cpu"))
+    assert synced == []
+    _dist.clock(torch.device("cuda", 1))
+    assert synced == [torch.device("cuda", 1)]
+
+
+def test_the_default_timeout_covers_a_long_phase():
+    assert TrainConfig().dist_timeout >= 1800  # a proxy, a member or a LiPT worker between collectives

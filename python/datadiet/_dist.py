@@ -32,9 +32,13 @@ def init(device: str, timeout: float) -> torch.device:
         if not torch.cuda.is_available():
             raise ValueError(f"config device = {device!r}: no CUDA device is available")
         if size > 1:
-            # a launcher that shows each task only its own GPU (SLURM, CUDA_VISIBLE_DEVICES per task)
-            # leaves one visible device whatever LOCAL_RANK is
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+            local, visible = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+            if visible == 1:  # a launcher showing each task its own GPU (SLURM, CUDA_VISIBLE_DEVICES per task)
+                local = 0
+            elif local >= visible:
+                raise ValueError(f"torchrun: LOCAL_RANK {local} but this process sees {visible} CUDA devices: "
+                                 "start at most one process per visible GPU")
+            dev = torch.device("cuda", local)
         elif dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
         elif dev.index >= torch.cuda.device_count():
@@ -44,7 +48,11 @@ def init(device: str, timeout: float) -> torch.device:
     dist = torch.distributed
     if size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(seconds=timeout))
-        atexit.register(_leave)  # NCCL wants its group destroyed before exit too
+        if dev.type != "cuda":
+            atexit.register(_leave)
+        # NCCL: left by finish() at a clean end only. Destroying an NCCL group waits for its pending
+        # work, so at the exit of a rank that failed while another waits in a collective it would
+        # hang until the timeout, where exiting lets torchrun stop the others at once.
     return dev
 
 
@@ -69,9 +77,14 @@ def clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
+def finish() -> None:
+    """Leaves the process group at a clean end of a command (NCCL warns of leaked resources
+    otherwise); a no-op without one."""
+    _leave()
+
+
 def _leave() -> None:
-    """At exit, while Python is still whole: the group is destroyed (NCCL warns of leaked resources
-    otherwise). For gloo: a gloo worker thread that finished a collective may
+    """At exit (gloo groups, or ``finish``), while Python is still whole: a gloo worker thread that finished a collective may
     still be waiting for the GIL to drop the op's tensors; were the interpreter to finalise first,
     that thread would be killed inside a C++ destructor ("terminate called without an active
     exception", SIGABRT, about one exit in ten). Releasing the GIL for a moment lets it finish; then

@@ -211,10 +211,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["compare", *(argv or [])])
+    from datadiet._dist import finish
     from datadiet.train.trainer import RunStopped
 
     try:
-        return _run(args, compare_module, config_from_args, parse_params)
+        code = _run(args, compare_module, config_from_args, parse_params)
+        finish()  # a clean end: the process group is left (a failing rank exits without waiting)
+        return code
     except ValueError as exc:  # a bad option, dataset, model, strategy or checkpoint: one clear line
         print(f"datadiet {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2

@@ -98,12 +98,13 @@ def glister(
             gain = ((e[drawn] @ g_val) * ht[drawn]).sum(1).view(b, sample)
             best = gain.argmax(1)
             chosen, won = candidates.gather(1, best[:, None]).squeeze(1), gain.gather(1, best[:, None]).squeeze(1)
-        else:  # every unselected sample scored: the b best (in chunks: e[left] may be the whole table)
-            gain = torch.cat([((e[part] @ g_val) * ht[part]).sum(1) for part in torch.split(left, 1 << 16)])
-            if b == 1:
-                best = gain.argmax().reshape(1)
-            else:
-                best = torch.topk(gain, b, sorted=True).indices
+        else:
+            # every unselected sample scored (naive; stochastic once fewer than b draws are left):
+            # the b best. b = 1 in one product, as the exact greedy always has; else in chunks, as
+            # e[left] may be the whole table
+            parts = [left] if b == 1 else torch.split(left, 1 << 16)
+            gain = torch.cat([((e[part] @ g_val) * ht[part]).sum(1) for part in parts])
+            best = gain.argmax().reshape(1) if b == 1 else torch.topk(gain, b, sorted=True).indices
             chosen, won = left[best], gain[best]
         picks[done:done + b], gains[done:done + b] = chosen, won
         free[chosen] = False

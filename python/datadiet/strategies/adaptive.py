@@ -157,7 +157,8 @@ class Glister(Periodic):
         if self.variant not in VARIANTS:
             raise ValueError(f"glister: variant must be one of {VARIANTS}, got {self.variant!r}")
         self.need(self.eta is None or self.eta >= 0, "eta", ">= 0 (the step size) or None (the run's lr)")
-        self.need(self.refresh is None or self.refresh >= 1, "refresh",
+        self.need(self.refresh is None or (isinstance(self.refresh, int) and not isinstance(self.refresh, bool)
+                                           and self.refresh >= 1), "refresh",
                   "an int >= 1 (picks per validation-gradient refresh) or None (ceil(k / 64))")
 
     def setup(self, context) -> None:
