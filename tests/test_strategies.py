@@ -267,3 +267,22 @@ def test_gradmatch_per_class_embedding_from_the_loss_equals_the_errors_table():
     ours = s._embed(table)["embedding"]
     torch.testing.assert_close(ours, last_layer_embedding(table.errors, table.features, table.labels, "per_class"),
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, params", [("gradmatch", {}), ("gradmatch", {"target": "val"}), ("glister", {})])
+def test_under_ddp_only_rank_0_runs_the_solver(name, params, monkeypatch):
+    """Every rank joins the scoring passes (their collectives); a rank other than 0 skips the
+    solve and returns the stand-in the Driver replaces with rank 0's selection."""
+    from datadiet.strategies import adaptive
+
+    calls = []
+    s = strategies.make(name, fraction=0.25, **params)
+    ctx = context(calls=calls)
+    ctx.rank, ctx.world_size = 1, 2
+    s.setup(ctx)
+    monkeypatch.setattr(adaptive, name, lambda *a, **k: (_ for _ in ()).throw(AssertionError("solved on rank 1")))
+    sel = s.select(0)
+    assert len(sel) == 0 and calls == (["train", "val"] if params or name == "glister" else ["train"])
+    ctx.rank = 0
+    monkeypatch.undo()
+    assert len(s.select(0)) > 0

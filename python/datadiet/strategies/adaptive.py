@@ -111,12 +111,15 @@ class GradMatch(Periodic):
     def choose(self, epoch: int) -> Selection:
         ctx = self.context
         table = ctx.score(**self._wanted())
+        val = ctx.score(split="val", **self._wanted()) if self.target == "val" else None
+        if not self.solves_here():  # rank 0 solves; the Driver hands its selection to this rank
+            self._last = {"round": self.round(epoch)}
+            return self.elsewhere()
         kwargs = dict(labels=table.labels, budget=self.budget, mode=self.mode, batch_size=self.batch_size,
                       lam=self.lam, tol=self.tol, seed=derive_seed(ctx.seed, 2, self.round(epoch)))
         kwargs.update(self._embed(table))
         del table  # its features are in the embedding now: let them go before the solve
-        if self.target == "val":
-            val = ctx.score(split="val", **self._wanted())
+        if val is not None:
             kwargs.update({"val_" + key: value for key, value in self._embed(val).items()})
             kwargs["val_labels"] = val.labels
         result = gradmatch(**kwargs)
@@ -172,6 +175,9 @@ class Glister(Periodic):
         ctx = self.context
         train = ctx.score(features=True, errors=True)
         val = ctx.score(split="val", features=True, logits=True)
+        if not self.solves_here():  # rank 0 solves; the Driver hands its selection to this rank
+            self._last = {"round": self.round(epoch)}
+            return self.elsewhere()
         result = glister(train.errors, train.features, val.logits, val.labels, val.features, budget=self.budget,
                          eta=self.eta, variant=self.variant, seed=derive_seed(ctx.seed, 3, self.round(epoch)),
                          refresh=self.refresh)

@@ -140,6 +140,17 @@ class Strategy:
     def setup(self, context: Context) -> None:
         self.context = context
 
+    def solves_here(self) -> bool:
+        """Whether this process runs the selection's solver: under DDP rank 0 alone, after every
+        rank joined the scoring passes (their collectives); the Driver hands rank 0's selection to
+        the others, whose ``select`` returns ``elsewhere()``."""
+        return self.context.world_size == 1 or self.context.rank == 0
+
+    @staticmethod
+    def elsewhere() -> Selection:
+        """What a rank that does not solve returns: a stand-in the Driver replaces by rank 0's."""
+        return Selection(torch.zeros(0, dtype=torch.int64))
+
     def planned_size(self, epoch: int) -> int:
         """How many samples epoch ``epoch`` is expected to train on (sizes the lr schedule)."""
         return self.context.n

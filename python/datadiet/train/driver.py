@@ -146,7 +146,8 @@ class Driver:
         return sum(self.steps_for(self.strategy.planned_size(e)) for e in range(self.epochs))
 
     def begin_epoch(self, epoch: int) -> None:
-        """Asks the strategy for this epoch's selection (all ranks compute it; rank 0's is used)."""
+        """Asks the strategy for this epoch's selection: every rank joins its scoring passes, rank 0's
+        selection is used (solvers run on rank 0 alone, ``Strategy.solves_here``)."""
         start, scoring = clock(self.device), self.times["scoring"] + self.times["pretraining"]
         selection = self.strategy.select(epoch)
         if selection is not None:
