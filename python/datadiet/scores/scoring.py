@@ -112,13 +112,9 @@ def score_dataset(model: nn.Module, dataset, *, head: Optional[nn.Linear] = None
         raise ValueError(f"score_dataset: {n} samples cannot be sharded over {world} ranks")
     loader = DataLoader(Subset(dataset, list(range(rank, n, world))), batch_size=batch_size, shuffle=False,
                         num_workers=workers, pin_memory=device.type == "cuda")
-    parts: dict[str, list[torch.Tensor]] = {}
-    for rows in _score_batches(model, loader, head=head, features=features, errors=errors, logits=logits,
-                               device=device, autocast_dtype=autocast_dtype, channels_last=channels_last,
-                               progress=progress, grad_scope=grad_scope, grad_mode=grad_mode):
-        for name, value in rows.items():
-            parts.setdefault(name, []).append(value)
-    local = {name: torch.cat(values) for name, values in parts.items()}
+    local = _joined(_score_batches(model, loader, head=head, features=features, errors=errors, logits=logits,
+                                   device=device, autocast_dtype=autocast_dtype, channels_last=channels_last,
+                                   progress=progress, grad_scope=grad_scope, grad_mode=grad_mode))
     index = local.pop("index", torch.zeros(0, dtype=torch.int64))
     if world > 1:
         local = gather_rows({**local, "__index__": index}, device)
@@ -160,7 +156,7 @@ def score_shards(model: nn.Module, dataset, shards: Sequence[range], *, head: Op
     Options as ``score_dataset``'s."""
     model = unwrap(model)
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    shards = [shard for shard in shards]
+    shards = list(shards)
     for shard in shards:
         if not (isinstance(shard, range) and shard.step == 1 and 0 <= shard.start < shard.stop <= len(dataset)):
             raise ValueError(f"score_shards: a shard must be a non-empty range of rows in [0, {len(dataset)}), got "
@@ -171,11 +167,7 @@ def score_shards(model: nn.Module, dataset, shards: Sequence[range], *, head: Op
                              device=device, autocast_dtype=autocast_dtype, channels_last=channels_last,
                              progress=progress, grad_scope=grad_scope, grad_mode=grad_mode)
     for s, shard in enumerate(shards):
-        parts: dict[str, list[torch.Tensor]] = {}
-        for _ in range(math.ceil(len(shard) / batch_size)):
-            for name, value in next(batches).items():
-                parts.setdefault(name, []).append(value)
-        table = {name: torch.cat(values) for name, values in parts.items()}
+        table = _joined(next(batches) for _ in range(math.ceil(len(shard) / batch_size)))
         index = table.pop("index")
         if not torch.equal(index.cpu(), torch.arange(shard.start, shard.stop)):
             raise RuntimeError(f"score_shards: the dataset returned indices other than rows {shard.start}..."
@@ -223,6 +215,15 @@ def _score_batches(model: nn.Module, loader, *, head, features, errors, logits, 
     finally:
         if hook is not None:
             hook.remove()
+
+
+def _joined(batches) -> dict[str, torch.Tensor]:
+    """The batches' rows (``_score_batches``) concatenated per name."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    for rows in batches:
+        for name, value in rows.items():
+            parts.setdefault(name, []).append(value)
+    return {name: torch.cat(values) for name, values in parts.items()}
 
 
 def _empty(device) -> ScoreTable:

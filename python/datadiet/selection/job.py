@@ -160,22 +160,22 @@ def _run(config: TrainConfig, device: torch.device, strategy, needs_val: bool, w
     fingerprint_ = files.dataset_fingerprint(bundle.train, bundle.labels)
     model, model_info = _scorer(run, bundle, fingerprint_["sha256"], weights, proxy_epochs, times, config.out,
                                 config.overwrite)
+    size, rank = world()
     driver = Driver(strategy, model.to(device), Subset(bundle.train, pool.tolist()), bundle.labels[pool],
                     num_classes=bundle.num_classes, epochs=1, batch_size=config.batch_size, seed=config.seed,
                     lr=config.lr, device=device, workers=config.workers,
                     val_set=Subset(bundle.train_eval, held_out.tolist()) if held_out.numel() else None,
                     score_set=Subset(bundle.train_eval if score_image_size is None else
                                      datasets.scoring_view(bundle, config.dataset, score_image_size), pool.tolist()),
-                    head=config.head, progress=_bar(config) if world()[1] == 0 else None,
+                    head=config.head, progress=_bar(config) if rank == 0 else None,
                     score_batch_size=config.eval_batch_size, channels_last=config.channels_last,
-                    autocast_dtype={"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp],
+                    autocast_dtype=config.autocast_dtype,
                     run=run.identity())
     setting = {"dataset": fingerprint_["sha256"], "pool": int(pool.numel()), "model": model_info["fingerprint"],
                "strategy": strategy.describe(), "seed": config.seed, "image_size": config.image_size,
                "shard_size": shard_size, "amp": config.amp, "head": config.head, "channels_last": config.channels_last,
                "eval_batch_size": config.eval_batch_size, "device": device.type,
                "score_image_size": score_image_size}
-    size, rank = world()
     sharded = ShardedScores(config.out, setting, shard_size, driver.score, driver.score_shards, int(pool.numel()),
                             device, overwrite=config.overwrite, rank=rank, world=size)
     tables = []

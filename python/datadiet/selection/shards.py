@@ -10,8 +10,8 @@ back instead of scored. The missing shards are scored through one loader (``Driv
 workers start once per pass; batches never span shards, so a shard's rows do not depend on which
 process scored it or what was scored with it).
 
-Under torchrun (``world`` > 1) rank r scores the missing shards s with s mod world = r, with no
-collective; rank 0 then waits for every shard's digest to appear (polling the folder, so no
+Under torchrun (``world`` > 1) rank 0 lists the missing shards and deals them round the ranks
+(one broadcast); each rank scores its own with no collective; rank 0 then waits for every shard's digest to appear (polling the folder, so no
 process-group timeout applies to a long pass), assembles the table and returns it, while the
 other ranks raise ``ShardsDone``: their part of the job is over. A held-out split is small and
 scored whole by the rank that asks.
@@ -68,7 +68,7 @@ class ShardedScores:
         """Rank 0: keeps the shards of this setting, refuses (or with ``overwrite`` drops) others;
         writes the index with a fresh token, which the other ranks read back (``_check_shared``)."""
         path = os.path.join(self.root, INDEX)
-        opened = {"setting": self.setting, "token": secrets.token_hex(16)}
+        opened, same = {"setting": self.setting, "token": secrets.token_hex(16)}, False
         if os.path.isfile(path):
             try:
                 with open(path, encoding="utf-8") as f:
@@ -81,9 +81,7 @@ class ShardedScores:
                 differ = runfolder.differences(saved, self.setting, "setting") if isinstance(saved, dict) else []
                 raise ValueError(f"select: {self.root} holds the scores of another selection ("
                                  f"{'; '.join(differ[:3]) or 'unreadable index'}); use --overwrite to start over")
-            if not same:
-                shutil.rmtree(self.root)
-        elif os.path.isdir(self.root):
+        if not same and os.path.isdir(self.root):  # no index of this setting: nothing there to keep
             shutil.rmtree(self.root)
         runfolder.write_json(path, opened)
         return opened

@@ -15,6 +15,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import torch
+
 from datadiet.strategies.base import check_types
 from datadiet.train.schedules import SCHEDULES
 
@@ -116,6 +118,11 @@ class TrainConfig:
             if hint in (float, Optional[float]) and type(getattr(self, key)) is int:
                 setattr(self, key, float(getattr(self, key)))
         return self
+
+    @property
+    def autocast_dtype(self) -> Optional[torch.dtype]:
+        """The dtype ``amp`` names for ``torch.autocast`` (None: full precision)."""
+        return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.amp]
 
     def load_data(self):
         """``datasets.load`` of this run's dataset (``skip_bad_samples``: unreadable files listed

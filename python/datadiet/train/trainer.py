@@ -86,7 +86,7 @@ class Trainer:
 
     def _setup(self, strategy: Strategy, data: Optional[datasets.DataBundle], initial_state: Optional[dict]) -> None:
         config = self.config
-        self.autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp]
+        self.autocast_dtype = config.autocast_dtype
         bundle = data if data is not None else config.load_data()
         self.num_classes, self.input_shape, self.task = bundle.num_classes, bundle.input_shape, bundle.task
         if self.subset is not None:
