@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from datadiet.scores import grand, score_dataset
@@ -43,6 +44,58 @@ def test_distributed_scoring_equals_single_process(tmp_path):
     subset = torch.utils.data.Subset(bundle.train, range(150))
     single = grand(lambda: models.build("mlp", 10, (1, 8, 8)), subset, inits=2, epochs=1, seed=3, batch_size=32)
     torch.testing.assert_close(got["__grand__"], single.per_init, rtol=1e-5, atol=1e-6)
+
+
+def _tables(out, ranks):
+    os.makedirs(out)
+    script = os.path.join(REPO, "tests", "dist_tables.py")
+    command = [sys.executable, script, out] if ranks == 1 else [*TORCHRUN[:-1], str(ranks), script, out]
+    done = subprocess.run(command, env=env(), timeout=TIMEOUT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return [torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=False) for r in range(ranks)]
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_score_tables_go_where_asked_and_selections_match_one_process(tmp_path, ranks):
+    """gather="all" / "root" / "local" put the rows on every rank / rank 0 / the rank that scored
+    them; route_rows delivers each row to its owner; GradMatch per class (each rank solving the
+    classes it owns, so no rank holds the whole table), GradMatch global and GLISTER (rank 0)
+    select exactly what one process selects, and every rank trains on it."""
+    single = _tables(str(tmp_path / "one"), 1)[0]
+    got = _tables(str(tmp_path / "many"), ranks)
+    full = single["table/all"]
+    n = len(full["loss"])
+    for rank, saved in enumerate(got):
+        for name, value in full.items():
+            torch.testing.assert_close(saved["table/all"][name], value, rtol=1e-5, atol=1e-6)
+            local = saved["table/local"]
+            assert torch.equal(local["index"], torch.arange(rank, n, ranks))
+            torch.testing.assert_close(local[name], value[rank::ranks], rtol=1e-5, atol=1e-6)
+        if rank == 0:
+            for name, value in full.items():
+                torch.testing.assert_close(saved["table/root"][name], value, rtol=1e-5, atol=1e-6)
+        else:
+            assert saved["table/root"] is None
+        sent = [torch.arange(r * 100, r * 100 + 7 + 5 * r) for r in range(ranks)]
+        owners = [(ids * 7 + 3) % ranks for ids in sent]
+        for o in owners:
+            o[o == ranks - 1] = 0
+        expected = torch.cat([ids[o == rank] for ids, o in zip(sent, owners)])
+        routed = saved["routed"]
+        assert torch.equal(routed["id"], expected) and torch.equal(routed["odd"], expected % 2 == 1)
+        assert torch.equal(routed["pair"], torch.stack([expected, -expected], 1).float())
+        for case in ("per_class", "per_class_val", "full", "bias", "global", "glister"):
+            mine, want = saved[case], single[case]
+            assert torch.equal(mine["indices"], want["indices"]), (case, rank)
+            if want["weights"] is None:
+                assert mine["weights"] is None, case
+            else:
+                torch.testing.assert_close(mine["weights"], want["weights"], rtol=1e-4, atol=1e-6)
+            if rank == 0:  # the same facts; a factorised residual may differ in its last bits
+                assert mine["report"].keys() == want["report"].keys(), case
+                for key, value in want["report"].items():
+                    assert mine["report"][key] == (pytest.approx(value, rel=1e-4) if isinstance(value, float)
+                                                   else value), (case, key)
 
 
 def test_driver_checkpoint_state_gives_each_rank_its_own_strategy_state(tmp_path):

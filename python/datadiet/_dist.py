@@ -10,6 +10,7 @@ import datetime
 import os
 import time
 import warnings
+from typing import Optional
 
 import torch
 
@@ -143,9 +144,70 @@ def rank0_first(fn, *, share=None):
     return result
 
 
-def gather_rows(tensors: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
-    """Every rank's tensors, concatenated in rank order along dim 0 (lengths may differ by rank);
-    each tensor travels padded to the longest rank's length."""
+def gather_rows(tensors: dict[str, torch.Tensor], device, dst: Optional[int] = None) -> dict[str, torch.Tensor]:
+    """Every rank's tensors, concatenated in rank order along dim 0 (lengths may differ by rank):
+    on every rank, or with ``dst`` on that rank alone (the others get empty tensors, and no rank
+    but ``dst`` ever holds more than its own rows)."""
+    if dst is None:
+        return _all_gather_rows(tensors, device)
+    first = next(iter(tensors.values()))
+    return route_rows(tensors, torch.full((first.shape[0],), dst, dtype=torch.int64), device)
+
+
+def route_rows(tensors: dict[str, torch.Tensor], owner: torch.Tensor, device) -> dict[str, torch.Tensor]:
+    """Row i of every tensor sent to rank ``owner[i]``: returns the rows this rank received, in
+    (sending rank, row) order. One ``gather`` per destination and tensor, each padded to the
+    longest sender's share for that destination, so a rank holds its own rows, one reordered copy
+    of one tensor at a time and what it receives — never another rank's whole table."""
+    dist = torch.distributed
+    size, rank = world()
+    comm = torch.device("cpu") if dist.get_backend() == "gloo" else torch.device(device)
+    owner = owner.to(comm, torch.int64)
+    if owner.numel() and not (0 <= int(owner.min()) and int(owner.max()) < size):
+        raise ValueError(f"route_rows: owners must be ranks in [0, {size})")
+    counts = torch.bincount(owner, minlength=size)
+    matrix = [torch.zeros_like(counts) for _ in range(size)]
+    dist.all_gather(matrix, counts)
+    sent = torch.stack(matrix).tolist()  # sent[src][dst]: rows src sends to dst
+    grouped = owner.numel() < 2 or bool((owner[1:] >= owner[:-1]).all())
+    order = None if grouped else torch.sort(owner, stable=True).indices  # rows grouped by destination
+    out = {}
+    for name in sorted(tensors):
+        value = tensors[name]
+        v = value.to(comm)
+        v = v.to(torch.uint8) if v.dtype == torch.bool else v
+        v = v if order is None else v[order]
+        pieces = torch.split(v, sent[rank])
+        received = v.new_zeros((0, *v.shape[1:]))
+        for to in range(size):
+            longest = max(row[to] for row in sent)
+            if longest == 0:
+                continue
+            padded = pieces[to] if pieces[to].shape[0] == longest else torch.cat(
+                [pieces[to], v.new_zeros((longest - pieces[to].shape[0], *v.shape[1:]))])
+            buffer = v.new_empty((size * longest, *v.shape[1:])) if rank == to else None
+            dist.gather(padded.contiguous(), list(buffer.split(longest)) if rank == to else None, dst=to)
+            if rank == to:
+                received = _compact(buffer, longest, [row[rank] for row in sent])
+        del v, pieces
+        received = received.to(value.device)
+        out[name] = received.bool() if value.dtype == torch.bool else received
+    return out
+
+
+def _compact(buffer: torch.Tensor, block: int, lengths: list[int]) -> torch.Tensor:
+    """The first ``lengths[s]`` rows of each ``block``-row block of ``buffer``, moved together in
+    place (each block moves left, through a copy of that block alone)."""
+    at = 0
+    for s, length in enumerate(lengths):
+        if at != s * block and length:
+            buffer[at:at + length] = buffer[s * block:s * block + length].clone()
+        at += length
+    return buffer[:at]
+
+
+def _all_gather_rows(tensors: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    """``gather_rows`` onto every rank: each tensor travels padded to the longest rank's length."""
     dist = torch.distributed
     size = world()[0]
     comm = torch.device("cpu") if dist.get_backend() == "gloo" else torch.device(device)

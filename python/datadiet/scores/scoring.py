@@ -5,7 +5,9 @@ per-sample score of ``ce_scores`` in dataset order, with the final ``nn.Linear``
 ``score_dataset(model, dataset, head=...)`` takes an index-aware dataset (``ds[i] -> (x, y, i)``):
 each row of the table is the sample whose index the loader returned, so shuffled, sharded or
 distributed passes fill the same table. Under ``torch.distributed`` each rank scores its shard
-(``rank::world``) and the shards are gathered, so every rank holds the full table. The model's
+(``rank::world``); ``gather`` says where the rows go: ``"all"`` (every rank holds the full
+table), ``"root"`` (rank 0 alone; the others get None) or ``"local"`` (each rank keeps its own
+rows, ``table.index`` naming them, to route further, e.g. by class). The model's
 train/eval modes are restored afterwards; BatchNorm statistics never move. ``grad_scope="full"``
 replaces last-layer GraNd by the exact whole-model per-sample gradient norm (``grad_norms``).
 
@@ -32,13 +34,15 @@ from datadiet.ops.ce_scores import ce_scores
 from datadiet.scores.grad_norms import grad_norms
 
 GRAD_SCOPES = ("last_layer", "full")
+GATHERS = ("all", "root", "local")
 
 
 @dataclass
 class ScoreTable:
     """Per-sample scores of a dataset of ``n`` samples, row i = sample i (see ``ce_scores``).
     ``labels`` int64; ``features`` [n, D] and ``errors`` (p − onehot, [n, C]) when asked for;
-    ``logits`` [n, C] when asked for."""
+    ``logits`` [n, C] when asked for. ``index``: the dataset rows of a partial table (row r is
+    sample ``index[r]``); None when row i is sample i."""
 
     loss: torch.Tensor
     el2n: torch.Tensor
@@ -51,6 +55,7 @@ class ScoreTable:
     errors: Optional[torch.Tensor] = None
     features: Optional[torch.Tensor] = None
     logits: Optional[torch.Tensor] = None
+    index: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return int(self.loss.numel())
@@ -95,7 +100,8 @@ def eval_mode(model: nn.Module):
 def score_dataset(model: nn.Module, dataset, *, head: Optional[nn.Linear] = None, features: bool = False,
                   errors: bool = False, logits: bool = False, batch_size: int = 256, device=None, workers: int = 0,
                   autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
-                  progress=None, grad_scope: str = "last_layer", grad_mode: str = "auto") -> ScoreTable:
+                  progress=None, grad_scope: str = "last_layer", grad_mode: str = "auto",
+                  gather: str = "all") -> Optional[ScoreTable]:
     """Scores every sample of ``dataset`` (index-aware: ``ds[i] -> (x, y, i)``) with ``model``.
 
     ``features``/``errors`` need the classification layer (``head``, found with ``final_linear``
@@ -103,7 +109,9 @@ def score_dataset(model: nn.Module, dataset, *, head: Optional[nn.Linear] = None
     head is known. ``grad_scope="full"`` makes ``grad_norm`` the exact norm over every trainable
     parameter instead (``grad_norms``, one extra forward and backward per batch, in eval mode,
     full precision; ``grad_mode`` is its mode). ``progress`` wraps the batch iterator (e.g. a
-    tqdm factory)."""
+    tqdm factory). ``gather``: where a distributed pass's rows go (module docstring)."""
+    if gather not in GATHERS:
+        raise ValueError(f"score_dataset: gather must be one of {GATHERS}, got {gather!r}")
     model = unwrap(model)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     n = len(dataset)
@@ -116,14 +124,20 @@ def score_dataset(model: nn.Module, dataset, *, head: Optional[nn.Linear] = None
                                    device=device, autocast_dtype=autocast_dtype, channels_last=channels_last,
                                    progress=progress, grad_scope=grad_scope, grad_mode=grad_mode))
     index = local.pop("index", torch.zeros(0, dtype=torch.int64))
+    if world > 1 and gather == "local":
+        return ScoreTable(**local, index=index.to(device)) if local else _empty(device, index=True)
     if world > 1:
-        local = gather_rows({**local, "__index__": index}, device)
+        local = gather_rows({**local, "__index__": index}, device, dst=0 if gather == "root" else None)
         index = local.pop("__index__")
+        if gather == "root" and rank != 0:
+            return None
     table = {}
-    for name, value in local.items():
+    for name in list(local):
+        value = local.pop(name)  # each gathered column let go once it is in dataset order
         full = value.new_empty((n, *value.shape[1:]))
         full[index.to(value.device)] = value
         table[name] = full
+        del value
     return ScoreTable(**table) if table else _empty(device)
 
 
@@ -226,7 +240,7 @@ def _joined(batches) -> dict[str, torch.Tensor]:
     return {name: torch.cat(values) for name, values in parts.items()}
 
 
-def _empty(device) -> ScoreTable:
+def _empty(device, index: bool = False) -> ScoreTable:
     empty = torch.zeros(0, device=device)
     table = {name: empty for name in ("loss", "el2n", "grad_norm", "confidence", "margin", "entropy")}
-    return ScoreTable(**table, correct=empty.bool(), labels=empty.long())
+    return ScoreTable(**table, correct=empty.bool(), labels=empty.long(), index=empty.long() if index else None)

@@ -154,10 +154,15 @@ def _check_val_form(dense: bool, val_embedding: Optional[torch.Tensor], val_erro
                          "validation target must be both val_errors and val_features (not val_embedding)")
 
 
-def _group(labels: Optional[torch.Tensor], n: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_labels(labels: Optional[torch.Tensor], n: int, name: str) -> torch.Tensor:
     if labels is None or labels.shape != (n,) or labels.dtype.is_floating_point:
         raise ValueError(f"datadiet.gradmatch: per_class needs integer {name} of shape [{n}], got "
                          f"{None if labels is None else (labels.dtype, tuple(labels.shape))}")
+    return labels
+
+
+def _group(labels: Optional[torch.Tensor], n: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    labels = _check_labels(labels, n, name)
     order = torch.sort(labels.long(), stable=True).indices
     return order, labels.long()[order]
 
@@ -169,48 +174,99 @@ def _per_class(embedding: Optional[torch.Tensor], errors: Optional[torch.Tensor]
                backend: str) -> GradMatchSelection:
     # As in gradmatch: embedding is given when dense, errors and features (and their validation
     # counterparts when has_val) otherwise.
-    dense = embedding is not None
-    n = cast(torch.Tensor, embedding if dense else errors).shape[0]
-    order, sorted_labels = _group(labels, n, "labels")
-    classes = int(sorted_labels[-1]) + 1 if n else 0
-    counts = torch.bincount(sorted_labels, minlength=classes).tolist()
+    n = cast(torch.Tensor, embedding if embedding is not None else errors).shape[0]
+    labels = _check_labels(labels, n, "labels")
+    counts = torch.bincount(labels.long(), minlength=int(labels.max()) + 1 if n else 0).tolist()
     if any(c == 0 for c in counts):
         empty = [c for c, cnt in enumerate(counts) if cnt == 0]
         raise ValueError(f"datadiet.gradmatch: classes {empty[:8]} have no samples; relabel to 0..C-1")
+    budgets = class_budgets(counts, k)
+    picks = class_picks(labels, budgets, embedding=embedding, errors=errors, features=features,
+                        val_embedding=val_embedding, val_errors=val_errors, val_features=val_features,
+                        val_labels=val_labels if has_val else None, lam=lam, tol=tol, positive=positive,
+                        backend=backend)
+    return finish_classes(n, picks, k, seed, cast(torch.Tensor, embedding if embedding is not None else errors))
+
+
+class ClassPicks(NamedTuple):
+    """OMP's answer for some classes' problems: ``classes`` (ascending class ids), per class its
+    budget, its picks (rows of the given samples, -1-padded to the budget, in one tensor) and
+    weights, and OMP's per-problem report (``res``)."""
+
+    classes: list[int]
+    budgets: list[int]
+    picks: torch.Tensor
+    weights: torch.Tensor
+    res: OMPResult
+
+
+def class_picks(labels: torch.Tensor, budgets: Sequence[int], *, embedding: Optional[torch.Tensor] = None,
+                errors: Optional[torch.Tensor] = None, features: Optional[torch.Tensor] = None,
+                val_embedding: Optional[torch.Tensor] = None, val_errors: Optional[torch.Tensor] = None,
+                val_features: Optional[torch.Tensor] = None, val_labels: Optional[torch.Tensor] = None,
+                lam: float = 0.5, tol: float = 0.0, positive: bool = True, backend: str = "auto") -> ClassPicks:
+    """One OMP problem for each class present in ``labels`` (not necessarily all: a rank solving
+    its share of the classes), with the budget ``budgets[class id]``, in one batched call; the
+    target is the class's gradient sum, or of its rows of the validation split when
+    ``val_labels`` is given. A class's answer depends only on its own rows and their order, so the
+    classes may be solved together or apart (``finish_classes`` joins them)."""
+    dense = embedding is not None
+    n = cast(torch.Tensor, embedding if dense else errors).shape[0]
+    order, sorted_labels = _group(labels, n, "labels")
+    present = torch.unique_consecutive(sorted_labels)
+    counts = torch.bincount(torch.searchsorted(present, sorted_labels), minlength=present.numel()).tolist()
+    classes = present.tolist()
     offsets = [0]
     for c in counts:
         offsets.append(offsets[-1] + c)
-    budgets = class_budgets(counts, k)
-    if has_val:
+    budget = [int(budgets[c]) for c in classes]
+    if not classes:  # a rank that owns none of the classes
+        none = torch.zeros(0, dtype=torch.int64, device=labels.device)
+        return ClassPicks([], [], none, none.float(), OMPResult(none, none.float(), none.float(), none, none.float(),
+                                                                none, none))
+    identity = bool(torch.equal(order, torch.arange(n, device=order.device)))  # already grouped: no copy
+
+    def grouped(rows: torch.Tensor, by: torch.Tensor, same: bool) -> torch.Tensor:
+        return rows.float() if same else rows.float()[by]
+
+    v_order = v_local = None
+    v_offsets = [0]
+    if val_labels is not None:
         m = cast(torch.Tensor, val_embedding if dense else val_errors).shape[0]
         v_order, v_sorted = _group(val_labels, m, "val_labels")
-        v_counts = torch.bincount(v_sorted, minlength=classes).tolist()[:classes]
-        if len(v_counts) > classes or sum(v_counts) != m:
+        v_local = torch.searchsorted(present, v_sorted).clamp_max(max(len(classes) - 1, 0))
+        if m and (not classes or not bool(torch.equal(present[v_local], v_sorted))):
             raise ValueError("datadiet.gradmatch: val_labels hold classes that the training labels do not")
+        for c in torch.bincount(v_local, minlength=len(classes)).tolist():
+            v_offsets.append(v_offsets[-1] + c)
     if dense:
-        atoms = cast(torch.Tensor, embedding).float()[order]
-        if has_val:
-            val = cast(torch.Tensor, val_embedding).float()[v_order]
-            targets = torch.zeros(classes, atoms.shape[1], device=atoms.device).index_add_(0, v_sorted, val)
+        atoms = grouped(cast(torch.Tensor, embedding), order, identity)
+        targets = torch.zeros(len(classes), atoms.shape[1], device=atoms.device)
+        if v_order is not None:
+            targets.index_add_(0, cast(torch.Tensor, v_local), cast(torch.Tensor, val_embedding).float()[v_order])
         else:
-            targets = torch.zeros(classes, atoms.shape[1], device=atoms.device).index_add_(0, sorted_labels, atoms)
-        res = omp(atoms, targets, offsets=offsets, budgets=budgets, lam=lam, positive=positive, tol=tol,
+            targets.index_add_(0, torch.searchsorted(present, sorted_labels), atoms)
+        res = omp(atoms, targets, offsets=offsets, budgets=budget, lam=lam, positive=positive, tol=tol,
                   backend=backend)
     else:
-        e, h = cast(torch.Tensor, errors).float()[order], cast(torch.Tensor, features).float()[order]
+        e = grouped(cast(torch.Tensor, errors), order, identity)
+        h = grouped(cast(torch.Tensor, features), order, identity)
         target: Optional[tuple[torch.Tensor, torch.Tensor, list[int]]] = None
-        if has_val:
-            v_offsets = [0]
-            for c in v_counts:
-                v_offsets.append(v_offsets[-1] + c)
-            target = (cast(torch.Tensor, val_errors).float()[v_order],
-                      cast(torch.Tensor, val_features).float()[v_order], v_offsets)
-        res = omp_factored(e, h, offsets=offsets, budgets=budgets, target=target, lam=lam, positive=positive, tol=tol,
+        if v_order is not None:
+            target = (cast(torch.Tensor, val_errors).float()[v_order], cast(torch.Tensor, val_features).float()[v_order],
+                      v_offsets)
+        res = omp_factored(e, h, offsets=offsets, budgets=budget, target=target, lam=lam, positive=positive, tol=tol,
                            backend=backend)
     picked = torch.where(res.indices >= 0, order[res.indices.clamp_min(0)], res.indices)
-    parts_i = list(torch.split(picked, budgets))
-    parts_w = list(torch.split(res.weights, budgets))
-    return _finish(n, parts_i, parts_w, res, k, seed, cast(torch.Tensor, embedding if dense else errors))
+    return ClassPicks(classes, budget, picked, res.weights, res)
+
+
+def finish_classes(n: int, picks: ClassPicks, k: int, seed: int, like: torch.Tensor) -> GradMatchSelection:
+    """The selection from every class's picks (rows of the ``n`` samples): OMP's picks in class
+    order, then a seeded random fill up to ``k`` (``like``: a tensor on the device to fill on)."""
+    parts_i = list(torch.split(picks.picks, picks.budgets))
+    parts_w = list(torch.split(picks.weights, picks.budgets))
+    return _finish(n, parts_i, parts_w, picks.res, k, seed, like)
 
 
 def _relative(res: OMPResult) -> torch.Tensor:

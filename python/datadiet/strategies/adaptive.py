@@ -13,7 +13,11 @@ import torch
 
 from datadiet._seeds import derive_seed
 from datadiet.select.glister import VARIANTS, glister
-from datadiet.select.gradmatch import EMBEDDINGS, MODES, gradmatch, last_layer_embedding
+from datadiet._dist import gather_rows, route_rows, world
+from datadiet.select._budget import class_budgets
+from datadiet.ops.omp import OMPResult
+from datadiet.select.gradmatch import (EMBEDDINGS, MODES, ClassPicks, class_picks, finish_classes, gradmatch,
+                                       last_layer_embedding)
 from datadiet.select.selection import Selection
 from datadiet.strategies.base import Periodic
 from datadiet.strategies.cached import SelectionRecorder
@@ -110,19 +114,13 @@ class GradMatch(Periodic):
 
     def choose(self, epoch: int) -> Selection:
         ctx = self.context
-        table = ctx.score(**self._wanted())
-        val = ctx.score(split="val", **self._wanted()) if self.target == "val" else None
-        if not self.solves_here():  # rank 0 solves; the Driver hands its selection to this rank
+        if world()[0] > 1 and self.mode == "per_class":
+            result = self._spread(epoch)
+        else:
+            result = self._solve(epoch)
+        if result is None:  # rank 0 solves; the Driver hands its selection to this rank
             self._last = {"round": self.round(epoch)}
             return self.elsewhere()
-        kwargs = dict(labels=table.labels, budget=self.budget, mode=self.mode, batch_size=self.batch_size,
-                      lam=self.lam, tol=self.tol, seed=derive_seed(ctx.seed, 2, self.round(epoch)))
-        kwargs.update(self._embed(table))
-        del table  # its features are in the embedding now: let them go before the solve
-        if val is not None:
-            kwargs.update({"val_" + key: value for key, value in self._embed(val).items()})
-            kwargs["val_labels"] = val.labels
-        result = gradmatch(**kwargs)
         self._last = {"round": self.round(epoch), "size": int(result.indices.numel()), "filled": int(result.filled),
                       "residual_max": float(result.residual.max()) if result.residual.numel() else 0.0,
                       "fill_reasons": result.fill_reasons}
@@ -132,12 +130,83 @@ class GradMatch(Periodic):
                                selection)
         return selection
 
+    def _solve(self, epoch: int):
+        """One process solves: every rank's rows gathered to rank 0 alone (the others return None
+        once they joined the scoring passes)."""
+        ctx = self.context
+        where = {"gather": "root"} if world()[0] > 1 else {}
+        table = ctx.score(**self._wanted(), **where)
+        val = ctx.score(split="val", **self._wanted(), **where) if self.target == "val" else None
+        if not self.solves_here():
+            return None
+        kwargs = dict(labels=table.labels, budget=self.budget, mode=self.mode, batch_size=self.batch_size,
+                      lam=self.lam, tol=self.tol, seed=derive_seed(ctx.seed, 2, self.round(epoch)))
+        kwargs.update(self._embed(table))
+        del table  # its features are in the embedding now: let them go before the solve
+        if val is not None:
+            kwargs.update({"val_" + key: value for key, value in self._embed(val).items()})
+            kwargs["val_labels"] = val.labels
+        return gradmatch(**kwargs)
+
+    def _spread(self, epoch: int):
+        """Under DDP, per class: each rank keeps the rows it scored, sends every row to the rank
+        that owns its class (class c on rank c mod world) and solves those classes; rank 0 gathers
+        the picks alone and fills up to the budget. No rank holds the whole table, and every
+        class's problem is the one a single process solves (its rows in dataset order), so the
+        subset is the same."""
+        ctx = self.context
+        mine = self._routed(ctx.score(gather="local", **self._wanted()))
+        val = self._routed(ctx.score(split="val", gather="local", **self._wanted())) if self.target == "val" else None
+        counts = torch.bincount(ctx.labels, minlength=ctx.num_classes).tolist()
+        index = mine.pop("index")
+        picks = class_picks(mine.pop("labels"), class_budgets(counts, self.budget), **mine, lam=self.lam,
+                            tol=self.tol, **({} if val is None else {"val_" + key: value for key, value in val.items()
+                                                                     if key != "index"}))
+        del mine, val
+        joined = _gather_picks(picks, index, ctx.device)
+        if not self.solves_here():
+            return None
+        return finish_classes(ctx.n, joined, self.budget, derive_seed(ctx.seed, 2, self.round(epoch)), index)
+
+    def _routed(self, table) -> dict:
+        """This rank's share of the classes: the embedding (or errors and features), labels and
+        dataset rows of every sample whose class it owns, in dataset order."""
+        ctx = self.context
+        rows = {**self._embed(table), "labels": table.labels, "index": table.index}
+        del table
+        rows = route_rows(rows, rows["labels"] % world()[0], ctx.device)
+        # grouped by class, each class in dataset order: the rows a single process's problem has
+        order = torch.sort(rows["labels"].long() * ctx.n + rows["index"]).indices
+        return {name: rows.pop(name)[order] for name in list(rows)}
+
     def state_dict(self) -> dict:
         return {"recorded": self._recorder.rounds} if self._recorder is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
         if self._recorder is not None:
             self._recorder.rounds = list(state.get("recorded", []))
+
+
+def _gather_picks(picks: ClassPicks, index: torch.Tensor, device) -> Optional[ClassPicks]:
+    """Every rank's class picks on rank 0 (rows of this rank's samples mapped to dataset rows
+    through ``index``), in class order; None on the other ranks."""
+    res = picks.res
+    classes = torch.tensor(picks.classes, dtype=torch.int64)
+    budgets = torch.tensor(picks.budgets, dtype=torch.int64)
+    rows = torch.where(picks.picks >= 0, index[picks.picks.clamp_min(0)], picks.picks)
+    per_pick = gather_rows({"pick": rows, "weight": picks.weights,
+                            "class": torch.repeat_interleave(classes, budgets).to(rows.device)}, device, dst=0)
+    per_class = gather_rows({"class": classes, "budget": budgets, "residual": res.residual.reshape(-1),
+                             "iterations": res.iterations.reshape(-1), "target_norm": res.target_norm.reshape(-1),
+                             "stop": res.stop.reshape(-1), "rejected": res.rejected.reshape(-1)}, device, dst=0)
+    if world()[1] != 0:
+        return None
+    by_class = torch.sort(per_class["class"]).indices
+    by_pick = torch.sort(per_pick["class"], stable=True).indices  # a class's picks keep OMP's order
+    ordered = {name: value[by_class] for name, value in per_class.items()}
+    joined = OMPResult(per_pick["pick"][by_pick], per_pick["weight"][by_pick], ordered["residual"],
+                       ordered["iterations"], ordered["target_norm"], ordered["stop"], ordered["rejected"])
+    return ClassPicks(ordered["class"].tolist(), ordered["budget"].tolist(), joined.indices, joined.weights, joined)
 
 
 @dataclass
@@ -173,8 +242,9 @@ class Glister(Periodic):
 
     def choose(self, epoch: int) -> Selection:
         ctx = self.context
-        train = ctx.score(features=True, errors=True)
-        val = ctx.score(split="val", features=True, logits=True)
+        where = {"gather": "root"} if world()[0] > 1 else {}  # the greedy is global: rank 0 holds the tables
+        train = ctx.score(features=True, errors=True, **where)
+        val = ctx.score(split="val", features=True, logits=True, **where)
         if not self.solves_here():  # rank 0 solves; the Driver hands its selection to this rank
             self._last = {"round": self.round(epoch)}
             return self.elsewhere()

@@ -1,0 +1,53 @@
+"""Run by test_distributed.py, under torchrun (2 or 3 gloo ranks) or as one process: where a
+distributed scoring pass's rows go, and the selections GradMatch (per class, spread over the
+ranks; global, solved on rank 0) and GLISTER (rank 0) make through the Driver. Each rank saves
+what it holds; the test compares the ranks' selections with one process's."""
+
+import sys
+
+import torch
+
+from datadiet import _dist, strategies
+from datadiet.scores import score_dataset
+from datadiet.train import datasets, models
+from datadiet.train.data import IndexedDataset
+from datadiet.train.driver import Driver
+
+_dist.init("cpu", timeout=120)
+size, rank = _dist.world()
+out = sys.argv[1]
+bundle = datasets.load("digits")
+pool, held = torch.arange(0, 1100), torch.arange(1100, 1400)
+train = torch.utils.data.Subset(bundle.train, pool.tolist())
+torch.manual_seed(0)
+model = models.build("mlp", 10, (1, 8, 8))
+
+saved = {}
+for gather in ("all", "root", "local"):
+    table = score_dataset(model, IndexedDataset(train), features=True, errors=True, batch_size=100, gather=gather)
+    saved[f"table/{gather}"] = None if table is None else {k: v for k, v in vars(table).items() if v is not None}
+
+# route_rows: uneven owners (a rank may send nothing), a bool column, 2-D rows
+rows = torch.arange(rank * 100, rank * 100 + 7 + 5 * rank)
+owner = (rows * 7 + 3) % size if size > 1 else torch.zeros_like(rows)
+if size > 1:
+    owner[owner == size - 1] = 0  # the last rank receives nothing
+    got = _dist.route_rows({"id": rows, "odd": rows % 2 == 1, "pair": torch.stack([rows, -rows], 1).float()},
+                           owner, "cpu")
+    saved["routed"] = got
+
+CASES = {"per_class": dict(strategy="gradmatch"),
+         "per_class_val": dict(strategy="gradmatch", target="val"),
+         "full": dict(strategy="gradmatch", embedding="full"),
+         "bias": dict(strategy="gradmatch", embedding="bias", target="val"),
+         "global": dict(strategy="gradmatch", mode="global"),
+         "glister": dict(strategy="glister")}
+for name, params in CASES.items():
+    params = dict(params)
+    strategy = strategies.make(params.pop("strategy"), fraction=0.2, every=1, **params)
+    driver = Driver(strategy, model, train, bundle.labels[pool], num_classes=10, epochs=1, batch_size=32, seed=4,
+                    val_set=torch.utils.data.Subset(bundle.train, held.tolist()))
+    driver.begin_epoch(0)
+    selection = driver.sampler.selection
+    saved[name] = {"indices": selection.indices, "weights": selection.weights, "report": strategy.report()}
+torch.save(saved, f"{out}/rank{rank}.pt")
