@@ -28,8 +28,8 @@ of max(budget) steps may not finish).
 Per-problem vectors (support, weights, the NNLS zero set, slot weights) live in global memory at
 ``cap_at`` with capacity ``cap = max(budget, 1)``; the factor L is ``cap × cap`` float64 at ``L_at``.
 The solve program holds vectors of length ``BLOCK_K`` (the next power of two of the largest
-budget) in registers, so budgets are limited to ``MAX_BUDGET``; the CUDA backend has no such
-limit. A program's stores to global memory are read back by other threads of the same program
+budget) in registers, so budgets are limited to ``MAX_BUDGET``; the CUDA backend takes up to
+``datadiet.ops.omp.CUDA_MAX_BUDGET``. A program's stores to global memory are read back by other threads of the same program
 (row shifts, erasures), hence the ``debug_barrier`` after each of them.
 """
 
@@ -677,7 +677,7 @@ def _run(pb: _Problems, steps) -> None:
 def _check_budget(budgets: list[int]) -> None:
     if max(budgets, default=0) > MAX_BUDGET:
         raise ValueError(f"datadiet.omp: the Triton backend holds a problem's support in registers and takes budgets "
-                         f"up to {MAX_BUDGET}, got {max(budgets)}; use backend='cuda' or 'cpu'")
+                         f"up to {MAX_BUDGET}, got {max(budgets)}; use backend='cuda' (up to 8192) or 'cpu'")
 
 
 def _solve_warps(block_k: int) -> int:

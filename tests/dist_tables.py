@@ -1,8 +1,9 @@
 """Run by test_distributed.py, under torchrun (2 or 3 gloo ranks) or as one process: where a
 distributed scoring pass's rows go, and the selections GradMatch (per class, spread over the
-ranks; global, solved on rank 0) and GLISTER (rank 0) make through the Driver. Each rank saves
+ranks; global, solved on rank 0) and GLISTER (sharded over the ranks) make through the Driver. Each rank saves
 what it holds; the test compares the ranks' selections with one process's."""
 
+import importlib
 import sys
 
 import torch
@@ -13,6 +14,7 @@ from datadiet.train import datasets, models
 from datadiet.train.data import IndexedDataset
 from datadiet.train.driver import Driver
 
+glister_module = importlib.import_module("datadiet.select.glister")  # the module (the package exports the function)
 _dist.init("cpu", timeout=120)
 size, rank = _dist.world()
 out = sys.argv[1]
@@ -35,15 +37,26 @@ if size > 1:
     got = _dist.route_rows({"id": rows, "odd": rows % 2 == 1, "pair": torch.stack([rows, -rows], 1).float()},
                            owner, "cpu")
     saved["routed"] = got
+    default, _dist.ROUTE_BLOCK_BYTES = _dist.ROUTE_BLOCK_BYTES, 40  # 5 rows of "pair" a block: many blocks
+    columns = {"id": rows, "odd": rows % 2 == 1, "pair": torch.stack([rows, -rows], 1).float()}
+    saved["routed_blocks"] = _dist.route_rows(dict(columns), owner, "cpu")
+    count = len(got["id"])
+    saved["routed_placed"] = _dist.route_rows(columns, owner, "cpu", place=torch.arange(count).flip(0), consume=True)
+    assert not columns  # consumed
+    _dist.ROUTE_BLOCK_BYTES = default
 
 CASES = {"per_class": dict(strategy="gradmatch"),
          "per_class_val": dict(strategy="gradmatch", target="val"),
          "full": dict(strategy="gradmatch", embedding="full"),
          "bias": dict(strategy="gradmatch", embedding="bias", target="val"),
          "global": dict(strategy="gradmatch", mode="global"),
-         "glister": dict(strategy="glister")}
+         "glister": dict(strategy="glister"),
+         "glister_naive": dict(strategy="glister", variant="naive"),
+         "glister_exact": dict(strategy="glister", refresh=1),
+         "glister_blocks": dict(strategy="glister", block=64)}  # the held-out split in 5 blocks
 for name, params in CASES.items():
     params = dict(params)
+    glister_module.VAL_BLOCK = params.pop("block", 4096)
     strategy = strategies.make(params.pop("strategy"), fraction=0.2, every=1, **params)
     driver = Driver(strategy, model, train, bundle.labels[pool], num_classes=10, epochs=1, batch_size=32, seed=4,
                     val_set=torch.utils.data.Subset(bundle.train, held.tolist()))

@@ -235,3 +235,41 @@ def test_a_regression_run_through_the_trainer(tmp_path):
         Trainer(TrainConfig(dataset="diabetes", strategy="el2n", fraction=0.3, epochs=2, progress=False)).fit()
     for command in ("compare", "ensemble", "lipt"):
         assert cli([command, "--dataset", "diabetes", "--epochs", "1", "--no-progress"]) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("draw", [False, True])
+def test_a_selection_step_makes_no_host_synchronisation_on_cuda(draw):
+    """The per-batch decision stays on the device: CUDA's sync debug mode raises on any
+    device-to-host wait inside ``select`` (after a first step that loads the kernels)."""
+    sel = AdaSelector(("big_loss", "small_loss", "uniform", "grad_norm", "adaboost", "coreset1", "coreset2"),
+                      keep=0.3, lam=0.2, draw=draw, num_classes=10, seed=1)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    batch = lambda: torch.rand(256, device="cuda", generator=g) * 3  # noqa: E731
+    sel.select(batch(), 0.1, grad_norm=batch(), wrong=batch() > 2)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(3):
+            sel.select(batch(), 0.2 + 0.1 * step, grad_norm=batch(), wrong=batch() > 2)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+def test_a_selection_step_on_the_device_equals_the_host_arithmetic():
+    """The device-side EMA, reward and checkpoint round-trip: a resumed selector continues exactly
+    (float64 mean loss saved as a Python float), and a zero previous loss gives no credit."""
+    g = torch.Generator().manual_seed(5)
+    batches = [torch.rand(12, generator=g) for _ in range(6)]
+    whole = AdaSelector(("big_loss", "small_loss", "coreset1"), keep=0.5, eta=0.7, lam=0.1)
+    picks = [whole.select(b, 0.3).tolist() for b in batches]
+    first = AdaSelector(("big_loss", "small_loss", "coreset1"), keep=0.5, eta=0.7, lam=0.1)
+    for b in batches[:3]:
+        first.select(b, 0.3)
+    resumed = AdaSelector(("big_loss", "small_loss", "coreset1"), keep=0.5, eta=0.7, lam=0.1)
+    resumed.load_state_dict(first.state_dict())
+    assert [resumed.select(b, 0.3).tolist() for b in batches[3:]] == picks[3:]
+    assert torch.equal(resumed.weights, whole.weights)
+    zero = AdaSelector(("big_loss", "uniform"), keep=0.5, eta=1.0)
+    zero.select(torch.zeros(8))
+    zero.select(torch.rand(8, generator=g))  # previous mean 0: no loss-change credit, weights stay
+    assert zero.weights.tolist() == [0.5, 0.5]

@@ -128,3 +128,18 @@ def test_select_benchmark_runs_at_tiny_scale(tmp_path):
     for method in ("el2n per class", "gradmatch per class"):
         assert by[method]["peak_rss_bytes"] > by[method]["file_bytes"] > 0
     assert "identical to 1 process" in by["el2n, torchrun 2 gloo ranks"]["note"]
+
+
+def test_scale_benchmark_runs_at_tiny_scale(tmp_path):
+    """``bench scale``: GradMatch and GLISTER's first selection in one process and under 2 gloo
+    ranks, each process's peak memory above its start, the ranks' selection equal to one
+    process's."""
+    out = tmp_path / "scale.json"
+    assert bench_main(["scale", "--rows", "3000", "--dim", "16", "--classes", "20", "--keep", str(tmp_path / "data"),
+                       "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["case"].split(":")[0], r["method"]) for r in rows} == {
+        (s, m) for s in ("gradmatch", "glister") for m in ("1 process", "torchrun 2 gloo ranks")}
+    for r in rows:
+        assert r["same_selection"] and all(peak > 0 for peak in r["peak_above_bytes"])
+        assert len(r["peak_above_bytes"]) == (2 if "torchrun" in r["method"] else 1)

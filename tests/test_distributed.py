@@ -59,8 +59,9 @@ def _tables(out, ranks):
 def test_score_tables_go_where_asked_and_selections_match_one_process(tmp_path, ranks):
     """gather="all" / "root" / "local" put the rows on every rank / rank 0 / the rank that scored
     them; route_rows delivers each row to its owner; GradMatch per class (each rank solving the
-    classes it owns, so no rank holds the whole table), GradMatch global and GLISTER (rank 0)
-    select exactly what one process selects, and every rank trains on it."""
+    classes it owns, so no rank holds the whole table), GradMatch global (rank 0) and GLISTER
+    (each rank scoring the candidates it holds; batched, naive and exact greedy) select exactly
+    what one process selects, and every rank trains on it."""
     single = _tables(str(tmp_path / "one"), 1)[0]
     got = _tables(str(tmp_path / "many"), ranks)
     full = single["table/all"]
@@ -81,10 +82,12 @@ def test_score_tables_go_where_asked_and_selections_match_one_process(tmp_path, 
         for o in owners:
             o[o == ranks - 1] = 0
         expected = torch.cat([ids[o == rank] for ids, o in zip(sent, owners)])
-        routed = saved["routed"]
-        assert torch.equal(routed["id"], expected) and torch.equal(routed["odd"], expected % 2 == 1)
-        assert torch.equal(routed["pair"], torch.stack([expected, -expected], 1).float())
-        for case in ("per_class", "per_class_val", "full", "bias", "global", "glister"):
+        for routed, ids in ((saved["routed"], expected), (saved["routed_blocks"], expected),
+                            (saved["routed_placed"], expected.flip(0))):
+            assert torch.equal(routed["id"], ids) and torch.equal(routed["odd"], ids % 2 == 1)
+            assert torch.equal(routed["pair"], torch.stack([ids, -ids], 1).float())
+        for case in ("per_class", "per_class_val", "full", "bias", "global", "glister", "glister_naive",
+                     "glister_exact", "glister_blocks"):
             mine, want = saved[case], single[case]
             assert torch.equal(mine["indices"], want["indices"]), (case, rank)
             if want["weights"] is None:

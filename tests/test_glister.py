@@ -155,3 +155,27 @@ def test_rounds_of_b_picks_match_a_plain_reference(b):
     e, h, zv, yv, hv = _trained_like(n=300, v=60, c=5, d=6, seed=2)
     got = glister(e, h, zv, yv, hv, budget=20, eta=0.5, variant="naive", refresh=b)
     assert got.indices.tolist() == reference_rounds(e, h, zv, yv, hv, 20, 0.5, b)
+
+
+def test_validation_gradient_in_blocks_and_shard_checks(monkeypatch):
+    """The validation gradient summed block by block equals the one product (up to rounding), the
+    greedy with blocks of 7 rows picks what it picks with one block here; a shard whose validation
+    rows are not whole blocks is refused."""
+    import importlib
+
+    module = importlib.import_module("datadiet.select.glister")
+    layer, h, y, hv, yv = setup(v=40)
+    with torch.no_grad():
+        z, zv = layer(h), layer(hv)
+    e = z.softmax(1) - nn.functional.one_hot(y, 5).float()
+    whole = glister(e, h, zv, yv, hv, budget=12, eta=0.1, variant="naive", refresh=1)
+    monkeypatch.setattr(module, "VAL_BLOCK", 7)
+    hvt = torch.cat([hv, torch.ones(40, 1)], 1)
+    residual = zv.softmax(1) - nn.functional.one_hot(yv, 5).float()
+    torch.testing.assert_close(module._ValBlocks(hvt, None).gradient(residual), residual.T @ hvt)
+    blocked = glister(e, h, zv, yv, hv, budget=12, eta=0.1, variant="naive", refresh=1)
+    assert torch.equal(blocked.indices, whole.indices)
+    assert module.val_block_owner(torch.arange(15), 2).tolist() == [0] * 7 + [1] * 7 + [0]
+    half = module.Shard(torch.arange(120), 120, torch.arange(3), 40, lambda t, op: None)
+    with pytest.raises(ValueError, match="whole blocks of 7"):
+        glister(e, h, zv[:3], yv[:3], hv[:3], budget=12, shard=half)

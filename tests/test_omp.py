@@ -263,3 +263,15 @@ def test_oversized_problem_is_refused_before_allocating():
     a = torch.zeros(40000, 1).expand(40000, 1).contiguous()
     with pytest.raises(ValueError, match=r"needs \d+ MiB of Gram columns and Cholesky factor .* split it"):
         torch.ops.datadiet.omp(a, torch.ones(1, 1), [0, 40000], [33000], 0.0, True, 0.0)
+
+
+def test_engine_budget_caps_are_named():
+    """One problem per thread block on CUDA: a budget above CUDA_MAX_BUDGET is refused with the way
+    out; the CPU engine takes any budget."""
+    from datadiet.ops.omp import CUDA_MAX_BUDGET, check_engine_budget
+
+    check_engine_budget("omp", "cuda", [CUDA_MAX_BUDGET, 3])
+    check_engine_budget("omp", "cpu", [10 * CUDA_MAX_BUDGET])
+    with pytest.raises(ValueError, match=rf"datadiet.omp_factored: the CUDA backend .* up to {CUDA_MAX_BUDGET} per "
+                                         rf"problem, got {CUDA_MAX_BUDGET + 1} .* mode='per_class'.* backend='cpu'"):
+        check_engine_budget("omp_factored", "cuda", [1, CUDA_MAX_BUDGET + 1])

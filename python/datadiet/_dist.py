@@ -10,7 +10,7 @@ import datetime
 import os
 import time
 import warnings
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 
@@ -154,11 +154,18 @@ def gather_rows(tensors: dict[str, torch.Tensor], device, dst: Optional[int] = N
     return route_rows(tensors, torch.full((first.shape[0],), dst, dtype=torch.int64), device)
 
 
-def route_rows(tensors: dict[str, torch.Tensor], owner: torch.Tensor, device) -> dict[str, torch.Tensor]:
+ROUTE_BLOCK_BYTES = 4 << 20  # the rows one rank sends in one gather: a bounded transient
+
+
+def route_rows(tensors: dict[str, torch.Tensor], owner: torch.Tensor, device, *, place: Optional[torch.Tensor] = None,
+               consume: bool = False) -> dict[str, torch.Tensor]:
     """Row i of every tensor sent to rank ``owner[i]``: returns the rows this rank received, in
-    (sending rank, row) order. One ``gather`` per destination and tensor, each padded to the
-    longest sender's share for that destination, so a rank holds its own rows, one reordered copy
-    of one tensor at a time and what it receives — never another rank's whole table."""
+    (sending rank, row) order, or with ``place`` the j-th of them at row ``place[j]`` (a
+    permutation of the received rows, e.g. sorting them, without a second copy). The rows travel
+    in blocks of at most ``ROUTE_BLOCK_BYTES`` per sender (one ``gather`` per destination and
+    block), written straight into the result, so beyond its own rows and what it receives a rank
+    holds one block per sender. ``consume``: each tensor is dropped from ``tensors`` once sent (a
+    caller's last reference then frees it before the next column travels)."""
     dist = torch.distributed
     size, rank = world()
     comm = torch.device("cpu") if dist.get_backend() == "gloo" else torch.device(device)
@@ -169,41 +176,45 @@ def route_rows(tensors: dict[str, torch.Tensor], owner: torch.Tensor, device) ->
     matrix = [torch.zeros_like(counts) for _ in range(size)]
     dist.all_gather(matrix, counts)
     sent = torch.stack(matrix).tolist()  # sent[src][dst]: rows src sends to dst
-    grouped = owner.numel() < 2 or bool((owner[1:] >= owner[:-1]).all())
-    order = None if grouped else torch.sort(owner, stable=True).indices  # rows grouped by destination
+    mine = [row[rank] for row in sent]
+    starts = [sum(mine[:src]) for src in range(size)]  # where each sender's rows begin in the result
+    if place is not None:
+        place = place.to(comm, torch.int64)
+        if place.shape != (sum(mine),):
+            raise ValueError(f"route_rows: place must hold one row per received row ({sum(mine)})")
+    rows_to = [(owner == to).nonzero().flatten() for to in range(size)]
     out = {}
     for name in sorted(tensors):
-        value = tensors[name]
+        value = tensors.pop(name) if consume else tensors[name]
+        home, was_bool = value.device, value.dtype == torch.bool
         v = value.to(comm)
-        v = v.to(torch.uint8) if v.dtype == torch.bool else v
-        v = v if order is None else v[order]
-        pieces = torch.split(v, sent[rank])
-        received = v.new_zeros((0, *v.shape[1:]))
+        del value
+        v = v.to(torch.uint8) if was_bool else v
+        received = v.new_empty((sum(mine), *v.shape[1:]))
+        block = max(1, ROUTE_BLOCK_BYTES // max(1, v[:1].numel() * v.element_size()))
         for to in range(size):
             longest = max(row[to] for row in sent)
-            if longest == 0:
-                continue
-            padded = pieces[to] if pieces[to].shape[0] == longest else torch.cat(
-                [pieces[to], v.new_zeros((longest - pieces[to].shape[0], *v.shape[1:]))])
-            buffer = v.new_empty((size * longest, *v.shape[1:])) if rank == to else None
-            dist.gather(padded.contiguous(), list(buffer.split(longest)) if rank == to else None, dst=to)
-            if rank == to:
-                received = _compact(buffer, longest, [row[rank] for row in sent])
-        del v, pieces
-        received = received.to(value.device)
-        out[name] = received.bool() if value.dtype == torch.bool else received
+            for at in range(0, longest, block):
+                piece = v.index_select(0, rows_to[to][at:at + block])
+                length = min(block, longest - at)
+                if piece.shape[0] < length:  # this sender has fewer rows for ``to``: padded
+                    piece = torch.cat([piece, v.new_zeros((length - piece.shape[0], *v.shape[1:]))])
+                bucket = list(v.new_empty((size * length, *v.shape[1:])).split(length)) if rank == to else None
+                dist.gather(piece, bucket, dst=to)
+                if rank == to:
+                    for src, part in enumerate(cast(list, bucket)):
+                        got = max(0, min(length, mine[src] - at))
+                        if got:
+                            where = slice(starts[src] + at, starts[src] + at + got)
+                            if place is None:
+                                received[where] = part[:got]
+                            else:
+                                received[place[where]] = part[:got]
+                del piece, bucket
+        del v
+        received = received.to(home)
+        out[name] = received.bool() if was_bool else received
     return out
-
-
-def _compact(buffer: torch.Tensor, block: int, lengths: list[int]) -> torch.Tensor:
-    """The first ``lengths[s]`` rows of each ``block``-row block of ``buffer``, moved together in
-    place (each block moves left, through a copy of that block alone)."""
-    at = 0
-    for s, length in enumerate(lengths):
-        if at != s * block and length:
-            buffer[at:at + length] = buffer[s * block:s * block + length].clone()
-        at += length
-    return buffer[:at]
 
 
 def _all_gather_rows(tensors: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
@@ -229,6 +240,19 @@ def _all_gather_rows(tensors: dict[str, torch.Tensor], device) -> dict[str, torc
         joined = torch.cat([c[:m] for c, m in zip(chunks, lengths)]).to(value.device)
         out[name] = joined.bool() if value.dtype == torch.bool else joined
     return out
+
+
+def all_reduce_(tensor: torch.Tensor, op: str) -> None:
+    """``tensor`` replaced in place by its elementwise ``"max"`` or ``"sum"`` over the ranks (on
+    the CPU for gloo)."""
+    dist = torch.distributed
+    reduce_op = {"max": dist.ReduceOp.MAX, "sum": dist.ReduceOp.SUM}[op]
+    if dist.get_backend() == "gloo" and tensor.device.type != "cpu":
+        on_cpu = tensor.cpu()
+        dist.all_reduce(on_cpu, reduce_op)
+        tensor.copy_(on_cpu)
+    else:
+        dist.all_reduce(tensor, reduce_op)
 
 
 def to_cpu(value):

@@ -7,6 +7,11 @@ reference with the same rules.
 
 Backends: ``cpu`` and ``cuda`` (compiled), ``triton`` (``datadiet.kernels.omp``: the same steps as
 the CUDA engine, budgets up to 2048) and ``torch`` (the reference).
+
+The CUDA engine solves each problem in one thread block (many problems run side by side, one per
+block): fine for GradMatch's per-class problems, but one huge problem would run its O(k²) steps
+on a single multiprocessor, with a 2·k²·8-byte factor. Budgets above ``CUDA_MAX_BUDGET`` per
+problem are refused with that advice rather than left to run for hours.
 """
 
 from __future__ import annotations
@@ -86,6 +91,7 @@ def omp(
     """
     atoms_, targets, offs, ks = _check(atoms, target, k, offsets, budgets, lam, tol)
     chosen = resolve(backend, atoms.device, "omp")
+    check_engine_budget("omp", chosen, ks)
     if chosen != "cpu" and check_values and not torch.compiler.is_compiling():
         for name, t in (("atoms", atoms_), ("target", targets)):
             _check_finite("omp", name, t)
@@ -97,6 +103,22 @@ def omp(
     else:
         out = torch.ops.datadiet.omp(atoms_, targets, *args)
     return _result(out, targets.double().norm(dim=1).float(), single=offsets is None)
+
+
+CUDA_MAX_BUDGET = 8192
+
+
+def check_engine_budget(op: str, chosen: str, budgets: Sequence[int]) -> None:
+    """Refuses a problem budget the chosen engine cannot serve well (module docstring)."""
+    largest = max(budgets, default=0)
+    if chosen == "triton":
+        from datadiet.kernels.omp import _check_budget  # Triton is importable once chosen
+
+        _check_budget(list(budgets))
+    if chosen == "cuda" and largest > CUDA_MAX_BUDGET:
+        raise ValueError(f"datadiet.{op}: the CUDA backend solves each problem in one thread block and takes budgets "
+                         f"up to {CUDA_MAX_BUDGET} per problem, got {largest} (one block would run for hours); split "
+                         "the problem (GradMatch: mode='per_class'), lower the budget, or use backend='cpu'")
 
 
 def _check_finite(op: str, name: str, t: torch.Tensor) -> None:
@@ -163,6 +185,7 @@ def omp_factored(
     offs, ks = _problems("omp_factored", n, k, offsets, budgets, lam, tol)
     targets = _factored_targets(e, h, offs, target)
     chosen = resolve(backend, errors.device, "omp_factored")
+    check_engine_budget("omp_factored", chosen, ks)
     c0, b2 = _target_correlations(e, h, offs, targets, bias)
     if check_values and not torch.compiler.is_compiling():
         for name, t in (("errors", e), ("features", h)):

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Subset
 
 from datadiet._dist import unwrap
 from datadiet._dist import world as dist_world
-from datadiet._dist import gather_rows
+from datadiet._dist import gather_rows, route_rows
 from datadiet.ops.ce_scores import ce_scores
 from datadiet.scores.grad_norms import grad_norms
 
@@ -118,19 +118,23 @@ def score_dataset(model: nn.Module, dataset, *, head: Optional[nn.Linear] = None
     world, rank = dist_world()
     if world > n:
         raise ValueError(f"score_dataset: {n} samples cannot be sharded over {world} ranks")
-    loader = DataLoader(Subset(dataset, list(range(rank, n, world))), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, pin_memory=device.type == "cuda")
+    mine = list(range(rank, n, world))
+    loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda")
     local = _joined(_score_batches(model, loader, head=head, features=features, errors=errors, logits=logits,
                                    device=device, autocast_dtype=autocast_dtype, channels_last=channels_last,
-                                   progress=progress, grad_scope=grad_scope, grad_mode=grad_mode))
+                                   progress=progress, grad_scope=grad_scope, grad_mode=grad_mode), len(mine))
     index = local.pop("index", torch.zeros(0, dtype=torch.int64))
     if world > 1 and gather == "local":
         return ScoreTable(**local, index=index.to(device)) if local else _empty(device, index=True)
+    if world > 1 and gather == "root":  # each row written straight to its place in rank 0's table
+        owner = torch.zeros(index.shape[0], dtype=torch.int64)
+        place = route_rows({"index": index}, owner, device)["index"]
+        local = route_rows(local, owner, device, place=place, consume=True)
+        return (ScoreTable(**local) if local else _empty(device)) if rank == 0 else None
     if world > 1:
-        local = gather_rows({**local, "__index__": index}, device, dst=0 if gather == "root" else None)
+        local = gather_rows({**local, "__index__": index}, device)
         index = local.pop("__index__")
-        if gather == "root" and rank != 0:
-            return None
     table = {}
     for name in list(local):
         value = local.pop(name)  # each gathered column let go once it is in dataset order
@@ -181,7 +185,7 @@ def score_shards(model: nn.Module, dataset, shards: Sequence[range], *, head: Op
                              device=device, autocast_dtype=autocast_dtype, channels_last=channels_last,
                              progress=progress, grad_scope=grad_scope, grad_mode=grad_mode)
     for s, shard in enumerate(shards):
-        table = _joined(next(batches) for _ in range(math.ceil(len(shard) / batch_size)))
+        table = _joined((next(batches) for _ in range(math.ceil(len(shard) / batch_size))), len(shard))
         index = table.pop("index")
         if not torch.equal(index.cpu(), torch.arange(shard.start, shard.stop)):
             raise RuntimeError(f"score_shards: the dataset returned indices other than rows {shard.start}..."
@@ -231,13 +235,23 @@ def _score_batches(model: nn.Module, loader, *, head, features, errors, logits, 
             hook.remove()
 
 
-def _joined(batches) -> dict[str, torch.Tensor]:
-    """The batches' rows (``_score_batches``) concatenated per name."""
-    parts: dict[str, list[torch.Tensor]] = {}
-    for rows in batches:
-        for name, value in rows.items():
-            parts.setdefault(name, []).append(value)
-    return {name: torch.cat(values) for name, values in parts.items()}
+def _joined(batches, rows: int) -> dict[str, torch.Tensor]:
+    """The batches' rows (``_score_batches``, ``rows`` in all) in one tensor per name, each written
+    into place as its batch arrives (no list of batches next to their concatenation)."""
+    out: dict[str, torch.Tensor] = {}
+    at = 0
+    for batch in batches:
+        length = next(iter(batch.values())).shape[0]
+        if at + length > rows:
+            raise RuntimeError(f"score_dataset: the loader gave more than the {rows} rows asked for")
+        for name, value in batch.items():
+            if name not in out:
+                out[name] = value.new_empty((rows, *value.shape[1:]))
+            out[name][at:at + length] = value
+        at += length
+    if at != rows:
+        raise RuntimeError(f"score_dataset: the loader gave {at} rows of the {rows} asked for")
+    return out
 
 
 def _empty(device, index: bool = False) -> ScoreTable:

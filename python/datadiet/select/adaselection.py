@@ -37,6 +37,7 @@ from datadiet.ops.topk_select import topk_select
 from datadiet.ops.weighted_sample import weighted_sample
 
 METHODS = ("uniform", "big_loss", "small_loss", "grad_norm", "adaboost", "coreset1", "coreset2")
+FULL_SUPPORT = frozenset({"uniform", "big_loss", "small_loss", "adaboost"})  # importance > 0 on every sample
 
 
 def importance(method: str, losses: torch.Tensor, k: int, *, grad_norm: Optional[torch.Tensor] = None,
@@ -56,7 +57,7 @@ def importance(method: str, losses: torch.Tensor, k: int, *, grad_norm: Optional
     if method == "grad_norm":
         g = (grad_norm.float() if grad_norm is not None else losses.clamp_min(0).sqrt())
         total = g.sum()
-        return g / total if float(total) > 0 else torch.full_like(losses, 1.0 / n)
+        return torch.where(total > 0, g / total.clamp_min(1e-30), torch.full_like(losses, 1.0 / n))
     if method == "adaboost":
         if wrong is not None:
             miss = wrong.float()
@@ -72,14 +73,22 @@ def importance(method: str, losses: torch.Tensor, k: int, *, grad_norm: Optional
         s = torch.zeros_like(losses)
         if method == "coreset1":
             big = topk_select(losses, math.ceil(k / 2))
-            rest = torch.ones(n, dtype=torch.bool, device=losses.device)
-            rest[big] = False
-            small = rest.nonzero().flatten()[topk_select(losses[rest], k // 2, largest=False)] if k // 2 else big[:0]
+            rest = losses.clone()
+            rest[big] = math.inf  # the smallest of the others (losses are finite here)
+            small = topk_select(rest, k // 2, largest=False) if k // 2 else big[:0]
             s[torch.cat([big, small])] = 1.0 / k
         else:
             s[topk_select((losses - losses.mean()).abs(), k, largest=False)] = 1.0 / k
         return s
     raise ValueError(f"AdaSelection: unknown method {method!r}; choose from {METHODS}")
+
+
+def _finite(losses: torch.Tensor) -> torch.Tensor:
+    """A non-finite loss (a diverged sample) as the batch's largest finite one (0 if none is)."""
+    finite = torch.isfinite(losses)
+    top = torch.where(finite, losses, -math.inf).max()
+    top = torch.where(torch.isfinite(top), top, 0.0)
+    return torch.where(finite | (losses == -math.inf), torch.where(finite, losses, 0.0), top)
 
 
 class AdaSelector:
@@ -105,7 +114,7 @@ class AdaSelector:
         self.methods, self.keep, self.eta, self.tau, self.lam = methods, float(keep), float(eta), float(tau), float(lam)
         self.ema, self.delta, self.draw, self.num_classes, self.seed = float(ema), float(delta), draw, num_classes, seed
         self.weights = torch.full((len(methods),), 1.0 / len(methods), dtype=torch.float64)
-        self.mean_loss: Optional[float] = None  # the EMA L̄
+        self.mean_loss: Optional[torch.Tensor] = None  # the EMA L̄ (float64, on the losses' device)
         self.credit: Optional[torch.Tensor] = None  # c_m of the last step
         self.steps = 0
 
@@ -114,31 +123,31 @@ class AdaSelector:
         if losses.dim() != 1 or losses.numel() == 0:
             raise ValueError(f"AdaSelection: losses must be a non-empty 1-D per-sample vector, got shape "
                              f"{tuple(losses.shape)}")
-        losses = losses.float()
-        finite = torch.isfinite(losses)
-        if not bool(finite.all()):  # a diverged sample ranks as the batch's hardest
-            top = float(losses[finite].max()) if bool(finite.any()) else 0.0
-            losses = torch.nan_to_num(losses, nan=top, posinf=top, neginf=0.0)
+        losses = _finite(losses.float())
         n = losses.numel()
         k = max(1, math.ceil(self.keep * n))
-        batch_mean = float(losses.mean())
+        # Everything below stays on the losses' device: no host synchronisation per batch.
+        batch_mean = losses.mean().double()
         previous = self.mean_loss
         self.mean_loss = batch_mean if previous is None else self.ema * previous + (1 - self.ema) * batch_mean
         scores = torch.stack([importance(m, losses, k, grad_norm=grad_norm, wrong=wrong, num_classes=self.num_classes,
                                          tau=self.tau, delta=self.delta) for m in self.methods]).double()
         self.weights = self.weights.to(losses.device)
         reward = torch.zeros(len(self.methods), dtype=torch.float64, device=losses.device)
-        if self.credit is not None and previous:
-            reward += self.credit.to(reward.device) * (previous - self.mean_loss) / previous
+        if self.credit is not None and previous is not None:  # no credit after a zero loss (as with none)
+            change = self.credit.to(reward.device) * (previous - self.mean_loss) / torch.where(previous != 0, previous, 1.0)
+            reward += torch.where(previous != 0, change, 0.0)
         if self.lam:
             kappa = 1.0 - 2.0 * min(max(progress, 0.0), 1.0)
             preferred = scores @ losses.double()
-            reward += self.lam * kappa * (batch_mean - preferred) / max(batch_mean, 1e-12)
+            reward += self.lam * kappa * (batch_mean - preferred) / batch_mean.clamp_min(1e-12)
         self.weights = self.weights * torch.exp(self.eta * reward)
         self.weights /= self.weights.sum()
         combined = (self.weights @ scores).float()
         if self.draw:
-            picks = weighted_sample(combined.clamp_min(0), k, seed=derive_seed(self.seed, self.steps))
+            # a method with full support makes every entry positive: no value check (a host sync) needed
+            picks = weighted_sample(combined.clamp_min(0), k, seed=derive_seed(self.seed, self.steps),
+                                    check_values=not FULL_SUPPORT.intersection(self.methods))
         else:
             picks = topk_select(combined, k)
         self.credit = scores[:, picks].sum(1)
@@ -146,12 +155,14 @@ class AdaSelector:
         return picks
 
     def state_dict(self) -> dict[str, Any]:
-        return {"weights": self.weights.cpu().clone(), "mean_loss": self.mean_loss, "steps": self.steps,
+        mean_loss = None if self.mean_loss is None else float(self.mean_loss)  # float64: exact
+        return {"weights": self.weights.cpu().clone(), "mean_loss": mean_loss, "steps": self.steps,
                 "credit": None if self.credit is None else self.credit.cpu().clone(), "methods": list(self.methods)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if list(state["methods"]) != list(self.methods):
             raise ValueError(f"AdaSelection: state of methods {state['methods']}, this selector has "
                              f"{list(self.methods)}")
-        self.weights, self.mean_loss, self.steps = state["weights"].clone(), state["mean_loss"], int(state["steps"])
+        self.weights, self.steps = state["weights"].clone(), int(state["steps"])
+        self.mean_loss = None if state["mean_loss"] is None else torch.tensor(state["mean_loss"], dtype=torch.float64)
         self.credit = None if state["credit"] is None else state["credit"].clone()

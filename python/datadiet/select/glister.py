@@ -20,12 +20,25 @@ The cost is about (k / b) · 2 · V·C·(D+1) plus the candidates' gains, with n
 pick. The default b = ceil(k / 64) keeps the greedy exact up to k = 64 picks and bounds the
 refreshes at 64 beyond (on trained-like inputs 8 refreshes were within 0.01% of the exact
 greedy's held-out loss).
+
+The validation gradient is summed in blocks of ``VAL_BLOCK`` validation rows, block after
+block, so that it is the same sum whether one process holds every block or each holds some.
+
+Sharded (``shard``, e.g. one share of the rows per rank): each process holds only its rows of
+``errors`` / ``features`` (``shard.index``: their ids among ``shard.total``) and its validation
+blocks (``shard.val_index``: the ids of its validation rows among ``shard.val_total``, whole
+blocks, ascending). The candidates are drawn from the global free set with the same seed
+everywhere; each process scores the candidates it holds (−inf for the others) and an elementwise
+max over the processes gives every gain, exactly; the picked rows and the blocks' gradient sums
+travel the same way (zeros elsewhere, summed, exact), then every process adds the blocks in
+order and updates the logits of its validation rows. Every process takes the picks one process
+holding everything would, up to the rounding of the matrix products (equal in our tests).
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
@@ -33,6 +46,20 @@ from datadiet.ops.weighted_sample import weighted_sample
 from datadiet.select._budget import subset_size
 
 VARIANTS = ("stochastic", "naive")
+VAL_BLOCK = 4096  # validation rows per block of the validation gradient's sum
+
+
+class Shard(NamedTuple):
+    """This process's share of the rows: ``index`` (int64, its training rows' ids in [0,
+    ``total``)), ``val_index`` (its validation rows' ids in [0, ``val_total``): whole blocks of
+    ``VAL_BLOCK``, ascending) and ``reduce(tensor, op)``, an in-place elementwise ``"max"`` /
+    ``"sum"`` over the processes (``torch.distributed.all_reduce``)."""
+
+    index: torch.Tensor
+    total: int
+    val_index: torch.Tensor
+    val_total: int
+    reduce: Callable[[torch.Tensor, str], None]
 
 
 class GlisterSelection(NamedTuple):
@@ -56,6 +83,7 @@ def glister(
     variant: str = "stochastic",
     seed: int = 0,
     refresh: int | None = None,
+    shard: Optional[Shard] = None,
 ) -> GlisterSelection:
     """Select ``fraction`` (or ``budget`` samples) of the training set.
 
@@ -68,9 +96,11 @@ def glister(
         eta: the step size of the Taylor update (the learning rate).
         refresh: picks between recomputations of the validation gradient (module docstring);
             None: ``ceil(k / 64)``, 1: the exact greedy.
+        shard: the rows given are this process's share (module docstring); every process calls
+            with its share and gets the same selection.
     """
-    n = errors.shape[0]
     _check(errors, features, val_logits, val_labels, val_features, variant)
+    n = errors.shape[0] if shard is None else shard.total
     k = subset_size(n, fraction, budget, "glister")
     if refresh is None:
         refresh = max(1, math.ceil(k / 64))
@@ -78,10 +108,12 @@ def glister(
         raise ValueError(f"datadiet.glister: refresh must be an int >= 1 (picks per validation-gradient refresh), "
                          f"got {refresh!r}")
     e = errors.float()
-    ht = torch.cat([features.float(), features.new_ones(n, 1, dtype=torch.float32)], 1)
+    ht = torch.cat([features.float(), features.new_ones(e.shape[0], 1, dtype=torch.float32)], 1)
     hv = torch.cat([val_features.float(), val_features.new_ones(val_features.shape[0], 1, dtype=torch.float32)], 1)
     z = val_logits.float().clone()
     onehot = torch.nn.functional.one_hot(val_labels.long(), z.shape[1]).float()
+    rows = _Rows(e, ht, shard)
+    blocks = _ValBlocks(hv, shard)
     free = torch.ones(n, dtype=torch.bool, device=e.device)
     sample = min(n, math.ceil(n / k * math.log(100))) if variant == "stochastic" else n
     picks = torch.empty(k, dtype=torch.int64, device=e.device)
@@ -89,13 +121,13 @@ def glister(
     done = 0
     for step in range(math.ceil(k / refresh)):
         b = min(refresh, k - done)
-        g_val = (z.softmax(1) - onehot).T @ hv  # [C, D+1], summed validation gradient
+        g_val = blocks.gradient(z.softmax(1) - onehot)  # [C, D+1], summed validation gradient
         left = free.nonzero().squeeze(1)
         if sample * b <= left.numel() and sample < left.numel():
             # b disjoint draws of `sample` candidates (one draw when b = 1), the best of each
             drawn = left[weighted_sample(torch.ones(left.numel(), device=e.device), sample * b, seed=seed + step)]
             candidates = drawn.view(b, sample)
-            gain = ((e[drawn] @ g_val) * ht[drawn]).sum(1).view(b, sample)
+            gain = rows.gains(drawn, g_val).view(b, sample)
             best = gain.argmax(1)
             chosen, won = candidates.gather(1, best[:, None]).squeeze(1), gain.gather(1, best[:, None]).squeeze(1)
         else:
@@ -103,18 +135,96 @@ def glister(
             # the b best. b = 1 in one product, as the exact greedy always has; else in chunks, as
             # e[left] may be the whole table
             parts = [left] if b == 1 else torch.split(left, 1 << 16)
-            gain = torch.cat([((e[part] @ g_val) * ht[part]).sum(1) for part in parts])
+            gain = torch.cat([rows.gains(part, g_val) for part in parts])
             best = gain.argmax().reshape(1) if b == 1 else torch.topk(gain, b, sorted=True).indices
             chosen, won = left[best], gain[best]
         picks[done:done + b], gains[done:done + b] = chosen, won
         free[chosen] = False
+        e_b, ht_b = rows.take(chosen)
         if b == 1:  # one step −eta·g_j on the last layer
-            j = chosen[0]
-            z -= eta * (hv @ ht[j]).unsqueeze(1) * e[j].unsqueeze(0)
+            z -= eta * (hv @ ht_b[0]).unsqueeze(1) * e_b[0].unsqueeze(0)
         else:  # the round's b steps at once
-            z -= eta * (hv @ (ht[chosen].T @ e[chosen]))
+            z -= eta * (hv @ (ht_b.T @ e_b))
         done += b
     return GlisterSelection(picks, torch.ones(k, device=e.device), gains)
+
+
+def val_block_owner(ids: torch.Tensor, processes: int) -> torch.Tensor:
+    """The process each validation row goes to when sharding: block b of ``VAL_BLOCK`` rows to
+    process b mod ``processes``."""
+    return (ids // VAL_BLOCK) % processes
+
+
+class _ValBlocks:
+    """The validation gradient E_vᵀ H̃_v summed block by block (module docstring)."""
+
+    def __init__(self, hv: torch.Tensor, shard: Optional[Shard]):
+        self.hv, self.shard = hv, shard
+        ids = torch.arange(hv.shape[0], device=hv.device) if shard is None else shard.val_index.to(hv.device)
+        total = hv.shape[0] if shard is None else shard.val_total
+        if ids.numel() != hv.shape[0] or (ids.numel() > 1 and not bool((ids[1:] > ids[:-1]).all())):
+            raise ValueError("datadiet.glister: shard.val_index must name each validation row given, ascending")
+        self.count = math.ceil(total / VAL_BLOCK)
+        block = ids // VAL_BLOCK
+        mine = torch.unique_consecutive(block).tolist()
+        sizes = torch.bincount(block, minlength=self.count).tolist() if ids.numel() else []
+        whole = [min(VAL_BLOCK, total - b * VAL_BLOCK) for b in mine]
+        if [sizes[b] for b in mine] != whole:
+            raise ValueError(f"datadiet.glister: a shard's validation rows must be whole blocks of {VAL_BLOCK}")
+        starts = [0]
+        for b in mine:
+            starts.append(starts[-1] + sizes[b])
+        self.blocks = [(b, slice(starts[j], starts[j + 1])) for j, b in enumerate(mine)]
+
+    def gradient(self, residual: torch.Tensor) -> torch.Tensor:
+        """Σ_blocks (E_v,blockᵀ H̃_v,block), the blocks added in order."""
+        parts = [residual[rows].T @ self.hv[rows] for _, rows in self.blocks]
+        if self.shard is not None:
+            every = residual.new_zeros((self.count, residual.shape[1], self.hv.shape[1]))
+            for (b, _), part in zip(self.blocks, parts):
+                every[b] = part
+            self.shard.reduce(every, "sum")  # each block's sum from its process, zeros elsewhere: exact
+            parts = list(every)
+        if not parts:
+            return residual.new_zeros((residual.shape[1], self.hv.shape[1]))
+        total = parts[0].clone()
+        for part in parts[1:]:
+            total += part
+        return total
+
+
+class _Rows:
+    """The training rows' gains and rows by global id, whole or sharded (module docstring)."""
+
+    def __init__(self, e: torch.Tensor, ht: torch.Tensor, shard: Optional[Shard]):
+        self.e, self.ht, self.shard = e, ht, shard
+        if shard is not None:
+            self.local = torch.full((shard.total,), -1, dtype=torch.int64, device=e.device)
+            self.local[shard.index.to(e.device)] = torch.arange(shard.index.numel(), device=e.device)
+
+    def gains(self, ids: torch.Tensor, g_val: torch.Tensor) -> torch.Tensor:
+        """⟨g_i, g_val⟩ of the samples ``ids``: rowsum((E g_val) ⊙ H̃)."""
+        if self.shard is None:
+            return ((self.e[ids] @ g_val) * self.ht[ids]).sum(1)
+        at = self.local[ids]
+        held = at >= 0
+        out = torch.full((ids.numel(),), -math.inf, device=self.e.device)
+        out[held] = ((self.e[at[held]] @ g_val) * self.ht[at[held]]).sum(1)
+        self.shard.reduce(out, "max")  # each id held by one process: its gain, exactly
+        return out
+
+    def take(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows of E and H̃ of the samples ``ids``, on every process."""
+        if self.shard is None:
+            return self.e[ids], self.ht[ids]
+        at = self.local[ids]
+        held = at >= 0
+        e_b = self.e.new_zeros((ids.numel(), self.e.shape[1]))
+        ht_b = self.ht.new_zeros((ids.numel(), self.ht.shape[1]))
+        e_b[held], ht_b[held] = self.e[at[held]], self.ht[at[held]]
+        joined = torch.cat([e_b, ht_b], 1)
+        self.shard.reduce(joined, "sum")  # zeros elsewhere: each row arrives exactly
+        return joined[:, :self.e.shape[1]], joined[:, self.e.shape[1]:]
 
 
 def _check(errors: torch.Tensor, features: torch.Tensor, val_logits: torch.Tensor, val_labels: torch.Tensor,

@@ -12,10 +12,11 @@ from typing import Optional
 import torch
 
 from datadiet._seeds import derive_seed
-from datadiet.select.glister import VARIANTS, glister
-from datadiet._dist import gather_rows, route_rows, world
+from datadiet.select.glister import VARIANTS, Shard, glister, val_block_owner
+from datadiet._dist import all_reduce_, gather_rows, route_rows, world
 from datadiet.select._budget import class_budgets
-from datadiet.ops.omp import OMPResult
+from datadiet.backends import resolve
+from datadiet.ops.omp import OMPResult, check_engine_budget
 from datadiet.select.gradmatch import (EMBEDDINGS, MODES, ClassPicks, class_picks, finish_classes, gradmatch,
                                        last_layer_embedding)
 from datadiet.select.selection import Selection
@@ -92,6 +93,14 @@ class GradMatch(Periodic):
             self.batch_size = context.batch_size
         if self.mode == "per_batch":
             self.need(self.batch_size <= context.n, "batch_size", f"at most the pool's {context.n} samples")
+        if self.mode != "per_class":  # one problem: refused now if the device's engine cannot serve its budget
+            k = self.budget if self.mode == "global" else min(-(-context.n // self.batch_size),
+                                                              max(1, self.budget // self.batch_size))
+            try:
+                check_engine_budget("omp", resolve("auto", context.device, "omp"), [k])
+            except ValueError as exc:
+                raise ValueError(f"gradmatch: mode = {self.mode!r} at fraction {self.fraction} is one OMP problem "
+                                 f"of {k} picks on {context.device.type}: {str(exc).split(': ', 1)[1]}") from None
         if self.mode == "per_class":
             self.size = self.per_class_size()  # an upper bound: OMP may stop short, the fill tops up to k
 
@@ -107,9 +116,14 @@ class GradMatch(Periodic):
         if self.embedding == "full":
             return {"errors": table.errors, "features": table.features}
         if self.embedding == "per_class":
-            # e_{i,y_i} = p_{y_i} − 1 = exp(−ℓ_i) − 1, as expm1 for accuracy near p = 1
-            e_y = torch.expm1(-table.loss.float()).unsqueeze(1)
-            return {"embedding": torch.cat([e_y, e_y * table.features.float()], 1)}
+            # e_{i,y_i} = p_{y_i} − 1 = exp(−ℓ_i) − 1, as expm1 for accuracy near p = 1; the
+            # embedding [e_y, e_y · h] written in place (no [n, D] temporary beside the features)
+            e_y = torch.expm1(-table.loss.float())
+            h = table.features
+            embedding = torch.empty((h.shape[0], h.shape[1] + 1), device=h.device)
+            embedding[:, 0] = e_y
+            torch.mul(h.float(), e_y.unsqueeze(1), out=embedding[:, 1:])
+            return {"embedding": embedding}
         return {"embedding": last_layer_embedding(table.errors)}
 
     def choose(self, epoch: int) -> Selection:
@@ -170,21 +184,19 @@ class GradMatch(Periodic):
 
     def _routed(self, table) -> dict:
         """This rank's share of the classes: the embedding (or errors and features), labels and
-        dataset rows of every sample whose class it owns, in dataset order."""
+        dataset rows of every sample whose class it owns, grouped by class and each class in
+        dataset order (the rows a single process's problem has)."""
         ctx = self.context
-        rows = {**self._embed(table), "labels": table.labels, "index": table.index}
-        del table
-        rows = route_rows(rows, rows["labels"] % world()[0], ctx.device)
-        # grouped by class, each class in dataset order: the rows a single process's problem has
-        order = torch.sort(rows["labels"].long() * ctx.n + rows["index"]).indices
-        return {name: rows.pop(name)[order] for name in list(rows)}
-
-    def state_dict(self) -> dict:
-        return {"recorded": self._recorder.rounds} if self._recorder is not None else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        if self._recorder is not None:
-            self._recorder.rounds = list(state.get("recorded", []))
+        owner = table.labels % world()[0]
+        meta = route_rows({"labels": table.labels, "index": table.index}, owner, ctx.device)
+        order = torch.sort(meta["index"]).indices
+        order = order[torch.sort(meta["labels"][order], stable=True).indices]
+        place = torch.empty_like(order)
+        place[order] = torch.arange(order.numel(), device=order.device)
+        rows = self._embed(table)
+        del table  # the embedding holds what the solve needs: each column freed once it has travelled
+        rows = route_rows(rows, owner, ctx.device, place=place, consume=True)
+        return {**rows, "labels": meta["labels"][order], "index": meta["index"][order]}
 
 
 def _gather_picks(picks: ClassPicks, index: torch.Tensor, device) -> Optional[ClassPicks]:
@@ -233,6 +245,21 @@ class Glister(Periodic):
                                            and self.refresh >= 1), "refresh",
                   "an int >= 1 (picks per validation-gradient refresh) or None (ceil(k / 64))")
 
+    def _val_blocks(self, table) -> dict:
+        """This rank's whole blocks of held-out rows (block b of ``VAL_BLOCK`` rows on rank b mod
+        world), ascending, from the rows it scored."""
+        size, rank = world()
+        count = torch.tensor([table.index.numel()], device=self.context.device)
+        all_reduce_(count, "sum")
+        self._val_size = int(count)
+        owner = val_block_owner(table.index, size)
+        mine = torch.arange(self._val_size)
+        mine = mine[val_block_owner(mine, size) == rank].to(self.context.device)  # its ids, ascending
+        order = route_rows({"index": table.index}, owner, self.context.device)["index"]
+        place = torch.searchsorted(mine, order)
+        return {"index": mine, **route_rows({"logits": table.logits, "labels": table.labels,
+                                             "features": table.features}, owner, self.context.device, place=place)}
+
     def setup(self, context) -> None:
         super().setup(context)
         if not context.has_val:
@@ -242,15 +269,23 @@ class Glister(Periodic):
 
     def choose(self, epoch: int) -> Selection:
         ctx = self.context
-        where = {"gather": "root"} if world()[0] > 1 else {}  # the greedy is global: rank 0 holds the tables
-        train = ctx.score(features=True, errors=True, **where)
-        val = ctx.score(split="val", features=True, logits=True, **where)
-        if not self.solves_here():  # rank 0 solves; the Driver hands its selection to this rank
+        # under DDP each rank keeps the training rows it scored and whole blocks of the held-out
+        # rows: the greedy runs sharded, every rank taking the same picks (select.glister)
+        if world()[0] > 1:
+            train = ctx.score(features=True, errors=True, gather="local")
+            val = self._val_blocks(ctx.score(split="val", features=True, logits=True, gather="local"))
+            shard = Shard(train.index, ctx.n, val["index"], self._val_size, all_reduce_)
+        else:
+            train = ctx.score(features=True, errors=True)
+            table = ctx.score(split="val", features=True, logits=True)
+            val, shard = {"logits": table.logits, "labels": table.labels, "features": table.features}, None
+        result = glister(train.errors, train.features, val["logits"], val["labels"], val["features"],
+                         budget=self.budget, eta=self.eta, variant=self.variant,
+                         seed=derive_seed(ctx.seed, 3, self.round(epoch)), refresh=self.refresh, shard=shard)
+        del train, val
+        if not self.solves_here():  # the same picks on every rank; the Driver hands out rank 0's
             self._last = {"round": self.round(epoch)}
             return self.elsewhere()
-        result = glister(train.errors, train.features, val.logits, val.labels, val.features, budget=self.budget,
-                         eta=self.eta, variant=self.variant, seed=derive_seed(ctx.seed, 3, self.round(epoch)),
-                         refresh=self.refresh)
         self._last = {"round": self.round(epoch), "size": int(result.indices.numel()),
                       "gain_first": float(result.gains[0]) if result.gains.numel() else 0.0}
         return Selection(result.indices.cpu())

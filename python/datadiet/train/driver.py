@@ -205,11 +205,10 @@ class Driver:
         self._batch += 1
         mask = self.strategy.batch_mask(progress, lambda scale, details=False: self._batch_losses(x, y, scale, details))
         if mask is not None:
-            if not bool(mask.any()):  # nothing kept: one sample with weight 0 keeps DDP's ranks in step
-                mask = torch.zeros_like(mask)
-                mask[0] = True
-                return x[mask], y[mask], i[mask], torch.zeros(1, device=self.device)
-            x, y, i = x[mask], y[mask], i[mask]
+            kept = mask.nonzero().flatten()  # the step's one host synchronisation: how many rows stay
+            if kept.numel() == 0:  # nothing kept: one sample with weight 0 keeps DDP's ranks in step
+                return x[:1], y[:1], i[:1], torch.zeros(1, device=self.device)
+            x, y, i = x[kept], y[kept], i[kept]
         elif self._uniform:
             return x, y, i, None  # every weight 1 and never a mask: the plain mean, no lookup
         return x, y, i, self.weights[i]
