@@ -146,8 +146,9 @@ class Driver:
         return sum(self.steps_for(self.strategy.planned_size(e)) for e in range(self.epochs))
 
     def begin_epoch(self, epoch: int) -> None:
-        """Asks the strategy for this epoch's selection: every rank joins its scoring passes, rank 0's
-        selection is used (solvers run on rank 0 alone, ``Strategy.solves_here``)."""
+        """Asks the strategy for this epoch's selection: every rank joins its scoring passes and its
+        solve where the strategy shares it out (GradMatch's classes, GLISTER's shards); rank 0's
+        selection is used (``Strategy.solves_here``)."""
         start, scoring = clock(self.device), self.times["scoring"] + self.times["pretraining"]
         selection = self.strategy.select(epoch)
         if selection is not None:
