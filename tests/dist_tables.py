@@ -53,13 +53,16 @@ CASES = {"per_class": dict(strategy="gradmatch"),
          "glister": dict(strategy="glister"),
          "glister_naive": dict(strategy="glister", variant="naive"),
          "glister_exact": dict(strategy="glister", refresh=1),
-         "glister_blocks": dict(strategy="glister", block=64)}  # the held-out split in 5 blocks
+         "glister_blocks": dict(strategy="glister", block=64),  # the held-out split in 5 blocks
+         "per_class_bf16": dict(strategy="gradmatch", features_dtype=torch.bfloat16),
+         "glister_bf16": dict(strategy="glister", features_dtype=torch.bfloat16)}
 for name, params in CASES.items():
     params = dict(params)
     glister_module.VAL_BLOCK = params.pop("block", 4096)
+    dtype = params.pop("features_dtype", torch.float32)
     strategy = strategies.make(params.pop("strategy"), fraction=0.2, every=1, **params)
     driver = Driver(strategy, model, train, bundle.labels[pool], num_classes=10, epochs=1, batch_size=32, seed=4,
-                    val_set=torch.utils.data.Subset(bundle.train, held.tolist()))
+                    val_set=torch.utils.data.Subset(bundle.train, held.tolist()), features_dtype=dtype)
     driver.begin_epoch(0)
     selection = driver.sampler.selection
     saved[name] = {"indices": selection.indices, "weights": selection.weights, "report": strategy.report()}

@@ -1,7 +1,10 @@
 """Guards for long multi-rank runs that need no GPU to check: the warning naming ranks left idle
 by ensemble members or LiPT workers, the loud fallback when the CUDA kernels did not load, the
-phase clock, the process-group timeout's default."""
+phase clock, the process-group timeout's default, bfloat16 score tables."""
 
+import hashlib
+import os
+import tempfile
 import warnings
 
 import pytest
@@ -47,3 +50,37 @@ def test_the_phase_clock_waits_for_cuda_work(monkeypatch):
 
 def test_the_default_timeout_covers_a_long_phase():
     assert TrainConfig().dist_timeout >= 1800  # a proxy, a member or a LiPT worker between collectives
+
+
+def test_bfloat16_features_halve_the_table_and_survive_a_shard_file():
+    """score_features = bfloat16: the scoring pass keeps the features in bfloat16 (the GraNd norms
+    still from full precision), a selection job's shard stores them bit for bit, and a bad value
+    is refused by name."""
+    from datadiet.scores import score_dataset
+    from datadiet.selection.shards import ShardedScores, _to_npz
+    from datadiet.train import datasets, models
+    from datadiet.train.data import IndexedDataset
+
+    bundle = datasets.load("digits")
+    torch.manual_seed(0)
+    model = models.build("mlp", 10, (1, 8, 8))
+    data = IndexedDataset(torch.utils.data.Subset(bundle.train, range(300)))
+    full = score_dataset(model, data, features=True, batch_size=64)
+    half = score_dataset(model, data, features=True, batch_size=64, features_dtype=torch.bfloat16)
+    assert half.features.dtype == torch.bfloat16 and torch.equal(half.features, full.features.bfloat16())
+    assert torch.equal(half.grad_norm, full.grad_norm)
+    assert half.features.untyped_storage().nbytes() * 2 == full.features.untyped_storage().nbytes()
+    with tempfile.TemporaryDirectory() as root:
+        path = os.path.join(root, "00000.npz")
+        blob = _to_npz(half)
+        with open(path, "wb") as f:
+            f.write(blob)
+        with open(path[:-4] + ".sha256", "w", encoding="ascii") as f:
+            f.write(hashlib.sha256(blob).hexdigest())
+        back = ShardedScores._read(path, 300)
+    assert back.features.dtype == torch.bfloat16 and torch.equal(back.features, half.features)
+    with pytest.raises(ValueError, match=r"config score_features = 'float16': must be one of \('float32', "
+                                         r"'bfloat16'\)"):
+        TrainConfig(score_features="float16").validate()
+    assert "score_features" not in TrainConfig().validate().identity()  # older runs still resume
+    assert TrainConfig(score_features="bfloat16").validate().identity()["score_features"] == "bfloat16"

@@ -101,7 +101,7 @@ def score_dataset(model: nn.Module, dataset, *, head: Optional[nn.Linear] = None
                   errors: bool = False, logits: bool = False, batch_size: int = 256, device=None, workers: int = 0,
                   autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
                   progress=None, grad_scope: str = "last_layer", grad_mode: str = "auto",
-                  gather: str = "all") -> Optional[ScoreTable]:
+                  gather: str = "all", features_dtype: torch.dtype = torch.float32) -> Optional[ScoreTable]:
     """Scores every sample of ``dataset`` (index-aware: ``ds[i] -> (x, y, i)``) with ``model``.
 
     ``features``/``errors`` need the classification layer (``head``, found with ``final_linear``
@@ -109,7 +109,9 @@ def score_dataset(model: nn.Module, dataset, *, head: Optional[nn.Linear] = None
     head is known. ``grad_scope="full"`` makes ``grad_norm`` the exact norm over every trainable
     parameter instead (``grad_norms``, one extra forward and backward per batch, in eval mode,
     full precision; ``grad_mode`` is its mode). ``progress`` wraps the batch iterator (e.g. a
-    tqdm factory). ``gather``: where a distributed pass's rows go (module docstring)."""
+    tqdm factory). ``gather``: where a distributed pass's rows go (module docstring).
+    ``features_dtype``: the dtype the features are kept in (``torch.bfloat16`` halves the table;
+    the GraNd norms are computed from the full-precision features first)."""
     if gather not in GATHERS:
         raise ValueError(f"score_dataset: gather must be one of {GATHERS}, got {gather!r}")
     model = unwrap(model)
@@ -123,7 +125,8 @@ def score_dataset(model: nn.Module, dataset, *, head: Optional[nn.Linear] = None
                         pin_memory=device.type == "cuda")
     local = _joined(_score_batches(model, loader, head=head, features=features, errors=errors, logits=logits,
                                    device=device, autocast_dtype=autocast_dtype, channels_last=channels_last,
-                                   progress=progress, grad_scope=grad_scope, grad_mode=grad_mode), len(mine))
+                                   progress=progress, grad_scope=grad_scope, grad_mode=grad_mode,
+                                   features_dtype=features_dtype), len(mine))
     index = local.pop("index", torch.zeros(0, dtype=torch.int64))
     if world > 1 and gather == "local":
         return ScoreTable(**local, index=index.to(device)) if local else _empty(device, index=True)
@@ -165,7 +168,8 @@ def score_shards(model: nn.Module, dataset, shards: Sequence[range], *, head: Op
                  features: bool = False, errors: bool = False, logits: bool = False, batch_size: int = 256,
                  device=None, workers: int = 0, autocast_dtype: Optional[torch.dtype] = None,
                  channels_last: bool = False, progress=None, grad_scope: str = "last_layer",
-                 grad_mode: str = "auto") -> Iterator[tuple[int, ScoreTable]]:
+                 grad_mode: str = "auto", features_dtype: torch.dtype = torch.float32
+                 ) -> Iterator[tuple[int, ScoreTable]]:
     """Scores ``shards`` (ranges of ``dataset`` rows, in the order given) through one DataLoader, so
     its workers start once and stay busy across shard boundaries; yields ``(s, table)`` as shard
     ``shards[s]`` finishes, table row r = sample ``shards[s][r]``. Batches never span two shards
@@ -183,7 +187,8 @@ def score_shards(model: nn.Module, dataset, shards: Sequence[range], *, head: Op
                         pin_memory=device.type == "cuda")
     batches = _score_batches(model, loader, head=head, features=features, errors=errors, logits=logits,
                              device=device, autocast_dtype=autocast_dtype, channels_last=channels_last,
-                             progress=progress, grad_scope=grad_scope, grad_mode=grad_mode)
+                             progress=progress, grad_scope=grad_scope, grad_mode=grad_mode,
+                             features_dtype=features_dtype)
     for s, shard in enumerate(shards):
         table = _joined((next(batches) for _ in range(math.ceil(len(shard) / batch_size))), len(shard))
         index = table.pop("index")
@@ -194,7 +199,7 @@ def score_shards(model: nn.Module, dataset, shards: Sequence[range], *, head: Op
 
 
 def _score_batches(model: nn.Module, loader, *, head, features, errors, logits, device, autocast_dtype, channels_last,
-                   progress, grad_scope, grad_mode) -> Iterator[dict[str, torch.Tensor]]:
+                   progress, grad_scope, grad_mode, features_dtype) -> Iterator[dict[str, torch.Tensor]]:
     """Each batch's rows: every ``ce_scores`` score, labels, the dataset indices (``index``) and
     what was asked for (errors, features, logits), on ``device``."""
     if grad_scope not in GRAD_SCOPES:
@@ -225,7 +230,7 @@ def _score_batches(model: nn.Module, loader, *, head, features, errors, logits, 
                 if errors:
                     row["errors"] = s.embedding
                 if features:
-                    row["features"] = h
+                    row["features"] = h.to(features_dtype)
                 if logits:
                     row["logits"] = z
                 row["index"] = torch.as_tensor(i, dtype=torch.int64)

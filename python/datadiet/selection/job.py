@@ -169,13 +169,14 @@ def _run(config: TrainConfig, device: torch.device, strategy, needs_val: bool, w
                                      datasets.scoring_view(bundle, config.dataset, score_image_size), pool.tolist()),
                     head=config.head, progress=_bar(config) if rank == 0 else None,
                     score_batch_size=config.eval_batch_size, channels_last=config.channels_last,
-                    autocast_dtype=config.autocast_dtype,
+                    autocast_dtype=config.autocast_dtype, features_dtype=config.features_dtype,
                     run=run.identity())
     setting = {"dataset": fingerprint_["sha256"], "pool": int(pool.numel()), "model": model_info["fingerprint"],
                "strategy": strategy.describe(), "seed": config.seed, "image_size": config.image_size,
                "shard_size": shard_size, "amp": config.amp, "head": config.head, "channels_last": config.channels_last,
                "eval_batch_size": config.eval_batch_size, "device": device.type,
-               "score_image_size": score_image_size}
+               "score_image_size": score_image_size,
+               **({} if config.score_features == "float32" else {"score_features": config.score_features})}
     sharded = ShardedScores(config.out, setting, shard_size, driver.score, driver.score_shards, int(pool.numel()),
                             device, overwrite=config.overwrite, rank=rank, world=size)
     tables = []

@@ -174,7 +174,8 @@ class ShardedScores:
             return None
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-                table = ScoreTable(**{k: torch.from_numpy(arrays[k].copy()) for k in arrays.files})
+                table = ScoreTable(**{k.removesuffix(_BF16): _tensor(arrays[k], k.endswith(_BF16))
+                                      for k in arrays.files})
         except (ValueError, TypeError, OSError):
             return None
         return table if len(table) == rows else None
@@ -184,10 +185,27 @@ class ShardedScores:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+_BF16 = "__bfloat16"  # numpy has no bfloat16: such a column is stored as its int16 bit patterns
+
+
 def _to_npz(table: ScoreTable) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, **{k: v.detach().cpu().numpy() for k, v in vars(table).items() if v is not None})
+    columns = {}
+    for k, v in vars(table).items():
+        if v is not None:
+            v = v.detach().cpu()
+            columns[k + _BF16 if v.dtype == torch.bfloat16 else k] = (
+                v.view(torch.int16) if v.dtype == torch.bfloat16 else v).numpy()
+    np.savez(buffer, **columns)
     return buffer.getvalue()
+
+
+def _tensor(array: np.ndarray, bf16: bool) -> torch.Tensor:
+    """A stored column as a tensor (a ``_BF16`` column back from its bit patterns)."""
+    if bf16 and array.dtype != np.int16:
+        raise ValueError("a bfloat16 column must hold int16 bit patterns")
+    value = torch.from_numpy(array.copy())
+    return value.view(torch.bfloat16) if bf16 else value
 
 
 def _concat(parts: list[ScoreTable], device: torch.device) -> ScoreTable:

@@ -22,6 +22,7 @@ from datadiet.train.schedules import SCHEDULES
 
 OPTIMIZERS = ("sgd", "adamw")
 AMP = ("none", "bf16", "fp16")
+SCORE_FEATURES = ("float32", "bfloat16")
 DEVICES = "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N' (N in 0..127, torch's device indices)"
 _DEVICE = re.compile(r"auto|cpu|cuda(?::(0|[1-9][0-9]{0,2}))?")  # torch refuses leading zeros
 # Bounds far beyond any real run, so that an absurd value (2**70) is refused here instead of hanging,
@@ -61,6 +62,7 @@ class TrainConfig:
     final_lr: float = 0.0
     amp: str = "none"
     channels_last: bool = False
+    score_features: str = "float32"
     compile: bool = False
     seed: int = 0
     device: str = "auto"
@@ -93,6 +95,7 @@ class TrainConfig:
         need(0 <= self.val_fraction < 1, "val_fraction", "must be in [0, 1)")
         need(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {OPTIMIZERS}")
         need(self.amp in AMP, "amp", f"must be one of {AMP}")
+        need(self.score_features in SCORE_FEATURES, "score_features", f"must be one of {SCORE_FEATURES}")
         need(self.schedule in SCHEDULES, "schedule", f"must be one of {SCHEDULES}")
         need(self.lr > 0, "lr", "must be a finite number > 0")
         need(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
@@ -124,6 +127,11 @@ class TrainConfig:
         """The dtype ``amp`` names for ``torch.autocast`` (None: full precision)."""
         return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.amp]
 
+    @property
+    def features_dtype(self) -> torch.dtype:
+        """The dtype scoring passes keep the final layer's inputs in."""
+        return getattr(torch, self.score_features)
+
     def load_data(self):
         """``datasets.load`` of this run's dataset (``skip_bad_samples``: unreadable files listed
         and left out, found by one decoding pass on ``workers`` processes)."""
@@ -133,9 +141,11 @@ class TrainConfig:
                              augment=self.augment)
 
     def identity(self) -> dict[str, Any]:
-        # augment and subset appear only when set, so runs from before these options still resume
+        # augment, subset and score_features appear only when set, so runs from before these options
+        # still resume
         return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in _NOT_IDENTITY and not (k in ("augment", "subset") and v is None)}
+                if k not in _NOT_IDENTITY and not (k in ("augment", "subset") and v is None)
+                and not (k == "score_features" and v == "float32")}
 
     def strategy_kwargs(self, accepted: dict) -> dict[str, Any]:
         """``strategy_params`` plus ``fraction`` / ``every`` / ``warm``; one the strategy does not

@@ -45,7 +45,8 @@ class Driver:
                  val_set=None, score_set=None, head: Optional[str] = None, score_batch_size: int = 256,
                  proxy_scores: Optional[Callable[[int, int], ScoreTable]] = None,
                  autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False, progress=None,
-                 run: Optional[dict] = None, task: str = "classification"):
+                 run: Optional[dict] = None, task: str = "classification",
+                 features_dtype: torch.dtype = torch.float32):
         self.strategy, self.model, self.device = check_strategy("Driver", strategy), model, torch.device(device)
         self.task, self.per_sample_loss = task, per_sample_loss(task)
         self.train_set = train_set if isinstance(train_set, IndexedDataset) else IndexedDataset(train_set)
@@ -63,7 +64,8 @@ class Driver:
         self.world_size, self.rank = world()
         self.head = final_linear(model, head) if (head is not None or strategy.needs_head) else _maybe_head(model)
         self._score_kwargs = dict(batch_size=score_batch_size, device=self.device, workers=workers,
-                                  autocast_dtype=autocast_dtype, channels_last=channels_last, progress=progress)
+                                  autocast_dtype=autocast_dtype, channels_last=channels_last, progress=progress,
+                                  features_dtype=features_dtype)
         self.times = {"pretraining": 0.0, "selection": 0.0, "scoring": 0.0}
         strategy.setup(Context(n=n, labels=labels.cpu().long(), num_classes=num_classes, epochs=epochs, seed=seed,
                                batch_size=batch_size, lr=lr, device=self.device, rank=self.rank,

@@ -24,6 +24,8 @@ _HELP = {
     "(GLISTER, GradMatch target=val), carved from the training data", "checkpoint_every": "also checkpoint "
     "every N optimisation steps (0: epoch ends only)", "head": "name of the final nn.Linear (default: found)",
     "amp": "none, bf16 or fp16 (CUDA)", "batch_size": "per-rank batch size",
+    "score_features": "float32 or bfloat16: the precision scoring passes keep the final layer's inputs in "
+    "(GradMatch / GLISTER tables; bfloat16 halves them)",
     "final_lr": "the cosine / one-cycle schedule's last lr, a fraction of --lr",
     "overwrite": "replace the results of a previous run in --out (without it, such a folder is refused)",
     "skip_bad_samples": "decode every image once first and leave unreadable ones out (listed in summary.json) "

@@ -116,7 +116,8 @@ class Trainer:
                              score_set=Subset(bundle.train_eval, pool.tolist()), head=config.head,
                              score_batch_size=config.eval_batch_size, proxy_scores=self.proxy_scores,
                              autocast_dtype=self.autocast_dtype, channels_last=config.channels_last,
-                             progress=self._bar("scoring"), run=config.identity(), task=self.task)
+                             features_dtype=config.features_dtype, progress=self._bar("scoring"),
+                             run=config.identity(), task=self.task)
         net = self.model
         if self.world_size > 1:
             net = torch.nn.parallel.DistributedDataParallel(
