@@ -5,36 +5,56 @@ The formulas are those of ``csrc/ops/ce_scores/ce_scores_math.h`` (read its head
 comment for the derivations): per row keep the running max ``m`` and off-label sums
 ``s1 = Σ_{j≠y} e^{z_j-m}``, ``s2 = Σ_{j≠y} e^{2(z_j-m)}``, ``t = Σ_{j≠y} e^{z_j-m}(z_j-m)``,
 rescaled by ``e^{m_old-m_new}`` whenever a block raises the max; ``sum_z = Σ(z_j - pivot)``
-is NaN or +inf exactly when the row holds a NaN or +inf logit. Only core ``tl.*`` math is
-used, so the kernel also runs under ``TRITON_INTERPRET=1`` on CPU tensors.
+is NaN or +inf exactly when the row holds a NaN or +inf logit.
+
+Accuracy where a row is confident (p_y near 1, loss below 1e-4) rests on ``log1p`` and
+``expm1`` accurate to a few ulp and on correctly rounded division, as in the CPU kernel.
+Compiled, ``tl.log`` / ``tl.exp`` lower to approximate instructions and ``/`` to an
+approximate division, so the kernel takes ``log1p`` / ``expm1`` from libdevice and divides
+with ``div_rn``. The interpreter has no libdevice: under ``TRITON_INTERPRET=1`` (read at
+import, ``LIBDEVICE``) Goldberg's log1p and Kahan's expm1, exact-rounding tricks over NumPy's
+correctly rounded log / exp, stand in.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
+import os
+
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from datadiet.kernels._launch import POINTER, launch, variant
 
 _MAX_BLOCK_C = 2048
+# Compiled kernels call libdevice; the interpreter cannot (module docstring).
+LIBDEVICE = os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-@triton.jit
-def _log1p(x):
-    # Goldberg's log1p from log alone (libdevice is unavailable to the interpreter).
-    u = 1.0 + x
-    return tl.where(u == 1.0, x, tl.log(u) * (x / (u - 1.0)))
+if LIBDEVICE:
+    @triton.jit
+    def _log1p(x):
+        return libdevice.log1p(x)
 
+    @triton.jit
+    def _expm1(x):
+        return libdevice.expm1(x)
+else:
+    @triton.jit
+    def _log1p(x):
+        # Goldberg's log1p from a correctly rounded log (the interpreter's NumPy).
+        u = 1.0 + x
+        return tl.where(u == 1.0, x, tl.log(u) * (x / (u - 1.0)))
 
-@triton.jit
-def _expm1(x):
-    # Kahan's expm1 from exp and log; -inf -> -1.
-    u = tl.exp(x)
-    return tl.where(u == 1.0, x, tl.where(u - 1.0 == -1.0, -1.0, (u - 1.0) * (x / tl.log(u))))
+    @triton.jit
+    def _expm1(x):
+        # Kahan's expm1 from a correctly rounded exp and log; -inf -> -1.
+        u = tl.exp(x)
+        return tl.where(u == 1.0, x, tl.where(u - 1.0 == -1.0, -1.0, (u - 1.0) * (x / tl.log(u))))
 
 
 @triton.jit
@@ -99,9 +119,10 @@ def _ce_scores_kernel(
     ey_m1 = tl.where(has_label, _expm1(z_y - m), -1.0)
     ey = ey_m1 + 1.0
     S = s1 + ey
-    inv_s = 1.0 / S
+    inv_s = tl.math.div_rn(1.0, S)
     log_s = tl.where(has_label, _log1p(s1 + ey_m1), tl.log(s1))
-    a = eps / C
+    Cf = C.to(tl.float32)
+    a = tl.math.div_rn(eps, Cf)
     off = s1 * inv_s  # 1 - p_y without cancellation
     confidence = inv_s
     margin = (1.0 - tl.exp(second - m)) * inv_s
@@ -109,9 +130,9 @@ def _ce_scores_kernel(
     entropy = log_s - t_all * inv_s
     # log S + (1-ε)(m - z_y) + ε(m - mean z): terms >= 0 or +inf (never inf - inf), small log S last.
     to_target = tl.where(eps < 1.0, (1.0 - eps) * (m - z_y), 0.0)
-    to_mean = tl.where(eps > 0.0, eps * (m - (pivot + sum_z / C)), 0.0)
+    to_mean = tl.where(eps > 0.0, eps * (m - (pivot + tl.math.div_rn(sum_z, Cf))), 0.0)
     loss = log_s + (to_target + to_mean)
-    ey_err = eps * (C - 1) / C - off
+    ey_err = tl.math.div_rn(eps * (Cf - 1.0), Cf) - off
     sq = s2 * inv_s * inv_s - 2.0 * a * off + (C - 1) * a * a + ey_err * ey_err
     el2n = tl.sqrt(tl.maximum(sq, 0.0))
     if HAS_HSQ:

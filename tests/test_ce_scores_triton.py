@@ -82,3 +82,27 @@ def test_opcheck_triton():
     hsq = features.pow(2).sum(1)
     for args in [(logits, targets, hsq, -100, 0.1, torch.float32), (logits, targets, None, -100, 0.0, None)]:
         torch.library.opcheck(torch.ops.datadiet.ce_scores_triton.default, args)
+
+
+def test_triton_confident_rows_keep_the_cpu_kernels_relative_bound():
+    """Rows with p_y within 1e-11 … 1e-5 of 1 (loss below 1e-4), and a label a hair below the max
+    (expm1's path): the loss, the confidence's complement and EL2N keep their relative accuracy
+    (1e-5) against float64, as the CPU kernel does. Compiled, this rests on libdevice's log1p /
+    expm1 and round-to-nearest division (the interpreter checks the same formulas over NumPy)."""
+    c = 10
+    gaps = torch.tensor([11.5, 14.0, 17.0, 20.0, 23.0, 25.0])
+    logits = torch.zeros(len(gaps) + 2, c)
+    targets = torch.tensor([3] * len(gaps) + [4, 4])
+    logits[torch.arange(len(gaps)), 3] = gaps
+    logits[len(gaps):, 7] = 12.0
+    logits[len(gaps):, 4] = torch.tensor([12.0 - 2e-6, 12.0 - 0.01])  # z_y just below the max
+    logits = logits.to(DEVICE)
+    targets = targets.to(DEVICE)
+    ref = reference(logits.cpu(), targets.cpu(), embedding_dtype=torch.float32)
+    assert (ref[0][:len(gaps)] < 1e-4).all()
+    for backend in ("triton", "cpu") if not ON_GPU else ("triton",):
+        out = datadiet.ce_scores(logits, targets, backend=backend)
+        torch.testing.assert_close(out.loss.double().cpu(), ref[0], rtol=1e-5, atol=0)
+        torch.testing.assert_close(out.el2n.double().cpu(), ref[1], rtol=1e-5, atol=0)
+        torch.testing.assert_close(1 - out.confidence.double().cpu()[len(gaps):],
+                                   1 - ref[3][len(gaps):], rtol=1e-4, atol=1e-7)
