@@ -5,6 +5,14 @@
 // (the classic SGEMM blocking). Only the tile's squared sum is written (partial[item]); a
 // second launch sums each sample's partials in item order, so results are deterministic.
 // Accumulation is float64 for float64 inputs, float32 otherwise. No host synchronisation.
+//
+// Staging is coalesced for either layout: each operand is read with consecutive threads along
+// its smaller stride — down the rows t for NCHW (the convolution output gradient's Ho·Wo
+// positions, the input's pixels), along the columns for channels-last or row-major [T, d] —
+// into shared rows padded by one element, so column-wise stores hit distinct banks. The
+// convolution's (channel, tap) of each tile column and the output position of each staged row
+// are decoded once per block / stage into shared memory, not per element (no 64-bit
+// division in the inner loop).
 #include <torch/csrc/stable/accelerator.h>
 #include <torch/csrc/stable/library.h>
 #include <torch/headeronly/util/BFloat16.h>
@@ -23,39 +31,73 @@ constexpr int kTileT = 16;   // rows of A / G per shared-memory stage
 constexpr int kThreads = 256;
 constexpr int kPer = kTile / 16;  // each thread: kPer × kPer entries of the tile
 
-// A as a strided [T, d] matrix (per_sample_grad_sqnorm).
+// A as a strided [T, d] matrix (per_sample_grad_sqnorm). Sources decode a tile's columns
+// (`column`, once per block) and a stage's rows (`row`, once per stage) into their `Shared`
+// tables; `at` reads A[t, col] through them.
 template <typename T>
 struct RowsSource {
   const T* a;
   grad_norm::Strides s;
+  struct Shared {};
   __device__ const T* sample(int64_t i) const { return a + i * s.sample; }
-  __device__ bool at(const T* ai, int64_t t, int64_t c, T& v) const {
-    v = ai[t * s.row + c * s.col];
+  __device__ bool rows_fast() const { return s.row < s.col; }
+  __device__ void column(Shared&, int, int64_t) const {}
+  __device__ void row(Shared&, int, int64_t) const {}
+  __device__ bool at(const Shared&, const T* ai, int, int64_t t, int, int64_t col, T& v) const {
+    v = ai[t * s.row + col * s.col];
     return true;
   }
 };
 
-// A as a convolution input's unfolded patches, gathered (per_sample_conv_grad_sqnorm).
+// A as a convolution input's unfolded patches, gathered (per_sample_conv_grad_sqnorm):
+// column c = (channel ci, tap (ki, kj)) gives the channel's offset and the tap's displacement,
+// row t = (oh, ow) the window's corner; A[t, c] is the pixel at their sum, 0 in the padding.
 template <typename T>
 struct PatchSource {
   const T* x;
   int64_t sample_stride;
   grad_norm::ConvGeometry geo;
+  struct Shared {
+    int64_t channel[kTile];
+    int dy[kTile], dx[kTile], y[kTileT], x[kTileT];
+  };
   __device__ const T* sample(int64_t i) const { return x + i * sample_stride; }
-  __device__ bool at(const T* xi, int64_t t, int64_t c, T& v) const {
-    const int64_t o = geo.offset(t, c);
-    if (o < 0) return false;
-    v = xi[o];
+  __device__ bool rows_fast() const { return geo.sx < geo.sc; }  // NCHW: neighbouring pixels are adjacent
+  __device__ void column(Shared& sh, int c, int64_t col) const {
+    const int64_t kk = geo.kh * geo.kw, tap = col % kk;
+    sh.channel[c] = (col / kk) * geo.sc;
+    sh.dy[c] = static_cast<int>((tap / geo.kw) * geo.dh);
+    sh.dx[c] = static_cast<int>((tap % geo.kw) * geo.dw);
+  }
+  __device__ void row(Shared& sh, int tt, int64_t t) const {
+    sh.y[tt] = static_cast<int>((t / geo.Wo) * geo.sh - geo.ph);
+    sh.x[tt] = static_cast<int>((t % geo.Wo) * geo.sw - geo.pw);
+  }
+  __device__ bool at(const Shared& sh, const T* xi, int tt, int64_t, int c, int64_t, T& v) const {
+    const int y = sh.y[tt] + sh.dy[c], x = sh.x[tt] + sh.dx[c];
+    if (y < 0 || y >= geo.H || x < 0 || x >= geo.W) return false;
+    v = xi[sh.channel[c] + y * geo.sy + x * geo.sx];
     return true;
   }
 };
 
+// Element e of a kTileT × kTile stage as (row, column): consecutive e down the rows when
+// `rows_fast`, else along the columns (the operand's smaller stride, for coalesced reads).
+__device__ __forceinline__ void stage_slot(int e, bool rows_fast, int& tt, int& c) {
+  if (rows_fast) {
+    tt = e % kTileT, c = e / kTileT;
+  } else {
+    tt = e / kTile, c = e % kTile;
+  }
+}
+
 template <typename T, typename S, typename Source>
 __global__ void tile_sqnorm_kernel(Source src, const T* __restrict__ g, grad_norm::Strides gs, int64_t Tn, int64_t dg,
                                    int64_t pg, grad_norm::Tiling tiling, S* __restrict__ partial) {
-  __shared__ S a_s[kTileT][kTile];
-  __shared__ S g_s[kTileT][kTile];
+  __shared__ S a_s[kTileT][kTile + 1];  // + 1: column-wise stores in distinct banks
+  __shared__ S g_s[kTileT][kTile + 1];
   __shared__ S red[kThreads];
+  __shared__ typename Source::Shared decoded;
   const grad_norm::Item it = grad_norm::item_of(tiling, blockIdx.x);
   const T* ai = src.sample(it.sample);
   const T* gi = g + it.sample * gs.sample;
@@ -63,18 +105,24 @@ __global__ void tile_sqnorm_kernel(Source src, const T* __restrict__ g, grad_nor
   const int64_t cols = min(static_cast<int64_t>(kTile), dg - it.tile_d * kTile);
   const int64_t rows = min(static_cast<int64_t>(kTile), pg - it.tile_p * kTile);
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const bool a_rows_fast = src.rows_fast(), g_rows_fast = gs.row < gs.col;
+  if (static_cast<int64_t>(threadIdx.x) < cols) src.column(decoded, threadIdx.x, col0 + threadIdx.x);
   S acc[kPer][kPer];
 #pragma unroll
   for (int r = 0; r < kPer; ++r)
 #pragma unroll
     for (int c = 0; c < kPer; ++c) acc[r][c] = S(0);
   for (int64_t t0 = 0; t0 < Tn; t0 += kTileT) {
+    if (static_cast<int>(threadIdx.x) < kTileT && t0 + threadIdx.x < Tn) src.row(decoded, threadIdx.x, t0 + threadIdx.x);
+    __syncthreads();  // the decoded rows (and, at the first stage, columns) are in place
     for (int e = threadIdx.x; e < kTileT * kTile; e += kThreads) {
-      const int tt = e / kTile, c = e % kTile;
-      const bool live = t0 + tt < Tn;
+      int tt, c;
+      stage_slot(e, a_rows_fast, tt, c);
       T v;
-      a_s[tt][c] = live && c < cols && src.at(ai, t0 + tt, col0 + c, v) ? static_cast<S>(v) : S(0);
-      g_s[tt][c] = live && c < rows ? static_cast<S>(gi[(t0 + tt) * gs.row + (row0 + c) * gs.col]) : S(0);
+      a_s[tt][c] = t0 + tt < Tn && c < cols && src.at(decoded, ai, tt, t0 + tt, c, col0 + c, v) ? static_cast<S>(v)
+                                                                                                 : S(0);
+      stage_slot(e, g_rows_fast, tt, c);
+      g_s[tt][c] = t0 + tt < Tn && c < rows ? static_cast<S>(gi[(t0 + tt) * gs.row + (row0 + c) * gs.col]) : S(0);
     }
     __syncthreads();
 #pragma unroll
