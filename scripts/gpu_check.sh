@@ -3,9 +3,10 @@
 # with the CUDA kernels for the local GPU against the machine's own torch (it needs torch, triton,
 # nvcc, cmake, ninja, scikit-build-core and pybind11 installed), runs the whole test suite (the
 # CUDA tests and the compiled Triton kernels run; nothing skips for want of a GPU), then every
-# benchmark with --device cuda.
+# benchmark with --device cuda. `smoke` (after `build`) is the short stage for a brief loan: the
+# highest-risk GPU paths in about eight minutes on one H100 (scripts/gpu_smoke.py says which).
 #
-#   scripts/gpu_check.sh [build] [test] [bench]   stages to run (default: all three, in order)
+#   scripts/gpu_check.sh [build] [smoke] [test] [bench]   stages to run (default: build test bench)
 #   PYTHON=python3                                interpreter that holds torch
 #   OUT=gpu_check_out                             logs, benchmark tables and JSON
 #   DATADIET_CUDA_ARCHS=90                        default: the local GPU's compute capability
@@ -41,15 +42,21 @@ for stage in $stages; do
         | tee "$OUT/tests.log"
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
       ;;
+    smoke)
+      PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH} $PY scripts/gpu_smoke.py --out "$OUT/smoke" 2>&1 \
+        | tee "$OUT/smoke.log"
+      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+      ;;
     bench)
-      for op in $($PY -m bench --list); do
+      # every benchmark but scale (a CPU simulation of torchrun's ranks)
+      for op in $($PY -m bench --list | awk '$1 != "scale" {print $1}'); do
         PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH} $PY -m bench "$op" --device cuda --json "$OUT/$op-cuda.json" 2>&1 \
           | tee "$OUT/bench-$op.log"
         [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
       done
       ;;
     *)
-      echo "gpu_check: unknown stage '$stage' (build, test, bench)" >&2
+      echo "gpu_check: unknown stage '$stage' (build, smoke, test, bench)" >&2
       exit 2
       ;;
   esac
