@@ -25,8 +25,8 @@ The validation gradient is summed in blocks of ``VAL_BLOCK`` validation rows, bl
 block, so that it is the same sum whether one process holds every block or each holds some.
 
 Sharded (``shard``, e.g. one share of the rows per rank): each process holds only its rows of
-``errors`` / ``features`` (``shard.index``: their ids among ``shard.total``) and its validation
-blocks (``shard.val_index``: the ids of its validation rows among ``shard.val_total``, whole
+``errors`` / ``features`` (``shard.rows``: their ids among ``shard.total``) and its validation
+blocks (``shard.val_rows``: the ids of its validation rows among ``shard.val_total``, whole
 blocks, ascending). The candidates are drawn from the global free set with the same seed
 everywhere; each process scores the candidates it holds (−inf for the others) and an elementwise
 max over the processes gives every gain, exactly; the picked rows and the blocks' gradient sums
@@ -50,14 +50,14 @@ VAL_BLOCK = 4096  # validation rows per block of the validation gradient's sum
 
 
 class Shard(NamedTuple):
-    """This process's share of the rows: ``index`` (int64, its training rows' ids in [0,
-    ``total``)), ``val_index`` (its validation rows' ids in [0, ``val_total``): whole blocks of
+    """This process's share of the rows: ``rows`` (int64, its training rows' ids in [0,
+    ``total``)), ``val_rows`` (its validation rows' ids in [0, ``val_total``): whole blocks of
     ``VAL_BLOCK``, ascending) and ``reduce(tensor, op)``, an in-place elementwise ``"max"`` /
     ``"sum"`` over the processes (``torch.distributed.all_reduce``)."""
 
-    index: torch.Tensor
+    rows: torch.Tensor
     total: int
-    val_index: torch.Tensor
+    val_rows: torch.Tensor
     val_total: int
     reduce: Callable[[torch.Tensor, str], None]
 
@@ -160,10 +160,10 @@ class _ValBlocks:
 
     def __init__(self, hv: torch.Tensor, shard: Optional[Shard]):
         self.hv, self.shard = hv, shard
-        ids = torch.arange(hv.shape[0], device=hv.device) if shard is None else shard.val_index.to(hv.device)
+        ids = torch.arange(hv.shape[0], device=hv.device) if shard is None else shard.val_rows.to(hv.device)
         total = hv.shape[0] if shard is None else shard.val_total
         if ids.numel() != hv.shape[0] or (ids.numel() > 1 and not bool((ids[1:] > ids[:-1]).all())):
-            raise ValueError("datadiet.glister: shard.val_index must name each validation row given, ascending")
+            raise ValueError("datadiet.glister: shard.val_rows must name each validation row given, ascending")
         self.count = math.ceil(total / VAL_BLOCK)
         block = ids // VAL_BLOCK
         mine = torch.unique_consecutive(block).tolist()
@@ -200,7 +200,7 @@ class _Rows:
         self.e, self.ht, self.shard = e, ht, shard
         if shard is not None:
             self.local = torch.full((shard.total,), -1, dtype=torch.int64, device=e.device)
-            self.local[shard.index.to(e.device)] = torch.arange(shard.index.numel(), device=e.device)
+            self.local[shard.rows.to(e.device)] = torch.arange(shard.rows.numel(), device=e.device)
 
     def gains(self, ids: torch.Tensor, g_val: torch.Tensor) -> torch.Tensor:
         """⟨g_i, g_val⟩ of the samples ``ids``: rowsum((E g_val) ⊙ H̃)."""
