@@ -20,8 +20,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -31,7 +29,7 @@ from datadiet.kernels._launch import POINTER, launch, variant
 
 _MAX_BLOCK_C = 2048
 # Compiled kernels call libdevice; the interpreter cannot (module docstring).
-LIBDEVICE = os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+LIBDEVICE = not triton.knobs.runtime.interpret
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -57,7 +55,7 @@ else:
         return tl.where(u == 1.0, x, tl.where(u - 1.0 == -1.0, -1.0, (u - 1.0) * (x / tl.log(u))))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["C"])  # C = 1 would become a constexpr, and C.to(...) below a compile error
 def _ce_scores_kernel(
     logits_ptr, stride_row, stride_col,
     targets_ptr, stride_t,

@@ -132,7 +132,7 @@ def cli(device: torch.device, root: str) -> None:
     fp16, bf16 = ("fp16", "bf16") if gpu else ("none", "none")
     base = ["--device", device.type, "--no-progress", "--overwrite"]
     runs = {
-        "gradmatch fp16": ["train", "--strategy", "gradmatch", "--fraction", "0.3", "--every", "2", "--epochs", "6",
+        "gradmatch fp16": ["train", "--strategy", "gradmatch", "--fraction", "0.3", "--every", "2", "--epochs", "20",
                            "--amp", fp16, "--checkpoint-every", "5"],
         "grand full bf16": ["train", "--strategy", "grand", "--fraction", "0.3", "--param", "scope=full",
                             "--epochs", "4", "--amp", bf16],

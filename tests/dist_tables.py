@@ -56,6 +56,15 @@ CASES = {"per_class": dict(strategy="gradmatch"),
          "glister_blocks": dict(strategy="glister", block=64),  # the held-out split in 5 blocks
          "per_class_bf16": dict(strategy="gradmatch", features_dtype=torch.bfloat16),
          "glister_bf16": dict(strategy="glister", features_dtype=torch.bfloat16)}
+# two classes over up to three ranks: a rank may own no class at all
+images = torch.stack([bundle.train[int(i)][0] for i in pool])
+parity = torch.utils.data.TensorDataset(images, bundle.labels[pool] % 2)
+strategy = strategies.make("gradmatch", fraction=0.2, every=1)
+driver = Driver(strategy, model, parity, bundle.labels[pool] % 2, num_classes=2, epochs=1, batch_size=32, seed=4)
+driver.begin_epoch(0)
+saved["two_classes"] = {"indices": driver.sampler.selection.indices, "weights": driver.sampler.selection.weights,
+                        "report": strategy.report()}
+
 for name, params in CASES.items():
     params = dict(params)
     glister_module.VAL_BLOCK = params.pop("block", 4096)

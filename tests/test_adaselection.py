@@ -255,9 +255,10 @@ def test_a_selection_step_makes_no_host_synchronisation_on_cuda(draw):
         torch.cuda.set_sync_debug_mode(0)
 
 
-def test_a_selection_step_on_the_device_equals_the_host_arithmetic():
-    """The device-side EMA, reward and checkpoint round-trip: a resumed selector continues exactly
-    (float64 mean loss saved as a Python float), and a zero previous loss gives no credit."""
+def test_a_selector_resumes_exactly_and_a_zero_previous_loss_gives_no_credit():
+    """The tensor-held EMA through a checkpoint: a resumed selector continues exactly (the float64
+    mean loss saved as a Python float); a zero previous loss gives no loss-change credit.
+    (test_weight_update_follows_the_formula checks the arithmetic against plain Python.)"""
     g = torch.Generator().manual_seed(5)
     batches = [torch.rand(12, generator=g) for _ in range(6)]
     whole = AdaSelector(("big_loss", "small_loss", "coreset1"), keep=0.5, eta=0.7, lam=0.1)

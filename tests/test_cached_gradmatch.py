@@ -43,6 +43,29 @@ def test_replay_equals_the_recorded_rounds(tmp_path):
     assert len(_replay(path, epochs=7).select(6)) == len(recorded[6])  # a shorter replay uses a prefix
 
 
+def test_a_resumed_recording_keeps_the_rounds_before_the_checkpoint(tmp_path):
+    """GradMatch's recorded rounds are in its checkpoint state: a run resumed after epoch 3 writes
+    the cache an uninterrupted run writes (not only the rounds after the resume)."""
+    whole, resumed = tmp_path / "whole.cache", tmp_path / "resumed.cache"
+    _record(whole)
+    first = strategies.make("gradmatch", fraction=0.25, every=3, cache=str(resumed))
+    first.setup(context(epochs=10))
+    for epoch in range(4):
+        first.select(epoch)
+    state = first.state_dict()
+    assert len(state["recorded"]) == 2
+    second = strategies.make("gradmatch", fraction=0.25, every=3, cache=str(resumed))
+    second.setup(context(epochs=10))
+    second.load_state_dict(state)
+    for epoch in range(4, 10):
+        second.select(epoch)
+    got, want = read_cache(str(resumed))[0], read_cache(str(whole))[0]
+    assert [(r["start"], r["end"]) for r in got] == [(r["start"], r["end"]) for r in want] == [(0, 3), (3, 6),
+                                                                                                  (6, 9), (9, 10)]
+    for a, b in zip(got, want):
+        assert torch.equal(a["indices"], b["indices"]) and torch.equal(a["weights"], b["weights"])
+
+
 def test_a_cache_from_another_setting_is_refused(tmp_path):
     path = tmp_path / "gm.cache"
     _record(path)

@@ -87,7 +87,7 @@ def test_score_tables_go_where_asked_and_selections_match_one_process(tmp_path, 
             assert torch.equal(routed["id"], ids) and torch.equal(routed["odd"], ids % 2 == 1)
             assert torch.equal(routed["pair"], torch.stack([ids, -ids], 1).float())
         for case in ("per_class", "per_class_val", "full", "bias", "global", "glister", "glister_naive",
-                     "glister_exact", "glister_blocks", "per_class_bf16", "glister_bf16"):
+                     "glister_exact", "glister_blocks", "per_class_bf16", "glister_bf16", "two_classes"):
             mine, want = saved[case], single[case]
             assert torch.equal(mine["indices"], want["indices"]), (case, rank)
             if want["weights"] is None:

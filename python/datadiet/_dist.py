@@ -7,6 +7,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
+import math
 import os
 import time
 import warnings
@@ -191,7 +192,8 @@ def route_rows(tensors: dict[str, torch.Tensor], owner: torch.Tensor, device, *,
         del value
         v = v.to(torch.uint8) if was_bool else v
         received = v.new_empty((sum(mine), *v.shape[1:]))
-        block = max(1, ROUTE_BLOCK_BYTES // max(1, v[:1].numel() * v.element_size()))
+        row_bytes = math.prod(v.shape[1:]) * v.element_size()  # the same on every rank, rows or none
+        block = max(1, ROUTE_BLOCK_BYTES // max(1, row_bytes))
         for to in range(size):
             longest = max(row[to] for row in sent)
             for at in range(0, longest, block):

@@ -9,7 +9,8 @@
 // Staging is coalesced for either layout: each operand is read with consecutive threads along
 // its smaller stride — down the rows t for NCHW (the convolution output gradient's Ho·Wo
 // positions, the input's pixels), along the columns for channels-last or row-major [T, d] —
-// into shared rows padded by one element, so column-wise stores hit distinct banks. The
+// into shared rows padded by two elements, so a warp's column-wise stores (16 rows × 2
+// columns) hit 32 distinct banks. The
 // convolution's (channel, tap) of each tile column and the output position of each staged row
 // are decoded once per block / stage into shared memory, not per element (no 64-bit
 // division in the inner loop).
@@ -94,8 +95,8 @@ __device__ __forceinline__ void stage_slot(int e, bool rows_fast, int& tt, int& 
 template <typename T, typename S, typename Source>
 __global__ void tile_sqnorm_kernel(Source src, const T* __restrict__ g, grad_norm::Strides gs, int64_t Tn, int64_t dg,
                                    int64_t pg, grad_norm::Tiling tiling, S* __restrict__ partial) {
-  __shared__ S a_s[kTileT][kTile + 1];  // + 1: column-wise stores in distinct banks
-  __shared__ S g_s[kTileT][kTile + 1];
+  __shared__ S a_s[kTileT][kTile + 2];  // + 2: column-wise stores in distinct banks
+  __shared__ S g_s[kTileT][kTile + 2];
   __shared__ S red[kThreads];
   __shared__ typename Source::Shared decoded;
   const grad_norm::Item it = grad_norm::item_of(tiling, blockIdx.x);

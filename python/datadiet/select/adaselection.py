@@ -57,7 +57,7 @@ def importance(method: str, losses: torch.Tensor, k: int, *, grad_norm: Optional
     if method == "grad_norm":
         g = (grad_norm.float() if grad_norm is not None else losses.clamp_min(0).sqrt())
         total = g.sum()
-        return torch.where(total > 0, g / total.clamp_min(1e-30), torch.full_like(losses, 1.0 / n))
+        return torch.where(total > 0, g / torch.where(total > 0, total, 1.0), torch.full_like(losses, 1.0 / n))
     if method == "adaboost":
         if wrong is not None:
             miss = wrong.float()
@@ -145,9 +145,12 @@ class AdaSelector:
         self.weights /= self.weights.sum()
         combined = (self.weights @ scores).float()
         if self.draw:
-            # a method with full support makes every entry positive: no value check (a host sync) needed
-            picks = weighted_sample(combined.clamp_min(0), k, seed=derive_seed(self.seed, self.steps),
-                                    check_values=not FULL_SUPPORT.intersection(self.methods))
+            # with a full-support method every entry is meant to be positive: floored at float32's
+            # smallest normal (against underflow), so no value check (a host sync) is needed
+            full = bool(FULL_SUPPORT.intersection(self.methods))
+            floor = torch.finfo(torch.float32).tiny if full else 0.0
+            picks = weighted_sample(combined.clamp_min(floor), k, seed=derive_seed(self.seed, self.steps),
+                                    check_values=not full)
         else:
             picks = topk_select(combined, k)
         self.credit = scores[:, picks].sum(1)

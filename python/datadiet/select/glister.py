@@ -177,19 +177,20 @@ class _ValBlocks:
         self.blocks = [(b, slice(starts[j], starts[j + 1])) for j, b in enumerate(mine)]
 
     def gradient(self, residual: torch.Tensor) -> torch.Tensor:
-        """Σ_blocks (E_v,blockᵀ H̃_v,block), the blocks added in order."""
-        parts = [residual[rows].T @ self.hv[rows] for _, rows in self.blocks]
-        if self.shard is not None:
-            every = residual.new_zeros((self.count, residual.shape[1], self.hv.shape[1]))
-            for (b, _), part in zip(self.blocks, parts):
-                every[b] = part
-            self.shard.reduce(every, "sum")  # each block's sum from its process, zeros elsewhere: exact
-            parts = list(every)
-        if not parts:
-            return residual.new_zeros((residual.shape[1], self.hv.shape[1]))
-        total = parts[0].clone()
-        for part in parts[1:]:
-            total += part
+        """Σ_blocks (E_v,blockᵀ H̃_v,block), the blocks added in order (each block's product made
+        where its rows are, then, sharded, every block's sum joined on every process)."""
+        total = residual.new_zeros((residual.shape[1], self.hv.shape[1]))
+        if self.shard is None:
+            for j, (_, rows) in enumerate(self.blocks):
+                part = residual[rows].T @ self.hv[rows]
+                total = part if j == 0 else total.add_(part)
+            return total
+        every = residual.new_zeros((self.count, residual.shape[1], self.hv.shape[1]))
+        for b, rows in self.blocks:
+            every[b] = residual[rows].T @ self.hv[rows]
+        self.shard.reduce(every, "sum")  # each block's sum from its process, zeros elsewhere: exact
+        for j in range(self.count):
+            total = every[j].clone() if j == 0 else total.add_(every[j])
         return total
 
 

@@ -93,14 +93,25 @@ class GradMatch(Periodic):
             self.batch_size = context.batch_size
         if self.mode == "per_batch":
             self.need(self.batch_size <= context.n, "batch_size", f"at most the pool's {context.n} samples")
-        if self.mode != "per_class":  # one problem: refused now if the device's engine cannot serve its budget
-            k = self.budget if self.mode == "global" else min(-(-context.n // self.batch_size),
-                                                              max(1, self.budget // self.batch_size))
-            try:
-                check_engine_budget("omp", resolve("auto", context.device, "omp"), [k])
-            except ValueError as exc:
-                raise ValueError(f"gradmatch: mode = {self.mode!r} at fraction {self.fraction} is one OMP problem "
-                                 f"of {k} picks on {context.device.type}: {str(exc).split(': ', 1)[1]}") from None
+        self._check_engine(context)
+
+    def _check_engine(self, context) -> None:
+        """Refuses now (not at the first selection) a problem budget the device's OMP engine
+        cannot serve: the largest class's under per_class, the one problem's otherwise."""
+        if self.mode == "per_class":
+            counts = torch.bincount(context.labels, minlength=context.num_classes).tolist()
+            k, what = max(class_budgets(counts, self.budget)), "its largest class is one OMP problem"
+        elif self.mode == "global":
+            k, what = self.budget, "it is one OMP problem"
+        else:
+            k = min(-(-context.n // self.batch_size), max(1, self.budget // self.batch_size))
+            what = "it is one OMP problem over whole batches"
+        op = "omp_factored" if self.embedding == "full" else "omp"
+        try:
+            check_engine_budget(op, resolve("auto", context.device, op), [k])
+        except ValueError as exc:
+            raise ValueError(f"gradmatch: mode = {self.mode!r} at fraction {self.fraction}: {what} of {k} picks on "
+                             f"{context.device.type}: {str(exc).split(': ', 1)[1]}") from None
         if self.mode == "per_class":
             self.size = self.per_class_size()  # an upper bound: OMP may stop short, the fill tops up to k
 
@@ -122,7 +133,7 @@ class GradMatch(Periodic):
             h = table.features
             embedding = torch.empty((h.shape[0], h.shape[1] + 1), device=h.device)
             embedding[:, 0] = e_y
-            torch.mul(h.float(), e_y.unsqueeze(1), out=embedding[:, 1:])
+            torch.mul(h, e_y.unsqueeze(1), out=embedding[:, 1:])  # bf16 features promoted in the product
             return {"embedding": embedding}
         return {"embedding": last_layer_embedding(table.errors)}
 
@@ -169,9 +180,12 @@ class GradMatch(Periodic):
         class's problem is the one a single process solves (its rows in dataset order), so the
         subset is the same."""
         ctx = self.context
+        counts = torch.bincount(ctx.labels, minlength=ctx.num_classes).tolist()
+        if 0 in counts:  # as one process refuses it; every rank knows the labels, so every rank stops
+            empty = [c for c, count in enumerate(counts) if count == 0]
+            raise ValueError(f"datadiet.gradmatch: classes {empty[:8]} have no samples; relabel to 0..C-1")
         mine = self._routed(ctx.score(gather="local", **self._wanted()))
         val = self._routed(ctx.score(split="val", gather="local", **self._wanted())) if self.target == "val" else None
-        counts = torch.bincount(ctx.labels, minlength=ctx.num_classes).tolist()
         index = mine.pop("index")
         picks = class_picks(mine.pop("labels"), class_budgets(counts, self.budget), **mine, lam=self.lam,
                             tol=self.tol, **({} if val is None else {"val_" + key: value for key, value in val.items()
@@ -197,6 +211,13 @@ class GradMatch(Periodic):
         del table  # the embedding holds what the solve needs: each column freed once it has travelled
         rows = route_rows(rows, owner, ctx.device, place=place, consume=True)
         return {**rows, "labels": meta["labels"][order], "index": meta["index"][order]}
+
+    def state_dict(self) -> dict:
+        return {"recorded": self._recorder.rounds} if self._recorder is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self._recorder is not None:
+            self._recorder.rounds = list(state.get("recorded", []))
 
 
 def _gather_picks(picks: ClassPicks, index: torch.Tensor, device) -> Optional[ClassPicks]:
