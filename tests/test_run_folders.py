@@ -157,7 +157,8 @@ def test_a_compare_grid_with_one_bad_cell_trains_nothing(tmp_path, capsys, count
 
 def test_compare_reuses_its_finished_cells_and_refuses_another_configuration(tmp_path, capsys, counted_fits):
     out = str(tmp_path / "cmp")
-    grid = ["compare", *TINY, "--strategies", "full,random", "--fractions", "0.2", "--out", out]
+    grid = ["compare", *TINY, "--strategies", "full,random", "--fractions", "0.2", "--no-budget-baselines", "--out",
+            out]
     assert main([*grid, "--seeds", "0"]) == 0
     assert counted_fits == ["full", "random"]
     first = _strict(open(os.path.join(out, "compare.json")).read())
@@ -187,7 +188,7 @@ def test_compare_resume_continues_a_folder_cell_by_cell(tmp_path, capsys, monkey
         return real(self)
 
     monkeypatch.setattr(Trainer, "fit", dies_on_the_second)
-    grid = [*TINY, "--strategies", "full,random", "--fractions", "0.2", "--seeds", "0"]
+    grid = [*TINY, "--strategies", "full,random", "--fractions", "0.2", "--seeds", "0", "--no-budget-baselines"]
     with pytest.raises(KeyboardInterrupt):
         main(["compare", *grid, "--out", out])
     saved = _strict(open(os.path.join(out, "compare.json")).read())
@@ -201,7 +202,11 @@ def test_compare_resume_continues_a_folder_cell_by_cell(tmp_path, capsys, monkey
 def test_the_grid_is_planned_with_every_strategys_parameters_checked():
     from datadiet.train.config import TrainConfig
 
-    cells = compare_module.plan(TrainConfig(epochs=1), ["full", "random"], [0.1, 0.3], [0, 1])
+    with_baselines = compare_module.plan(TrainConfig(epochs=1), ["full", "random"], [0.1, 0.3], [0])
+    assert [(c.strategy, c.fraction, c.strategy_params) for c in with_baselines] == [
+        ("full", None, {}), ("random", 0.1, {}), ("random", 0.3, {}), ("full", None, {"budget": 0.1}),
+        ("full", None, {"budget": 0.3})]
+    cells = compare_module.plan(TrainConfig(epochs=1), ["full", "random"], [0.1, 0.3], [0, 1], baselines=False)
     assert [(c.strategy, c.fraction, c.seed) for c in cells] == [
         ("full", None, 0), ("random", 0.1, 0), ("random", 0.3, 0), ("full", None, 1), ("random", 0.1, 1),
         ("random", 0.3, 1)]

@@ -200,10 +200,57 @@ def test_compare_writes_table_csv_json_plot(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "speed-up" in text and "random" in text
     rows = json.load(open(out / "compare.json"))["rows"]
-    assert [(r["strategy"], r["fraction"]) for r in rows] == [("full", 1.0), ("random", 0.2), ("random", 0.5),
-                                                              ("selective_backprop", 1.0)]
+    assert [(r["strategy"], r["fraction"]) for r in rows] == [
+        ("full", 1.0), ("random", 0.2), ("random", 0.5), ("selective_backprop", 1.0), ("full@0.2", 0.2),
+        ("full@0.5", 0.5)]
     assert all(r["seeds"] == 2 for r in rows) and rows[0]["speedup_vs_full"] == pytest.approx(1.0)
-    assert os.path.getsize(out / "compare.png") > 1000 and (out / "compare.csv").read_text().count("\n") == 5
+    assert os.path.getsize(out / "compare.png") > 1000 and (out / "compare.csv").read_text().count("\n") == 7
+    assert "acc @ base wall" in text and "full@0.5" in text
+    by = {(r["strategy"], r["fraction"]): r for r in rows}
+    assert by[("random", 0.5)]["baseline"] == "full@0.5" and by[("full", 1.0)]["baseline"] is None
+    assert isinstance(by[("random", 0.5)]["beats_baseline"], bool)
+    runs = json.load(open(out / "compare.json"))["runs"]
+    assert {len(r["curve"]) for r in runs if r["strategy"] == "full@0.5"} == {1}  # round(0.5 · 2) epochs
+    out2 = tmp_path / "plain"
+    assert cli(["compare", "--strategies", "full,random", "--fractions", "0.5", "--seeds", "0", "--epochs", "2",
+                "--out", str(out2), "--no-progress", "--no-budget-baselines"]) == 0
+    assert [r["strategy"] for r in json.load(open(out2 / "compare.json"))["rows"]] == ["full", "random"]
+
+
+def test_budget_baseline_takes_the_subsets_steps():
+    """full with budget f trains round(f · epochs) epochs of all the data under a schedule over
+    those epochs: the optimisation steps of a fraction-f subset over all the epochs."""
+    subset = Trainer(TrainConfig(strategy="random", fraction=0.3, epochs=10, progress=False)).fit()
+    baseline = Trainer(TrainConfig(strategy="full", strategy_params={"budget": 0.3}, epochs=10,
+                                   progress=False))
+    summary = baseline.fit()
+    assert summary["epochs"] == 3 and baseline.scheduler.total_steps == summary["steps"]
+    assert abs(summary["steps"] - subset["steps"]) <= 10  # per-epoch rounding of ceil(n / batch)
+    assert strategies.make("full", budget=0.25).epochs_to_train(10) == 3  # round half up: 2.5 -> 3
+    with pytest.raises(ValueError, match=r"budget = 0: must be in \(0, 1\]"):
+        strategies.make("full", budget=0)
+
+
+def test_time_to_target_and_accuracy_at_the_baselines_wall_on_hand_made_curves():
+    from datadiet.train.compare import table
+
+    def run(name, fraction, seed, curve, time=None):
+        return {"strategy": name, "fraction": fraction, "seed": seed, "test_acc": curve[-1][1], "wall": curve[-1][0],
+                "samples": 1, "time": time or {"selection": 0.0, "scoring": 0.0, "pretraining": 0.0},
+                "curve": curve}
+    runs = [run("full", 1.0, 0, [(1.0, 0.5), (2.0, 0.8), (3.0, 0.9)]),
+            run("full@0.3", 0.3, 0, [(1.0, 0.6)]),
+            run("gm", 0.3, 0, [(0.5, 0.4), (1.5, 0.7), (2.5, 0.895)]),  # at 1.0 s: 0.55, below 0.6
+            run("el2n", 0.3, 0, [(0.4, 0.62), (0.8, 0.7)]),  # at 1.0 s: its last, 0.7
+            run("late", 0.3, 0, [(1.2, 0.99)])]  # first evaluated after the baseline finished
+    rows = {r["strategy"]: r for r in table(runs, target_drop=0.01)}
+    assert rows["full"]["time_to_target_s"] == 3.0 and rows["gm"]["time_to_target_s"] == 2.5
+    assert rows["el2n"]["time_to_target_s"] is None and rows["late"]["time_to_target_s"] == 1.2
+    assert rows["gm"]["acc_at_baseline_wall"] == pytest.approx(0.55)
+    assert rows["gm"]["vs_baseline"] == pytest.approx(-0.05) and rows["gm"]["beats_baseline"] is False
+    assert rows["el2n"]["acc_at_baseline_wall"] == pytest.approx(0.7) and rows["el2n"]["beats_baseline"] is True
+    assert rows["late"]["acc_at_baseline_wall"] is None and rows["late"]["beats_baseline"] is False
+    assert rows["full@0.3"]["baseline"] is None and rows["full"]["beats_baseline"] is None
 
 
 def test_a_strategy_drives_a_users_own_loop():

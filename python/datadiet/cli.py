@@ -144,6 +144,10 @@ def main(argv=None) -> int:
     compare.add_argument("--seeds", type=_ints, default=[0, 1, 2])
     compare.add_argument("--resume", dest="compare_resume", default=None, metavar="DIR",
                          help="continue the compare in DIR (= --out DIR): its finished cells are reused")
+    compare.add_argument("--no-budget-baselines", dest="budget_baselines", action="store_false",
+                         help="skip the full@f rows (all the data for round(f x epochs) epochs, per fraction f)")
+    compare.add_argument("--target-drop", type=float, default=0.01,
+                         help="time to target: the seconds to reach full data's final test accuracy minus this")
     compare.set_defaults(out="compare_out")
     ens = sub.add_parser("ensemble", help="ensembles on difficulty subsets (or the --no-ensemble baseline)")
     add_train_options(ens, skip=("strategy", "every", "warm", "resume", "checkpoint_every", "subset"))
@@ -276,7 +280,8 @@ def _run(args, compare_module, config_from_args, parse_params) -> int:
     names = [s for s in args.strategies.split(",") if s]
     print(f"datadiet compare: {', '.join(names)} at fractions {args.fractions}, seeds {args.seeds}, "
           f"{config.epochs} epochs of {config.model} on {config.dataset}")
-    rows = compare_module.run(config, names, args.fractions, args.seeds, config.out)
+    rows = compare_module.run(config, names, args.fractions, args.seeds, config.out,
+                              baselines=args.budget_baselines, target_drop=args.target_drop)
     if int(os.environ.get("RANK", "0")) == 0:
         print(compare_module.format_table(rows))
         print(f"wrote {config.out}/compare.csv, compare.json, compare.png")

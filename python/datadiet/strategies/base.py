@@ -151,6 +151,11 @@ class Strategy:
         """What a rank that does not solve returns: a stand-in the Driver replaces by rank 0's."""
         return Selection(torch.zeros(0, dtype=torch.int64))
 
+    def epochs_to_train(self, epochs: int) -> int:
+        """How many of the run's ``epochs`` the loop trains (all but for an equal-budget baseline,
+        ``full`` with ``budget``)."""
+        return epochs
+
     def planned_size(self, epoch: int) -> int:
         """How many samples epoch ``epoch`` is expected to train on (sizes the lr schedule)."""
         return self.context.n

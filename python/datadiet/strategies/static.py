@@ -31,10 +31,26 @@ SOURCES = ("pass", "training")
 SCORES = ("loss", "el2n", "grand", "least_confidence", "margin", "entropy")  # names ``difficulty`` knows
 
 
+@dataclass
 class Full(Strategy):
-    """Every sample, every epoch: the baseline."""
+    """Every sample, every epoch: the baseline. ``budget = f`` (in (0, 1]) is "full data, trained
+    less": all the data for ``round(f · epochs)`` epochs (at least one), the lr schedule over
+    those epochs — the optimisation steps a fraction-f subset takes in ``epochs`` epochs, the
+    honest baseline a selection strategy at fraction f must beat."""
 
     name = "full"
+    budget: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.need(0.0 < self.budget <= 1.0, "budget", "in (0, 1] (the share of the run's epochs trained)")
+
+    def epochs_to_train(self, epochs: int) -> int:
+        return max(1, math.floor(self.budget * epochs + 0.5))
+
+    def describe(self) -> str:
+        # without a budget, as before the parameter existed: such runs' checkpoints still resume
+        return super().describe() if self.budget != 1.0 else f"{type(self).__module__}.{type(self).__qualname__}"
 
 
 @dataclass

@@ -60,15 +60,17 @@ class Driver:
         if labels.shape != (n,):
             raise ValueError(f"Driver: labels must have shape [{n}] (one per training sample), got {tuple(labels.shape)}")
         _check_labels(labels, num_classes)
-        self.epochs, self.batch_size, self.seed, self.workers = epochs, batch_size, seed, workers
+        # the epochs the loop trains: ``epochs`` but for an equal-budget baseline (Strategy.epochs_to_train)
+        self.epochs = strategy.epochs_to_train(epochs)
+        self.batch_size, self.seed, self.workers = batch_size, seed, workers
         self.world_size, self.rank = world()
         self.head = final_linear(model, head) if (head is not None or strategy.needs_head) else _maybe_head(model)
         self._score_kwargs = dict(batch_size=score_batch_size, device=self.device, workers=workers,
                                   autocast_dtype=autocast_dtype, channels_last=channels_last, progress=progress,
                                   features_dtype=features_dtype)
         self.times = {"pretraining": 0.0, "selection": 0.0, "scoring": 0.0}
-        strategy.setup(Context(n=n, labels=labels.cpu().long(), num_classes=num_classes, epochs=epochs, seed=seed,
-                               batch_size=batch_size, lr=lr, device=self.device, rank=self.rank,
+        strategy.setup(Context(n=n, labels=labels.cpu().long(), num_classes=num_classes, epochs=self.epochs,
+                               seed=seed, batch_size=batch_size, lr=lr, device=self.device, rank=self.rank,
                                world_size=self.world_size, score=self.score,
                                proxy_scores=None if proxy_scores is None else self._timed(proxy_scores),
                                has_val=self.val_set is not None, run=dict(run or {})))

@@ -240,7 +240,7 @@ class Trainer:
     def _epochs(self) -> dict:
         cfg, drv = self.config, self.driver
         self._clock = time.perf_counter()
-        for epoch in range(self.epoch, cfg.epochs):
+        for epoch in range(self.epoch, drv.epochs):
             if self._partial is None:
                 times0 = dict(drv.times)
                 drv.begin_epoch(epoch)
@@ -286,7 +286,7 @@ class Trainer:
         plan, actual = drv.strategy.planned_size(epoch), len(drv.sampler.selection)
         # Later epochs of the same plan keep this selection's real size until a new one is made.
         later = sum(drv.steps_for(actual if drv.strategy.planned_size(e) == plan else drv.strategy.planned_size(e))
-                    for e in range(epoch + 1, cfg.epochs))
+                    for e in range(epoch + 1, drv.epochs))
         total = self.step + drv.steps_per_epoch() + later
         if total != self.scheduler.total_steps:
             self.scheduler.resize(total)
@@ -467,13 +467,17 @@ class Trainer:
         totals = {k: sum(r["time"][k] for r in self.history) for k in ("pretraining", "selection", "scoring",
                                                                         "training", "evaluation")}
         last = self.history[-1] if self.history else {}
+        evaluated, train_curve = 0.0, []  # the curve without the per-epoch test evaluations' time
+        for r in self.history:
+            evaluated += r["time"]["evaluation"]
+            train_curve.append((r["wall"] - evaluated, r["test_acc"]))
         strategy = f"subset {self.config.subset}" if self.config.subset else self.config.strategy
         return {"config": self.identity, "strategy": strategy, "epochs": len(self.history),
                 "steps": self.step, "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
                 "best_test_acc": max((r["test_acc"] for r in self.history if r["test_acc"] is not None), default=None),
                 "wall": self.elapsed,
                 "time": totals, "samples": sum(r["samples"] for r in self.history),
-                "curve": [(r["wall"], r["test_acc"]) for r in self.history],
+                "curve": [(r["wall"], r["test_acc"]) for r in self.history], "train_curve": train_curve,
                 "selections": self.driver.selections, "world_size": self.world_size, "skipped_samples": self.skipped}
 
 
