@@ -36,7 +36,8 @@ class Full(Strategy):
     """Every sample, every epoch: the baseline. ``budget = f`` (in (0, 1]) is "full data, trained
     less": all the data for ``round(f · epochs)`` epochs (at least one), the lr schedule over
     those epochs — the optimisation steps a fraction-f subset takes in ``epochs`` epochs, the
-    honest baseline a selection strategy at fraction f must beat."""
+    honest baseline a selection strategy at fraction f must beat. The Trainer trains
+    ``Driver.epochs`` epochs; a loop of one's own reads ``driver.epochs`` for the same."""
 
     name = "full"
     budget: float = 1.0
