@@ -139,3 +139,16 @@ def test_lightning_refuses_what_it_cannot_run():
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(ValueError, match=r"max_epochs=\.\.\.\) must be set"):
         trainer.fit(module)
+
+
+def test_lightning_refuses_epochs_an_equal_budget_baseline_would_not_train():
+    from datadiet import strategies
+
+    cfg, bundle, data, net, _ = setup_run("random_online", fraction=0.5)
+    callback = DatadietCallback(strategies.make("full", budget=0.5), data["train_set"], data["labels"],
+                                num_classes=10)
+    module = _Module(net, cfg, callback)
+    trainer = L.Trainer(max_epochs=4, callbacks=[callback], accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ValueError, match=r"strategy 'full' trains 2 of the 4 epochs: pass Trainer\(max_epochs=2\)"):
+        trainer.fit(module)

@@ -176,6 +176,21 @@ def test_compare_reuses_its_finished_cells_and_refuses_another_configuration(tmp
     assert [r["seed"] for r in _strict(open(os.path.join(out, "compare.json")).read())["runs"]] == [1, 1]
 
 
+def test_compare_retrains_cells_timed_the_old_way(tmp_path, counted_fits):
+    """Runs written before walls left the test evaluations out (no "timing") are not mixed with
+    new ones: the same grid trains them again."""
+    out = str(tmp_path / "cmp")
+    grid = ["compare", *TINY, "--strategies", "full,random", "--fractions", "0.2", "--seeds", "0",
+            "--no-budget-baselines", "--out", out]
+    assert main(grid) == 0 and counted_fits == ["full", "random"]
+    path = os.path.join(out, "compare.json")
+    saved = _strict(open(path).read())
+    del saved["runs"][1]["timing"]  # random's run, as an older datadiet wrote it
+    with open(path, "w") as f:
+        json.dump(saved, f)
+    assert main(grid) == 0 and counted_fits == ["full", "random", "random"]
+
+
 def test_compare_resume_continues_a_folder_cell_by_cell(tmp_path, capsys, monkeypatch):
     """A compare killed after its first cell: that cell is on disk and ``--resume`` skips it."""
     out = str(tmp_path / "cmp")

@@ -227,6 +227,11 @@ def test_budget_baseline_takes_the_subsets_steps():
     assert summary["epochs"] == 3 and baseline.scheduler.total_steps == summary["steps"]
     assert abs(summary["steps"] - subset["steps"]) <= 10  # per-epoch rounding of ceil(n / batch)
     assert strategies.make("full", budget=0.25).epochs_to_train(10) == 3  # round half up: 2.5 -> 3
+    assert strategies.make("full", budget=0.29).epochs_to_train(50) == 15  # 14.5 in decimal, not 14.4999...
+    assert strategies.make("full", budget=0.01).epochs_to_train(10) == 1  # at least one epoch
+    with pytest.raises(ValueError, match="compare sets full's budget itself"):
+        from datadiet.train.compare import split_params
+        split_params({"full.budget": 0.5}, ["full", "random"])
     with pytest.raises(ValueError, match=r"budget = 0: must be in \(0, 1\]"):
         strategies.make("full", budget=0)
 
@@ -240,16 +245,17 @@ def test_time_to_target_and_accuracy_at_the_baselines_wall_on_hand_made_curves()
                 "curve": curve}
     runs = [run("full", 1.0, 0, [(1.0, 0.5), (2.0, 0.8), (3.0, 0.9)]),
             run("full@0.3", 0.3, 0, [(1.0, 0.6)]),
-            run("gm", 0.3, 0, [(0.5, 0.4), (1.5, 0.7), (2.5, 0.895)]),  # at 1.0 s: 0.55, below 0.6
+            run("gm", 0.3, 0, [(0.5, 0.4), (1.5, 0.7), (2.5, 0.895)]),  # at 1.0 s: its epoch at 0.5 s, 0.4
             run("el2n", 0.3, 0, [(0.4, 0.62), (0.8, 0.7)]),  # at 1.0 s: its last, 0.7
             run("late", 0.3, 0, [(1.2, 0.99)])]  # first evaluated after the baseline finished
     rows = {r["strategy"]: r for r in table(runs, target_drop=0.01)}
     assert rows["full"]["time_to_target_s"] == 3.0 and rows["gm"]["time_to_target_s"] == 2.5
     assert rows["el2n"]["time_to_target_s"] is None and rows["late"]["time_to_target_s"] == 1.2
-    assert rows["gm"]["acc_at_baseline_wall"] == pytest.approx(0.55)
-    assert rows["gm"]["vs_baseline"] == pytest.approx(-0.05) and rows["gm"]["beats_baseline"] is False
+    assert rows["gm"]["acc_at_baseline_wall"] == pytest.approx(0.4)
+    assert rows["gm"]["vs_baseline"] == pytest.approx(-0.2) and rows["gm"]["beats_baseline"] is False
     assert rows["el2n"]["acc_at_baseline_wall"] == pytest.approx(0.7) and rows["el2n"]["beats_baseline"] is True
     assert rows["late"]["acc_at_baseline_wall"] is None and rows["late"]["beats_baseline"] is False
+    assert rows["late"]["late_start"] is True and rows["gm"]["late_start"] is False
     assert rows["full@0.3"]["baseline"] is None and rows["full"]["beats_baseline"] is None
 
 

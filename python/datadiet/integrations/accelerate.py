@@ -7,7 +7,7 @@
     driver = accelerated_driver(accelerator, make("selective_backprop", keep=0.3), model, train_set,
                                 labels, num_classes=10, epochs=10)
     # accelerator.load_state(folder) here to resume a run
-    for epoch in range(driver.next_epoch, 10):
+    for epoch in range(driver.next_epoch, driver.epochs):
         for x, y, i, w in driver.batches(epoch):      # selection at the epoch start, batch masks
             with accelerator.autocast():
                 losses = F.cross_entropy(model(x), y, reduction="none")

@@ -77,6 +77,9 @@ class DatadietCallback(Callback):
                              "already gives each rank its shard of the selection")
         self.driver = Driver(self.strategy, pl_module, self.train_set, self.labels, epochs=epochs,
                              device=trainer.strategy.root_device, **self._options)
+        if self.driver.epochs != epochs:  # an equal-budget baseline trains fewer epochs than Lightning would
+            raise ValueError(f"DatadietCallback: strategy {self.strategy.name!r} trains {self.driver.epochs} of the "
+                             f"{epochs} epochs: pass Trainer(max_epochs={self.driver.epochs})")
         if self._pending is not None:
             self._restore(self._pending)
             self._pending = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from fractions import Fraction
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -34,7 +35,7 @@ SCORES = ("loss", "el2n", "grand", "least_confidence", "margin", "entropy")  # n
 @dataclass
 class Full(Strategy):
     """Every sample, every epoch: the baseline. ``budget = f`` (in (0, 1]) is "full data, trained
-    less": all the data for ``round(f · epochs)`` epochs (at least one), the lr schedule over
+    less": all the data for f · epochs epochs, rounded half up (at least one), the lr schedule over
     those epochs — the optimisation steps a fraction-f subset takes in ``epochs`` epochs, the
     honest baseline a selection strategy at fraction f must beat. The Trainer trains
     ``Driver.epochs`` epochs; a loop of one's own reads ``driver.epochs`` for the same."""
@@ -47,7 +48,8 @@ class Full(Strategy):
         self.need(0.0 < self.budget <= 1.0, "budget", "in (0, 1] (the share of the run's epochs trained)")
 
     def epochs_to_train(self, epochs: int) -> int:
-        return max(1, math.floor(self.budget * epochs + 0.5))
+        # f · epochs rounded half up, in exact decimal arithmetic (0.29 · 50 is 14.5, so 15)
+        return max(1, math.floor(Fraction(str(self.budget)) * epochs + Fraction(1, 2)))
 
     def describe(self) -> str:
         # without a budget, as before the parameter existed: such runs' checkpoints still resume

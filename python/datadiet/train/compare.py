@@ -4,13 +4,16 @@ table, CSV, JSON and a plot of test accuracy against wall time. A strategy witho
 
 For every compared fraction f below 1 the grid also trains the honest baseline ``full@f``: all
 the data for round(f · epochs) epochs (``full`` with ``budget = f``: the optimisation steps of a
-fraction-f subset). Each row then answers "is selection worth it?": test accuracy mean ± std,
+fraction-f subset; rounded half up, at least one epoch, so a row records the epochs and steps it
+took). Each row then answers "is selection worth it?": test accuracy mean ± std,
 wall time (the per-epoch test evaluations excluded: they measure the run, they do not train it)
 and the selection's share of it, speed-up over ``full``, the time to reach full data's
 final accuracy minus ``target_drop`` (the first evaluated epoch at or above it, in every seed),
 and — for a strategy at fraction f — its accuracy at the wall time its ``full@f`` baseline took
-(interpolated along its per-epoch curve) and the difference to that baseline: a strategy that
-is not above it did not pay for its selection at this budget.
+(its last epoch finished by then; ``late`` when a seed had none) and the difference to that
+baseline: a strategy that is not above it did not pay for its selection at this budget. The
+baseline's accuracy is at the end of its schedule while the strategy is mid-schedule, and one
+run per seed is noisy at small wall times: a mark is a measurement, not a verdict.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ def split_params(params: dict, names: list[str]) -> dict[str, dict]:
         target, _, name = key.rpartition(".")
         if name == "fraction":
             raise ValueError(f"--param {key}: the fractions compared are set by --fractions")
+        if name == "budget":
+            raise ValueError(f"--param {key}: compare sets full's budget itself (the full@f rows, one per fraction)")
         if target and target not in out:
             raise ValueError(f"--param {key}: {target!r} is not among the compared strategies {names}")
         takers = [s for s in ([target] if target else names) if name in strategies.parameters(s)]
@@ -77,10 +82,11 @@ def run(base: TrainConfig, names: list[str], fractions: list[float], seeds: list
             # times, a cost of measuring it, not of training (it would tax the longer runs)
             result = {"strategy": name, "fraction": fraction, "seed": config.seed, "test_acc": summary["test_acc"],
                       "wall": summary["wall"] - summary["time"]["evaluation"], "samples": summary["samples"],
+                      "epochs": summary["epochs"], "steps": summary["steps"], "timing": TIMING,
                       "time": summary["time"], "curve": summary["train_curve"], "cell": json.loads(key)}
             runs.append(result)
             done[key] = result
-            log(f"  {_label(result)}: test acc {summary['test_acc']:.4f} in {summary['wall']:.2f} s")
+            log(f"  {_label(result)}: test acc {summary['test_acc']:.4f} in {result['wall']:.2f} s")
             if writes:  # each finished cell on disk at once
                 _write(out, base, runs, done, target_drop)
         rows = table(runs, target_drop)
@@ -139,6 +145,9 @@ def _row_name(config: TrainConfig) -> tuple[str, float]:
 
 
 RESULTS = ("compare.json", "compare.csv", "compare.png")
+# How a run's wall and curve were measured: "train" leaves the per-epoch test evaluations out. Runs
+# of a folder written before (wall with evaluations) are not reused beside them: they train again.
+TIMING = "train"
 
 
 def _open(out: str, base: TrainConfig):
@@ -157,7 +166,7 @@ def _open(out: str, base: TrainConfig):
             with open(path, encoding="utf-8") as f:
                 saved = json.load(f)
             config, runs = saved["config"], saved["runs"] + saved["other_runs"]
-            done = {_key_of(r["cell"]): r for r in runs}
+            done = {_key_of(r["cell"]): r for r in runs if r.get("timing") == TIMING}
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"--out {out}: holds compare results this datadiet cannot reuse ({', '.join(found)}: "
                              f"{type(exc).__name__}); use --overwrite to replace them, or choose another folder") \
@@ -225,7 +234,8 @@ def table(runs: list[dict], target_drop: float = 0.01) -> list[dict]:
                      "speedup_vs_full": full_wall / wall if full_wall and wall > 0 else None,
                      "target_acc": target,
                      "time_to_target_s": statistics.mean(reached) if None not in reached else None,
-                     "baseline": None, "acc_at_baseline_wall": None, "vs_baseline": None, "beats_baseline": None})
+                     "steps_mean": statistics.mean(r.get("steps", 0) for r in rs), "baseline": None,
+                     "acc_at_baseline_wall": None, "vs_baseline": None, "beats_baseline": None, "late_start": None})
     for row in rows:
         base = groups.get((f"full@{row['fraction']:g}", row["fraction"]))
         if base is None or row["strategy"].startswith("full"):
@@ -233,11 +243,12 @@ def table(runs: list[dict], target_drop: float = 0.01) -> list[dict]:
         wall = statistics.mean(r["wall"] for r in base)
         at = [_acc_at(r["curve"], wall) for r in groups[(row["strategy"], row["fraction"])]]
         row["baseline"] = f"full@{row['fraction']:g}"
-        if None not in at:
+        row["late_start"] = None in at
+        if not row["late_start"]:
             row["acc_at_baseline_wall"] = statistics.mean(at)
             row["vs_baseline"] = row["acc_at_baseline_wall"] - statistics.mean(r["test_acc"] for r in base)
             row["beats_baseline"] = row["vs_baseline"] > 0
-        else:  # its first evaluation came after the baseline had finished: it cannot have beaten it
+        else:  # in some seed it had no trained epoch yet when the baseline had finished
             row["beats_baseline"] = False
     return rows
 
@@ -248,14 +259,11 @@ def _time_to(curve: list, target: float) -> Optional[float]:
 
 
 def _acc_at(curve: list, wall: float) -> Optional[float]:
-    """Test accuracy at ``wall`` seconds along a per-epoch (wall, accuracy) curve, linear between
-    epochs, the last accuracy after the last epoch; None before the first evaluation."""
-    if not curve or wall < curve[0][0]:
-        return None
-    for (w0, a0), (w1, a1) in zip(curve, curve[1:]):
-        if w0 <= wall <= w1:
-            return a0 if w1 == w0 else a0 + (a1 - a0) * (wall - w0) / (w1 - w0)
-    return curve[-1][1]
+    """Test accuracy of the model a run had at ``wall`` seconds: that of its last epoch finished
+    by then (a step along the per-epoch curve, no credit for an epoch still running; the same
+    reading as the time to target); None before its first epoch finished."""
+    done = [acc for w, acc in curve if w <= wall]
+    return done[-1] if done else None
 
 
 def format_table(rows: list[dict]) -> str:
@@ -264,7 +272,8 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         speed = f"{r['speedup_vs_full']:.2f}x" if r["speedup_vs_full"] else "-"
         to = f"{r['time_to_target_s']:.2f}" if r["time_to_target_s"] is not None else "-"
-        at = f"{r['acc_at_baseline_wall']:.4f}" if r["acc_at_baseline_wall"] is not None else "-"
+        at = (f"{r['acc_at_baseline_wall']:.4f}" if r["acc_at_baseline_wall"] is not None
+              else "late" if r["late_start"] else "-")
         vs = f"{r['vs_baseline']:+.4f}" if r["vs_baseline"] is not None else "-"
         mark = " *" if r["beats_baseline"] is False else ""
         lines.append(f"{r['strategy']:>20} {r['fraction']:>8} {r['acc_mean']:>9.4f} ± {r['acc_std']:.4f} "
@@ -274,8 +283,9 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"to target: seconds to test accuracy {target:.4f} (full data's final accuracy minus the target "
                      "drop) in every seed")
     if any(r["baseline"] for r in rows):
-        lines.append("acc @ base wall: accuracy when its full@f baseline (all the data, the same steps) had finished; "
-                     "* = not above that baseline at equal wall time")
+        lines.append("acc @ base wall: accuracy when its full@f baseline (all the data, the same steps) had finished "
+                     "(late: no epoch of it finished by then in some seed); * = not above that baseline at equal "
+                     "wall time")
     return "\n".join(lines)
 
 
@@ -300,7 +310,7 @@ def plot(runs: list[dict], rows: Optional[list[dict]] = None) -> bytes:
         if (name, fraction) in losing:
             label += " (not above full@%g)" % fraction
         ax.plot(wall, acc, marker=".", label=label, linestyle="--" if name.startswith("full@") else "-")
-    ax.set_xlabel("wall time (s)")
+    ax.set_xlabel("wall time (s, test evaluations excluded)")
     ax.set_ylabel("test accuracy (mean over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

@@ -5,7 +5,7 @@ sampler over the current selection (seeded, sharded, resumable), the per-sample 
 and the ``Context`` the strategy scores through. A user's loop needs five lines::
 
     driver = Driver(make("gradmatch", fraction=0.3, every=5), model, train_set, labels, num_classes=10, epochs=10)
-    for epoch in range(10):
+    for epoch in range(driver.epochs):                 # 10, or fewer for an equal-budget baseline
         for x, y, i, w in driver.batches(epoch):      # re-selection at the epoch start, batch masks
             losses = F.cross_entropy(model(x), y, reduction="none")
             driver.loss(losses, i, w).backward(); opt.step(); opt.zero_grad()
@@ -62,6 +62,9 @@ class Driver:
         _check_labels(labels, num_classes)
         # the epochs the loop trains: ``epochs`` but for an equal-budget baseline (Strategy.epochs_to_train)
         self.epochs = strategy.epochs_to_train(epochs)
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or not 1 <= self.epochs <= epochs:
+            raise ValueError(f"Driver: strategy {strategy.name!r} asks for {self.epochs!r} epochs of {epochs}: "
+                             f"epochs_to_train must return an int in [1, {epochs}]")
         self.batch_size, self.seed, self.workers = batch_size, seed, workers
         self.world_size, self.rank = world()
         self.head = final_linear(model, head) if (head is not None or strategy.needs_head) else _maybe_head(model)
