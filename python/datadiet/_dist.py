@@ -169,7 +169,7 @@ def route_rows(tensors: dict[str, torch.Tensor], owner: torch.Tensor, device, *,
     caller's last reference then frees it before the next column travels)."""
     dist = torch.distributed
     size, rank = world()
-    comm = torch.device("cpu") if dist.get_backend() == "gloo" else torch.device(device)
+    comm = _comm(device)
     owner = owner.to(comm, torch.int64)
     if owner.numel() and not (0 <= int(owner.min()) and int(owner.max()) < size):
         raise ValueError(f"route_rows: owners must be ranks in [0, {size})")
@@ -223,7 +223,7 @@ def _all_gather_rows(tensors: dict[str, torch.Tensor], device) -> dict[str, torc
     """``gather_rows`` onto every rank: each tensor travels padded to the longest rank's length."""
     dist = torch.distributed
     size = world()[0]
-    comm = torch.device("cpu") if dist.get_backend() == "gloo" else torch.device(device)
+    comm = _comm(device)
     first = next(iter(tensors.values()))
     length = torch.tensor([first.shape[0]], device=comm)
     lengths = [torch.zeros_like(length) for _ in range(size)]
@@ -244,12 +244,17 @@ def _all_gather_rows(tensors: dict[str, torch.Tensor], device) -> dict[str, torc
     return out
 
 
+def _comm(device) -> torch.device:
+    """Where a collective's tensors must be: the CPU for gloo, ``device`` otherwise (NCCL)."""
+    return torch.device("cpu") if torch.distributed.get_backend() == "gloo" else torch.device(device)
+
+
 def all_reduce_(tensor: torch.Tensor, op: str) -> None:
     """``tensor`` replaced in place by its elementwise ``"max"`` or ``"sum"`` over the ranks (on
     the CPU for gloo)."""
     dist = torch.distributed
     reduce_op = {"max": dist.ReduceOp.MAX, "sum": dist.ReduceOp.SUM}[op]
-    if dist.get_backend() == "gloo" and tensor.device.type != "cpu":
+    if _comm(tensor.device) != tensor.device:  # gloo and a device tensor: reduced through the CPU
         on_cpu = tensor.cpu()
         dist.all_reduce(on_cpu, reduce_op)
         tensor.copy_(on_cpu)
