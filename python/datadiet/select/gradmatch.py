@@ -176,16 +176,23 @@ def _per_class(embedding: Optional[torch.Tensor], errors: Optional[torch.Tensor]
     # counterparts when has_val) otherwise.
     n = cast(torch.Tensor, embedding if embedding is not None else errors).shape[0]
     labels = _check_labels(labels, n, "labels")
-    counts = torch.bincount(labels.long(), minlength=int(labels.max()) + 1 if n else 0).tolist()
-    if any(c == 0 for c in counts):
-        empty = [c for c, cnt in enumerate(counts) if cnt == 0]
-        raise ValueError(f"datadiet.gradmatch: classes {empty[:8]} have no samples; relabel to 0..C-1")
+    counts = class_counts(labels, int(labels.max()) + 1 if n else 0)
     budgets = class_budgets(counts, k)
     picks = class_picks(labels, budgets, embedding=embedding, errors=errors, features=features,
                         val_embedding=val_embedding, val_errors=val_errors, val_features=val_features,
                         val_labels=val_labels if has_val else None, lam=lam, tol=tol, positive=positive,
                         backend=backend)
     return finish_classes(n, picks, k, seed, cast(torch.Tensor, embedding if embedding is not None else errors))
+
+
+def class_counts(labels: torch.Tensor, classes: int) -> list[int]:
+    """Samples per class 0..classes-1; a class without samples is refused (per-class problems need
+    one, and the ids must run 0..C-1)."""
+    counts = torch.bincount(labels.long(), minlength=classes).tolist()
+    if 0 in counts:
+        empty = [c for c, count in enumerate(counts) if count == 0]
+        raise ValueError(f"datadiet.gradmatch: classes {empty[:8]} have no samples; relabel to 0..C-1")
+    return counts
 
 
 class ClassPicks(NamedTuple):

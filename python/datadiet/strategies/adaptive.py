@@ -17,8 +17,8 @@ from datadiet._dist import all_reduce_, gather_rows, route_rows, world
 from datadiet.select._budget import class_budgets
 from datadiet.backends import resolve
 from datadiet.ops.omp import OMPResult, check_engine_budget
-from datadiet.select.gradmatch import (EMBEDDINGS, MODES, ClassPicks, class_picks, finish_classes, gradmatch,
-                                       last_layer_embedding)
+from datadiet.select.gradmatch import (EMBEDDINGS, MODES, ClassPicks, class_counts, class_picks, finish_classes,
+                                       gradmatch, last_layer_embedding)
 from datadiet.select.selection import Selection
 from datadiet.strategies.base import Periodic
 from datadiet.strategies.cached import SelectionRecorder
@@ -180,10 +180,7 @@ class GradMatch(Periodic):
         class's problem is the one a single process solves (its rows in dataset order), so the
         subset is the same."""
         ctx = self.context
-        counts = torch.bincount(ctx.labels, minlength=ctx.num_classes).tolist()
-        if 0 in counts:  # as one process refuses it; every rank knows the labels, so every rank stops
-            empty = [c for c, count in enumerate(counts) if count == 0]
-            raise ValueError(f"datadiet.gradmatch: classes {empty[:8]} have no samples; relabel to 0..C-1")
+        counts = class_counts(ctx.labels, ctx.num_classes)  # every rank knows the labels: all refuse alike
         mine = self._routed(ctx.score(gather="local", **self._wanted()))
         val = self._routed(ctx.score(split="val", gather="local", **self._wanted())) if self.target == "val" else None
         index = mine.pop("index")
