@@ -15,7 +15,7 @@ import torch
 from . import harness
 
 BENCHMARKS = ("ce_scores", "compat_cords", "ensemble", "grad_norms", "lipt", "merge", "omp", "per_sample_grad_sqnorm",
-              "scale", "select", "selective_backprop", "topk_select", "train", "weighted_sample")
+              "scale", "select", "selective_backprop", "topk_select", "train", "value", "weighted_sample")
 
 
 def main(argv=None, prog: str = "python -m bench", results_dir: Optional[str] = None) -> int:

@@ -141,8 +141,8 @@ def scoring_rows(args, root: str) -> list[dict]:
                                 progress=False)
         times["job"].append(time.perf_counter() - began)
         times["select"].append(chosen.manifest["times"]["scoring"])
-        small = select_dataset(dataclasses.replace(config, out=os.path.join(root, "sel-small")), weights=weights,
-                               score_image_size=args.small_size, progress=False)
+        small = select_dataset(dataclasses.replace(config, out=os.path.join(root, "sel-small"),
+                                                   score_image_size=args.small_size), weights=weights, progress=False)
         times["small"].append(small.manifest["times"]["scoring"])
     case = (f"(a) scoring {images} JPEGs 500x375 ({classes} classes), {args.model}, batch {args.batch_size}, "
             f"{workers} workers")

@@ -3,8 +3,10 @@ distributed scoring pass's rows go, and the selections GradMatch (per class, spr
 ranks; global, solved on rank 0) and GLISTER (sharded over the ranks) make through the Driver. Each rank saves
 what it holds; the test compares the ranks' selections with one process's."""
 
+import dataclasses
 import importlib
 import sys
+import time
 
 import torch
 
@@ -12,6 +14,7 @@ from datadiet import _dist, strategies
 from datadiet.scores import score_dataset
 from datadiet.train import datasets, models
 from datadiet.train.data import IndexedDataset
+from datadiet.strategies.static import Random
 from datadiet.train.driver import Driver
 
 glister_module = importlib.import_module("datadiet.select.glister")  # the module (the package exports the function)
@@ -55,7 +58,11 @@ CASES = {"per_class": dict(strategy="gradmatch"),
          "glister_exact": dict(strategy="glister", refresh=1),
          "glister_blocks": dict(strategy="glister", block=64),  # the held-out split in 5 blocks
          "per_class_bf16": dict(strategy="gradmatch", features_dtype=torch.bfloat16),
-         "glister_bf16": dict(strategy="glister", features_dtype=torch.bfloat16)}
+         "glister_bf16": dict(strategy="glister", features_dtype=torch.bfloat16),
+         # candidate pools: the same seeded candidates on every rank, scored sharded
+         "per_class_pool": dict(strategy="gradmatch", pool=2),
+         "glister_pool": dict(strategy="glister", pool=2.5),
+         "el2n_pool": dict(strategy="el2n", pool=2, pretrain_epochs=0)}
 # two classes over up to three ranks: a rank may own no class at all
 images = torch.stack([bundle.train[int(i)][0] for i in pool])
 parity = torch.utils.data.TensorDataset(images, bundle.labels[pool] % 2)
@@ -75,4 +82,25 @@ for name, params in CASES.items():
     driver.begin_epoch(0)
     selection = driver.sampler.selection
     saved[name] = {"indices": selection.indices, "weights": selection.weights, "report": strategy.report()}
+
+
+@dataclasses.dataclass
+class SlowOnRankZero(Random):
+    """A round that costs 0.4 s on rank 0 and nothing elsewhere: the guard must still decide alike."""
+
+    name = "slow_on_rank_zero"
+
+    def choose(self, epoch):
+        if rank == 0:
+            time.sleep(0.4)
+        return super().choose(epoch)
+
+
+driver = Driver(SlowOnRankZero(fraction=0.3, every=1), model, train, bundle.labels[pool], num_classes=10, epochs=4,
+                batch_size=200, seed=4, max_selection_share=0.1)
+for epoch in range(4):
+    for _batch in driver.batches(epoch):
+        pass
+saved["guard"] = {"epochs": [s["epoch"] for s in driver.selections],
+                  "intervals": [s["interval"] for s in driver.stretches]}
 torch.save(saved, f"{out}/rank{rank}.pt")

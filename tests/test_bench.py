@@ -143,3 +143,21 @@ def test_scale_benchmark_runs_at_tiny_scale(tmp_path):
     for r in rows:
         assert r["same_selection"] and all(peak > 0 for peak in r["peak_above_bytes"])
         assert len(r["peak_above_bytes"]) == (2 if "torchrun" in r["method"] else 1)
+
+
+@requires_torchvision
+def test_value_benchmark_runs_at_tiny_scale(tmp_path):
+    """``bench value``: both tasks (the generated CIFAR-shaped folder read by the cifar10 loader),
+    every variant against full and full@f, compare's reading in each row."""
+    out = tmp_path / "value.json"
+    assert bench_main(["value", "--digits", "digits", "--cifar-images", "100", "--epochs", "2", "--seeds", "0",
+                       "--fraction", "0.5", "--every", "1", "--out", str(tmp_path / "runs"), "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    for task in ("digits", "cifar"):
+        mine = {r["method"]: r for r in rows if r["case"] == task}
+        assert set(mine) == {"full", "full@0.5", "random_online", "gradmatch (no guard)", "gradmatch",
+                             "gradmatch pool=2", "el2n", "loss (scoring pass)", "loss (training losses)"}
+        assert mine["gradmatch (no guard)"]["rounds"] == 2 and mine["gradmatch"]["baselines"] == ["full@0.5"]
+        assert mine["full"]["rounds"] == 1 and 0 <= mine["gradmatch"]["acc_mean"] <= 1
+        assert "vs full@0.5 at its wall" in mine["el2n"]["note"]
+    assert os.path.isfile(tmp_path / "runs" / "cifar-like" / "cifar-10-batches-py" / "test_batch")

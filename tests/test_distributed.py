@@ -87,18 +87,25 @@ def test_score_tables_go_where_asked_and_selections_match_one_process(tmp_path, 
             assert torch.equal(routed["id"], ids) and torch.equal(routed["odd"], ids % 2 == 1)
             assert torch.equal(routed["pair"], torch.stack([ids, -ids], 1).float())
         for case in ("per_class", "per_class_val", "full", "bias", "global", "glister", "glister_naive",
-                     "glister_exact", "glister_blocks", "per_class_bf16", "glister_bf16", "two_classes"):
+                     "glister_exact", "glister_blocks", "per_class_bf16", "glister_bf16", "two_classes",
+                     "per_class_pool", "glister_pool", "el2n_pool"):
             mine, want = saved[case], single[case]
             assert torch.equal(mine["indices"], want["indices"]), (case, rank)
             if want["weights"] is None:
                 assert mine["weights"] is None, case
             else:
                 torch.testing.assert_close(mine["weights"], want["weights"], rtol=1e-4, atol=1e-6)
+            if case.endswith("_pool") and rank == 0:
+                assert mine["report"]["candidates"] == want["report"]["candidates"] < n, case
             if rank == 0:  # the same facts; a factorised residual may differ in its last bits
                 assert mine["report"].keys() == want["report"].keys(), case
                 for key, value in want["report"].items():
                     assert mine["report"][key] == (pytest.approx(value, rel=1e-4) if isinstance(value, float)
                                                    else value), (case, key)
+
+
+        # the selection guard: rank 0's slow round decides for every rank (the ranks' largest times)
+        assert saved["guard"] == single["guard"] == {"epochs": [0], "intervals": [4]}, rank
 
 
 def test_driver_checkpoint_state_gives_each_rank_its_own_strategy_state(tmp_path):

@@ -447,7 +447,7 @@ def test_an_image_folder_selection_names_its_files_and_scores_at_a_smaller_size(
     assert full.manifest["model"]["fingerprint"] == small.manifest["model"]["fingerprint"]  # the same proxy
     assert not np.array_equal(full.scores["loss"], small.scores["loss"])  # other pixels scored
     assert cli([*common[:-1], "--dataset", "digits", "--score-image-size", "12", "--out", str(tmp_path / "d")]) == 2
-    assert "--score-image-size applies to imagefolder" in capsys.readouterr().err
+    assert "score_image_size = 12: applies to imagefolder" in capsys.readouterr().err
     # JPEGs decode at a reduced scale in draft mode; the size asked for is a lower bound
     Image.new("RGB", (500, 375), (200, 30, 30)).save(tmp_path / "big.jpg", quality=90)
     assert read_rgb(str(tmp_path / "big.jpg")).size == (500, 375)

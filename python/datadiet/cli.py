@@ -126,14 +126,12 @@ def main(argv=None) -> int:
     select = sub.add_parser("select", help="score and select a dataset once: subset.csv, scores.npz and manifest.json "
                             "in --out, for `train --subset` or any pipeline")
     add_train_options(select, skip=("epochs", "every", "warm", "resume", "subset", "checkpoint_every",
-                                    "nonfinite_steps", "skip_bad_samples"))
+                                    "nonfinite_steps", "skip_bad_samples", "max_selection_share"))
     select.add_argument("--weights", default=None, metavar="PATH",
                         help="score with this trained model: a `datadiet train` run folder, its checkpoint.pt or a "
                         "state_dict file of --model")
     select.add_argument("--proxy-epochs", type=int, default=None, metavar="E",
                         help="score with a proxy trained E epochs on the whole pool first (its time is pre-training)")
-    select.add_argument("--score-image-size", type=int, default=None, metavar="S",
-                        help="imagefolder: score at S pixels instead of --image-size (JPEGs decoded at reduced scale)")
     select.add_argument("--shard-size", type=int, default=65536, metavar="N",
                         help="samples per scoring shard kept on disk (a killed select continues from them)")
     select.set_defaults(out="select_out")
@@ -272,6 +270,11 @@ def _run(args, compare_module, config_from_args, parse_params) -> int:
         summary = Trainer(config).fit()
         if summary["world_size"] == 1 or int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps({k: summary[k] for k in ("strategy", "epochs", "steps", "test_acc", "wall", "time")}))
+            for s in summary["stretches"]:  # the selection guard's decisions, also in metrics.jsonl
+                print(f"datadiet train: at epoch {s['epoch']} a selection round cost {s['round_cost']:.2f} s against "
+                      f"{s['epoch_training']:.2f} s of training per epoch: re-selecting every {s['interval']} epochs "
+                      f"(--max-selection-share {config.max_selection_share:g}; 0 keeps every {s['every']})",
+                      file=sys.stderr)
         return 0
     if args.compare_resume:
         if not os.path.isfile(os.path.join(args.compare_resume, "compare.json")):
@@ -297,8 +300,7 @@ def _select(args, config) -> int:
 
     if not hasattr(args, "workers") and not (args.config and "workers" in from_toml(args.config)):
         config = dataclasses.replace(config, workers=default_workers(config.dataset))
-    chosen = select_dataset(config, weights=args.weights, proxy_epochs=args.proxy_epochs, shard_size=args.shard_size,
-                            score_image_size=args.score_image_size)
+    chosen = select_dataset(config, weights=args.weights, proxy_epochs=args.proxy_epochs, shard_size=args.shard_size)
     if chosen is None:
         return 0  # a torchrun rank other than 0: rank 0 writes and reports
     m = chosen.manifest

@@ -60,24 +60,21 @@ PROXY = "proxy.pt"
 
 
 def select_dataset(config: TrainConfig, *, weights: Optional[str] = None, proxy_epochs: Optional[int] = None,
-                   shard_size: int = 65536, score_image_size: Optional[int] = None,
+                   shard_size: int = 65536,
                    progress: bool = True) -> Optional[files.SelectedSubset]:
     """Selects ``config.fraction`` of ``config.dataset`` with ``config.strategy`` and writes it to
     ``config.out`` (module docstring); returns what ``files.load(config.out)`` returns (under
     torchrun: on rank 0; the other ranks return None once their part is done).
-    ``shard_size``: samples per scoring shard kept on disk; ``score_image_size``: an image folder's
-    scoring pass at this size instead of ``image_size`` (JPEGs decoded at reduced scale)."""
+    ``shard_size``: samples per scoring shard kept on disk; ``config.score_image_size``: an image
+    folder's scoring pass at this size instead of ``image_size`` (JPEGs decoded at reduced scale)."""
     config = dataclasses.replace(config, progress=progress and config.progress)
     strategy, needs_val = _check(config, weights, proxy_epochs)
-    for option, value, most in (("--shard-size", shard_size, 1 << 40), ("--score-image-size", score_image_size, 4096)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most):
-            raise ValueError(f"select: {option} {value!r}: must be an int in [1, {most}]")
-    if score_image_size is not None and not config.dataset.startswith("imagefolder:"):
-        raise ValueError(f"select: --score-image-size applies to imagefolder: datasets; {config.dataset!r} is not one")
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or not 1 <= shard_size <= 1 << 40:
+        raise ValueError(f"select: --shard-size {shard_size!r}: must be an int in [1, {1 << 40}]")
     device = dist_init(config.device, config.dist_timeout)
     folder = rank0_first(lambda: _claim(config))
     try:
-        written = _run(config, device, strategy, needs_val, weights, proxy_epochs, shard_size, score_image_size)
+        written = _run(config, device, strategy, needs_val, weights, proxy_epochs, shard_size)
     finally:
         if folder is not None:
             folder.release()
@@ -147,7 +144,7 @@ def _check(config: TrainConfig, weights: Optional[str], proxy_epochs: Optional[i
 
 
 def _run(config: TrainConfig, device: torch.device, strategy, needs_val: bool, weights: Optional[str],
-         proxy_epochs: Optional[int], shard_size: int, score_image_size: Optional[int]) -> Optional[dict[str, Any]]:
+         proxy_epochs: Optional[int], shard_size: int) -> Optional[dict[str, Any]]:
     """The job after the checks; what ``files.write`` returns on rank 0, None on the others."""
     times = {"loading": 0.0, "pretraining": 0.0, "scoring": 0.0, "selection": 0.0}
     start = time.perf_counter()
@@ -165,8 +162,8 @@ def _run(config: TrainConfig, device: torch.device, strategy, needs_val: bool, w
                     num_classes=bundle.num_classes, epochs=1, batch_size=config.batch_size, seed=config.seed,
                     lr=config.lr, device=device, workers=config.workers,
                     val_set=Subset(bundle.train_eval, held_out.tolist()) if held_out.numel() else None,
-                    score_set=Subset(bundle.train_eval if score_image_size is None else
-                                     datasets.scoring_view(bundle, config.dataset, score_image_size), pool.tolist()),
+                    score_set=Subset(datasets.scoring_view(bundle, config.dataset, config.score_image_size),
+                                     pool.tolist()),
                     head=config.head, progress=_bar(config) if rank == 0 else None,
                     score_batch_size=config.eval_batch_size, channels_last=config.channels_last,
                     autocast_dtype=config.autocast_dtype, features_dtype=config.features_dtype,
@@ -175,7 +172,7 @@ def _run(config: TrainConfig, device: torch.device, strategy, needs_val: bool, w
                "strategy": strategy.describe(), "seed": config.seed, "image_size": config.image_size,
                "shard_size": shard_size, "amp": config.amp, "head": config.head, "channels_last": config.channels_last,
                "eval_batch_size": config.eval_batch_size, "device": device.type,
-               "score_image_size": score_image_size,
+               "score_image_size": config.score_image_size,
                **({} if config.score_features == "float32" else {"score_features": config.score_features})}
     sharded = ShardedScores(config.out, setting, shard_size, driver.score, driver.score_shards, int(pool.numel()),
                             device, overwrite=config.overwrite, rank=rank, world=size)
@@ -209,7 +206,7 @@ def _run(config: TrainConfig, device: torch.device, strategy, needs_val: bool, w
             values[pool] = table[name].float().cpu()
             scores[name] = values
     manifest = {
-        "dataset": {"spec": config.dataset, "image_size": config.image_size, "score_image_size": score_image_size,
+        "dataset": {"spec": config.dataset, "image_size": config.image_size, "score_image_size": config.score_image_size,
                     **fingerprint_},
         "model": model_info,
         "strategy": {"name": config.strategy, "params": strategy_params(strategy), "fraction": config.fraction,

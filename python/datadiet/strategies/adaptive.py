@@ -45,6 +45,10 @@ class GradMatch(Periodic):
 
     ``cache=PATH`` records every round to a selection cache that ``cached_gradmatch`` replays
     (the Cached-GradMatch study's Cached-GradMatch, ``strategies.cached``).
+
+    ``pool = P`` scores and solves over a seeded random ``ceil(P · budget)`` candidates per round
+    (``Periodic.candidates``) instead of the whole pool: the round's cost ∝ P · budget. Under DDP
+    a pooled round's rows are gathered to rank 0, which solves (the pool is small).
     """
 
     name = "gradmatch"
@@ -57,6 +61,7 @@ class GradMatch(Periodic):
     batch_size: Optional[int] = None
     tol: float = 0.0
     cache: Optional[str] = None
+    pool: Optional[float] = None
     _recorder: Optional[SelectionRecorder] = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -76,6 +81,7 @@ class GradMatch(Periodic):
         self.need(self.lam is None or self.lam >= 0, "lam", ">= 0 (the ridge term) or None (CORDS' default)")
         self.need(0 <= self.tol < 1, "tol", "in [0, 1) (the residual at which OMP stops)")
         self.need(self.batch_size is None or self.batch_size >= 1, "batch_size", "an int >= 1 or None (the run's)")
+        self.check_pool(self.pool)
 
     def setup(self, context) -> None:
         super().setup(context)
@@ -94,6 +100,10 @@ class GradMatch(Periodic):
         if self.mode == "per_batch":
             self.need(self.batch_size <= context.n, "batch_size", f"at most the pool's {context.n} samples")
         self._check_engine(context)
+
+    def reselects_every(self) -> Optional[int]:
+        # a recording's rounds must fall where cached_gradmatch replays them: never stretched
+        return None if self.cache else self.every
 
     def _check_engine(self, context) -> None:
         """Refuses now (not at the first selection) a problem budget the device's OMP engine
@@ -139,28 +149,33 @@ class GradMatch(Periodic):
 
     def choose(self, epoch: int) -> Selection:
         ctx = self.context
-        if world()[0] > 1 and self.mode == "per_class":
+        rows = self.candidates(self.pool, epoch)
+        if world()[0] > 1 and self.mode == "per_class" and rows is None:
             result = self._spread(epoch)
         else:
-            result = self._solve(epoch)
+            result = self._solve(epoch, rows)
         if result is None:  # rank 0 solves; the Driver hands its selection to this rank
             self._last = {"round": self.round(epoch)}
             return self.elsewhere()
         self._last = {"round": self.round(epoch), "size": int(result.indices.numel()), "filled": int(result.filled),
                       "residual_max": float(result.residual.max()) if result.residual.numel() else 0.0,
                       "fill_reasons": result.fill_reasons}
-        selection = Selection(result.indices.cpu(), result.weights.cpu().clamp_min(1e-12))
+        indices = result.indices.cpu() if rows is None else rows[result.indices.cpu()]
+        if rows is not None:
+            self._last["candidates"] = int(rows.numel())
+        selection = Selection(indices, result.weights.cpu().clamp_min(1e-12))
         if self._recorder is not None:
             self._recorder.add(epoch, ctx.epochs if self.every is None else min(epoch + self.every, ctx.epochs),
                                selection)
         return selection
 
-    def _solve(self, epoch: int):
-        """One process solves: every rank's rows gathered to rank 0 alone (the others return None
-        once they joined the scoring passes)."""
+    def _solve(self, epoch: int, rows: Optional[torch.Tensor]):
+        """One process solves, over the pool or the candidates ``rows`` (its picks then index
+        ``rows``): every rank's rows gathered to rank 0 alone (the others return None once they
+        joined the scoring passes)."""
         ctx = self.context
         where = {"gather": "root"} if world()[0] > 1 else {}
-        table = ctx.score(**self._wanted(), **where)
+        table = ctx.score(**self._wanted(), **where, **({} if rows is None else {"rows": rows.tolist()}))
         val = ctx.score(split="val", **self._wanted(), **where) if self.target == "val" else None
         if not self.solves_here():
             return None
@@ -245,7 +260,8 @@ class Glister(Periodic):
     likelihood after one last-layer step of ``eta`` (default: the run's learning rate);
     ``variant`` ``stochastic`` (default) or ``naive`` greedy; ``refresh`` picks between
     recomputations of the validation gradient (None: ``ceil(k / 64)``; 1: exact greedy; see
-    ``datadiet.select.glister``). Weights are 1."""
+    ``datadiet.select.glister``); ``pool = P``: the greedy over a seeded random ``ceil(P · budget)``
+    candidates per round instead of the whole pool. Weights are 1."""
 
     name = "glister"
     needs_head = True
@@ -253,6 +269,7 @@ class Glister(Periodic):
     eta: Optional[float] = None
     variant: str = "stochastic"
     refresh: Optional[int] = None
+    pool: Optional[float] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -262,6 +279,7 @@ class Glister(Periodic):
         self.need(self.refresh is None or (isinstance(self.refresh, int) and not isinstance(self.refresh, bool)
                                            and self.refresh >= 1), "refresh",
                   "an int >= 1 (picks per validation-gradient refresh) or None (ceil(k / 64))")
+        self.check_pool(self.pool)
 
     def _val_blocks(self, table) -> dict:
         """This rank's whole blocks of held-out rows (block b of ``VAL_BLOCK`` rows on rank b mod
@@ -287,14 +305,17 @@ class Glister(Periodic):
 
     def choose(self, epoch: int) -> Selection:
         ctx = self.context
+        rows = self.candidates(self.pool, epoch)
+        among = {} if rows is None else {"rows": rows.tolist()}
         # under DDP each rank keeps the training rows it scored and whole blocks of the held-out
         # rows: the greedy runs sharded, every rank taking the same picks (select.glister)
         if world()[0] > 1:
-            train = ctx.score(features=True, errors=True, gather="local")
+            train = ctx.score(features=True, errors=True, gather="local", **among)
             val = self._val_blocks(ctx.score(split="val", features=True, logits=True, gather="local"))
-            shard = Shard(train.index, ctx.n, val["index"], self._val_size, all_reduce_)
+            shard = Shard(train.index, ctx.n if rows is None else rows.numel(), val["index"], self._val_size,
+                          all_reduce_)
         else:
-            train = ctx.score(features=True, errors=True)
+            train = ctx.score(features=True, errors=True, **among)
             table = ctx.score(split="val", features=True, logits=True)
             val, shard = {"logits": table.logits, "labels": table.labels, "features": table.features}, None
         result = glister(train.errors, train.features, val["logits"], val["labels"], val["features"],
@@ -306,4 +327,7 @@ class Glister(Periodic):
             return self.elsewhere()
         self._last = {"round": self.round(epoch), "size": int(result.indices.numel()),
                       "gain_first": float(result.gains[0]) if result.gains.numel() else 0.0}
-        return Selection(result.indices.cpu())
+        if rows is None:
+            return Selection(result.indices.cpu())
+        self._last["candidates"] = int(rows.numel())
+        return Selection(rows[result.indices.cpu()])

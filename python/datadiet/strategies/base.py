@@ -36,6 +36,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from datadiet._seeds import derive_seed
+from datadiet.ops.weighted_sample import weighted_sample
 from datadiet.scores.scoring import ScoreTable
 from datadiet.select._budget import class_budgets, fraction_budget
 from datadiet.select.selection import Selection
@@ -183,6 +185,17 @@ class Strategy:
         return f"{name}(" + ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
                                       if f.init) + ")"
 
+    def reselects_every(self) -> Optional[int]:
+        """The epochs between this strategy's scheduled re-selections, which the loop may stretch
+        (``stretch``) when a round costs more than its share of the training time; None when it
+        selects once, or on terms a stretch would break (a replayed or recorded schedule)."""
+        return None
+
+    def stretch(self, interval: int, since: int) -> None:
+        """Re-select once ``interval`` (>= ``reselects_every()``) epochs have passed since the
+        selection at epoch ``since``, instead of on the strategy's own schedule."""
+        raise TypeError(f"strategy {self.name!r} re-selects on no schedule that could be stretched")
+
     def report(self) -> dict[str, Any]:
         """Facts about the last selection for the run's metrics (sizes, solver residuals, ...)."""
         return {}
@@ -217,6 +230,7 @@ class Periodic(Strategy):
     every: Optional[int] = None
     warm: float = 0.0
     _last: dict = field(default_factory=dict, init=False, repr=False)
+    _stretched: Optional[tuple] = field(default=None, init=False, repr=False)  # (interval, since), the loop's
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -240,13 +254,42 @@ class Periodic(Strategy):
         self.budget = fraction_budget(self.fraction, context.n)
         self.size = self.budget  # what a selection holds; per-class strategies round up per class
 
+    def check_pool(self, pool: Optional[float]) -> None:
+        """``pool`` (a strategy's parameter of that name) is None or a number >= 1."""
+        if pool is not None and not (is_number(pool) and pool >= 1):
+            raise ValueError(f"{type(self).name}: pool = {pool!r}: must be a number >= 1 (candidates scored per round, "
+                             "as a multiple of the budget) or None (the whole pool)")
+
+    def candidates(self, pool: Optional[float], epoch: int) -> Optional[torch.Tensor]:
+        """The round's candidate pool for ``pool = P``: ``ceil(P · budget)`` samples drawn uniformly
+        without replacement with the round's own seed (so every rank draws the same), ascending.
+        A round then scores and solves over them alone, its cost ∝ P · budget instead of the pool's
+        size. None when ``pool`` is None or covers the whole pool."""
+        if pool is None or math.ceil(pool * self.budget) >= self.context.n:
+            return None
+        drawn = weighted_sample(torch.ones(self.context.n), math.ceil(pool * self.budget),
+                                seed=derive_seed(self.context.seed, 12, self.round(epoch)))
+        return torch.sort(drawn.cpu()).values
+
     def per_class_size(self) -> int:
         return sum(class_budgets(torch.bincount(self.context.labels, minlength=self.context.num_classes).tolist(),
                                  self.budget))
 
     def selects_at(self, epoch: int) -> bool:
         start = self.warm_epochs
+        if self._stretched is not None:  # the loop's guard holds the schedule: interval epochs after the last
+            interval, since = self._stretched
+            return epoch - since >= interval
         return epoch == start or (self.every is not None and epoch > start and (epoch - start) % self.every == 0)
+
+    def reselects_every(self) -> Optional[int]:
+        return self.every
+
+    def stretch(self, interval: int, since: int) -> None:
+        if self.every is None or interval < self.every or since < self.warm_epochs:
+            raise ValueError(f"{type(self).name}: a stretched interval must be >= every = {self.every} epochs after a "
+                             f"selection, got {interval} after epoch {since}")
+        self._stretched = (int(interval), int(since))
 
     def planned_size(self, epoch: int) -> int:
         return self.context.n if epoch < self.warm_epochs else self.size
@@ -262,7 +305,9 @@ class Periodic(Strategy):
         raise NotImplementedError
 
     def round(self, epoch: int) -> int:
-        """0 for the first selection, 1 for the next, ..."""
+        """0 for the first selection, 1 for the next on the own schedule, ...: distinct and
+        increasing over the selections (a stretched schedule skips numbers), so each round seeds
+        its own draws."""
         return 0 if self.every is None else (epoch - self.warm_epochs) // self.every
 
     def report(self) -> dict[str, Any]:

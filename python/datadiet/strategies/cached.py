@@ -104,6 +104,9 @@ class CachedGradMatch(Periodic):
                 raise CacheError(f"selection cache {self.cache}: the round at epoch {r['start']} is invalid ({exc})") \
                     from exc
 
+    def reselects_every(self) -> Optional[int]:
+        return None  # the recorded rounds' epochs, never stretched (and a look-up costs nothing)
+
     def state_dict(self) -> dict:
         return {"cache_digest": self.digest}
 

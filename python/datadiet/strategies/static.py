@@ -179,7 +179,8 @@ class ScoreBased(Periodic):
     little; ``pretrain_epochs=0`` scores the run's own model at the selection epoch.
     ``source="training"`` (``loss`` only) ranks by each sample's last training loss instead: no
     extra pass, selection every ``every`` epochs (default 1) once every sample has a loss — the
-    per-epoch regime."""
+    per-epoch regime. ``pool = P`` scores a seeded random ``ceil(P · budget)`` candidates per round
+    instead of the whole pool (``Periodic.candidates``) and keeps the budget among them."""
 
     name = "score"
     score: str = "loss"
@@ -188,6 +189,7 @@ class ScoreBased(Periodic):
     pretrain_epochs: Optional[int] = None
     repeats: int = 1
     source: str = "pass"
+    pool: Optional[float] = None
     _table: Optional[torch.Tensor] = field(default=None, init=False, repr=False)
 
     @property
@@ -208,6 +210,7 @@ class ScoreBased(Periodic):
         if self.source == "training" and self.score != "loss":
             raise ValueError(f"{label}: source='training' records training losses; it needs score='loss', got "
                              f"{self.score!r}")
+        self.check_pool(self.pool)
         for key, least in (("pretrain_epochs", 0), ("repeats", 1)):
             value = getattr(self, key)
             if value is not None and value < least:
@@ -227,6 +230,10 @@ class ScoreBased(Periodic):
                              f"{self.pretrain_epochs}, repeats = {self.repeats}; one-shot defaults to ceil(0.2 · "
                              "epochs)), and this loop gives no proxy_scores: pass pretrain_epochs=0 (score the run's "
                              "own model; warm= trains it on the full pool first) or a proxy_scores callable")
+        if self.pool is not None and (self.pretrain_epochs or self.repeats > 1 or self.source == "training"):
+            raise ValueError(f"{label}: pool = {self.pool} draws candidates for a scoring pass of the run's own model; "
+                             "it needs source='pass' and pretrain_epochs=0, repeats=1 (a one-shot selection scores "
+                             "proxies unless pretrain_epochs=0)")
         if self.source == "training":
             if self.every is None:
                 self.every = 1
@@ -246,7 +253,8 @@ class ScoreBased(Periodic):
             return False  # not every sample has a training loss yet: keep training on the full pool
         return super().selects_at(epoch)
 
-    def scores(self) -> torch.Tensor:
+    def scores(self, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Difficulty of every sample of the pool, or of the samples ``rows`` alone (a candidate pool)."""
         if self.source == "training":
             return self._table.clone()
         ctx = self.context
@@ -254,16 +262,21 @@ class ScoreBased(Periodic):
             tables = [difficulty(ctx.proxy_scores(self.pretrain_epochs, init, **self.scoring()), self.score)
                       for init in range(self.repeats)]
             return torch.stack(tables).mean(0)
-        return difficulty(ctx.score(**self.scoring()), self.score)
+        return difficulty(ctx.score(**self.scoring(), **({} if rows is None else {"rows": rows.tolist()})),
+                          self.score)
 
     def scoring(self) -> dict:
         """Options of the scoring pass (``score_dataset``) this strategy needs."""
         return {}
 
     def choose(self, epoch: int) -> Selection:
-        d = self.scores()
-        picks = rank_select(d, self.budget, self.keep, self.context.labels if self.per_class else None)
+        rows = self.candidates(self.pool, epoch)
+        d = self.scores(rows)
+        labels = self.context.labels if rows is None else self.context.labels[rows]
+        picks = rank_select(d, self.budget, self.keep, labels if self.per_class else None)
         self._last = {"size": int(picks.numel()), "score_mean": float(torch.nanmean(d.float()))}
+        if rows is not None:
+            picks, self._last["candidates"] = rows[picks], int(rows.numel())
         return Selection(picks)
 
     def state_dict(self) -> dict:

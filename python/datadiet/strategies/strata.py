@@ -43,6 +43,7 @@ class Strata(ScoreBased):
     per_class: bool = False
     keep: str = field(default="hard", init=False)  # the stratum chooses the difficulty
     source: str = field(default="pass", init=False)
+    pool: Optional[float] = field(default=None, init=False)  # strata are of the whole pool's ranking
 
     def __post_init__(self) -> None:
         if self.score not in SCORES:

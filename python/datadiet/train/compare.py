@@ -83,6 +83,7 @@ def run(base: TrainConfig, names: list[str], fractions: list[float], seeds: list
             result = {"strategy": name, "fraction": fraction, "seed": config.seed, "test_acc": summary["test_acc"],
                       "wall": summary["wall"] - summary["time"]["evaluation"], "samples": summary["samples"],
                       "epochs": summary["epochs"], "steps": summary["steps"], "timing": TIMING,
+                      "rounds": len(summary["selections"]), "stretches": summary["stretches"],
                       "time": summary["time"], "curve": summary["train_curve"], "cell": json.loads(key)}
             runs.append(result)
             done[key] = result
@@ -229,7 +230,7 @@ def table(runs: list[dict], target_drop: float = 0.01) -> list[dict]:
         reached = [_time_to(r["curve"], target) for r in rs] if target is not None else [None]
         rows.append({"strategy": name, "fraction": fraction, "seeds": len(rs), "acc_mean": statistics.mean(accs),
                      "acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "wall_mean": wall,
-                     "selection_s": statistics.mean(_selecting(r["time"]) for r in rs),
+                     "selection_s": statistics.mean(selection_seconds(r["time"]) for r in rs),
                      "samples_mean": statistics.mean(r["samples"] for r in rs),
                      "speedup_vs_full": full_wall / wall if full_wall and wall > 0 else None,
                      "target_acc": target,
@@ -321,6 +322,6 @@ def plot(runs: list[dict], rows: Optional[list[dict]] = None) -> bytes:
     return image.getvalue()
 
 
-def _selecting(time: dict) -> float:
+def selection_seconds(time: dict) -> float:
     """Seconds a run spent choosing its subsets: proxy pre-training, scoring passes, solvers."""
     return time["selection"] + time["scoring"] + time["pretraining"]

@@ -28,8 +28,12 @@ _DEVICE = re.compile(r"auto|cpu|cuda(?::(0|[1-9][0-9]{0,2}))?")  # torch refuses
 # Bounds far beyond any real run, so that an absurd value (2**70) is refused here instead of hanging,
 # exhausting memory or overflowing in the model, the loaders or the lr plan.
 _AT_MOST = {"epochs": 100_000, "batch_size": 1 << 20, "eval_batch_size": 1 << 20, "image_size": 4096,
+            "score_image_size": 4096,
             "width": 65536, "workers": 1024}
 _MAX_TIMEOUT = 7 * 24 * 3600.0  # seconds; a timedelta of any float would overflow
+# Options added after runs were written, part of a run's identity only when not at this default.
+_LATER = {"augment": None, "subset": None, "score_features": "float32", "score_image_size": None,
+          "max_selection_share": 0.1}
 # Not part of what a checkpoint must match: where and how the run executes, and when it stops.
 _NOT_IDENTITY = ("out", "device", "workers", "progress", "resume", "dist_timeout", "overwrite", "nonfinite_steps")
 
@@ -63,6 +67,8 @@ class TrainConfig:
     amp: str = "none"
     channels_last: bool = False
     score_features: str = "float32"
+    score_image_size: Optional[int] = None
+    max_selection_share: float = 0.1
     compile: bool = False
     seed: int = 0
     device: str = "auto"
@@ -87,6 +93,12 @@ class TrainConfig:
             value, most = getattr(self, key), _AT_MOST.get(key)
             need(least <= value and (most is None or value <= most), key,
                  f"must be an int >= {least}" if most is None else f"must be an int in [{least}, {most}]")
+        need(self.score_image_size is None or 1 <= self.score_image_size <= 4096, "score_image_size",
+             "must be an int in [1, 4096] or None (score at image_size)")
+        need(self.score_image_size is None or self.dataset.startswith("imagefolder:"), "score_image_size",
+             f"applies to imagefolder: datasets (JPEGs decoded at reduced scale); {self.dataset!r} is not one")
+        need(self.max_selection_share >= 0, "max_selection_share", "must be a number >= 0 (the largest share of "
+             "training time a periodic strategy's re-selection may take before its interval is stretched; 0: off)")
         need(self.nonfinite_steps >= 1, "nonfinite_steps", "must be an int >= 1 (non-finite losses in a row that "
              "stop the run)")
         need(self.fraction is None or 0 < self.fraction <= 1, "fraction", "must be in (0, 1]")
@@ -141,11 +153,9 @@ class TrainConfig:
                              augment=self.augment)
 
     def identity(self) -> dict[str, Any]:
-        # augment, subset and score_features appear only when set, so runs from before these options
-        # still resume
+        # options added later appear only when not at their default, so runs from before them still resume
         return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in _NOT_IDENTITY and not (k in ("augment", "subset") and v is None)
-                and not (k == "score_features" and v == "float32")}
+                if k not in _NOT_IDENTITY and not (k in _LATER and v == _LATER[k])}
 
     def strategy_kwargs(self, accepted: dict) -> dict[str, Any]:
         """``strategy_params`` plus ``fraction`` / ``every`` / ``warm``; one the strategy does not

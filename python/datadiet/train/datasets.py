@@ -351,9 +351,11 @@ def _read_arrays(spec: str, path: str) -> dict:
     raise ValueError(f"dataset {spec!r}: a features file must end in .npz or .pt")
 
 
-def scoring_view(bundle: DataBundle, spec: str, size: int):
-    """``bundle.train_eval`` of an image folder at another image size, for a faster scoring pass
-    (JPEGs decoded at reduced scale)."""
+def scoring_view(bundle: DataBundle, spec: str, size: Optional[int]):
+    """The samples scoring passes read: ``bundle.train_eval``, or with ``size`` an image folder's
+    at that image size, for a faster pass (JPEGs decoded at reduced scale)."""
+    if size is None:
+        return bundle.train_eval
     if not spec.startswith("imagefolder:"):
         raise ValueError(f"--score-image-size applies to imagefolder: datasets; {spec!r} is not one")
     transforms = torchvision("--score-image-size").transforms

@@ -17,26 +17,35 @@ losses to a strategy that observes them and returns ``Σ w ℓ / Σ w`` (under D
 ranks' batches, so the averaged gradient is that of the global weighted loss). Scoring passes
 read ``score_set`` (the training samples with evaluation transforms; default ``train_set``).
 Nothing in torch is patched and the strategy never sees the loop.
+
+``max_selection_share = S`` (the Trainer's default 0.1; None here) keeps a periodic strategy's
+re-selection from costing more than S of the training time: the interval is stretched from the
+measured cost of a round and of a training epoch (``_guard``; ``batches`` books its own training
+time, a loop over ``loader`` / ``prepare`` calls ``book_training`` each epoch).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from datadiet._dist import clock, gather_rows, to_cpu, unwrap, world
+from datadiet._dist import all_reduce_, clock, gather_rows, to_cpu, unwrap, world
 from datadiet._seeds import derive_seed
 from datadiet.ops.ce_scores import ce_scores
 from datadiet.scores.scoring import ScoreTable, eval_mode, final_linear, score_dataset, score_shards
 from datadiet.select.selection import Selection
-from datadiet.strategies.base import Context, Strategy, check_strategy
+from datadiet.strategies.base import Context, Strategy, check_strategy, is_number
 from datadiet.train.data import IndexedDataset, SelectionSampler
 from datadiet.train.datasets import per_sample_loss
+
+
+# The shortest selection round (seconds) the guard weighs: below it the options alone fix the schedule.
+GUARD_MIN_ROUND = 0.25
 
 
 class Driver:
@@ -46,7 +55,11 @@ class Driver:
                  proxy_scores: Optional[Callable[[int, int], ScoreTable]] = None,
                  autocast_dtype: Optional[torch.dtype] = None, channels_last: bool = False, progress=None,
                  run: Optional[dict] = None, task: str = "classification",
-                 features_dtype: torch.dtype = torch.float32):
+                 features_dtype: torch.dtype = torch.float32, max_selection_share: Optional[float] = None):
+        if max_selection_share is not None and not (is_number(max_selection_share) and max_selection_share >= 0):
+            raise ValueError(f"Driver: max_selection_share = {max_selection_share!r}: must be a number >= 0 (0 or "
+                             "None: off)")
+        self.max_selection_share = max_selection_share
         self.strategy, self.model, self.device = check_strategy("Driver", strategy), model, torch.device(device)
         self.task, self.per_sample_loss = task, per_sample_loss(task)
         self.train_set = train_set if isinstance(train_set, IndexedDataset) else IndexedDataset(train_set)
@@ -71,7 +84,10 @@ class Driver:
         self._score_kwargs = dict(batch_size=score_batch_size, device=self.device, workers=workers,
                                   autocast_dtype=autocast_dtype, channels_last=channels_last, progress=progress,
                                   features_dtype=features_dtype)
-        self.times = {"pretraining": 0.0, "selection": 0.0, "scoring": 0.0}
+        self.times = {"pretraining": 0.0, "selection": 0.0, "scoring": 0.0, "training": 0.0}
+        self.stretches: list[dict] = []  # the guard's changes of the re-selection interval
+        self._round: Optional[dict] = None  # the last selection: its epoch, cost, training time booked then
+        self._stretched: Optional[list] = None  # [interval, since] the guard last gave the strategy
         strategy.setup(Context(n=n, labels=labels.cpu().long(), num_classes=num_classes, epochs=self.epochs,
                                seed=seed, batch_size=batch_size, lr=lr, device=self.device, rank=self.rank,
                                world_size=self.world_size, score=self.score,
@@ -84,7 +100,7 @@ class Driver:
         self._epoch, self._batch = 0, 0
 
     # -- selection -----------------------------------------------------------------------------
-    def score(self, split: str = "train", model: Optional[nn.Module] = None, rows: Optional[range] = None,
+    def score(self, split: str = "train", model: Optional[nn.Module] = None, rows: Optional[Sequence[int]] = None,
               **wanted) -> ScoreTable:
         """One scoring pass (``Context.score``) over the pool or the held-out split, of the training
         model or of ``model`` (same architecture: its head at the training head's path); the time
@@ -156,6 +172,7 @@ class Driver:
         """Asks the strategy for this epoch's selection: every rank joins its scoring passes and its
         solve where the strategy shares it out (GradMatch's classes, GLISTER's shards); rank 0's
         selection is used (``Strategy.solves_here``)."""
+        self._guard(epoch)
         start, scoring = clock(self.device), self.times["scoring"] + self.times["pretraining"]
         selection = self.strategy.select(epoch)
         if selection is not None:
@@ -166,11 +183,55 @@ class Driver:
             self.set_selection(selection)
             self.selections.append({"epoch": epoch, "size": len(self.sampler.selection),
                                     "weighted": selection.weights is not None, **self.strategy.report()})
-        self.times["selection"] += (clock(self.device) - start
-                                    - (self.times["scoring"] + self.times["pretraining"] - scoring))
+        spent = clock(self.device) - start
+        self.times["selection"] += spent - (self.times["scoring"] + self.times["pretraining"] - scoring)
+        if selection is not None:
+            self._round = {"epoch": epoch, "cost": spent, "trained": self.times["training"]}
+            if self._stretched is not None:  # a stretched schedule counts from its latest selection
+                self._stretched = [self._stretched[0], epoch]
+                self.strategy.stretch(*self._stretched)
         self.sampler.set_epoch(epoch)
         self.sampler.resume_at(0)  # a fresh epoch: no offset left from a mid-epoch resume
         self._epoch, self._batch = epoch, 0
+
+    def _guard(self, epoch: int) -> None:
+        """Selection that pays for itself: a round costing c seconds (selection, scoring and
+        pre-training) and epochs training for t seconds each take a share c / (R t) of the time
+        when the selection is renewed every R epochs. With ``max_selection_share`` S the
+        strategy's interval becomes R' = max(every, ceil(c / (S t))) (at most the run's epochs),
+        measured again at every epoch from ``every`` epochs after a selection on, from that round's
+        cost and the mean training epoch since; each change is logged in ``stretches``. Under DDP
+        the ranks' largest times decide, so every rank takes the same schedule. A loop that books
+        no training time (``book_training``) is never stretched, nor a round under
+        ``GUARD_MIN_ROUND`` seconds: a decision on times that small would follow the clock's noise,
+        and a stretched schedule is one the options alone no longer fix (it is in the metrics and
+        the checkpoint, so a resumed run keeps it)."""
+        every = self.strategy.reselects_every()
+        if not self.max_selection_share or every is None or self._round is None or \
+                epoch - self._round["epoch"] < every:
+            return
+        since = self._round["epoch"]
+        times = torch.tensor([self._round["cost"], self.times["training"] - self._round["trained"]],
+                             dtype=torch.float64)
+        if self.world_size > 1:
+            all_reduce_(times, "max")
+        cost, trained = times.tolist()
+        if trained <= 0 or cost < GUARD_MIN_ROUND:
+            return
+        per_epoch = trained / (epoch - since)
+        interval = max(every, min(self.epochs, math.ceil(cost / (self.max_selection_share * per_epoch))))
+        previous = every if self._stretched is None else self._stretched[0]
+        if interval != previous:
+            self.stretches.append({"epoch": epoch, "interval": interval, "every": every, "round_cost": cost,
+                                   "epoch_training": per_epoch, "share": cost / (every * per_epoch)})
+        self._stretched = [interval, since]
+        self.strategy.stretch(interval, since)
+
+    def book_training(self, seconds: float) -> None:
+        """Adds ``seconds`` of training to ``times["training"]`` (what the selection guard compares a
+        round's cost with); ``batches`` books its own, a loop over ``loader`` / ``prepare`` books
+        each epoch's."""
+        self.times["training"] += float(seconds)
 
     def set_selection(self, selection: Selection) -> None:
         self.sampler.set_selection(selection)
@@ -199,8 +260,12 @@ class Driver:
         """(x, y, indices, weights) on the device for the epoch (``begin_epoch`` first when given)."""
         if epoch is not None:
             self.begin_epoch(epoch)
-        for x, y, i in self.loader():
-            yield self.prepare(x, y, i)
+        start = clock(self.device)
+        try:
+            for x, y, i in self.loader():
+                yield self.prepare(x, y, i)
+        finally:  # the caller's steps happen between the yields: the whole iteration is training
+            self.book_training(clock(self.device) - start)
 
     def prepare(self, x, y, i, channels_last: bool = False) -> tuple:
         """Moves a batch to the device, looks its weights up and applies the strategy's batch mask."""
@@ -279,7 +344,8 @@ class Driver:
         """The sampler (subset, weights, epoch), timings, selection log, position in the epoch and,
         unless the caller keeps it apart (per rank), the strategy's state."""
         state = {"sampler": self.sampler.state_dict(), "times": dict(self.times), "selections": list(self.selections),
-                 "epoch": self._epoch, "batch": self._batch}
+                 "epoch": self._epoch, "batch": self._batch,
+                 "guard": {"round": self._round, "stretched": self._stretched, "stretches": list(self.stretches)}}
         if with_strategy:
             state["strategy"] = self.strategy.state_dict()
         return state
@@ -312,6 +378,11 @@ class Driver:
         self.times.update(state["times"])  # a checkpoint from before "pretraining" keeps it at 0
         self.selections = list(state["selections"])
         self._epoch, self._batch = int(state["epoch"]), int(state["batch"])
+        guard = state.get("guard", {})  # a checkpoint from before the guard: nothing stretched
+        self._round, self._stretched = guard.get("round"), guard.get("stretched")
+        self.stretches = list(guard.get("stretches", []))
+        if self._stretched is not None:
+            self.strategy.stretch(*self._stretched)
 
     def resume_mid_epoch(self) -> None:
         """After ``load_state_dict``: when the state was saved inside an epoch, the sampler's next

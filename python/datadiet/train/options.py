@@ -26,6 +26,10 @@ _HELP = {
     "amp": "none, bf16 or fp16 (CUDA)", "batch_size": "per-rank batch size",
     "score_features": "float32 or bfloat16: the precision scoring passes keep the final layer's inputs in "
     "(GradMatch / GLISTER tables; bfloat16 halves them)",
+    "score_image_size": "imagefolder: scoring passes at S pixels instead of --image-size (JPEGs decoded at "
+    "reduced scale)",
+    "max_selection_share": "the largest share of training time a periodic strategy's selection rounds may take: "
+    "above it the re-selection interval is stretched (never below --every; 0: off)",
     "final_lr": "the cosine / one-cycle schedule's last lr, a fraction of --lr",
     "overwrite": "replace the results of a previous run in --out (without it, such a folder is refused)",
     "skip_bad_samples": "decode every image once first and leave unreadable ones out (listed in summary.json) "

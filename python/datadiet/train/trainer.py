@@ -113,11 +113,13 @@ class Trainer:
         self.driver = Driver(strategy, self.model, self.train_set, bundle.labels[pool], num_classes=self.num_classes,
                              epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, lr=config.lr,
                              device=self.device, workers=config.workers, val_set=val_set,
-                             score_set=Subset(bundle.train_eval, pool.tolist()), head=config.head,
+                             score_set=Subset(datasets.scoring_view(bundle, config.dataset, config.score_image_size),
+                                              pool.tolist()), head=config.head,
                              score_batch_size=config.eval_batch_size, proxy_scores=self.proxy_scores,
                              autocast_dtype=self.autocast_dtype, channels_last=config.channels_last,
                              features_dtype=config.features_dtype, progress=self._bar("scoring"),
-                             run=config.identity(), task=self.task)
+                             run=config.identity(), task=self.task,
+                             max_selection_share=config.max_selection_share)
         net = self.model
         if self.world_size > 1:
             net = torch.nn.parallel.DistributedDataParallel(
@@ -242,14 +244,16 @@ class Trainer:
         self._clock = time.perf_counter()
         for epoch in range(self.epoch, drv.epochs):
             if self._partial is None:
-                times0 = dict(drv.times)
+                # what this epoch's start adds to the logs: its selection, the guard's decision
+                times0, logs = dict(drv.times), (len(drv.selections), len(drv.stretches))
                 drv.begin_epoch(epoch)
                 self._partial = {"loss": 0.0, "samples": 0, "steps": 0, "training": 0.0, "times0": times0,
-                                 "selection_log": len(drv.selections)}
+                                 "selection_log": logs[0], "stretch_log": logs[1]}
                 self._replan(epoch)
             self.epoch = epoch
             times0 = self._partial["times0"]
             self._train_epoch()
+            drv.book_training(self._partial["training"])  # what the selection guard weighs a round against
             t_eval = clock(self.device)
             self._sync_buffers()
             test_acc, test_loss = self.evaluate()
@@ -265,6 +269,9 @@ class Trainer:
                                "scoring": drv.times["scoring"] - times0["scoring"],
                                "training": part["training"], "evaluation": evaluation},
                       "selections": drv.selections[part["selection_log"]:], "skipped_samples": len(self.skipped)}
+            stretched = drv.stretches[part.get("stretch_log", len(drv.stretches)):]
+            if stretched:
+                record["stretches"] = stretched
             learned = drv.strategy.log()
             if learned:
                 record["strategy"] = learned
@@ -478,7 +485,8 @@ class Trainer:
                 "wall": self.elapsed,
                 "time": totals, "samples": sum(r["samples"] for r in self.history),
                 "curve": [(r["wall"], r["test_acc"]) for r in self.history], "train_curve": train_curve,
-                "selections": self.driver.selections, "world_size": self.world_size, "skipped_samples": self.skipped}
+                "selections": self.driver.selections, "stretches": self.driver.stretches,
+                "world_size": self.world_size, "skipped_samples": self.skipped}
 
 
 def _check_subset(subset, bundle: datasets.DataBundle) -> None:
