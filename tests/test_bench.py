@@ -158,6 +158,7 @@ def test_value_benchmark_runs_at_tiny_scale(tmp_path):
         assert set(mine) == {"full", "full@0.5", "random_online", "gradmatch (no guard)", "gradmatch",
                              "gradmatch pool=2", "el2n", "loss (scoring pass)", "loss (training losses)"}
         assert mine["gradmatch (no guard)"]["rounds"] == 2 and mine["gradmatch"]["baselines"] == ["full@0.5"]
-        assert mine["full"]["rounds"] == 1 and 0 <= mine["gradmatch"]["acc_mean"] <= 1
+        assert mine["full"]["rounds"] == 0 and mine["loss (training losses)"]["rounds"] == 1  # after a warm epoch
+        assert 0 <= mine["gradmatch"]["acc_mean"] <= 1
         assert "vs full@0.5 at its wall" in mine["el2n"]["note"]
     assert os.path.isfile(tmp_path / "runs" / "cifar-like" / "cifar-10-batches-py" / "test_batch")

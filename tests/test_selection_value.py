@@ -4,6 +4,7 @@ scoring in ``train``. Times are real (a strategy that sleeps), with margins far 
 scheduler's noise."""
 
 import dataclasses
+import math
 import time
 
 import pytest
@@ -99,6 +100,9 @@ def test_strategies_that_cannot_be_stretched_say_so():
     assert make("gradmatch", fraction=0.3, every=2).reselects_every() == 2
     assert make("el2n", fraction=0.3).reselects_every() is None  # one-shot
     assert make("infobatch").reselects_every() is None
+    warm = make("random", fraction=0.3, every=1, warm=0.5)
+    _run(warm, share=None, epochs=20)
+    assert warm.warm_epochs == 3 and warm.stretch(5, 0) is False  # epoch 0 was a warm start, no round
     with pytest.raises(ValueError, match="must be >= every = 3"):
         _run(make("random", fraction=0.3, every=3), share=None)[1].strategy.stretch(2, 0)
 
@@ -144,8 +148,16 @@ def test_a_pool_scores_pool_times_budget_candidates_seeded_per_round(name, param
         return drv, picks
 
     drv, picks = run(2.5)
-    assert drv.scored == [75, 75, 75]  # ceil(2.5 x 30) per round, not 300
-    assert [s["candidates"] for s in drv.selections] == [75, 75, 75]
+    per_class = name != "glister" and params.get("mode") != "global"
+    if per_class:  # ceil(2.5 x k_c) of each class
+        from datadiet.select._budget import class_budgets
+
+        counts = torch.bincount(y, minlength=classes).tolist()
+        size = sum(min(n, math.ceil(2.5 * k)) for n, k in zip(counts, class_budgets(counts, 30)))
+    else:
+        size = 75  # ceil(2.5 x 30)
+    assert drv.scored == [size] * 3 and size < 100  # per round, not 300
+    assert [s["candidates"] for s in drv.selections] == [size] * 3
     again = run(2.5)[1]
     assert all(torch.equal(a, b) for a, b in zip(picks, again))  # seeded
     assert not torch.equal(picks[0], picks[1])  # each round its own candidates
@@ -157,20 +169,47 @@ def test_a_pool_scores_pool_times_budget_candidates_seeded_per_round(name, param
 
 
 def test_pools_candidates_are_drawn_alike_on_every_rank_and_within_the_data():
-    strategy = make("gradmatch", fraction=0.1, every=1, pool=3)
     data, y, classes = _data(n=300)
-    Driver(strategy, nn.Linear(6, classes), data, y, num_classes=classes, epochs=2)
-    rows = strategy.candidates(strategy.pool, 1)
+
+    def drawn(name, per_class, **params):  # a fresh strategy and Driver: what another process computes
+        strategy = make(name, fraction=0.1, every=1, pool=3, **params)
+        Driver(strategy, nn.Linear(6, classes), data, y, num_classes=classes, epochs=2, val_set=data)
+        return strategy.candidates(strategy.pool, 1, per_class=per_class)
+
+    rows = drawn("gradmatch", False, mode="global", embedding="full")
     assert rows.numel() == 90 and rows.unique().numel() == 90 and int(rows.max()) < 300
     assert torch.equal(rows, torch.sort(rows).values)
-    # the draw depends on (seed, round) only: what another rank (another process) computes
-    assert torch.equal(rows, make("gradmatch", fraction=0.1, every=1, pool=3).candidates.__func__(strategy, 3, 1))
+    assert torch.equal(rows, drawn("glister", False))  # (seed, round) alone decide the draw
+    # per class: ceil(3 x k_c) of each class c, so no class is left without candidates
+    by_class = drawn("gradmatch", True)
+    counts = torch.bincount(y, minlength=classes)
+    from datadiet.select._budget import class_budgets
+
+    want = [min(int(n), 3 * k) for n, k in zip(counts, class_budgets(counts.tolist(), 30))]
+    assert torch.bincount(y[by_class], minlength=classes).tolist() == want
+    assert torch.equal(by_class, drawn("el2n", True, pretrain_epochs=0))
+
+
+def test_a_rare_class_keeps_its_candidates_under_a_pool():
+    # 3 samples of class 2 among 300: a uniform draw of 30 would often miss it and the per-class
+    # problem would have no rows; the per-class draw keeps it
+    x = torch.randn(300, 6, generator=torch.Generator().manual_seed(1))
+    y = torch.zeros(300, dtype=torch.int64)
+    y[150:297], y[297:] = 1, 2
+    strategy = make("gradmatch", fraction=0.05, every=1, pool=2)
+    drv = Driver(strategy, nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)), TensorDataset(x, y), y,
+                 num_classes=3, epochs=3, batch_size=50)
+    for epoch in range(3):
+        drv.begin_epoch(epoch)
+        chosen = drv.sampler.selection.indices
+        assert (chosen >= 297).any(), epoch  # class 2 has a pick every round
 
 
 @pytest.mark.parametrize("name, params, match", [
     ("gradmatch", {"pool": 0.5}, "pool = 0.5: must be a number >= 1"),
     ("glister", {"pool": "big"}, "pool = 'big': must be"),
     ("loss", {"pool": 2, "source": "training"}, "pool = 2 draws candidates"),
+    ("gradmatch", {"pool": 2, "mode": "per_batch"}, "pool = 2: must be None with mode='per_batch'"),
 ])
 def test_bad_pools_are_refused_before_training(name, params, match):
     data, y, classes = _data()
@@ -245,3 +284,30 @@ def test_the_trainer_logs_each_stretch_in_its_metrics_and_a_resume_keeps_it(tmp_
     shutil.copy(copies[1], os.path.join(run, "checkpoint.pt"))
     again = Trainer(TrainConfig(resume=run, **base), SlowRandom(fraction=0.3, every=1, delay=0.5)).fit()
     assert [s["epoch"] for s in again["selections"]] == [0] and again["stretches"] == summary["stretches"]
+
+
+def test_options_no_selection_job_or_fixed_input_model_can_use_are_refused(tmp_path, capsys):
+    from datadiet.cli import main
+
+    root = str(tmp_path / "img")
+    with pytest.raises(ValueError, match="config score_image_size = 8: needs a model that takes any image size"):
+        TrainConfig(dataset=f"imagefolder:{root}", model="mlp", score_image_size=8).validate()
+    assert main(["select", "--strategy", "el2n", "--fraction", "0.3", "--param", "pool=2", "--proxy-epochs", "1",
+                 "--out", str(tmp_path / "sel"), "--no-progress"]) == 2
+    assert "select: pool = 2 is not used here (a selection job scores the whole pool once)" in capsys.readouterr().err
+    assert not (tmp_path / "sel").exists()
+
+
+def test_a_run_from_before_the_guard_resumes_without_it(tmp_path):
+    """config.json of a run written before max_selection_share existed: the guard stays off, as
+    it was, and the identity (which leaves 0 out) matches that run's checkpoint."""
+    import json
+
+    from datadiet.train.options import _saved_config
+
+    saved = TrainConfig(strategy="random", fraction=0.3, every=1).validate()
+    old = {k: v for k, v in dataclasses.asdict(saved).items() if k != "max_selection_share"}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    config = TrainConfig(**_saved_config(str(tmp_path), {})).validate()
+    assert config.max_selection_share == 0.0 and "max_selection_share" not in config.identity()
+    assert TrainConfig().validate().identity()["max_selection_share"] == 0.1  # new runs: on, and recorded

@@ -115,7 +115,8 @@ def _check(config: TrainConfig, weights: Optional[str], proxy_epochs: Optional[i
     params = config.strategy_kwargs(parameters(config.strategy))  # with --every / --warm, if given
     for key, why in (("pretrain_epochs", "use --proxy-epochs"), ("repeats", "one scorer"),
                      ("every", "a selection job selects once"), ("warm", "a selection job selects once"),
-                     ("source", "scores come from a scoring pass"), ("cache", "a train option")):
+                     ("source", "scores come from a scoring pass"), ("cache", "a train option"),
+                     ("pool", "a selection job scores the whole pool once")):
         if key in params:
             raise ValueError(f"select: {key} = {params[key]!r} is not used here ({why})")
     datasets.require_classification(config.dataset, "select")

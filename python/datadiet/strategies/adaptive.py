@@ -82,6 +82,8 @@ class GradMatch(Periodic):
         self.need(0 <= self.tol < 1, "tol", "in [0, 1) (the residual at which OMP stops)")
         self.need(self.batch_size is None or self.batch_size >= 1, "batch_size", "an int >= 1 or None (the run's)")
         self.check_pool(self.pool)
+        self.need(self.pool is None or self.mode != "per_batch", "pool", "None with mode='per_batch' (its "
+                  "candidates are whole fixed batches: random_pb draws those)")
 
     def setup(self, context) -> None:
         super().setup(context)
@@ -149,7 +151,7 @@ class GradMatch(Periodic):
 
     def choose(self, epoch: int) -> Selection:
         ctx = self.context
-        rows = self.candidates(self.pool, epoch)
+        rows = self.candidates(self.pool, epoch, per_class=self.mode == "per_class")
         if world()[0] > 1 and self.mode == "per_class" and rows is None:
             result = self._spread(epoch)
         else:

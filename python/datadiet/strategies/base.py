@@ -191,9 +191,10 @@ class Strategy:
         selects once, or on terms a stretch would break (a replayed or recorded schedule)."""
         return None
 
-    def stretch(self, interval: int, since: int) -> None:
+    def stretch(self, interval: int, since: int) -> bool:
         """Re-select once ``interval`` (>= ``reselects_every()``) epochs have passed since the
-        selection at epoch ``since``, instead of on the strategy's own schedule."""
+        selection at epoch ``since``, instead of on the strategy's own schedule; False (nothing
+        changed) when that selection was not one of the strategy's rounds (a warm start's)."""
         raise TypeError(f"strategy {self.name!r} re-selects on no schedule that could be stretched")
 
     def report(self) -> dict[str, Any]:
@@ -260,16 +261,30 @@ class Periodic(Strategy):
             raise ValueError(f"{type(self).name}: pool = {pool!r}: must be a number >= 1 (candidates scored per round, "
                              "as a multiple of the budget) or None (the whole pool)")
 
-    def candidates(self, pool: Optional[float], epoch: int) -> Optional[torch.Tensor]:
+    def candidates(self, pool: Optional[float], epoch: int, per_class: bool = False) -> Optional[torch.Tensor]:
         """The round's candidate pool for ``pool = P``: ``ceil(P · budget)`` samples drawn uniformly
-        without replacement with the round's own seed (so every rank draws the same), ascending.
-        A round then scores and solves over them alone, its cost ∝ P · budget instead of the pool's
-        size. None when ``pool`` is None or covers the whole pool."""
-        if pool is None or math.ceil(pool * self.budget) >= self.context.n:
+        without replacement with the round's own seed (so every rank draws the same), ascending;
+        ``per_class``: ``ceil(P · k_c)`` of each class c (at most all of it), k_c its share of the
+        budget, so every class keeps candidates for its own problem. A round then scores and
+        solves over them alone, its cost ∝ P · budget instead of the pool's size. None when
+        ``pool`` is None or covers the whole pool."""
+        ctx = self.context
+        if pool is None or math.ceil(pool * self.budget) >= ctx.n:
             return None
-        drawn = weighted_sample(torch.ones(self.context.n), math.ceil(pool * self.budget),
-                                seed=derive_seed(self.context.seed, 12, self.round(epoch)))
-        return torch.sort(drawn.cpu()).values
+        seed = derive_seed(ctx.seed, 12, self.round(epoch))
+        if not per_class:
+            drawn = weighted_sample(torch.ones(ctx.n), math.ceil(pool * self.budget), seed=seed).cpu()
+            return torch.sort(drawn).values
+        counts = torch.bincount(ctx.labels, minlength=ctx.num_classes).tolist()
+        members = torch.split(torch.argsort(ctx.labels, stable=True), counts)  # each class's samples, ascending
+        parts = []
+        for c, (group, k) in enumerate(zip(members, class_budgets(counts, self.budget))):
+            m = min(len(group), math.ceil(pool * k))
+            if m == len(group):
+                parts.append(group)
+            elif m > 0:
+                parts.append(group[weighted_sample(torch.ones(len(group)), m, seed=derive_seed(seed, c)).cpu()])
+        return torch.sort(torch.cat(parts)).values
 
     def per_class_size(self) -> int:
         return sum(class_budgets(torch.bincount(self.context.labels, minlength=self.context.num_classes).tolist(),
@@ -285,11 +300,14 @@ class Periodic(Strategy):
     def reselects_every(self) -> Optional[int]:
         return self.every
 
-    def stretch(self, interval: int, since: int) -> None:
-        if self.every is None or interval < self.every or since < self.warm_epochs:
+    def stretch(self, interval: int, since: int) -> bool:
+        if since < self.warm_epochs:
+            return False  # a warm start's full pool, not a round of this strategy
+        if self.every is None or interval < self.every:
             raise ValueError(f"{type(self).name}: a stretched interval must be >= every = {self.every} epochs after a "
                              f"selection, got {interval} after epoch {since}")
         self._stretched = (int(interval), int(since))
+        return True
 
     def planned_size(self, epoch: int) -> int:
         return self.context.n if epoch < self.warm_epochs else self.size

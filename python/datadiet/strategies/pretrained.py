@@ -67,6 +67,12 @@ class FromModel(Strategy):
     def planned_size(self, epoch: int) -> int:
         return self.inner.planned_size(epoch)
 
+    def reselects_every(self) -> Optional[int]:
+        return self.inner.reselects_every()
+
+    def stretch(self, interval: int, since: int) -> bool:
+        return self.inner.stretch(interval, since)
+
     def select(self, epoch: int) -> Optional[Selection]:
         calls = self._calls
         selection = self.inner.select(epoch)

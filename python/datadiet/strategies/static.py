@@ -270,7 +270,7 @@ class ScoreBased(Periodic):
         return {}
 
     def choose(self, epoch: int) -> Selection:
-        rows = self.candidates(self.pool, epoch)
+        rows = self.candidates(self.pool, epoch, per_class=self.per_class)
         d = self.scores(rows)
         labels = self.context.labels if rows is None else self.context.labels[rows]
         picks = rank_select(d, self.budget, self.keep, labels if self.per_class else None)

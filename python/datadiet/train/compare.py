@@ -83,7 +83,7 @@ def run(base: TrainConfig, names: list[str], fractions: list[float], seeds: list
             result = {"strategy": name, "fraction": fraction, "seed": config.seed, "test_acc": summary["test_acc"],
                       "wall": summary["wall"] - summary["time"]["evaluation"], "samples": summary["samples"],
                       "epochs": summary["epochs"], "steps": summary["steps"], "timing": TIMING,
-                      "rounds": len(summary["selections"]), "stretches": summary["stretches"],
+                      "rounds": summary["rounds"], "stretches": summary["stretches"],
                       "time": summary["time"], "curve": summary["train_curve"], "cell": json.loads(key)}
             runs.append(result)
             done[key] = result

@@ -28,12 +28,12 @@ _DEVICE = re.compile(r"auto|cpu|cuda(?::(0|[1-9][0-9]{0,2}))?")  # torch refuses
 # Bounds far beyond any real run, so that an absurd value (2**70) is refused here instead of hanging,
 # exhausting memory or overflowing in the model, the loaders or the lr plan.
 _AT_MOST = {"epochs": 100_000, "batch_size": 1 << 20, "eval_batch_size": 1 << 20, "image_size": 4096,
-            "score_image_size": 4096,
             "width": 65536, "workers": 1024}
 _MAX_TIMEOUT = 7 * 24 * 3600.0  # seconds; a timedelta of any float would overflow
-# Options added after runs were written, part of a run's identity only when not at this default.
+# Options added after runs were written, part of a run's identity only when not at the value those
+# runs had (the guard was off before max_selection_share existed: a resumed old run keeps it off).
 _LATER = {"augment": None, "subset": None, "score_features": "float32", "score_image_size": None,
-          "max_selection_share": 0.1}
+          "max_selection_share": 0.0}
 # Not part of what a checkpoint must match: where and how the run executes, and when it stops.
 _NOT_IDENTITY = ("out", "device", "workers", "progress", "resume", "dist_timeout", "overwrite", "nonfinite_steps")
 
@@ -97,6 +97,8 @@ class TrainConfig:
              "must be an int in [1, 4096] or None (score at image_size)")
         need(self.score_image_size is None or self.dataset.startswith("imagefolder:"), "score_image_size",
              f"applies to imagefolder: datasets (JPEGs decoded at reduced scale); {self.dataset!r} is not one")
+        need(self.score_image_size is None or self.model not in ("mlp", "linear"), "score_image_size",
+             f"needs a model that takes any image size (cnn, a torchvision model); {self.model!r} has a fixed input")
         need(self.max_selection_share >= 0, "max_selection_share", "must be a number >= 0 (the largest share of "
              "training time a periodic strategy's re-selection may take before its interval is stretched; 0: off)")
         need(self.nonfinite_steps >= 1, "nonfinite_steps", "must be an int >= 1 (non-finite losses in a row that "

@@ -212,7 +212,7 @@ class Driver:
             return
         since = self._round["epoch"]
         times = torch.tensor([self._round["cost"], self.times["training"] - self._round["trained"]],
-                             dtype=torch.float64)
+                             dtype=torch.float64, device=self.device)  # NCCL reduces device tensors only
         if self.world_size > 1:
             all_reduce_(times, "max")
         cost, trained = times.tolist()
@@ -221,11 +221,11 @@ class Driver:
         per_epoch = trained / (epoch - since)
         interval = max(every, min(self.epochs, math.ceil(cost / (self.max_selection_share * per_epoch))))
         previous = every if self._stretched is None else self._stretched[0]
-        if interval != previous:
-            self.stretches.append({"epoch": epoch, "interval": interval, "every": every, "round_cost": cost,
-                                   "epoch_training": per_epoch, "share": cost / (every * per_epoch)})
+        if interval == previous or not self.strategy.stretch(interval, since):
+            return  # the own schedule stands (or the stretch stands as it was)
+        self.stretches.append({"epoch": epoch, "interval": interval, "every": every, "round_cost": cost,
+                               "epoch_training": per_epoch, "share": cost / (every * per_epoch)})
         self._stretched = [interval, since]
-        self.strategy.stretch(interval, since)
 
     def book_training(self, seconds: float) -> None:
         """Adds ``seconds`` of training to ``times["training"]`` (what the selection guard compares a

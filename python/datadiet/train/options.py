@@ -124,6 +124,7 @@ def _saved_config(folder: str, flags: dict) -> dict:
         raise ValueError(f"--resume {folder}: config.json has unknown option {', '.join(map(repr, unknown))}")
     for key in ("resume", "overwrite"):  # how that run was started, not what it is
         saved.pop(key, None)
+    saved.setdefault("max_selection_share", 0.0)  # a run from before the guard ran without it
     model = saved.get("model")
     if isinstance(model, str) and ":" in model and flags.get("model") != model:
         raise ValueError(f"--resume {folder}: the run's model {model!r} imports code, which is never taken from a "

@@ -486,6 +486,8 @@ class Trainer:
                 "time": totals, "samples": sum(r["samples"] for r in self.history),
                 "curve": [(r["wall"], r["test_acc"]) for r in self.history], "train_curve": train_curve,
                 "selections": self.driver.selections, "stretches": self.driver.stretches,
+                # subsets chosen (a warm start's or the full strategy's whole pool is no round)
+                "rounds": sum(s["size"] < self.driver.sampler.n for s in self.driver.selections),
                 "world_size": self.world_size, "skipped_samples": self.skipped}
 
 
