@@ -76,10 +76,11 @@ def test_the_guard_changes_nothing_when_selection_is_cheap(share):
 
 
 def test_the_interval_follows_the_measured_share():
-    # every = 2, a round of ~0.4 s, subset epochs of one batch, ~0.2 s: at share 4 the interval
-    # needed is ceil(0.4 / 0.8) = 1, so every = 2 stands; at share 0.25 it is 8 > 6 epochs: capped
-    assert _run(SlowRandom(fraction=0.3, every=2, delay=0.4), share=4.0, step_sleep=0.2)[0] == [0, 2, 4]
-    epochs, drv = _run(SlowRandom(fraction=0.3, every=2, delay=0.4), share=0.25, step_sleep=0.2)
+    # every = 2, a round of ~1 s, subset epochs of one batch, ~0.2 s: at share 10 a round must
+    # serve ceil(1 / 2) = 1 epoch, so every = 2 stands (and the last round, at 4, serves 2); at
+    # share 0.25 it must serve 20 > 6 epochs: no round after the first
+    assert _run(SlowRandom(fraction=0.3, every=2, delay=1.0), share=10.0, step_sleep=0.2)[0] == [0, 2, 4]
+    epochs, drv = _run(SlowRandom(fraction=0.3, every=2, delay=1.0), share=0.25, step_sleep=0.2)
     assert epochs == [0] and drv.stretches[0]["interval"] == 6 and drv.stretches[0]["epoch"] == 2
 
 
@@ -107,15 +108,25 @@ def test_strategies_that_cannot_be_stretched_say_so():
         _run(make("random", fraction=0.3, every=3), share=None)[1].strategy.stretch(2, 0)
 
 
-@pytest.mark.parametrize("share", [-0.1, float("nan"), "0.1", True])
-def test_a_bad_share_is_refused(share):
+@pytest.mark.parametrize("share, what", [(-0.1, "must be a number >= 0"), (float("nan"), "must be a finite number"),
+                                         ("0.1", "must be a finite number"), (True, "must be a finite number")])
+def test_a_bad_share_is_refused(share, what):
     data, y, classes = _data()
-    with pytest.raises(ValueError, match="max_selection_share"):
+    with pytest.raises(ValueError, match=f"Driver: max_selection_share = {share!r}: must be a number >= 0"):
         Driver(make("random", fraction=0.3, every=1), nn.Linear(6, classes), data, y, num_classes=classes,
                epochs=2, max_selection_share=share)
-    if not isinstance(share, (str, bool)) and share == share:
-        with pytest.raises(ValueError, match="config max_selection_share = -0.1: must be a number >= 0"):
-            TrainConfig(max_selection_share=share).validate()
+    with pytest.raises(ValueError, match=f"config max_selection_share = {share!r}: {what}"):
+        TrainConfig(max_selection_share=share).validate()
+
+
+def test_a_round_too_late_to_pay_for_itself_is_not_made():
+    # rounds of ~0.5 s, epochs of ~0.3 s, share 0.5: a round must serve N = ceil(0.5 / 0.15) = 4
+    # epochs, so every = 2 becomes 4; of the 10 epochs the round at 4 serves 6, but one at 8
+    # would serve 2 < N: it is not made (the last stretch is to the run's end)
+    epochs, drv = _run(SlowRandom(fraction=0.3, every=2, delay=0.5), share=0.5, epochs=10, step_sleep=0.3)
+    interval = drv.stretches[0]["interval"]
+    assert 3 <= interval <= 4 and epochs == list(range(0, 10 - interval, interval)), (epochs, drv.stretches)
+    assert drv.stretches[-1]["interval"] == 10 and epochs[-1] + interval < 10  # the interval alone had one more
 
 
 # -- candidate pools -----------------------------------------------------------------------------
@@ -234,10 +245,11 @@ def test_train_scores_an_image_folder_at_score_image_size(tmp_path):
 
     root = image_folder(str(tmp_path / "img"), classes=2, per_class=8, size=24)
     config = TrainConfig(dataset=f"imagefolder:{root}", model="cnn", image_size=16, score_image_size=8, epochs=2,
-                         batch_size=4, val_fraction=0.0, strategy="el2n", fraction=0.5, every=1,
-                         strategy_params={"pretrain_epochs": 0}, progress=False, device="cpu").validate()
+                         batch_size=4, val_fraction=0.25, strategy="gradmatch", fraction=0.5, every=1,
+                         strategy_params={"target": "val"}, progress=False, device="cpu").validate()
     trainer = Trainer(config)
     assert trainer.driver.score_set[0][0].shape[-2:] == (8, 8)  # the scoring view
+    assert trainer.driver.val_set[0][0].shape[-2:] == (8, 8)  # the held-out split seen alike
     assert trainer.driver.train_set[0][0].shape[-2:] == (16, 16)  # training keeps its size
     summary = trainer.fit()
     assert [s["epoch"] for s in summary["selections"]] == [0, 1]
@@ -296,6 +308,14 @@ def test_options_no_selection_job_or_fixed_input_model_can_use_are_refused(tmp_p
                  "--out", str(tmp_path / "sel"), "--no-progress"]) == 2
     assert "select: pool = 2 is not used here (a selection job scores the whole pool once)" in capsys.readouterr().err
     assert not (tmp_path / "sel").exists()
+
+
+def test_a_compare_grid_refuses_a_pool_its_one_shot_cell_cannot_use_before_training():
+    from datadiet.train import compare
+
+    with pytest.raises(ValueError, match="el2n: pool = 2 draws candidates for a scoring pass"):
+        compare.plan(TrainConfig(strategy_params={"pool": 2}), ["full", "el2n"], [0.3], [0])
+    assert compare.plan(TrainConfig(strategy_params={"pool": 2, "every": 2}), ["full", "el2n"], [0.3], [0])
 
 
 def test_a_run_from_before_the_guard_resumes_without_it(tmp_path):

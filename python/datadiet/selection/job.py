@@ -159,12 +159,12 @@ def _run(config: TrainConfig, device: torch.device, strategy, needs_val: bool, w
     model, model_info = _scorer(run, bundle, fingerprint_["sha256"], weights, proxy_epochs, times, config.out,
                                 config.overwrite)
     size, rank = world()
+    scored = datasets.scoring_view(bundle, config.dataset, config.score_image_size)  # pool and held-out alike
     driver = Driver(strategy, model.to(device), Subset(bundle.train, pool.tolist()), bundle.labels[pool],
                     num_classes=bundle.num_classes, epochs=1, batch_size=config.batch_size, seed=config.seed,
                     lr=config.lr, device=device, workers=config.workers,
-                    val_set=Subset(bundle.train_eval, held_out.tolist()) if held_out.numel() else None,
-                    score_set=Subset(datasets.scoring_view(bundle, config.dataset, config.score_image_size),
-                                     pool.tolist()),
+                    val_set=Subset(scored, held_out.tolist()) if held_out.numel() else None,
+                    score_set=Subset(scored, pool.tolist()),
                     head=config.head, progress=_bar(config) if rank == 0 else None,
                     score_batch_size=config.eval_batch_size, channels_last=config.channels_last,
                     autocast_dtype=config.autocast_dtype, features_dtype=config.features_dtype,

@@ -215,6 +215,13 @@ class ScoreBased(Periodic):
             value = getattr(self, key)
             if value is not None and value < least:
                 raise ValueError(f"{label}: {key} must be an int >= {least}, got {value!r}")
+        # a one-shot pass without warm defaults to proxies (setup): known here, before any training
+        proxies = bool(self.pretrain_epochs) or self.repeats > 1 or (
+            self.every is None and self.pretrain_epochs is None and not self.warm)
+        if self.pool is not None and (proxies or self.source == "training"):
+            raise ValueError(f"{label}: pool = {self.pool} draws candidates for a scoring pass of the run's own model; "
+                             "it needs source='pass' and pretrain_epochs=0, repeats=1 (a one-shot selection scores "
+                             "proxies unless pretrain_epochs=0)")
 
     def setup(self, context) -> None:
         super().setup(context)
@@ -230,10 +237,6 @@ class ScoreBased(Periodic):
                              f"{self.pretrain_epochs}, repeats = {self.repeats}; one-shot defaults to ceil(0.2 · "
                              "epochs)), and this loop gives no proxy_scores: pass pretrain_epochs=0 (score the run's "
                              "own model; warm= trains it on the full pool first) or a proxy_scores callable")
-        if self.pool is not None and (self.pretrain_epochs or self.repeats > 1 or self.source == "training"):
-            raise ValueError(f"{label}: pool = {self.pool} draws candidates for a scoring pass of the run's own model; "
-                             "it needs source='pass' and pretrain_epochs=0, repeats=1 (a one-shot selection scores "
-                             "proxies unless pretrain_epochs=0)")
         if self.source == "training":
             if self.every is None:
                 self.every = 1

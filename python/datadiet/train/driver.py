@@ -197,10 +197,12 @@ class Driver:
     def _guard(self, epoch: int) -> None:
         """Selection that pays for itself: a round costing c seconds (selection, scoring and
         pre-training) and epochs training for t seconds each take a share c / (R t) of the time
-        when the selection is renewed every R epochs. With ``max_selection_share`` S the
-        strategy's interval becomes R' = max(every, ceil(c / (S t))) (at most the run's epochs),
-        measured again at every epoch from ``every`` epochs after a selection on, from that round's
-        cost and the mean training epoch since; each change is logged in ``stretches``. Under DDP
+        when the selection is renewed every R epochs. With ``max_selection_share`` S a round must
+        serve N = ceil(c / (S t)) epochs: the strategy's interval becomes R' = max(every, N), and
+        none is made at all when the next one would serve fewer than N epochs before the run ends
+        (R' = the run's epochs). Measured again at every epoch from ``every`` epochs after a
+        selection on, from that round's cost and the mean training epoch since; each change is
+        logged in ``stretches``. Under DDP
         the ranks' largest times decide, so every rank takes the same schedule. A loop that books
         no training time (``book_training``) is never stretched, nor a round under
         ``GUARD_MIN_ROUND`` seconds: a decision on times that small would follow the clock's noise,
@@ -219,7 +221,10 @@ class Driver:
         if trained <= 0 or cost < GUARD_MIN_ROUND:
             return
         per_epoch = trained / (epoch - since)
-        interval = max(every, min(self.epochs, math.ceil(cost / (self.max_selection_share * per_epoch))))
+        needed = min(self.epochs, math.ceil(cost / (self.max_selection_share * per_epoch)))
+        interval = max(every, needed)
+        if since + interval > self.epochs - needed:  # the next round could not serve enough epochs
+            interval = self.epochs
         previous = every if self._stretched is None else self._stretched[0]
         if interval == previous or not self.strategy.stretch(interval, since):
             return  # the own schedule stands (or the stretch stands as it was)

@@ -57,7 +57,8 @@ def add_train_options(parser: argparse.ArgumentParser, *, skip: tuple = ()) -> N
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         else:
             parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text,
-                                metavar="DIR" if f.name in ("out", "resume", "subset") else None)
+                                metavar="DIR" if f.name in ("out", "resume", "subset") else
+                                "S" if f.name in ("score_image_size", "max_selection_share") else None)
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="a strategy parameter (repeatable)")
     parser.add_argument("--config", default=None, help="TOML file of options (flags override it)")

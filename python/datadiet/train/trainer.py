@@ -97,7 +97,8 @@ class Trainer:
             strategy.indices = torch.searchsorted(pool, self.subset.indices)
         self.skipped = bundle.skipped
         self.train_set = Subset(bundle.train, pool.tolist())
-        val_set = Subset(bundle.train_eval, held_out.tolist()) if held_out.numel() else None
+        scored = datasets.scoring_view(bundle, config.dataset, config.score_image_size)  # pool and held-out alike
+        val_set = Subset(scored, held_out.tolist()) if held_out.numel() else None
         self.test_set = bundle.test
         self.test_loader = DataLoader(Subset(bundle.test, list(range(self.rank, len(bundle.test), self.world_size))),
                                       batch_size=config.eval_batch_size, num_workers=config.workers,
@@ -113,8 +114,7 @@ class Trainer:
         self.driver = Driver(strategy, self.model, self.train_set, bundle.labels[pool], num_classes=self.num_classes,
                              epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, lr=config.lr,
                              device=self.device, workers=config.workers, val_set=val_set,
-                             score_set=Subset(datasets.scoring_view(bundle, config.dataset, config.score_image_size),
-                                              pool.tolist()), head=config.head,
+                             score_set=Subset(scored, pool.tolist()), head=config.head,
                              score_batch_size=config.eval_batch_size, proxy_scores=self.proxy_scores,
                              autocast_dtype=self.autocast_dtype, channels_last=config.channels_last,
                              features_dtype=config.features_dtype, progress=self._bar("scoring"),
