@@ -269,7 +269,8 @@ def _run(args, compare_module, config_from_args, parse_params) -> int:
 
         summary = Trainer(config).fit()
         if summary["world_size"] == 1 or int(os.environ.get("RANK", "0")) == 0:
-            print(json.dumps({k: summary[k] for k in ("strategy", "epochs", "steps", "test_acc", "wall", "time")}))
+            shown = ("strategy", "epochs", "steps", "test_acc", "test_perplexity", "wall", "time")
+            print(json.dumps({k: summary[k] for k in shown if k in summary}))
             for s in summary["stretches"]:  # the selection guard's decisions, also in metrics.jsonl
                 print(f"datadiet train: at epoch {s['epoch']} a selection round cost {s['round_cost']:.2f} s against "
                       f"{s['epoch_training']:.2f} s of training per epoch: re-selecting every {s['interval']} epochs "

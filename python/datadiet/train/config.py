@@ -97,6 +97,13 @@ class TrainConfig:
              "must be an int in [1, 4096] or None (score at image_size)")
         need(self.score_image_size is None or self.dataset.startswith("imagefolder:"), "score_image_size",
              f"applies to imagefolder: datasets (JPEGs decoded at reduced scale); {self.dataset!r} is not one")
+        from datadiet.train.datasets import task_of
+
+        language = task_of(self.dataset) == "language"
+        need(not language or self.model == "transformer" or ":" in self.model, "model",
+             f"must be transformer (or module:callable) for the token sequences of {self.dataset!r}")
+        need(self.model != "transformer" or language, "model",
+             f"transformer is a language model: it needs a text: dataset, not {self.dataset!r}")
         need(self.score_image_size is None or self.model not in ("mlp", "linear"), "score_image_size",
              f"needs a model that takes any image size (cnn, a torchvision model); {self.model!r} has a fixed input")
         need(self.max_selection_share >= 0, "max_selection_share", "must be a number >= 0 (the largest share of "

@@ -31,6 +31,10 @@
   re-packed or reduced copy in the same format loads too; a missing or malformed file is an
   error naming it.
 
+- ``text:stdlib`` / ``text:stdlib:N``: byte-level language modelling on the Python standard
+  library's source files, split by file (``datadiet.train.text``): ``task = "language"``, inputs
+  and targets int64 ``[64]`` byte ids, a sample's loss the mean next-byte cross-entropy.
+
 ``load(spec, image_size=224)`` returns a ``DataBundle``: train and test datasets of
 ``(input, target)``, ``train_eval`` (the training samples with the evaluation transforms, for
 scoring passes and held-out splits: no random augmentation there), the class count, the input
@@ -48,8 +52,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-NAMES = ("digits", "digits:xN", "diabetes", "imagefolder:PATH", "cifar10:PATH", "features:PATH")
-TASKS = ("classification", "regression")
+NAMES = ("digits", "digits:xN", "diabetes", "imagefolder:PATH", "cifar10:PATH", "features:PATH", "text:stdlib",
+         "text:stdlib:N")
+TASKS = ("classification", "regression", "language")
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -94,17 +99,21 @@ class SampleError(ValueError):
 
 def task_of(spec: str) -> str:
     """The task of dataset ``spec`` without loading it."""
-    return "regression" if spec == "diabetes" else "classification"
+    return "regression" if spec == "diabetes" else "language" if spec.startswith("text:") else "classification"
 
 
 def require_classification(spec: str, what: str, task: Optional[str] = None) -> None:
-    """Refuses a regression dataset: ``task`` of a loaded bundle, else the name's."""
-    if (task or task_of(spec)) != "classification":
-        raise ValueError(f"{what} needs a classification dataset; dataset {spec!r} is a regression")
+    """Refuses a regression or language dataset: ``task`` of a loaded bundle, else the name's."""
+    task = task or task_of(spec)
+    if task != "classification":
+        raise ValueError(f"{what} needs a classification dataset; dataset {spec!r} is a {task} task")
 
 
 def per_sample_loss(task: str):
-    """``loss(outputs, targets) -> [B]`` float32: cross-entropy, or the squared error of one output."""
+    """``loss(outputs, targets) -> [B]`` float32: cross-entropy, the squared error of one output,
+    or (language) the mean next-token cross-entropy over each sequence (outputs [B, L, V])."""
+    if task == "language":
+        return lambda out, y: F.cross_entropy(out.float().transpose(1, 2), y, reduction="none").mean(1)
     if task == "regression":
         return lambda out, y: (out.float().reshape(len(y)) - y.float()) ** 2
     return lambda out, y: F.cross_entropy(out.float(), y, reduction="none")
@@ -173,6 +182,8 @@ def load(spec: str, image_size: int = 224, *, skip_bad: bool = False, workers: i
         return _digits(int(path[1:]))
     if name == "features":
         return _features(spec, path)
+    if name == "text":
+        return _text(spec, path)
     if name in ("imagefolder", "cifar10"):
         if not path:
             raise ValueError(f"dataset {spec!r}: give a folder, {name}:PATH")
@@ -180,6 +191,21 @@ def load(spec: str, image_size: int = 224, *, skip_bad: bool = False, workers: i
             raise ValueError(f"dataset {spec!r}: folder {path!r} does not exist")
         return _imagefolder(path, image_size, skip_bad, workers, augment) if name == "imagefolder" else _cifar10(path)
     raise ValueError(f"unknown dataset {spec!r}; choose one of {', '.join(NAMES)}")
+
+
+def _text(spec: str, path: str) -> DataBundle:
+    corpus, _, size = path.partition(":")
+    if corpus != "stdlib":
+        raise ValueError(f"unknown dataset {spec!r}; the text corpus is text:stdlib or text:stdlib:N (N training "
+                         "bytes)")
+    from datadiet.train import text
+
+    if not size:
+        return text.load_stdlib(spec)
+    if not size.isdigit() or not text.CONTEXT + 1 <= int(size) <= 1 << 30:
+        raise ValueError(f"dataset {spec!r}: N must be a whole number of training bytes in [{text.CONTEXT + 1}, "
+                         f"{1 << 30}]")
+    return text.load_stdlib(spec, int(size))
 
 
 def torchvision(what: str):

@@ -305,6 +305,9 @@ class Driver:
         if self.task == "regression":  # the output gradient of the squared error is 2|ŷ − y|: ∝ √ℓ
             losses = self.per_sample_loss(logits, y)
             return losses, losses.sqrt(), None
+        if self.task == "language":  # per sequence: the mean token loss and ‖p − y‖; no class to be right on
+            s = ce_scores(logits.flatten(0, 1), y.flatten())
+            return s.loss.view(y.shape).mean(1), s.el2n.view(y.shape).mean(1), None
         s = ce_scores(logits, y)
         return s.loss, s.el2n, s.correct
 

@@ -29,6 +29,35 @@ def cnn(num_classes: int, input_shape: tuple, width: int = 32) -> nn.Module:
         nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes))
 
 
+class Transformer(nn.Module):
+    """A small causal (GPT-style) transformer language model: token and position embeddings,
+    ``layers`` pre-norm blocks of ``heads``-head self-attention over earlier positions only and a
+    4× MLP, a final LayerNorm and the ``nn.Linear`` head to the vocabulary; ``[B, L]`` token ids
+    in, ``[B, L, vocab]`` logits out. No dropout: a sample's loss is a function of the weights."""
+
+    def __init__(self, vocab: int, context: int, width: int = 64, layers: int = 2, heads: int = 4):
+        super().__init__()
+        self.tokens, self.positions = nn.Embedding(vocab, width), nn.Embedding(context, width)
+        block = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.norm, self.head = nn.LayerNorm(width), nn.Linear(width, vocab)
+        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(context), persistent=False)
+
+    def forward(self, x):
+        length = x.shape[1]
+        h = self.tokens(x) + self.positions.weight[:length]
+        h = self.blocks(h, mask=self.mask[:length, :length], is_causal=True)
+        return self.head(self.norm(h))
+
+
+def transformer(num_classes: int, input_shape: tuple, width: int = 64) -> nn.Module:
+    if len(input_shape) != 1:
+        raise ValueError(f"model 'transformer' needs token sequences [L] (a text: dataset), got input shape "
+                         f"{input_shape}")
+    return Transformer(num_classes, input_shape[0], width)
+
+
 def linear(num_classes: int, input_shape: tuple) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))
 
@@ -36,7 +65,7 @@ def linear(num_classes: int, input_shape: tuple) -> nn.Module:
 def check_name(name: str, option: str = "model") -> None:
     """Refuses a model name ``build`` cannot resolve, without building it or importing a
     ``module:callable`` (checked when built)."""
-    if name in ("mlp", "cnn", "linear"):
+    if name in ("mlp", "cnn", "linear", "transformer"):
         return
     if ":" in name:
         module_name, _, attr = name.partition(":")
@@ -54,6 +83,8 @@ def build(name: str, num_classes: int, input_shape: tuple, width: int = 0) -> nn
         if width:
             raise ValueError(f"config width = {width}: model 'linear' is one layer, it has no width (drop --width)")
         return linear(num_classes, input_shape)
+    if name == "transformer":
+        return transformer(num_classes, input_shape, **({"width": width} if width else {}))
     if name in ("mlp", "cnn"):
         if len(input_shape) != 3 and name == "cnn":
             raise ValueError(f"model 'cnn' needs image inputs [C, H, W], got input shape {input_shape}")

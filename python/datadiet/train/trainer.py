@@ -272,6 +272,8 @@ class Trainer:
             stretched = drv.stretches[part.get("stretch_log", len(drv.stretches)):]
             if stretched:
                 record["stretches"] = stretched
+            if self.task == "language":  # perplexity per byte: exp of the mean next-byte loss
+                record["test_perplexity"] = math.exp(min(test_loss, 700.0))
             learned = drv.strategy.log()
             if learned:
                 record["strategy"] = learned
@@ -397,7 +399,7 @@ class Trainer:
                 if self.task == "classification":
                     sums[0] += (logits.argmax(1) == y).sum()
                 sums[1] += self.driver.per_sample_loss(logits, y).sum()
-                sums[2] += y.numel()
+                sums[2] += len(y)  # samples (a language task's loss is per sequence)
         if self.world_size > 1:
             torch.distributed.all_reduce(sums)
         correct, loss, count = sums.tolist()
@@ -481,6 +483,7 @@ class Trainer:
         strategy = f"subset {self.config.subset}" if self.config.subset else self.config.strategy
         return {"config": self.identity, "strategy": strategy, "epochs": len(self.history),
                 "steps": self.step, "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
+                **({"test_perplexity": last.get("test_perplexity")} if self.task == "language" else {}),
                 "best_test_acc": max((r["test_acc"] for r in self.history if r["test_acc"] is not None), default=None),
                 "wall": self.elapsed,
                 "time": totals, "samples": sum(r["samples"] for r in self.history),
