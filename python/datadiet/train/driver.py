@@ -202,12 +202,11 @@ class Driver:
         none is made at all when the next one would serve fewer than N epochs before the run ends
         (R' = the run's epochs). Measured again at every epoch from ``every`` epochs after a
         selection on, from that round's cost and the mean training epoch since; each change is
-        logged in ``stretches``. Under DDP
-        the ranks' largest times decide, so every rank takes the same schedule. A loop that books
-        no training time (``book_training``) is never stretched, nor a round under
-        ``GUARD_MIN_ROUND`` seconds: a decision on times that small would follow the clock's noise,
-        and a stretched schedule is one the options alone no longer fix (it is in the metrics and
-        the checkpoint, so a resumed run keeps it)."""
+        logged in ``stretches``. Under DDP the ranks' largest times decide, so every rank takes
+        the same schedule. A loop that books no training time (``book_training``) is never
+        stretched, nor a round under ``GUARD_MIN_ROUND`` seconds: a decision on times that small
+        would follow the clock's noise, and a stretched schedule is one the options alone no longer
+        fix (it is in the metrics and the checkpoint, so a resumed run keeps it)."""
         every = self.strategy.reselects_every()
         if not self.max_selection_share or every is None or self._round is None or \
                 epoch - self._round["epoch"] < every:
