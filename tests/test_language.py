@@ -2,6 +2,8 @@
 file) and the ``transformer`` model, trained by the loop with the strategies that apply to it."""
 
 import math
+import os
+import sysconfig
 
 import pytest
 import torch
@@ -22,7 +24,7 @@ def test_the_corpus_is_split_by_file_and_cut_into_shifted_windows():
     x, y = bundle.train[3]
     assert x.dtype == torch.int64 and x.shape == (64,) and torch.equal(x[1:], y[:-1])
     first_file = next(f for f in files if not text.is_test_file(f))
-    with open(text.os.path.join(text.sysconfig.get_paths()["stdlib"], first_file), "rb") as f:
+    with open(os.path.join(sysconfig.get_paths()["stdlib"], first_file), "rb") as f:
         first = f.read()
     assert bytes(bundle.train.windows[0].tolist()) == first[:65]  # the first training file, from its start
     again = datasets.load("text:stdlib:6500")

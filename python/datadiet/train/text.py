@@ -54,7 +54,6 @@ class ByteSequences(Dataset):
         windows = len(data) // (context + 1)
         raw = torch.frombuffer(bytearray(data[:windows * (context + 1)]), dtype=torch.uint8)
         self.windows = raw.view(windows, context + 1)
-        self.targets = [0] * windows  # one group: the loop's label table
 
     def __len__(self) -> int:
         return self.windows.shape[0]
