@@ -49,7 +49,8 @@ def add_arguments(p) -> None:
     p.add_argument("--every", type=int, default=5, help="gradmatch / el2n re-selection interval")
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds")
     p.add_argument("--share", type=float, default=0.1, help="the guard's max_selection_share")
-    p.add_argument("--pool", type=float, default=2.0, help="candidates per round, a multiple of the budget (below 1 / fraction, or it is the whole pool)")
+    p.add_argument("--pool", type=float, default=2.0,
+                   help="candidates per round, a multiple of the budget (below 1 / fraction, or it is the whole pool)")
     p.add_argument("--digits", default="digits:x8", help="the digits task's dataset (digits: the 1,438 images once)")
     p.add_argument("--cifar-images", type=int, default=5000, help="training images of the generated task")
     p.add_argument("--target-drop", type=float, default=0.01)
@@ -104,7 +105,10 @@ def _dump(path: str, obj) -> None:
 
 
 def _base(task: str, args, root: str) -> TrainConfig:
-    dataset = args.digits if task == "digits" else f"cifar10:{cifar_like(os.path.join(root, 'cifar-like'), args.cifar_images)}"
+    if task == "digits":
+        dataset = args.digits
+    else:
+        dataset = f"cifar10:{cifar_like(os.path.join(root, 'cifar-like'), args.cifar_images)}"
     return TrainConfig(dataset=dataset, model="cnn", epochs=args.epochs, device=str(args.device), progress=False,
                        val_fraction=0.0, max_selection_share=args.share)
 

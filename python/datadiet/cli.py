@@ -145,7 +145,8 @@ def main(argv=None) -> int:
     compare.add_argument("--no-budget-baselines", dest="budget_baselines", action="store_false",
                          help="skip the full@f rows (all the data for round(f x epochs) epochs, per fraction f)")
     compare.add_argument("--target-drop", type=float, default=0.01,
-                         help="time to target: the seconds to reach full data's final test accuracy minus this (default 0.01)")
+                         help="time to target: the seconds to reach full data's final test accuracy minus this "
+                         "(default 0.01)")
     compare.set_defaults(out="compare_out")
     ens = sub.add_parser("ensemble", help="ensembles on difficulty subsets (or the --no-ensemble baseline)")
     add_train_options(ens, skip=("strategy", "every", "warm", "resume", "checkpoint_every", "subset"))

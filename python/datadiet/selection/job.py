@@ -207,8 +207,8 @@ def _run(config: TrainConfig, device: torch.device, strategy, needs_val: bool, w
             values[pool] = table[name].float().cpu()
             scores[name] = values
     manifest = {
-        "dataset": {"spec": config.dataset, "image_size": config.image_size, "score_image_size": config.score_image_size,
-                    **fingerprint_},
+        "dataset": {"spec": config.dataset, "image_size": config.image_size,
+                    "score_image_size": config.score_image_size, **fingerprint_},
         "model": model_info,
         "strategy": {"name": config.strategy, "params": strategy_params(strategy), "fraction": config.fraction,
                      "seed": config.seed, "describe": strategy.describe()},

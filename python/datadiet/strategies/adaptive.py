@@ -162,10 +162,7 @@ class GradMatch(Periodic):
         self._last = {"round": self.round(epoch), "size": int(result.indices.numel()), "filled": int(result.filled),
                       "residual_max": float(result.residual.max()) if result.residual.numel() else 0.0,
                       "fill_reasons": result.fill_reasons}
-        indices = result.indices.cpu() if rows is None else rows[result.indices.cpu()]
-        if rows is not None:
-            self._last["candidates"] = int(rows.numel())
-        selection = Selection(indices, result.weights.cpu().clamp_min(1e-12))
+        selection = Selection(self.from_candidates(result.indices.cpu(), rows), result.weights.cpu().clamp_min(1e-12))
         if self._recorder is not None:
             self._recorder.add(epoch, ctx.epochs if self.every is None else min(epoch + self.every, ctx.epochs),
                                selection)
@@ -177,7 +174,7 @@ class GradMatch(Periodic):
         joined the scoring passes)."""
         ctx = self.context
         where = {"gather": "root"} if world()[0] > 1 else {}
-        table = ctx.score(**self._wanted(), **where, **({} if rows is None else {"rows": rows.tolist()}))
+        table = ctx.score(**self._wanted(), **where, **self.among(rows))
         val = ctx.score(split="val", **self._wanted(), **where) if self.target == "val" else None
         if not self.solves_here():
             return None
@@ -308,16 +305,15 @@ class Glister(Periodic):
     def choose(self, epoch: int) -> Selection:
         ctx = self.context
         rows = self.candidates(self.pool, epoch)
-        among = {} if rows is None else {"rows": rows.tolist()}
         # under DDP each rank keeps the training rows it scored and whole blocks of the held-out
         # rows: the greedy runs sharded, every rank taking the same picks (select.glister)
         if world()[0] > 1:
-            train = ctx.score(features=True, errors=True, gather="local", **among)
+            train = ctx.score(features=True, errors=True, gather="local", **self.among(rows))
             val = self._val_blocks(ctx.score(split="val", features=True, logits=True, gather="local"))
             shard = Shard(train.index, ctx.n if rows is None else rows.numel(), val["index"], self._val_size,
                           all_reduce_)
         else:
-            train = ctx.score(features=True, errors=True, **among)
+            train = ctx.score(features=True, errors=True, **self.among(rows))
             table = ctx.score(split="val", features=True, logits=True)
             val, shard = {"logits": table.logits, "labels": table.labels, "features": table.features}, None
         result = glister(train.errors, train.features, val["logits"], val["labels"], val["features"],
@@ -329,7 +325,4 @@ class Glister(Periodic):
             return self.elsewhere()
         self._last = {"round": self.round(epoch), "size": int(result.indices.numel()),
                       "gain_first": float(result.gains[0]) if result.gains.numel() else 0.0}
-        if rows is None:
-            return Selection(result.indices.cpu())
-        self._last["candidates"] = int(rows.numel())
-        return Selection(rows[result.indices.cpu()])
+        return Selection(self.from_candidates(result.indices.cpu(), rows))

@@ -286,6 +286,19 @@ class Periodic(Strategy):
                 parts.append(group[weighted_sample(torch.ones(len(group)), m, seed=derive_seed(seed, c)).cpu()])
         return torch.sort(torch.cat(parts)).values
 
+    @staticmethod
+    def among(rows: Optional[torch.Tensor]) -> dict:
+        """The scoring pass's option for the candidates ``rows`` (none: the whole pool)."""
+        return {} if rows is None else {"rows": rows.tolist()}
+
+    def from_candidates(self, picks: torch.Tensor, rows: Optional[torch.Tensor]) -> torch.Tensor:
+        """Picks made among the candidates ``rows`` as pool indices (the candidates' count in the
+        round's report); the picks themselves when the round scored the whole pool."""
+        if rows is None:
+            return picks
+        self._last["candidates"] = int(rows.numel())
+        return rows[picks]
+
     def per_class_size(self) -> int:
         return sum(class_budgets(torch.bincount(self.context.labels, minlength=self.context.num_classes).tolist(),
                                  self.budget))

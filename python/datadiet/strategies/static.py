@@ -265,8 +265,7 @@ class ScoreBased(Periodic):
             tables = [difficulty(ctx.proxy_scores(self.pretrain_epochs, init, **self.scoring()), self.score)
                       for init in range(self.repeats)]
             return torch.stack(tables).mean(0)
-        return difficulty(ctx.score(**self.scoring(), **({} if rows is None else {"rows": rows.tolist()})),
-                          self.score)
+        return difficulty(ctx.score(**self.scoring(), **self.among(rows)), self.score)
 
     def scoring(self) -> dict:
         """Options of the scoring pass (``score_dataset``) this strategy needs."""
@@ -278,9 +277,7 @@ class ScoreBased(Periodic):
         labels = self.context.labels if rows is None else self.context.labels[rows]
         picks = rank_select(d, self.budget, self.keep, labels if self.per_class else None)
         self._last = {"size": int(picks.numel()), "score_mean": float(torch.nanmean(d.float()))}
-        if rows is not None:
-            picks, self._last["candidates"] = rows[picks], int(rows.numel())
-        return Selection(picks)
+        return Selection(self.from_candidates(picks, rows))
 
     def state_dict(self) -> dict:
         return {"table": None if self._table is None else self._table.cpu()}
